@@ -1,0 +1,17 @@
+//! gomemtrace's eBPF side: one uprobe program attached at every allocation entry point of
+//! the target's Go runtime (after each function's stack check, where the arguments are
+//! still in their ABIInternal registers: size in RAX, `*_type` in RBX, `g` in R14).
+//!
+//! Each hit is aggregated in kernel maps keyed by (process, user stack, direct caller,
+//! goroutine, type). Nothing is sent per event; userspace reads the maps. Every event
+//! that cannot be aggregated in full is counted in `COUNTERS`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod probes;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    // The real program only exists for the BPF target; profiler/build.rs builds it.
+}

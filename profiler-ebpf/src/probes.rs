@@ -1,0 +1,175 @@
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::{HashMap, PerCpuArray, StackTrace},
+    programs::ProbeContext,
+};
+use gomemtrace_common::{
+    AllocKey, AllocStats, Counter, GoroutineInfo, GoroutineKey, MAX_ALLOC_KEYS, MAX_GOROUTINES,
+    MAX_PROCESSES, MAX_STACKS, ProcessConfig, StackStatus,
+};
+
+#[map(name = "CONFIG")]
+static CONFIG: HashMap<u32, ProcessConfig> = HashMap::with_max_entries(MAX_PROCESSES, 0);
+
+#[map(name = "ALLOCS")]
+static ALLOCS: HashMap<AllocKey, AllocStats> = HashMap::with_max_entries(MAX_ALLOC_KEYS, 0);
+
+#[map(name = "STACKS")]
+static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
+
+#[map(name = "GOROUTINES")]
+static GOROUTINES: HashMap<GoroutineKey, GoroutineInfo> =
+    HashMap::with_max_entries(MAX_GOROUTINES, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[inline(always)]
+fn count(counter: Counter, n: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: the pointer comes from a per-CPU array slot of this CPU; BPF programs do
+        // not migrate CPUs while running, so nothing else writes it concurrently.
+        unsafe { *slot += n };
+    }
+}
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user copies from user memory and fails cleanly on a bad
+    // address; the value is a plain integer, valid for any bit pattern.
+    unsafe { bpf_probe_read_user(addr as *const u64).ok() }
+}
+
+/// Goroutine id of the current user goroutine: `g.goid`, or `g.m.curg.goid` when the
+/// runtime is on the system stack (g0, whose goid is 0).
+#[inline(always)]
+fn current_goid(g: u64, cfg: &ProcessConfig) -> Option<(u64, u64)> {
+    if g == 0 {
+        return None;
+    }
+    let goid = read_u64(g + cfg.g_goid as u64)?;
+    if goid != 0 {
+        return Some((g, goid));
+    }
+    let m = read_u64(g + cfg.g_m as u64)?;
+    let curg = read_u64(m + cfg.m_curg as u64)?;
+    if curg == 0 {
+        return None;
+    }
+    Some((curg, read_u64(curg + cfg.g_goid as u64)?))
+}
+
+#[uprobe]
+pub fn alloc_entry(ctx: ProbeContext) -> u32 {
+    let _ = try_alloc_entry(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_alloc_entry(ctx: &ProbeContext) -> Result<(), ()> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: CONFIG values are only replaced whole by userspace; we copy what we need.
+    let cfg = match unsafe { CONFIG.get(&tgid) } {
+        Some(cfg) => *cfg,
+        None => {
+            count(Counter::NoConfig, 1);
+            return Ok(());
+        }
+    };
+    // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
+    let regs = unsafe { &*ctx.regs };
+    let size = regs.rax;
+    if size == 0 {
+        count(Counter::ZeroSize, 1);
+        return Ok(());
+    }
+    count(Counter::Events, 1);
+    count(Counter::EventBytes, size);
+
+    let (g, goid) = match current_goid(regs.r14, &cfg) {
+        Some(found) => found,
+        None => {
+            count(Counter::GoidUnreadable, 1);
+            (0, 0)
+        }
+    };
+    if goid != 0 {
+        remember_goroutine(tgid, g, goid, &cfg);
+    }
+
+    let stack_id = match STACKS.get_stackid(ctx, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as i32,
+        Err(_) => {
+            count(Counter::StackUnreadable, 1);
+            StackStatus::Unreadable as i32
+        }
+    };
+    let key = AllocKey {
+        tgid,
+        stack_id,
+        goid,
+        typ: regs.rbx,
+        caller_pc: read_u64(regs.rsp).unwrap_or(0),
+    };
+    add(&key, size)
+}
+
+#[inline(always)]
+fn add(key: &AllocKey, size: u64) -> Result<(), ()> {
+    if let Some(stats) = ALLOCS.get_ptr_mut(key) {
+        // SAFETY: the pointer is to a live map value; the adds are atomic because several
+        // CPUs may update the same key.
+        unsafe {
+            core::sync::atomic::AtomicU64::from_ptr(&raw mut (*stats).bytes)
+                .fetch_add(size, core::sync::atomic::Ordering::Relaxed);
+            core::sync::atomic::AtomicU64::from_ptr(&raw mut (*stats).objects)
+                .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }
+        return Ok(());
+    }
+    let first = AllocStats { bytes: size, objects: 1 };
+    match ALLOCS.insert(key, &first, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(()),
+        // Another CPU inserted the key first: add to its entry.
+        Err(_) => match ALLOCS.get_ptr_mut(key) {
+            Some(stats) => {
+                // SAFETY: as above.
+                unsafe {
+                    core::sync::atomic::AtomicU64::from_ptr(&raw mut (*stats).bytes)
+                        .fetch_add(size, core::sync::atomic::Ordering::Relaxed);
+                    core::sync::atomic::AtomicU64::from_ptr(&raw mut (*stats).objects)
+                        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            None => {
+                count(Counter::DropAllocMapFull, 1);
+                Err(())
+            }
+        },
+    }
+}
+
+#[inline(always)]
+fn remember_goroutine(tgid: u32, g: u64, goid: u64, cfg: &ProcessConfig) {
+    let key = GoroutineKey { tgid, _pad: 0, goid };
+    // SAFETY: read-only lookup of a plain value.
+    if unsafe { GOROUTINES.get(&key) }.is_some() {
+        return;
+    }
+    let info = GoroutineInfo { start_pc: read_u64(g + cfg.g_startpc as u64).unwrap_or(0) };
+    if GOROUTINES.insert(&key, &info, BPF_NOEXIST as u64).is_err()
+        // SAFETY: as above.
+        && unsafe { GOROUTINES.get(&key) }.is_none()
+    {
+        count(Counter::DropGoroutineMapFull, 1);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,28 @@
+//! Builds the eBPF probes (profiler-ebpf) for bpfel-unknown-none with aya-build.
+
+use anyhow::{Context as _, anyhow};
+use aya_build::cargo_metadata;
+
+/// Must be >= 1.98 (aya) and ship LLVM <= 22 (bpf-linker 0.10.x); see rust-toolchain.toml.
+const EBPF_TOOLCHAIN: &str = "1.98.0";
+
+fn main() -> anyhow::Result<()> {
+    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("MetadataCommand::exec")?;
+    let ebpf_package = packages
+        .into_iter()
+        .find(|cargo_metadata::Package { name, .. }| name.as_str() == "gomemtrace-ebpf")
+        .ok_or_else(|| anyhow!("gomemtrace-ebpf package not found"))?;
+    let root_dir = ebpf_package
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("no parent for {}", ebpf_package.manifest_path))?;
+    let package = aya_build::Package {
+        name: ebpf_package.name.as_str(),
+        root_dir: root_dir.as_str(),
+        ..Default::default()
+    };
+    aya_build::build_ebpf([package], aya_build::Toolchain::Custom(EBPF_TOOLCHAIN))
+}

@@ -1,0 +1,134 @@
+//! The profile gomemtrace builds from what the probes aggregated: symbolized, typed and
+//! attributed to goroutines. Every output format (text, pprof, folded, svg, json) renders
+//! this one model; the json format is its serde form (schema in docs/JSON.md).
+
+use serde::{Deserialize, Serialize};
+
+/// One source frame. A machine PC can map to several (inlining): see [`Location`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Frame {
+    /// Fully qualified function name (`main.allocSmall`, `runtime.mallocgc`, `malloc`), or
+    /// `0x...` when nothing names the address.
+    pub function: String,
+    /// Source file, when known.
+    pub file: Option<String>,
+    /// Line number, 0 when unknown.
+    pub line: u32,
+}
+
+/// One machine PC of a stack with its source frames, innermost (most inlined) first; the
+/// last frame is the function the PC's machine code belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Location {
+    /// Virtual address in the process.
+    pub address: u64,
+    /// Index into [`AllocProfile::mappings`], when the address lies in a known mapping.
+    pub mapping: Option<usize>,
+    pub frames: Vec<Frame>,
+}
+
+/// A mapped executable file of the target (for pprof's mapping table).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mapping {
+    pub start: u64,
+    pub limit: u64,
+    pub file_offset: u64,
+    pub path: String,
+    /// GNU build id, else Go build id, hex or as Go prints it.
+    pub build_id: Option<String>,
+}
+
+/// Allocations that share one stack, goroutine and type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AllocSample {
+    /// Leaf first: `stack[0]` is the allocator entry point (e.g. `runtime.mallocgc`), then
+    /// its callers. Empty when the stack could not be read (counted in drops).
+    pub stack: Vec<Location>,
+    /// Goroutine id (0: none could be read).
+    pub goid: u64,
+    /// Go type name of the allocated object; `None` when the runtime passed a nil `typ`
+    /// (pointer-free slices, strings, merged escaping locals).
+    pub type_name: Option<String>,
+    /// Requested bytes.
+    pub bytes: u64,
+    /// Allocation calls.
+    pub objects: u64,
+}
+
+/// Totals of one goroutine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GoroutineSummary {
+    pub goid: u64,
+    /// The goroutine's start function (`g.startpc`), when it could be read.
+    pub start_function: Option<String>,
+    pub bytes: u64,
+    pub objects: u64,
+}
+
+/// Events that were not aggregated in full. Nothing is dropped without being counted here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drops {
+    /// Events lost because the kernel allocation map was full.
+    pub alloc_map_full: u64,
+    /// Events kept without a stack because the user stack could not be read.
+    pub stack_unreadable: u64,
+    /// Events kept under goroutine 0 because the goroutine could not be read.
+    pub goid_unreadable: u64,
+    /// Goroutines whose start function is unknown because the goroutine map was full.
+    pub goroutine_map_full: u64,
+}
+
+impl Drops {
+    pub fn total(&self) -> u64 {
+        self.alloc_map_full + self.stack_unreadable + self.goid_unreadable + self.goroutine_map_full
+    }
+}
+
+/// What was traced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    /// Path of the executable.
+    pub exe: String,
+    /// Go toolchain that built it (`go1.27.3`).
+    pub go_version: String,
+    /// No `.symtab`: functions came from `.gopclntab`.
+    pub stripped: bool,
+    pub pie: bool,
+    /// The allocator entry points that were probed.
+    pub probes: Vec<String>,
+}
+
+/// How the events were collected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every allocation was seen.
+    Exact,
+}
+
+/// The whole allocation profile.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AllocProfile {
+    pub target: TargetInfo,
+    pub mode: Mode,
+    /// Wall-clock start of the trace, Unix nanoseconds.
+    pub start_unix_ns: u64,
+    pub duration_ns: u64,
+    /// Allocation events seen (including those later dropped).
+    pub events: u64,
+    /// Bytes of all events seen.
+    pub event_bytes: u64,
+    pub samples: Vec<AllocSample>,
+    /// By bytes, largest first.
+    pub goroutines: Vec<GoroutineSummary>,
+    pub mappings: Vec<Mapping>,
+    pub drops: Drops,
+}
+
+impl AllocProfile {
+    /// Bytes and objects over all aggregated samples.
+    pub fn totals(&self) -> (u64, u64) {
+        self.samples.iter().fold((0, 0), |(b, o), s| (b + s.bytes, o + s.objects))
+    }
+}

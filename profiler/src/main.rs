@@ -1,0 +1,5 @@
+//! gomemtrace: where a Go program's memory goes, from outside the process.
+
+
+
+fn main() {}
