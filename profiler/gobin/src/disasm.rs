@@ -1,0 +1,1 @@
+//! amd64 disassembly helpers for probe placement (work in progress).

@@ -1,0 +1,1 @@
+//! Names of Go runtime type descriptors (work in progress).
