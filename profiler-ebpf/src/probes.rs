@@ -3,7 +3,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{HashMap, PerCpuArray, StackTrace},
-    programs::ProbeContext,
+    programs::{ProbeContext, tracing::StackIdContext as _},
 };
 use gomemtrace_common::{
     AllocKey, AllocStats, Counter, GoroutineInfo, GoroutineKey, MAX_ALLOC_KEYS, MAX_GOROUTINES,
@@ -99,7 +99,7 @@ fn try_alloc_entry(ctx: &ProbeContext) -> Result<(), ()> {
         remember_goroutine(tgid, g, goid, &cfg);
     }
 
-    let stack_id = match STACKS.get_stackid(ctx, BPF_F_USER_STACK as u64) {
+    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
         Ok(id) => id as i32,
         Err(_) => {
             count(Counter::StackUnreadable, 1);
@@ -116,17 +116,27 @@ fn try_alloc_entry(ctx: &ProbeContext) -> Result<(), ()> {
     add(&key, size)
 }
 
+/// Adds one allocation of `size` bytes to a map value shared by all CPUs.
+///
+/// # Safety
+/// `stats` must point at a live map value.
+#[inline(always)]
+unsafe fn add_stats(stats: *mut AllocStats, size: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    // SAFETY: the caller guarantees a live value; BPF_ATOMIC add (XADD) is atomic across
+    // CPUs. core's AtomicU64::fetch_add is not available on the bpf target, so the
+    // intrinsic is used directly.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).bytes, size);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).objects, 1);
+    }
+}
+
 #[inline(always)]
 fn add(key: &AllocKey, size: u64) -> Result<(), ()> {
     if let Some(stats) = ALLOCS.get_ptr_mut(key) {
-        // SAFETY: the pointer is to a live map value; the adds are atomic because several
-        // CPUs may update the same key.
-        unsafe {
-            core::sync::atomic::AtomicU64::from_ptr(&raw mut (*stats).bytes)
-                .fetch_add(size, core::sync::atomic::Ordering::Relaxed);
-            core::sync::atomic::AtomicU64::from_ptr(&raw mut (*stats).objects)
-                .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-        }
+        // SAFETY: the pointer is to a live map value.
+        unsafe { add_stats(stats, size) };
         return Ok(());
     }
     let first = AllocStats { bytes: size, objects: 1 };
@@ -136,12 +146,7 @@ fn add(key: &AllocKey, size: u64) -> Result<(), ()> {
         Err(_) => match ALLOCS.get_ptr_mut(key) {
             Some(stats) => {
                 // SAFETY: as above.
-                unsafe {
-                    core::sync::atomic::AtomicU64::from_ptr(&raw mut (*stats).bytes)
-                        .fetch_add(size, core::sync::atomic::Ordering::Relaxed);
-                    core::sync::atomic::AtomicU64::from_ptr(&raw mut (*stats).objects)
-                        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-                }
+                unsafe { add_stats(stats, size) };
                 Ok(())
             }
             None => {
