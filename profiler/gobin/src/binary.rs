@@ -1,0 +1,437 @@
+//! [`GoBinary`]: one Go ELF executable read from its bytes, stripped or not, PIE or not.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::buildinfo::{self, BuildInfo};
+use crate::bytes::u64_le;
+use crate::elf::{ElfImage, go_build_id_note};
+use crate::moduledata::{self, ModuledataLayout};
+use crate::pclntab::{FuncEntry, Pclntab};
+use crate::{Arch, Error, Function, GoVersion};
+
+/// The oldest release whose pclntab format (magic 0xfffffff0) this crate reads.
+const OLDEST_SUPPORTED: GoVersion = GoVersion::new(1, 18, 0);
+
+/// A Go executable, parsed once; owns the file bytes.
+pub struct GoBinary {
+    pub(crate) data: Vec<u8>,
+    pub(crate) elf: ElfImage,
+    build: BuildInfo,
+    version: GoVersion,
+    go_build_id: Option<String>,
+    pub(crate) pclntab: Pclntab,
+    pub(crate) moduledata: Option<u64>,
+    pub(crate) layout: ModuledataLayout,
+    text_start: u64,
+    functions: Vec<Function>,
+    by_name: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for GoBinary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoBinary")
+            .field("version", &self.build.version)
+            .field("arch", &self.arch())
+            .field("stripped", &self.is_stripped())
+            .field("pie", &self.is_pie())
+            .field("functions", &self.functions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GoBinary {
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let data = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(data, &path.display().to_string())
+    }
+
+    pub fn from_bytes(data: Vec<u8>) -> Result<Self, Error> {
+        Self::parse(data, "<memory>")
+    }
+
+    fn parse(data: Vec<u8>, object_name: &str) -> Result<Self, Error> {
+        let elf = ElfImage::parse(&data, object_name)?;
+        let not_go = || Error::NotGo {
+            object: object_name.to_string(),
+        };
+
+        let buildinfo_blob = match elf.section(".go.buildinfo") {
+            Some(s) => section_bytes(&data, s.offset, s.size),
+            None => find_aligned(&data, buildinfo::MAGIC, 16).map(|at| &data[at..]),
+        }
+        .ok_or_else(not_go)?;
+        let build = buildinfo::parse(buildinfo_blob, |vaddr, len| {
+            let offset = usize::try_from(elf.vaddr_to_file_offset(vaddr)?).ok()?;
+            data.get(offset..offset + len).map(<[u8]>::to_vec)
+        })
+        .ok_or_else(|| Error::malformed(format!("{object_name}: unreadable .go.buildinfo")))?;
+        let version = parse_version(&build.version)?;
+        if version < OLDEST_SUPPORTED {
+            return Err(Error::UnsupportedVersion {
+                version: build.version.clone(),
+            });
+        }
+
+        let go_build_id = elf
+            .section(".note.go.buildid")
+            .and_then(|s| section_bytes(&data, s.offset, s.size))
+            .and_then(go_build_id_note);
+
+        let pclntab = find_pclntab(&data, &elf)
+            .ok_or_else(|| Error::malformed(format!("{object_name}: no .gopclntab")))?;
+        let layout = ModuledataLayout::for_version(version);
+
+        let mut binary = Self {
+            data,
+            elf,
+            build,
+            version,
+            go_build_id,
+            pclntab,
+            moduledata: None,
+            layout,
+            text_start: 0,
+            functions: Vec::new(),
+            by_name: HashMap::new(),
+        };
+        binary.moduledata = binary.find_moduledata();
+        binary.text_start = binary.find_text_start().ok_or_else(|| {
+            Error::malformed(format!(
+                "{object_name}: no text start (pcHeader.textStart and moduledata both missing)"
+            ))
+        })?;
+        binary.functions = match &binary.elf.func_symbols {
+            Some(symbols) => functions_from_symtab(symbols),
+            None => binary.functions_from_pclntab(),
+        };
+        binary.by_name = binary
+            .functions
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), i))
+            .collect();
+        Ok(binary)
+    }
+
+    /// The Go release that built the binary, from `.go.buildinfo`.
+    pub fn version(&self) -> GoVersion {
+        self.version
+    }
+
+    /// The version string as stored, e.g. `go1.27.3`.
+    pub fn version_string(&self) -> &str {
+        &self.build.version
+    }
+
+    /// `build\tKEY=VALUE` lines of the module info (`GOEXPERIMENT`, `-ldflags`, `CGO_ENABLED`, ...).
+    pub fn build_settings(&self) -> &[(String, String)] {
+        &self.build.settings
+    }
+
+    /// The main module's path (`mod` line, else `path` line of the module info).
+    pub fn main_module(&self) -> Option<&str> {
+        self.build.main_module.as_deref()
+    }
+
+    pub fn arch(&self) -> Arch {
+        match self.elf.machine {
+            m if m == object::elf::EM_X86_64.0 => Arch::Amd64,
+            m if m == object::elf::EM_AARCH64.0 => Arch::Arm64,
+            other => Arch::Other(other),
+        }
+    }
+
+    /// No `.symtab` (`-ldflags=-s`).
+    pub fn is_stripped(&self) -> bool {
+        self.elf.func_symbols.is_none()
+    }
+
+    /// `ET_DYN`: built with `-buildmode=pie`.
+    pub fn is_pie(&self) -> bool {
+        self.elf.is_pie
+    }
+
+    /// The GNU build ID (`.note.gnu.build-id`) in hex.
+    pub fn gnu_build_id(&self) -> Option<String> {
+        self.elf
+            .gnu_build_id
+            .as_ref()
+            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The Go build ID (`.note.go.buildid`), as `go tool buildid` prints it.
+    pub fn go_build_id(&self) -> Option<String> {
+        self.go_build_id.clone()
+    }
+
+    /// All functions, sorted by entry. ABIInternal entries; names carry no `.abi0`.
+    pub fn functions(&self) -> &[Function] {
+        &self.functions
+    }
+
+    /// The function named `name` (the Go function, not its ABI0 wrapper).
+    pub fn function(&self, name: &str) -> Option<&Function> {
+        self.by_name.get(name).map(|&i| &self.functions[i])
+    }
+
+    /// The function whose `[entry, end)` holds `pc` (a file vaddr).
+    pub fn function_at(&self, pc: u64) -> Option<&Function> {
+        let index = self
+            .functions
+            .partition_point(|f| f.entry <= pc)
+            .checked_sub(1)?;
+        let function = &self.functions[index];
+        (pc < function.end).then_some(function)
+    }
+
+    /// The machine code of `f`.
+    pub fn function_code(&self, f: &Function) -> Option<&[u8]> {
+        self.read_vaddr(f.entry, usize::try_from(f.end.checked_sub(f.entry)?).ok()?)
+    }
+
+    /// `len` bytes at `vaddr` from the file-backed part of a `PT_LOAD` segment (not `.bss`).
+    pub fn read_vaddr(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
+        if (len as u64) > self.elf.file_backed_len(vaddr)? {
+            return None;
+        }
+        let offset = usize::try_from(self.elf.vaddr_to_file_offset(vaddr)?).ok()?;
+        self.data.get(offset..offset.checked_add(len)?)
+    }
+
+    /// `vaddr - p_vaddr + p_offset` of the `PT_LOAD` holding `vaddr` (uprobe attach offsets).
+    pub fn vaddr_to_file_offset(&self, vaddr: u64) -> Option<u64> {
+        self.elf.vaddr_to_file_offset(vaddr)
+    }
+
+    /// `[moduledata.types, moduledata.etypes)`: where runtime type descriptors live.
+    pub fn types_range(&self) -> Option<(u64, u64)> {
+        let md = self.moduledata?;
+        let start = self.read_pointer(md + self.layout.types)?;
+        let end = self.read_pointer(md + self.layout.etypes)?;
+        (start != 0 && start <= end).then_some((start, end))
+    }
+
+    /// `runtime.text` (moduledata.text), the base of every pclntab entry offset.
+    pub fn text_start(&self) -> u64 {
+        self.text_start
+    }
+
+    /// The pointer stored at `slot`: the `R_*_RELATIVE` addend when the file has one (PIE),
+    /// else the little-endian word in the file.
+    pub(crate) fn read_pointer(&self, slot: u64) -> Option<u64> {
+        if let Some(&addend) = self.elf.relative_relocs.get(&slot) {
+            return Some(addend);
+        }
+        u64_le(self.read_vaddr(slot, 8)?, 0)
+    }
+
+    pub(crate) fn pcln(&self) -> &[u8] {
+        &self.data[self.pclntab.file_offset..self.pclntab.file_offset + self.pclntab.len]
+    }
+
+    /// `moduledata.gofunc`: the base of funcdata offsets (inline trees).
+    pub(crate) fn gofunc(&self) -> Option<u64> {
+        self.read_pointer(self.moduledata? + self.layout.gofunc)
+    }
+
+    fn find_moduledata(&self) -> Option<u64> {
+        let pc_header = self.pclntab.addr;
+        let funcnametab = pc_header + self.pclntab.funcname_offset as u64;
+        let is_moduledata = |md: u64| {
+            self.read_pointer(md + self.layout.pc_header) == Some(pc_header)
+                && self.read_pointer(md + self.layout.funcnametab) == Some(funcnametab)
+        };
+        // Go 1.26+: its own section. Unstripped: the symbol.
+        let direct = [
+            self.elf.section(".go.module").map(|s| s.addr),
+            self.elf
+                .data_symbols
+                .get("runtime.firstmoduledata")
+                .copied(),
+        ];
+        if let Some(md) = direct.into_iter().flatten().find(|&md| is_moduledata(md)) {
+            return Some(md);
+        }
+        // PIE: the pointers live in relocations.
+        let mut reloc_slots: Vec<u64> = self.elf.relative_relocs.keys().copied().collect();
+        reloc_slots.sort_unstable();
+        if let Some(md) =
+            moduledata::find_by_pc_header(reloc_slots.into_iter(), pc_header, funcnametab, |s| {
+                self.read_pointer(s)
+            })
+        {
+            return Some(md);
+        }
+        // Otherwise: scan the data sections for the two words.
+        for name in [".noptrdata", ".data", ".data.rel.ro", ".go.module"] {
+            let Some(section) = self.elf.section(name) else {
+                continue;
+            };
+            let bytes = section_bytes(&self.data, section.offset, section.size)?;
+            let found = (0..bytes.len().saturating_sub(15)).step_by(8).find(|&i| {
+                u64_le(bytes, i) == Some(pc_header) && u64_le(bytes, i + 8) == Some(funcnametab)
+            });
+            if let Some(i) = found {
+                return Some(section.addr + i as u64);
+            }
+        }
+        None
+    }
+
+    /// pcHeader.textStart through 1.25 (relocated in PIE); moduledata.text always (the
+    /// header field is 0 from 1.26).
+    fn find_text_start(&self) -> Option<u64> {
+        let md_text = self
+            .moduledata
+            .and_then(|md| self.read_pointer(md + self.layout.text))
+            .filter(|&t| t != 0);
+        let header_text = self
+            .elf
+            .relative_relocs
+            .get(&self.pclntab.text_start_slot)
+            .copied()
+            .or(Some(self.pclntab.text_start_raw))
+            .filter(|&t| t != 0);
+        md_text.or(header_text)
+    }
+
+    fn wrapper_func_id(&self) -> u8 {
+        // FuncIDWrapper moved as funcIDs were added (GO-RUNTIME.md §7).
+        match self.version.minor {
+            ..=21 => 21,
+            22..=24 => 22,
+            _ => 23,
+        }
+    }
+
+    pub(crate) fn func_entry(&self, index: usize) -> Option<FuncEntry> {
+        self.pclntab.func_entry(self.pcln(), index)
+    }
+
+    fn functions_from_pclntab(&self) -> Vec<Function> {
+        let pcln = self.pcln();
+        let tab = &self.pclntab;
+        let wrapper = self.wrapper_func_id();
+        let mut all = Vec::with_capacity(tab.nfunc);
+        for i in 0..tab.nfunc {
+            let (Some(entry), Some(next)) = (tab.func_entry(pcln, i), tab.func_entry(pcln, i + 1))
+            else {
+                break;
+            };
+            let Some(name) = tab.func_name(pcln, entry) else {
+                continue;
+            };
+            let is_wrapper = tab.func_id(pcln, entry) == Some(wrapper);
+            let function = Function {
+                name: name.to_string(),
+                entry: self.text_start + u64::from(entry.entry_off),
+                end: self.text_start + u64::from(next.entry_off),
+            };
+            all.push((function, is_wrapper));
+        }
+        // A name that occurs twice is a Go function and its ABI0 wrapper: keep the former.
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for (f, _) in &all {
+            *count.entry(f.name.as_str()).or_default() += 1;
+        }
+        let keep: Vec<bool> = all
+            .iter()
+            .map(|(f, is_wrapper)| !(*is_wrapper && count[f.name.as_str()] > 1))
+            .collect();
+        let mut functions: Vec<Function> = all
+            .into_iter()
+            .zip(keep)
+            .filter(|(_, keep)| *keep)
+            .map(|((f, _), _)| f)
+            .collect();
+        functions.sort_by_key(|f| f.entry);
+        functions
+    }
+}
+
+/// Functions from `.symtab`: ABI0 symbols lose `.abi0`, and an ABI0 wrapper is dropped when
+/// the Go function of the same name exists. `end` is the symbol size, or the next entry.
+fn functions_from_symtab(symbols: &[crate::elf::FuncSymbol]) -> Vec<Function> {
+    let plain: std::collections::HashSet<&str> = symbols
+        .iter()
+        .filter(|s| !s.name.ends_with(".abi0"))
+        .map(|s| s.name.as_str())
+        .collect();
+    let mut functions: Vec<Function> = symbols
+        .iter()
+        .filter_map(|s| {
+            let name = match s.name.strip_suffix(".abi0") {
+                Some(base) if plain.contains(base) => return None,
+                Some(base) => base,
+                None => &s.name,
+            };
+            Some(Function {
+                name: name.to_string(),
+                entry: s.addr,
+                end: s.addr + s.size,
+            })
+        })
+        .collect();
+    functions.sort_by_key(|f| f.entry);
+    // Size-less symbols (markers such as runtime.text) end where the next function starts.
+    for i in 0..functions.len() {
+        if functions[i].end == functions[i].entry {
+            let next = functions[i + 1..]
+                .iter()
+                .map(|f| f.entry)
+                .find(|&e| e > functions[i].entry);
+            functions[i].end = next.unwrap_or(functions[i].entry);
+        }
+    }
+    functions
+}
+
+fn section_bytes(data: &[u8], offset: u64, size: u64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    data.get(start..start.checked_add(usize::try_from(size).ok()?)?)
+}
+
+fn find_aligned(data: &[u8], needle: &[u8], align: usize) -> Option<usize> {
+    (0..data.len().saturating_sub(needle.len()))
+        .step_by(align)
+        .find(|&i| data[i..].starts_with(needle))
+}
+
+/// `go1.22.3`, or a development build's `devel go1.28-abcdef ...`.
+fn parse_version(version: &str) -> Result<GoVersion, Error> {
+    GoVersion::parse(version)
+        .or_else(|| GoVersion::parse(version.strip_prefix("devel ")?))
+        .ok_or_else(|| Error::UnsupportedVersion {
+            version: version.to_string(),
+        })
+}
+
+/// `.gopclntab`, PIE's `.data.rel.ro.gopclntab`, or (no section headers) a scan for a
+/// header that parses.
+fn find_pclntab(data: &[u8], elf: &ElfImage) -> Option<Pclntab> {
+    for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
+        if let Some(section) = elf.section(name) {
+            let offset = usize::try_from(section.offset).ok()?;
+            let bytes = section_bytes(data, section.offset, section.size)?;
+            return Pclntab::parse(bytes, section.addr, offset);
+        }
+    }
+    for segment in &elf.segments {
+        let start = usize::try_from(segment.offset).ok()?;
+        let bytes = section_bytes(data, segment.offset, segment.file_size)?;
+        for i in (0..bytes.len().saturating_sub(64)).step_by(8) {
+            let magic = u32::from_le_bytes(bytes[i..i + 4].try_into().ok()?);
+            if magic != crate::pclntab::MAGIC_GO118 && magic != crate::pclntab::MAGIC_GO120 {
+                continue;
+            }
+            if let Some(tab) = Pclntab::parse(&bytes[i..], segment.vaddr + i as u64, start + i) {
+                return Some(tab);
+            }
+        }
+    }
+    None
+}

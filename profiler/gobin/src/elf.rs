@@ -1,0 +1,184 @@
+//! The parts of an ELF file a Go binary reader needs, copied out of the `object` parse
+//! so that [`crate::GoBinary`] can own its bytes without borrowing from itself.
+
+use std::collections::HashMap;
+
+use object::elf;
+use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, Rela, SectionHeader};
+use object::{Endianness, Object, ObjectSection, ObjectSymbol, ObjectSymbolTable, SymbolKind};
+
+use crate::Error;
+
+/// An ELF section that occupies bytes in the file (not `SHT_NOBITS`).
+#[derive(Clone, Debug)]
+pub(crate) struct Section {
+    pub name: String,
+    pub addr: u64,
+    pub size: u64,
+    pub offset: u64,
+}
+
+/// A `PT_LOAD` segment.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LoadSegment {
+    pub vaddr: u64,
+    pub offset: u64,
+    pub file_size: u64,
+}
+
+/// A function symbol from `.symtab`.
+#[derive(Clone, Debug)]
+pub(crate) struct FuncSymbol {
+    pub name: String,
+    pub addr: u64,
+    pub size: u64,
+}
+
+/// Everything read from the ELF container itself (not from Go's metadata).
+#[derive(Debug)]
+pub(crate) struct ElfImage {
+    pub machine: u16,
+    pub is_pie: bool,
+    pub sections: Vec<Section>,
+    pub segments: Vec<LoadSegment>,
+    /// `None` when the binary has no `.symtab` (stripped).
+    pub func_symbols: Option<Vec<FuncSymbol>>,
+    /// Data symbols by name, for the few globals that help when `.symtab` is present.
+    pub data_symbols: HashMap<String, u64>,
+    /// `R_*_RELATIVE` relocations: slot vaddr → addend. PIE files keep link-time pointers
+    /// here rather than in the slot itself.
+    pub relative_relocs: HashMap<u64, u64>,
+    pub gnu_build_id: Option<Vec<u8>>,
+}
+
+impl ElfImage {
+    pub fn parse(data: &[u8], object_name: &str) -> Result<Self, Error> {
+        if data.get(..4) != Some(&b"\x7fELF"[..]) {
+            return Err(Error::NotElf {
+                object: object_name.to_string(),
+                reason: "no ELF magic".into(),
+            });
+        }
+        let file = ElfFile64::<Endianness>::parse(data).map_err(|e| Error::NotElf {
+            object: object_name.to_string(),
+            reason: e.to_string(),
+        })?;
+        let endian = file.endian();
+        let header = file.elf_header();
+        let machine = header.e_machine(endian).0;
+        let is_pie = header.e_type(endian) == elf::ET_DYN;
+
+        let segments = file
+            .elf_program_headers()
+            .iter()
+            .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+            .map(|ph| LoadSegment {
+                vaddr: ph.p_vaddr(endian),
+                offset: ph.p_offset(endian),
+                file_size: ph.p_filesz(endian),
+            })
+            .collect();
+
+        let mut sections = Vec::new();
+        let mut relative_relocs = HashMap::new();
+        let relative_type = if machine == elf::EM_AARCH64.0 {
+            elf::R_AARCH64_RELATIVE
+        } else {
+            elf::R_X86_64_RELATIVE
+        };
+        for section in file.sections() {
+            let raw = section.elf_section_header();
+            if raw.sh_type(endian) == elf::SHT_NOBITS {
+                continue;
+            }
+            let Some((offset, size)) = section.file_range() else {
+                continue;
+            };
+            sections.push(Section {
+                name: section.name().unwrap_or_default().to_string(),
+                addr: section.address(),
+                size,
+                offset,
+            });
+            if raw.sh_type(endian) == elf::SHT_RELA {
+                let relas = raw
+                    .data_as_array::<elf::Rela64<Endianness>, _>(endian, data)
+                    .unwrap_or(&[]);
+                for rela in relas {
+                    if rela.r_type(endian, false) == relative_type {
+                        relative_relocs.insert(rela.r_offset(endian), rela.r_addend(endian) as u64);
+                    }
+                }
+            }
+        }
+
+        let mut data_symbols = HashMap::new();
+        let func_symbols = file.symbol_table().map(|table| {
+            let mut funcs = Vec::new();
+            for symbol in table.symbols() {
+                let Ok(name) = symbol.name() else { continue };
+                match symbol.kind() {
+                    SymbolKind::Text => funcs.push(FuncSymbol {
+                        name: name.to_string(),
+                        addr: symbol.address(),
+                        size: symbol.size(),
+                    }),
+                    SymbolKind::Data => {
+                        data_symbols.insert(name.to_string(), symbol.address());
+                    }
+                    _ => {}
+                }
+            }
+            funcs
+        });
+
+        let gnu_build_id = file.build_id().ok().flatten().map(<[u8]>::to_vec);
+        Ok(Self {
+            machine,
+            is_pie,
+            sections,
+            segments,
+            func_symbols,
+            data_symbols,
+            relative_relocs,
+            gnu_build_id,
+        })
+    }
+
+    pub fn section(&self, name: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.name == name)
+    }
+
+    /// File offset of `vaddr` through the `PT_LOAD` segment whose file-backed part holds it.
+    pub fn vaddr_to_file_offset(&self, vaddr: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|seg| vaddr >= seg.vaddr && vaddr - seg.vaddr < seg.file_size)
+            .map(|seg| vaddr - seg.vaddr + seg.offset)
+    }
+
+    /// How many file-backed bytes follow `vaddr` in its segment.
+    pub fn file_backed_len(&self, vaddr: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|seg| vaddr >= seg.vaddr && vaddr - seg.vaddr < seg.file_size)
+            .map(|seg| seg.file_size - (vaddr - seg.vaddr))
+    }
+}
+
+/// Parses the `.note.go.buildid` note: `namesz, descsz, type, "Go\0\0", desc`.
+pub(crate) fn go_build_id_note(note: &[u8]) -> Option<String> {
+    let namesz = u32::from_le_bytes(note.get(0..4)?.try_into().ok()?) as usize;
+    let descsz = u32::from_le_bytes(note.get(4..8)?.try_into().ok()?) as usize;
+    let name = note.get(12..12 + namesz)?;
+    if !name.starts_with(b"Go") {
+        return None;
+    }
+    let desc_start = 12 + namesz.div_ceil(4) * 4;
+    let desc = note.get(desc_start..desc_start + descsz)?;
+    Some(
+        String::from_utf8_lossy(desc)
+            .trim_end_matches('\0')
+            .to_string(),
+    )
+}
