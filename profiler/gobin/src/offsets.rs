@@ -1,1 +1,257 @@
-//! Offsets of the runtime struct fields a profiler reads from `g`/`m` (work in progress).
+//! Byte offsets of the runtime struct fields the eBPF side reads from `g` and `m`.
+//!
+//! A uprobe finds the current goroutine in R14 (amd64) and must then read `g.goid`,
+//! `g.m.curg` (to get from `g0` back to the user goroutine), `g.startpc`/`g.gopc` and the
+//! stack bounds. These offsets change between Go releases and are **not monotonic**
+//! (`goid` is 0x98 in 1.19–1.22, 0xa0 in 1.23–1.24 and 0x98 again from 1.25), so they
+//! can't be derived from a version range rule. The authoritative source is the binary's
+//! own DWARF ([`from_dwarf`]); for stripped binaries [`for_version`] falls back to a table
+//! that was read from the DWARF of real binaries of each verified release and is checked
+//! against it by the tests.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use gimli::{AttributeValue, EndianSlice, LittleEndian, Reader};
+use object::{Object, ObjectSection};
+
+use crate::version::GoVersion;
+
+/// Offsets (bytes, from the start of the struct) of the `runtime.g` / `runtime.m` fields a
+/// profiler needs. amd64 and arm64 have identical layouts for these fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuntimeOffsets {
+    /// `g.goid` (int64 in 1.19, uint64 from 1.21).
+    pub g_goid: u32,
+    /// `g.m` (*m): the OS thread running the goroutine.
+    pub g_m: u32,
+    /// `m.curg` (*g): the user goroutine of an M, used when R14 holds `g0`.
+    pub m_curg: u32,
+    /// `g.startpc`: entry PC of the goroutine's function.
+    pub g_startpc: u32,
+    /// `g.gopc`: PC of the `go` statement that created the goroutine.
+    pub g_gopc: u32,
+    /// `g.stack.lo`.
+    pub g_stack_lo: u32,
+    /// `g.stack.hi`.
+    pub g_stack_hi: u32,
+}
+
+/// Where a [`RuntimeOffsets`] came from, for logging and diagnostics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetsSource {
+    /// Read from the binary's own DWARF: always right for that binary.
+    Dwarf,
+    /// Taken from the per-version table (stripped binary).
+    VersionTable,
+}
+
+/// Why [`from_dwarf`] could not produce offsets from a binary that has DWARF.
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetsError {
+    #[error("not a readable ELF file: {0}")]
+    Object(#[from] object::Error),
+    #[error("malformed DWARF: {0}")]
+    Dwarf(#[from] gimli::Error),
+    #[error("DWARF has no struct {0}")]
+    MissingStruct(&'static str),
+    #[error("DWARF struct {strukt} has no member {member} (or it has no constant offset)")]
+    MissingMember {
+        strukt: &'static str,
+        member: &'static str,
+    },
+    #[error("offset of {0} does not fit in 32 bits")]
+    TooLarge(&'static str),
+}
+
+/// The structs whose members we need. `runtime.stack` gives `lo`/`hi` inside `g.stack`.
+const STRUCTS: [&str; 3] = ["runtime.g", "runtime.m", "runtime.stack"];
+
+/// Reads the offsets from the binary's DWARF (`.debug_info`, compressed or not: Go
+/// zlib-compresses its DWARF, as `.zdebug_*` sections up to 1.21 and `SHF_COMPRESSED`
+/// sections later; `object` handles both).
+///
+/// Returns `Ok(None)` when the binary has no DWARF (`-ldflags=-w` or `-s -w`), so the
+/// caller can fall back to [`for_version`]. Errors mean the DWARF exists but is unusable.
+pub fn from_dwarf(elf_bytes: &[u8]) -> Result<Option<RuntimeOffsets>, OffsetsError> {
+    let file = object::File::parse(elf_bytes)?;
+    let has_info = file
+        .section_by_name(".debug_info")
+        .is_some_and(|s| s.size() > 0);
+    if !has_info {
+        return Ok(None);
+    }
+    let sections = gimli::DwarfSections::load(|id| -> Result<Cow<'_, [u8]>, OffsetsError> {
+        match file.section_by_name(id.name()) {
+            Some(section) => Ok(section.uncompressed_data()?),
+            None => Ok(Cow::Borrowed(&[])),
+        }
+    })?;
+    let dwarf = sections.borrow(|data| EndianSlice::new(data, LittleEndian));
+    let members = struct_members(&dwarf)?;
+
+    let field = |strukt: &'static str, member: &'static str| -> Result<u64, OffsetsError> {
+        members
+            .get(strukt)
+            .ok_or(OffsetsError::MissingStruct(strukt))?
+            .get(member)
+            .copied()
+            .ok_or(OffsetsError::MissingMember { strukt, member })
+    };
+    let narrow =
+        |name: &'static str, v: u64| u32::try_from(v).map_err(|_| OffsetsError::TooLarge(name));
+
+    let g_stack = field("runtime.g", "stack")?;
+    Ok(Some(RuntimeOffsets {
+        g_goid: narrow("g.goid", field("runtime.g", "goid")?)?,
+        g_m: narrow("g.m", field("runtime.g", "m")?)?,
+        m_curg: narrow("m.curg", field("runtime.m", "curg")?)?,
+        g_startpc: narrow("g.startpc", field("runtime.g", "startpc")?)?,
+        g_gopc: narrow("g.gopc", field("runtime.g", "gopc")?)?,
+        g_stack_lo: narrow("g.stack.lo", g_stack + field("runtime.stack", "lo")?)?,
+        g_stack_hi: narrow("g.stack.hi", g_stack + field("runtime.stack", "hi")?)?,
+    }))
+}
+
+type Members = HashMap<&'static str, HashMap<String, u64>>;
+
+/// Collects `member name -> DW_AT_data_member_location` for each struct in [`STRUCTS`].
+/// Go emits each type once, as a direct child of a compile unit, so only the top level of
+/// each unit is walked (function bodies are skipped by the tree iterator).
+fn struct_members<R: Reader>(dwarf: &gimli::Dwarf<R>) -> Result<Members, OffsetsError> {
+    let mut found = Members::new();
+    let mut units = dwarf.units();
+    while let Some(header) = units.next()? {
+        let unit = dwarf.unit(header)?;
+        let mut tree = unit.entries_tree(None)?;
+        let root = tree.root()?;
+        let mut children = root.children();
+        while let Some(child) = children.next()? {
+            let entry = child.entry();
+            if entry.tag() != gimli::DW_TAG_structure_type {
+                continue;
+            }
+            let Some(name) = entry.attr_value(gimli::DW_AT_name) else {
+                continue;
+            };
+            let name = dwarf.attr_string(&unit, name)?;
+            let name = name.to_string_lossy()?;
+            let Some(&key) = STRUCTS.iter().find(|s| **s == name) else {
+                continue;
+            };
+            if found.contains_key(key) {
+                continue;
+            }
+            let mut fields = HashMap::new();
+            let mut members = child.children();
+            while let Some(member) = members.next()? {
+                let m = member.entry();
+                if m.tag() != gimli::DW_TAG_member {
+                    continue;
+                }
+                let (Some(mname), Some(loc)) = (
+                    m.attr_value(gimli::DW_AT_name),
+                    m.attr_value(gimli::DW_AT_data_member_location),
+                ) else {
+                    continue;
+                };
+                let mname = dwarf
+                    .attr_string(&unit, mname)?
+                    .to_string_lossy()?
+                    .into_owned();
+                if let Some(off) = member_location(loc, unit.encoding()) {
+                    fields.insert(mname, off);
+                }
+            }
+            found.insert(key, fields);
+            if found.len() == STRUCTS.len() {
+                return Ok(found);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// `DW_AT_data_member_location` is a constant in Go's DWARF; older producers (and the
+/// DWARF 2 form) use a `DW_OP_plus_uconst N` expression, accepted too.
+fn member_location<R: Reader>(value: AttributeValue<R>, encoding: gimli::Encoding) -> Option<u64> {
+    if let Some(v) = value.udata_value() {
+        return Some(v);
+    }
+    let AttributeValue::Exprloc(expr) = value else {
+        return None;
+    };
+    let mut ops = expr.operations(encoding);
+    match ops.next().ok()?? {
+        gimli::Operation::PlusConstant { value } if ops.next().ok()?.is_none() => Some(value),
+        _ => None,
+    }
+}
+
+/// The amd64 offsets for a stripped binary of Go version `v`, or `None` when that release
+/// was not verified (1.20: no toolchain was available to check it; < 1.19 and > 1.27:
+/// unknown). Keyed by `(major, minor)` because patch releases never change these structs.
+///
+/// Every row was read from the DWARF of a binary built by that release and is re-checked
+/// by `tests/offsets.rs` (`for_version(v) == from_dwarf(unstripped binary of v)`), whose
+/// DWARF values are in turn checked against Go's own `debug/dwarf`.
+pub fn for_version(v: GoVersion) -> Option<RuntimeOffsets> {
+    // Two layouts for goid/startpc/gopc shifts: +8 in 1.23 (new g.syscallbp), -8 in 1.25
+    // (gobuf.ret removed), +8 in 1.26 for gopc/startpc only (a field added after goid).
+    const fn row(g_goid: u32, m_curg: u32, g_gopc: u32, g_startpc: u32) -> RuntimeOffsets {
+        RuntimeOffsets {
+            g_goid,
+            g_m: 0x30,
+            m_curg,
+            g_startpc,
+            g_gopc,
+            g_stack_lo: 0x0,
+            g_stack_hi: 0x8,
+        }
+    }
+    let offsets = match v.release() {
+        (1, 19) => row(0x98, 0xc0, 0x128, 0x138),
+        (1, 21) | (1, 22) => row(0x98, 0xc0, 0x118, 0x128),
+        (1, 23) | (1, 24) => row(0xa0, 0xc0, 0x120, 0x130),
+        (1, 25) => row(0x98, 0xb8, 0x118, 0x128),
+        (1, 26) | (1, 27) => row(0x98, 0xb8, 0x120, 0x130),
+        _ => return None,
+    };
+    Some(offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unverified_versions_have_no_table() {
+        for minor in [17, 18, 20, 28, 30] {
+            assert_eq!(for_version(GoVersion::new(1, minor, 0)), None, "1.{minor}");
+        }
+        assert_eq!(for_version(GoVersion::new(2, 0, 0)), None);
+    }
+
+    #[test]
+    fn goid_is_not_monotonic() {
+        let goid = |minor| for_version(GoVersion::new(1, minor, 3)).map(|o| o.g_goid);
+        assert_eq!(goid(22), Some(0x98));
+        assert_eq!(goid(23), Some(0xa0));
+        assert_eq!(goid(25), Some(0x98));
+    }
+
+    #[test]
+    fn no_dwarf_is_none() {
+        // A minimal ELF64 header with no sections at all.
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2; // ELFCLASS64
+        elf[5] = 1; // little endian
+        elf[6] = 1; // EV_CURRENT
+        elf[16] = 2; // ET_EXEC
+        elf[18] = 0x3e; // EM_X86_64
+        elf[20] = 1;
+        elf[52] = 64; // e_ehsize
+        assert!(matches!(from_dwarf(&elf), Ok(None)));
+    }
+}

@@ -1,0 +1,3 @@
+module dwdump
+
+go 1.19

@@ -1,0 +1,130 @@
+// dwdump: an independent oracle for gomemtrace-gobin's tests, built on Go's own
+// debug/dwarf and debug/elf. For one Go binary it prints, one per line:
+//
+//	field runtime.g.goid 0x98          (byte offset of a member, nested members joined by '.')
+//	rtype main.Small 0x1a2b0           (DW_AT_go_runtime_type: type descriptor offset from md.types)
+//	sym runtime.types 0x4a0000         (address of a .symtab symbol)
+//
+// Usage: dwdump BINARY
+package main
+
+import (
+	"debug/dwarf"
+	"debug/elf"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+)
+
+const attrGoRuntimeType = dwarf.Attr(0x2904)
+
+var structs = map[string][]string{
+	"runtime.g":     {"goid", "m", "startpc", "gopc", "stack.lo", "stack.hi"},
+	"runtime.m":     {"curg"},
+	"runtime.stack": {"lo", "hi"},
+}
+
+var rtypes = map[string]bool{
+	"main.Small":    true,
+	"*main.Small":   true,
+	"main.NoPtr":    true,
+	"[]uint8":       true,
+	"runtime.g":     true,
+	"*runtime.g":    true,
+	"string":        true,
+	"[]*main.Small": true,
+}
+
+func main() {
+	f, err := elf.Open(os.Args[1])
+	if err != nil {
+		fail(err)
+	}
+	d, err := f.DWARF()
+	if err != nil {
+		fail(err)
+	}
+	var out []string
+	r := d.Reader()
+	for {
+		e, err := r.Next()
+		if err != nil {
+			fail(err)
+		}
+		if e == nil {
+			break
+		}
+		name, _ := e.Val(dwarf.AttrName).(string)
+		if rtypes[name] {
+			if off, ok := e.Val(attrGoRuntimeType).(uint64); ok {
+				out = append(out, fmt.Sprintf("rtype %s %#x", name, off))
+				delete(rtypes, name)
+			}
+		}
+		if e.Tag == dwarf.TagStructType {
+			if fields, ok := structs[name]; ok {
+				t, err := d.Type(e.Offset)
+				if err != nil {
+					fail(err)
+				}
+				st := t.(*dwarf.StructType)
+				for _, fld := range fields {
+					off, ok := memberOffset(st, fld)
+					if !ok {
+						fail(fmt.Errorf("%s has no member %s", name, fld))
+					}
+					out = append(out, fmt.Sprintf("field %s.%s %#x", name, fld, off))
+				}
+				delete(structs, name)
+			}
+		}
+		if e.Tag != dwarf.TagCompileUnit && e.Children {
+			// Types live at the top level of each unit; don't walk function bodies.
+			r.SkipChildren()
+		}
+	}
+	syms, err := f.Symbols()
+	if err != nil {
+		fail(err)
+	}
+	for _, s := range syms {
+		if s.Name == "runtime.types" || s.Name == "runtime.etypes" {
+			out = append(out, fmt.Sprintf("sym %s %#x", s.Name, s.Value))
+		}
+	}
+	sort.Strings(out)
+	fmt.Println(strings.Join(out, "\n"))
+}
+
+func memberOffset(st *dwarf.StructType, path string) (int64, bool) {
+	head, rest, nested := strings.Cut(path, ".")
+	for _, f := range st.Field {
+		if f.Name != head {
+			continue
+		}
+		if !nested {
+			return f.ByteOffset, true
+		}
+		t := f.Type
+		for {
+			td, ok := t.(*dwarf.TypedefType)
+			if !ok {
+				break
+			}
+			t = td.Type
+		}
+		inner, ok := t.(*dwarf.StructType)
+		if !ok {
+			return 0, false
+		}
+		off, ok := memberOffset(inner, rest)
+		return f.ByteOffset + off, ok
+	}
+	return 0, false
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "dwdump:", err)
+	os.Exit(1)
+}
