@@ -1,1 +1,816 @@
 //! Harness for the end-to-end tests: builds Go fixtures with each toolchain and runs gomemtrace on them.
+//!
+//! - [`fixture`] builds `tests/fixtures/<name>/main.go` with one Go release
+//!   (`~/.cache/gomemtrace/go/<1.NN>`, installed by `scripts/setup.sh`) as one [`Variant`],
+//!   cached under `$GOMEMTRACE_CACHE/fixtures` by (version, variant, source hash).
+//! - [`gomemtrace`] finds (or builds) the CLI under test.
+//! - [`Proc`] runs a program with its output collected line by line, so a test can wait for
+//!   `ready` / `attached` lines and send signals.
+//! - [`Report`] is the part of gomemtrace's `--format json` output the tests read, kept
+//!   independent of `gomemtrace-report` on purpose: the tests check the documented format,
+//!   not the code that writes it.
+//! - [`Oracle`] is what the `allocs` fixture writes with `-oracle FILE`: the Go runtime's own
+//!   allocation profile (MemProfileRate=1) per site, the fixture's arithmetic and its
+//!   goroutine ids.
+//!
+//! Tests that need root call [`require_root`] first, which prints `SKIP: needs root` and
+//! returns false otherwise.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Deserialize;
+
+/// Every Go release gomemtrace supports; `GOMEMTRACE_GO_VERSIONS=1.25,1.27` narrows it.
+pub fn go_versions() -> Vec<String> {
+    const ALL: [&str; 8] = [
+        "1.19", "1.21", "1.22", "1.23", "1.24", "1.25", "1.26", "1.27",
+    ];
+    match std::env::var("GOMEMTRACE_GO_VERSIONS") {
+        Ok(list) if !list.trim().is_empty() => {
+            list.split(',').map(|v| v.trim().to_string()).collect()
+        }
+        _ => ALL.iter().map(|v| v.to_string()).collect(),
+    }
+}
+
+/// The newest supported release: the one single-version tests use.
+pub fn latest_go() -> String {
+    go_versions()
+        .last()
+        .cloned()
+        .unwrap_or_else(|| "1.27".into())
+}
+
+/// How a fixture is linked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// `go build`
+    Normal,
+    /// `go build -ldflags="-s -w"`: no `.symtab`, no DWARF.
+    Stripped,
+    /// `go build -buildmode=pie`
+    Pie,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 3] = [Variant::Normal, Variant::Stripped, Variant::Pie];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Normal => "normal",
+            Variant::Stripped => "stripped",
+            Variant::Pie => "pie",
+        }
+    }
+
+    fn build_flags(self) -> &'static [&'static str] {
+        match self {
+            Variant::Normal => &[],
+            Variant::Stripped => &["-ldflags=-s -w"],
+            Variant::Pie => &["-buildmode=pie"],
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `$GOMEMTRACE_CACHE`, default `~/.cache/gomemtrace`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GOMEMTRACE_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/gomemtrace")
+}
+
+/// The `go` command of release `version` (`"1.25"`).
+pub fn go_path(version: &str) -> Result<PathBuf> {
+    let go = cache_dir().join("go").join(version).join("bin/go");
+    ensure!(
+        go.is_file(),
+        "Go {version} not found at {}: run `bash scripts/setup.sh`",
+        go.display()
+    );
+    Ok(go)
+}
+
+/// A `go` command with a hermetic environment: local toolchain, no module proxy, caches
+/// under the project cache directory.
+pub fn go_command(version: &str) -> Result<Command> {
+    let cache = cache_dir();
+    let mut cmd = Command::new(go_path(version)?);
+    cmd.env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .env("GO111MODULE", "on")
+        .env("GOCACHE", cache.join("gocache").join(version))
+        .env("GOPATH", cache.join("gopath"))
+        .env("GOTELEMETRY", "off")
+        .env("CGO_ENABLED", "0")
+        .env_remove("GOROOT")
+        .env_remove("GOOS")
+        .env_remove("GOARCH")
+        .env_remove("GOEXPERIMENT");
+    Ok(cmd)
+}
+
+/// FNV-1a: stable across Rust releases, for cache keys.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Directory of fixture `name`'s source.
+pub fn fixture_source(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// One fixture build, shared by every test thread that asks for it.
+type BuildSlot = Arc<OnceLock<Result<PathBuf, String>>>;
+/// Fixture builds by (name, Go version, variant).
+type Builds = Mutex<HashMap<(String, String, Variant), BuildSlot>>;
+
+/// Builds (once per process; other processes wait on a file lock) fixture `name` with Go
+/// `version` as `variant`, and returns the binary's path.
+pub fn fixture(name: &str, version: &str, variant: Variant) -> Result<PathBuf> {
+    static BUILT: OnceLock<Builds> = OnceLock::new();
+    let slot = {
+        let mut built = BUILT
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        built
+            .entry((name.to_string(), version.to_string(), variant))
+            .or_default()
+            .clone()
+    };
+    slot.get_or_init(|| build_fixture(name, version, variant).map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_fixture(name: &str, version: &str, variant: Variant) -> Result<PathBuf> {
+    let main_go = fixture_source(name).join("main.go");
+    let source = fs::read(&main_go).with_context(|| format!("read {}", main_go.display()))?;
+    let key = format!(
+        "{name}-{version}-{}-{:016x}",
+        variant.name(),
+        fnv1a(&source)
+    );
+    let out_dir = cache_dir().join("fixtures").join(&key);
+    let binary = out_dir.join(name);
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    let lock = File::create(out_dir.join(".lock")).context("create build lock")?;
+    lock.lock().context("lock fixture build dir")?;
+    if binary.is_file() {
+        return Ok(binary); // another process built it while we waited
+    }
+    let work = out_dir.join("src");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    fs::write(work.join("go.mod"), format!("module {name}\n\ngo 1.19\n"))?;
+    fs::write(work.join("main.go"), &source)?;
+    let tmp = out_dir.join(format!("{name}.tmp"));
+    let output = go_command(version)?
+        .current_dir(&work)
+        .arg("build")
+        .args(variant.build_flags())
+        .arg("-o")
+        .arg(&tmp)
+        .arg(".")
+        .output()
+        .with_context(|| format!("run go {version} build"))?;
+    ensure!(
+        output.status.success(),
+        "go {version} build {:?} of fixture {name} failed:\n{}",
+        variant.build_flags(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fs::rename(&tmp, &binary)?;
+    Ok(binary)
+}
+
+/// Runs `go <args>` with Go `version`; returns stdout, failing with stderr on error.
+pub fn go_tool(version: &str, args: &[&str]) -> Result<String> {
+    let output = go_command(version)?
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run go {version} {args:?}"))?;
+    ensure!(
+        output.status.success(),
+        "go {version} {args:?} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// True when the test may go on; otherwise prints `SKIP: needs root`.
+pub fn require_root() -> bool {
+    if is_root() {
+        true
+    } else {
+        println!("SKIP: needs root");
+        false
+    }
+}
+
+/// The gomemtrace binary under test: `$GOMEMTRACE_BIN`, else `<target>/debug/gomemtrace`
+/// (`$CARGO_TARGET_DIR` respected), built with `cargo build -p gomemtrace` when missing.
+pub fn gomemtrace() -> Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| find_or_build_gomemtrace().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn find_or_build_gomemtrace() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("GOMEMTRACE_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let root = workspace_root();
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir), // an absolute dir replaces root
+        None => root.join("target"),
+    };
+    let bin = target.join("debug/gomemtrace");
+    if !bin.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "-p", "gomemtrace"])
+            .status()
+            .context("run cargo build -p gomemtrace")?;
+        ensure!(
+            status.success(),
+            "cargo build -p gomemtrace failed ({status})"
+        );
+        ensure!(
+            bin.is_file(),
+            "cargo build -p gomemtrace did not produce {}",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A `gomemtrace` command.
+pub fn gomemtrace_command() -> Result<Command> {
+    Ok(Command::new(gomemtrace()?))
+}
+
+/// Collected output lines of one stream of a [`Proc`].
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<(Vec<String>, bool)>, // (lines, stream closed)
+    changed: Condvar,
+}
+
+fn collect_lines(stream: impl Read + Send + 'static, into: Arc<Lines>) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let done = !matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0);
+            let mut guard = into.lines.lock().unwrap_or_else(|e| e.into_inner());
+            if done {
+                guard.1 = true;
+            } else {
+                let line = String::from_utf8_lossy(&buf);
+                guard
+                    .0
+                    .push(line.trim_end_matches(['\n', '\r']).to_string());
+            }
+            drop(guard);
+            into.changed.notify_all();
+            if done {
+                break;
+            }
+        }
+    });
+}
+
+/// A child process whose stdout and stderr are collected line by line. Killed on drop.
+pub struct Proc {
+    what: String,
+    child: Child,
+    stdout: Arc<Lines>,
+    stderr: Arc<Lines>,
+    status: Option<ExitStatus>,
+}
+
+/// How a [`Proc`] ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The exit code, or `128 + signal` when a signal killed it.
+    pub fn code(&self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        self.status
+            .code()
+            .unwrap_or_else(|| 128 + self.status.signal().unwrap_or(0))
+    }
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdin closed and stdout/stderr collected.
+    pub fn spawn(mut cmd: Command) -> Result<Proc> {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {what}"))?;
+        let stdout = Arc::new(Lines::default());
+        let stderr = Arc::new(Lines::default());
+        collect_lines(child.stdout.take().expect("piped"), stdout.clone());
+        collect_lines(child.stderr.take().expect("piped"), stderr.clone());
+        Ok(Proc {
+            what,
+            child,
+            stdout,
+            stderr,
+            status: None,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until a line of stdout (or of stderr, `on_stderr`) satisfies `pred`; returns it.
+    fn wait_line(
+        &self,
+        on_stderr: bool,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<String> {
+        let lines = if on_stderr {
+            &self.stderr
+        } else {
+            &self.stdout
+        };
+        let deadline = Instant::now() + timeout;
+        let mut guard = lines.lines.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(line) = guard.0.iter().find(|l| pred(l)) {
+                return Ok(line.clone());
+            }
+            let now = Instant::now();
+            if guard.1 || now >= deadline {
+                let why = if guard.1 {
+                    "stream closed"
+                } else {
+                    "timed out"
+                };
+                drop(guard);
+                bail!(
+                    "{why} waiting for a line on {} of {}\nstdout:\n{}\nstderr:\n{}",
+                    if on_stderr { "stderr" } else { "stdout" },
+                    self.what,
+                    self.stdout_text(),
+                    self.stderr_text()
+                );
+            }
+            guard = lines
+                .changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits for a stdout line containing `needle`.
+    pub fn wait_stdout(&self, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_line(false, |l| l.contains(needle), timeout)
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_line(true, |l| l.contains(needle), timeout)
+    }
+
+    pub fn stdout_text(&self) -> String {
+        self.stdout
+            .lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .join("\n")
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr
+            .lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .join("\n")
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGINT`) to the process.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        send_signal(self.pid(), signal)
+    }
+
+    /// Waits for the process to exit and both streams to close; kills it after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Result<Finished> {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "{} did not exit within {timeout:?}; killed\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.stdout_text(),
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.status = Some(status);
+        // A grandchild may still hold the pipes; give the readers a moment, then go on.
+        for lines in [&self.stdout, &self.stderr] {
+            let guard = lines.lines.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = lines
+                .changed
+                .wait_timeout_while(guard, Duration::from_secs(5), |g| !g.1);
+        }
+        Ok(Finished {
+            status,
+            stdout: self.stdout_text(),
+            stderr: self.stderr_text(),
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends `signal` to `pid`.
+pub fn send_signal(pid: u32, signal: i32) -> Result<()> {
+    let pid = i32::try_from(pid).context("pid fits i32")?;
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, signal) };
+    ensure!(
+        rc == 0,
+        "kill({pid}, {signal}): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// Whether a process `pid` exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Runs `cmd` to completion with a timeout.
+pub fn run(cmd: Command, timeout: Duration) -> Result<Finished> {
+    Proc::spawn(cmd)?.wait(timeout)
+}
+
+/// Checks the error-reporting contract: exactly one non-empty stderr line, starting
+/// `gomemtrace: `.
+pub fn assert_one_error_line(what: &str, out: &Finished) {
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("gomemtrace: "),
+        "{what}: expected one stderr line starting 'gomemtrace: ', got:\n{}",
+        out.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// gomemtrace's json report (schema gomemtrace.alloc/v1)
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Report {
+    pub schema: String,
+    pub target: Target,
+    pub mode: String,
+    pub events: u64,
+    pub event_bytes: u64,
+    pub samples: Vec<Sample>,
+    pub goroutines: Vec<Goroutine>,
+    pub drops: Drops,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Target {
+    pub pid: u32,
+    pub exe: String,
+    pub go_version: String,
+    pub stripped: bool,
+    pub pie: bool,
+    pub probes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Sample {
+    /// Leaf first.
+    pub stack: Vec<Location>,
+    pub goid: u64,
+    pub type_name: Option<String>,
+    pub bytes: u64,
+    pub objects: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Location {
+    pub address: u64,
+    /// Innermost (most inlined) first.
+    pub frames: Vec<Frame>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Frame {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Goroutine {
+    pub goid: u64,
+    pub start_function: Option<String>,
+    pub bytes: u64,
+    pub objects: u64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct Drops {
+    pub alloc_map_full: u64,
+    pub stack_unreadable: u64,
+    pub goid_unreadable: u64,
+    pub goroutine_map_full: u64,
+}
+
+/// Bytes and objects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub bytes: u64,
+    pub objects: u64,
+}
+
+impl Totals {
+    fn add(&mut self, bytes: u64, objects: u64) {
+        self.bytes += bytes;
+        self.objects += objects;
+    }
+}
+
+/// Whether `function` belongs to the Go runtime (package runtime or internal/runtime/...),
+/// the same rule the fixture's oracle uses.
+pub fn is_runtime(function: &str) -> bool {
+    function.starts_with("runtime.") || function.starts_with("internal/runtime/")
+}
+
+impl Sample {
+    /// The allocation site: the first frame, leaf first and innermost-inlined first, that is
+    /// not in the runtime; `"?"` when every frame is.
+    pub fn site(&self) -> &str {
+        self.stack
+            .iter()
+            .flat_map(|loc| loc.frames.iter())
+            .map(|f| f.function.as_str())
+            .find(|f| !f.is_empty() && !is_runtime(f))
+            .unwrap_or("?")
+    }
+}
+
+impl Report {
+    pub fn parse(json: &str) -> Result<Report> {
+        let report: Report = serde_json::from_str(json).context("parse gomemtrace json report")?;
+        ensure!(
+            report.schema == "gomemtrace.alloc/v1",
+            "unexpected schema {:?}",
+            report.schema
+        );
+        Ok(report)
+    }
+
+    pub fn read(path: &Path) -> Result<Report> {
+        let json = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        Report::parse(&json)
+    }
+
+    /// Totals per allocation site ([`Sample::site`]).
+    pub fn by_site(&self) -> BTreeMap<String, Totals> {
+        let mut out = BTreeMap::<String, Totals>::new();
+        for s in &self.samples {
+            out.entry(s.site().to_string())
+                .or_default()
+                .add(s.bytes, s.objects);
+        }
+        out
+    }
+
+    /// Totals per type name (`None`: nil type).
+    pub fn by_type(&self) -> BTreeMap<Option<String>, Totals> {
+        let mut out = BTreeMap::<Option<String>, Totals>::new();
+        for s in &self.samples {
+            out.entry(s.type_name.clone())
+                .or_default()
+                .add(s.bytes, s.objects);
+        }
+        out
+    }
+
+    /// Totals per (site, type).
+    pub fn by_site_and_type(&self) -> BTreeMap<(String, Option<String>), Totals> {
+        let mut out = BTreeMap::<(String, Option<String>), Totals>::new();
+        for s in &self.samples {
+            out.entry((s.site().to_string(), s.type_name.clone()))
+                .or_default()
+                .add(s.bytes, s.objects);
+        }
+        out
+    }
+
+    /// Totals per goroutine id, summed from the samples.
+    pub fn by_goid(&self) -> BTreeMap<u64, Totals> {
+        let mut out = BTreeMap::<u64, Totals>::new();
+        for s in &self.samples {
+            out.entry(s.goid).or_default().add(s.bytes, s.objects);
+        }
+        out
+    }
+
+    /// A short per-site table for failure messages.
+    pub fn summary(&self) -> String {
+        let mut text = format!(
+            "target {} {} stripped={} pie={} probes={:?}; events {} ({} B); drops {:?}\n",
+            self.target.exe,
+            self.target.go_version,
+            self.target.stripped,
+            self.target.pie,
+            self.target.probes,
+            self.events,
+            self.event_bytes,
+            self.drops
+        );
+        for ((site, ty), t) in self.by_site_and_type() {
+            text += &format!(
+                "  {site:<40} {:<24} {:>10} B {:>7} objects\n",
+                ty.as_deref().unwrap_or("<nil>"),
+                t.bytes,
+                t.objects
+            );
+        }
+        text
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The allocs fixture's oracle
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Oracle {
+    pub pid: u32,
+    pub go_version: String,
+    /// The runtime's MemProfileRate=1 profile per site.
+    pub profile: BTreeMap<String, OracleTotals>,
+    /// The fixture's own sites: arithmetic and goroutine ids.
+    pub sites: BTreeMap<String, OracleSite>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct OracleTotals {
+    pub alloc_bytes: u64,
+    pub alloc_objects: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct OracleSite {
+    pub goid: u64,
+    pub expected_bytes: u64,
+    pub expected_objects: u64,
+}
+
+impl Oracle {
+    pub fn read(path: &Path) -> Result<Oracle> {
+        let json =
+            fs::read_to_string(path).with_context(|| format!("read oracle {}", path.display()))?;
+        serde_json::from_str(&json).with_context(|| format!("parse oracle {}", path.display()))
+    }
+}
+
+/// The allocs fixture's sites with their expected type (`None`: nil type) — see
+/// tests/fixtures/allocs/main.go.
+pub const ALLOCS_SITES: [(&str, Option<&str>); 5] = [
+    ("main.allocSmall", Some("main.Small")),
+    ("main.allocNodes", Some("main.Node")),
+    // makeslice passes the element type.
+    ("main.allocPages", Some("uint8")),
+    ("main.allocLarge", Some("uint8")),
+    // []byte(string) goes through rawbyteslice, which passes a nil type.
+    ("main.allocBytes", None),
+];
+
+/// The `goid SITE N` lines the allocs fixture prints.
+pub fn parse_goids(stdout: &str) -> BTreeMap<String, u64> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == "goid").then_some(())?;
+            let site = f.next()?.to_string();
+            Some((site, f.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `|actual - expected| <= tolerance × expected`.
+pub fn within(actual: u64, expected: u64, tolerance: f64) -> bool {
+    (actual as f64 - expected as f64).abs() <= tolerance * expected as f64
+}
+
+/// A unique scratch directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<TempDir> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("gomemtrace-tests-{}-{tag}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("GOMEMTRACE_KEEP_TMP").is_none() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
