@@ -814,3 +814,255 @@ impl Drop for TempDir {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Tracing the allocs fixture
+
+/// How gomemtrace finds the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// `gomemtrace -- FIXTURE ...`
+    Launch,
+    /// The fixture runs with `-wait`; `gomemtrace -p PID` attaches, then SIGUSR1 starts the work.
+    Pid,
+}
+
+/// One traced run of the allocs fixture.
+pub struct Traced {
+    pub report: Report,
+    pub oracle: Oracle,
+    /// gomemtrace's own exit, stdout and stderr.
+    pub gomemtrace: Finished,
+}
+
+/// How long one traced fixture run may take before it counts as hung.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Traces one run of the allocs fixture (Go `version`, `variant`) with
+/// `gomemtrace --exact --format json`, the fixture writing its oracle.
+pub fn trace_allocs(version: &str, variant: Variant, attach: Attach) -> Result<Traced> {
+    let bin = fixture("allocs", version, variant)?;
+    let tmp = TempDir::new(&format!("trace-{version}-{}", variant.name()))?;
+    let report_path = tmp.join("report.json");
+    let oracle_path = tmp.join("oracle.json");
+    let mut cmd = gomemtrace_command()?;
+    cmd.args(["--exact", "--format", "json", "-o"])
+        .arg(&report_path);
+    let finished = match attach {
+        Attach::Launch => {
+            cmd.arg("--").arg(&bin).arg("-oracle").arg(&oracle_path);
+            let out = run(cmd, RUN_TIMEOUT)?;
+            ensure!(
+                out.code() == 0,
+                "gomemtrace exited {}:\n{}",
+                out.code(),
+                out.stderr
+            );
+            out
+        }
+        Attach::Pid => {
+            let mut target_cmd = Command::new(&bin);
+            target_cmd.arg("-wait").arg("-oracle").arg(&oracle_path);
+            let mut target = Proc::spawn(target_cmd)?;
+            target.wait_stdout("ready", Duration::from_secs(30))?;
+            cmd.arg("-p").arg(target.pid().to_string());
+            let mut tracer = Proc::spawn(cmd)?;
+            tracer.wait_stderr("attached", Duration::from_secs(60))?;
+            target.signal(libc::SIGUSR1)?;
+            let t = target.wait(RUN_TIMEOUT)?;
+            ensure!(t.code() == 0, "fixture exited {}:\n{}", t.code(), t.stderr);
+            let out = tracer.wait(Duration::from_secs(60))?;
+            ensure!(
+                out.code() == 0,
+                "gomemtrace exited {}:\n{}",
+                out.code(),
+                out.stderr
+            );
+            out
+        }
+    };
+    let report = Report::read(&report_path)
+        .with_context(|| format!("gomemtrace stderr:\n{}", finished.stderr))?;
+    let oracle = Oracle::read(&oracle_path)?;
+    Ok(Traced {
+        report,
+        oracle,
+        gomemtrace: finished,
+    })
+}
+
+/// 1-based line of the first line of fixture `name`'s main.go containing `marker`.
+pub fn fixture_line(name: &str, marker: &str) -> Result<u32> {
+    let path = fixture_source(name).join("main.go");
+    let source = fs::read_to_string(&path)?;
+    let index = source
+        .lines()
+        .position(|l| l.contains(marker))
+        .with_context(|| format!("no line of {} contains {marker:?}", path.display()))?;
+    Ok(u32::try_from(index + 1)?)
+}
+
+/// Per-site tolerance of the end-to-end comparisons.
+pub const TOLERANCE: f64 = 0.02;
+
+/// Checks a traced run of the allocs fixture against the fixture's arithmetic, the runtime's
+/// own profile of the same run, its goroutine ids and its source lines. Returns every
+/// mismatch (empty: all good).
+pub fn check_allocs(t: &Traced, version: &str, variant: Variant) -> Vec<String> {
+    let mut bad = Vec::new();
+    let r = &t.report;
+    if r.mode != "exact" {
+        bad.push(format!("mode {:?}, want \"exact\"", r.mode));
+    }
+    if !r.target.go_version.starts_with(&format!("go{version}.")) {
+        bad.push(format!(
+            "target.go_version {:?}, want go{version}.x",
+            r.target.go_version
+        ));
+    }
+    if r.target.pid != t.oracle.pid {
+        bad.push(format!(
+            "target.pid {}, the fixture's pid was {}",
+            r.target.pid, t.oracle.pid
+        ));
+    }
+    if r.target.stripped != (variant == Variant::Stripped) {
+        bad.push(format!(
+            "target.stripped {} for a {} build",
+            r.target.stripped,
+            variant.name()
+        ));
+    }
+    if r.target.pie != (variant == Variant::Pie) {
+        bad.push(format!(
+            "target.pie {} for a {} build",
+            r.target.pie,
+            variant.name()
+        ));
+    }
+    if r.drops != Drops::default() {
+        bad.push(format!("drops {:?}, want all zero", r.drops));
+    }
+    let (bytes, objects) = r
+        .samples
+        .iter()
+        .fold((0, 0), |(b, o), s| (b + s.bytes, o + s.objects));
+    if (bytes, objects) != (r.event_bytes, r.events) {
+        bad.push(format!(
+            "samples sum to {bytes} B / {objects} objects but events are {} B / {} (no drops)",
+            r.event_bytes, r.events
+        ));
+    }
+
+    let by_site = r.by_site();
+    let by_site_type = r.by_site_and_type();
+    let by_goid = r.by_goid();
+    for (site, ty) in ALLOCS_SITES {
+        let Some(expected) = t.oracle.sites.get(site) else {
+            bad.push(format!("oracle lacks {site}"));
+            continue;
+        };
+        let got = by_site.get(site).copied().unwrap_or_default();
+        let arith = Totals {
+            bytes: expected.expected_bytes,
+            objects: expected.expected_objects,
+        };
+        let runtime = t
+            .oracle
+            .profile
+            .get(site)
+            .map(|p| Totals {
+                bytes: p.alloc_bytes,
+                objects: p.alloc_objects,
+            })
+            .unwrap_or_default();
+        for (what, want) in [("arithmetic", arith), ("runtime MemProfile", runtime)] {
+            if !within(got.bytes, want.bytes, TOLERANCE)
+                || !within(got.objects, want.objects, TOLERANCE)
+            {
+                bad.push(format!(
+                    "{site}: gomemtrace {} B / {} objects, {what} {} B / {} objects",
+                    got.bytes, got.objects, want.bytes, want.objects
+                ));
+            }
+        }
+        // Every allocation of the site has the site's type.
+        let typed = by_site_type
+            .get(&(site.to_string(), ty.map(str::to_string)))
+            .copied()
+            .unwrap_or_default();
+        if typed != got {
+            bad.push(format!(
+                "{site}: {} B / {} objects typed {:?} out of {} B / {}",
+                typed.bytes, typed.objects, ty, got.bytes, got.objects
+            ));
+        }
+        // The goroutine the fixture says ran the site has exactly the site's allocations.
+        let goid = expected.goid;
+        let from_samples = by_goid.get(&goid).copied().unwrap_or_default();
+        if !within(from_samples.bytes, arith.bytes, TOLERANCE)
+            || !within(from_samples.objects, arith.objects, TOLERANCE)
+        {
+            bad.push(format!(
+                "{site}: samples of goroutine {goid} sum to {} B / {} objects, want {} B / {}",
+                from_samples.bytes, from_samples.objects, arith.bytes, arith.objects
+            ));
+        }
+        match r.goroutines.iter().find(|g| g.goid == goid) {
+            None => bad.push(format!("{site}: goroutine {goid} missing from goroutines")),
+            Some(g) => {
+                if !within(g.bytes, arith.bytes, TOLERANCE)
+                    || !within(g.objects, arith.objects, TOLERANCE)
+                {
+                    bad.push(format!(
+                        "{site}: goroutines[{goid}] {} B / {} objects, want {} B / {}",
+                        g.bytes, g.objects, arith.bytes, arith.objects
+                    ));
+                }
+                // `go worker(...)` starts a compiler wrapper (main.main.gowrap1 / main.main.func1).
+                let start = g.start_function.as_deref().unwrap_or("<none>");
+                if !(start == "main.worker" || start.starts_with("main.main.")) {
+                    bad.push(format!("{site}: goroutine {goid} start_function {start:?}, want main.worker or its main.main wrapper"));
+                }
+            }
+        }
+    }
+    // Source lines: the site's frame of every sample names main.go at the allocating line.
+    for (site, marker) in ALLOCS_LINES {
+        let Ok(line) = fixture_line("allocs", marker) else {
+            bad.push(format!("fixture has no line {marker:?}"));
+            continue;
+        };
+        let mut wrong = BTreeMap::<String, u64>::new();
+        for s in r.samples.iter().filter(|s| s.site() == site) {
+            let frame = s
+                .stack
+                .iter()
+                .flat_map(|l| l.frames.iter())
+                .find(|f| f.function == site);
+            let at = frame
+                .map(|f| format!("{}:{}", f.file.as_deref().unwrap_or("?"), f.line))
+                .unwrap_or_default();
+            if !frame.is_some_and(|f| {
+                f.line == line && f.file.as_deref().is_some_and(|p| p.ends_with("main.go"))
+            }) {
+                *wrong.entry(at).or_default() += s.objects;
+            }
+        }
+        if !wrong.is_empty() {
+            bad.push(format!(
+                "{site}: want frames at main.go:{line}, got objects at {wrong:?}"
+            ));
+        }
+    }
+    bad
+}
+
+/// The allocating source line of each site of the allocs fixture.
+pub const ALLOCS_LINES: [(&str, &str); 5] = [
+    ("main.allocSmall", "s := new(Small)"),
+    ("main.allocNodes", "n := new(Node)"),
+    ("main.allocPages", "make([]byte, PageSize)"),
+    ("main.allocLarge", "make([]byte, LargeSize)"),
+    ("main.allocBytes", "[]byte(source)"),
+];

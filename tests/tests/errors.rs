@@ -1,0 +1,136 @@
+//! Bad input gets its documented exit code and one stderr line starting `gomemtrace: `:
+//! 1 other error, 2 usage, 3 no such process, 4 not a Go binary, 5 not root.
+//! Usage errors (2) come from the argument parser, so only their code is checked.
+
+use std::process::Command;
+use std::time::Duration;
+
+use gomemtrace_tests::{
+    Proc, TempDir, Variant, assert_one_error_line, fixture, gomemtrace, gomemtrace_command,
+    latest_go, process_alive, require_root, run,
+};
+
+const T: Duration = Duration::from_secs(60);
+
+fn gomemtrace_run(args: &[&str]) -> gomemtrace_tests::Finished {
+    let mut cmd = gomemtrace_command().unwrap();
+    cmd.args(args);
+    run(cmd, T).unwrap()
+}
+
+#[test]
+fn no_such_pid_exits_3() {
+    if !require_root() {
+        return;
+    }
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = (2..pid_max)
+        .rev()
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let out = gomemtrace_run(&["-p", &pid.to_string(), "-d", "1s"]);
+    assert_eq!(out.code(), 3, "stderr:\n{}", out.stderr);
+    assert_one_error_line("no such pid", &out);
+}
+
+#[test]
+fn non_go_pid_exits_4() {
+    if !require_root() {
+        return;
+    }
+    let mut sleep = Command::new("/bin/sleep");
+    sleep.arg("60");
+    let sleep = Proc::spawn(sleep).unwrap();
+    let out = gomemtrace_run(&["-p", &sleep.pid().to_string(), "-d", "1s"]);
+    assert_eq!(out.code(), 4, "stderr:\n{}", out.stderr);
+    assert_one_error_line("-p of /bin/sleep", &out);
+    assert!(
+        process_alive(sleep.pid()),
+        "gomemtrace harmed the process it refused"
+    );
+}
+
+#[test]
+fn non_go_launch_exits_4() {
+    if !require_root() {
+        return;
+    }
+    let out = gomemtrace_run(&["--", "/bin/sleep", "0.1"]);
+    assert_eq!(out.code(), 4, "stderr:\n{}", out.stderr);
+    assert_one_error_line("launch of /bin/sleep", &out);
+}
+
+/// A command that cannot be started is "other error" (1), not a shell's 127.
+#[test]
+fn missing_command_exits_1() {
+    if !require_root() {
+        return;
+    }
+    let out = gomemtrace_run(&["--", "/nonexistent/gomemtrace-test-command"]);
+    assert_eq!(out.code(), 1, "stderr:\n{}", out.stderr);
+    assert_one_error_line("missing command", &out);
+}
+
+/// As user nobody (no capabilities), on a Go binary nobody may run: exit 5.
+#[test]
+fn not_root_exits_5() {
+    if !require_root() {
+        return; // setpriv needs root to switch users
+    }
+    // Copies that user nobody can reach (the originals live under /root and target/).
+    let tmp = TempDir::new("nobody").unwrap();
+    let fixture_copy = tmp.join("allocs");
+    let tracer_copy = tmp.join("gomemtrace");
+    std::fs::copy(
+        fixture("allocs", &latest_go(), Variant::Normal).unwrap(),
+        &fixture_copy,
+    )
+    .unwrap();
+    std::fs::copy(gomemtrace().unwrap(), &tracer_copy).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for p in [tmp.path(), fixture_copy.as_path(), tracer_copy.as_path()] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ]);
+    cmd.arg(&tracer_copy)
+        .args(["-d", "2s", "--"])
+        .arg(&fixture_copy);
+    let out = run(cmd, T).unwrap();
+    assert_eq!(out.code(), 5, "stderr:\n{}", out.stderr);
+    assert_one_error_line("not root", &out);
+}
+
+#[test]
+fn garbage_duration_exits_2() {
+    let out = gomemtrace_run(&["-d", "soon", "-p", "1"]);
+    assert_eq!(out.code(), 2, "stderr:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("soon"),
+        "the error should name the bad value:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn no_target_exits_2() {
+    let out = gomemtrace_run(&[]);
+    assert_eq!(out.code(), 2, "stderr:\n{}", out.stderr);
+}
+
+#[test]
+fn pid_and_command_exit_2() {
+    let out = gomemtrace_run(&["-p", "1", "--", "/bin/true"]);
+    assert_eq!(out.code(), 2, "stderr:\n{}", out.stderr);
+}

@@ -1,0 +1,59 @@
+//! Exact mode end to end: gomemtrace traces the allocs fixture and its answer per site,
+//! per type and per goroutine must match the fixture's arithmetic and the Go runtime's own
+//! MemProfileRate=1 profile of the same run (see `check_allocs`). Needs root.
+
+use gomemtrace_tests::{Attach, Variant, check_allocs, go_versions, require_root, trace_allocs};
+
+/// Runs `attach`/`variant` for every Go release; fails listing each release that failed.
+fn every_version(variant: Variant, attach: Attach) {
+    if !require_root() {
+        return;
+    }
+    let mut failures = Vec::new();
+    for version in go_versions() {
+        let problems = match trace_allocs(&version, variant, attach) {
+            Ok(traced) => {
+                let bad = check_allocs(&traced, &version, variant);
+                if bad.is_empty() {
+                    println!("Go {version} {} {attach:?}: ok", variant.name());
+                    continue;
+                }
+                format!("{}\n{}", bad.join("\n"), traced.report.summary())
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        failures.push(format!(
+            "Go {version} {} {attach:?}:\n{problems}",
+            variant.name()
+        ));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} Go releases failed:\n\n{}",
+        failures.len(),
+        go_versions().len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn launch_every_go_version() {
+    every_version(Variant::Normal, Attach::Launch);
+}
+
+/// No .symtab, no DWARF: functions and lines come from .gopclntab alone.
+#[test]
+fn launch_stripped_every_go_version() {
+    every_version(Variant::Stripped, Attach::Launch);
+}
+
+#[test]
+fn launch_pie_every_go_version() {
+    every_version(Variant::Pie, Attach::Launch);
+}
+
+/// `-p PID` on a fixture that waits for SIGUSR1 until gomemtrace says `attached`.
+#[test]
+fn attach_pid_every_go_version() {
+    every_version(Variant::Normal, Attach::Pid);
+}

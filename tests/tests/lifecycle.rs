@@ -1,0 +1,154 @@
+//! How a trace ends: the target exits before `-d` runs out, gomemtrace gets SIGINT, a
+//! `-p` trace runs out its duration while the target lives on. In every case the report is
+//! written and complete. Needs root.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use gomemtrace_tests::{
+    ALLOCS_SITES, Oracle, Proc, RUN_TIMEOUT, Report, TOLERANCE, TempDir, Variant, fixture,
+    gomemtrace_command, latest_go, process_alive, require_root, run, send_signal, within,
+};
+
+/// The report has every fixture site with its known bytes.
+fn check_sites(report: &Report, oracle: &Oracle) -> Result<()> {
+    let by_site = report.by_site();
+    for (site, _) in ALLOCS_SITES {
+        let want = oracle.sites[site].expected_bytes;
+        let got = by_site.get(site).map_or(0, |t| t.bytes);
+        ensure!(
+            within(got, want, TOLERANCE),
+            "{site}: {got} B, want {want} B\n{}",
+            report.summary()
+        );
+    }
+    Ok(())
+}
+
+/// `-d 60s`, but the target exits after a second: gomemtrace writes the report then, and
+/// exits with the target's status (the fixture's `-exit 3`).
+#[test]
+fn target_exit_ends_trace_early_with_its_status() {
+    if !require_root() {
+        return;
+    }
+    let bin = fixture("allocs", &latest_go(), Variant::Normal).unwrap();
+    let tmp = TempDir::new("exit-early").unwrap();
+    let (report, oracle) = (tmp.join("r.json"), tmp.join("o.json"));
+    let mut cmd = gomemtrace_command().unwrap();
+    cmd.args(["--exact", "-d", "60s", "--format", "json", "-o"])
+        .arg(&report);
+    cmd.arg("--")
+        .arg(&bin)
+        .arg("-oracle")
+        .arg(&oracle)
+        .args(["-exit", "3"]);
+    let start = Instant::now();
+    let out = run(cmd, Duration::from_secs(55)).unwrap();
+    let took = start.elapsed();
+    assert_eq!(
+        out.code(),
+        3,
+        "want the target's exit status 3; stderr:\n{}",
+        out.stderr
+    );
+    assert!(
+        took < Duration::from_secs(45),
+        "took {took:?}: did gomemtrace wait for -d 60s?"
+    );
+    check_sites(
+        &Report::read(&report).unwrap(),
+        &Oracle::read(&oracle).unwrap(),
+    )
+    .unwrap();
+}
+
+/// SIGINT to gomemtrace while the (launched) target still runs: the report is written
+/// and gomemtrace exits 0.
+#[test]
+fn sigint_writes_report_and_exits_zero() {
+    if !require_root() {
+        return;
+    }
+    let bin = fixture("allocs", &latest_go(), Variant::Normal).unwrap();
+    let tmp = TempDir::new("sigint").unwrap();
+    let (report, oracle) = (tmp.join("r.json"), tmp.join("o.json"));
+    let mut cmd = gomemtrace_command().unwrap();
+    cmd.args(["--exact", "--format", "json", "-o"]).arg(&report);
+    cmd.arg("--")
+        .arg(&bin)
+        .arg("-oracle")
+        .arg(&oracle)
+        .args(["-hold", "30s"]);
+    let mut tracer = Proc::spawn(cmd).unwrap();
+    // The fixture writes its oracle after all its work, then holds for 30 s.
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let oracle = loop {
+        if let Ok(o) = Oracle::read(&oracle) {
+            break o;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fixture never wrote its oracle; gomemtrace stderr:\n{}",
+            tracer.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let sent = Instant::now();
+    tracer.signal(libc::SIGINT).unwrap();
+    let out = tracer.wait(Duration::from_secs(25)).unwrap();
+    let target_alive = process_alive(oracle.pid);
+    if target_alive {
+        let _ = send_signal(oracle.pid, libc::SIGKILL);
+    }
+    assert_eq!(out.code(), 0, "stderr:\n{}", out.stderr);
+    assert!(
+        sent.elapsed() < Duration::from_secs(20),
+        "gomemtrace took {:?} after SIGINT",
+        sent.elapsed()
+    );
+    check_sites(&Report::read(&report).unwrap(), &oracle).unwrap();
+}
+
+/// `-p PID -d 2s` on a target that keeps running: the report comes after about 2 s, has
+/// the target's pid, and the target is left running, unharmed.
+#[test]
+fn pid_duration_elapses_target_keeps_running() {
+    if !require_root() {
+        return;
+    }
+    let bin = fixture("allocs", &latest_go(), Variant::Normal).unwrap();
+    let tmp = TempDir::new("pid-duration").unwrap();
+    let report = tmp.join("r.json");
+    let mut target_cmd = Command::new(&bin);
+    target_cmd.arg("-wait");
+    let mut target = Proc::spawn(target_cmd).unwrap();
+    target
+        .wait_stdout("ready", Duration::from_secs(30))
+        .unwrap();
+    let mut cmd = gomemtrace_command().unwrap();
+    cmd.args(["--exact", "-d", "2s", "--format", "json", "-o"])
+        .arg(&report)
+        .arg("-p")
+        .arg(target.pid().to_string());
+    let start = Instant::now();
+    let out = run(cmd, Duration::from_secs(60)).unwrap();
+    assert_eq!(out.code(), 0, "stderr:\n{}", out.stderr);
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "returned after {:?}, before -d 2s",
+        start.elapsed()
+    );
+    let r = Report::read(&report).unwrap();
+    assert_eq!(r.target.pid, target.pid());
+    assert!(
+        process_alive(target.pid()),
+        "the target died when gomemtrace detached"
+    );
+    // Still works after detaching: finish it normally.
+    target.signal(libc::SIGUSR1).unwrap();
+    let t = target.wait(Duration::from_secs(30)).unwrap();
+    assert_eq!(t.code(), 0, "target after detach: {}", t.stderr);
+    assert!(t.stdout.contains("done"));
+}
