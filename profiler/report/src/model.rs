@@ -129,6 +129,8 @@ pub struct AllocProfile {
 impl AllocProfile {
     /// Bytes and objects over all aggregated samples.
     pub fn totals(&self) -> (u64, u64) {
-        self.samples.iter().fold((0, 0), |(b, o), s| (b + s.bytes, o + s.objects))
+        self.samples
+            .iter()
+            .fold((0, 0), |(b, o), s| (b + s.bytes, o + s.objects))
     }
 }

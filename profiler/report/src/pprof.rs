@@ -1,0 +1,281 @@
+//! pprof's `profile.proto`, gzipped: the format `go tool pprof`, Parca, Pyroscope and
+//! speedscope open.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use prost::Message as _;
+
+use crate::model::{AllocProfile, Location, Mode};
+
+/// The prost types generated from `proto/profile.proto` (package `perftools.profiles`).
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/perftools.profiles.rs"));
+}
+
+/// Value of the `type` label of samples whose type is unknown because the runtime passed a
+/// nil `typ` (pointer-free slices, strings, merged escaping locals). Short, so that
+/// `-tagfocus=type=<nil>` is easy to type.
+pub const NIL_TYPE_LABEL: &str = "<nil>";
+
+/// The string table under construction: index 0 must be the empty string.
+struct Strings {
+    table: Vec<String>,
+    index: HashMap<String, i64>,
+}
+
+impl Strings {
+    fn new() -> Self {
+        let mut s = Self {
+            table: Vec::new(),
+            index: HashMap::new(),
+        };
+        s.intern("");
+        s
+    }
+
+    fn intern(&mut self, s: &str) -> i64 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.table.len() as i64;
+        self.table.push(s.to_owned());
+        self.index.insert(s.to_owned(), i);
+        i
+    }
+}
+
+/// The profile as a gzipped pprof protobuf, shaped like the allocation half of a Go heap
+/// profile so that Go users' habits (`-sample_index=alloc_space`) carry over:
+///
+/// - sample types `alloc_objects/count` then `alloc_space/bytes`; default `alloc_space`.
+///   There are no `inuse_*` types: gomemtrace sees allocations, not frees.
+/// - period type `space/bytes`, period 1. This is exact mode: every allocation was recorded,
+///   so values are real counts and need no scaling (Go samples one per 512 KiB instead).
+/// - string labels per sample: `goroutine` (goid in decimal, `0` when unreadable) and `type`
+///   (the Go type name, [`NIL_TYPE_LABEL`] for a nil `typ`).
+/// - locations deduplicated by (address, mapping); inlined frames are several lines of one
+///   location, innermost first as pprof expects.
+/// - functions deduplicated by (name, file).
+/// - mappings in model order, except that the target executable's mappings come first,
+///   because pprof takes the first mapping as the main binary. Each mapping's `has_*` flags
+///   say what its locations carry, so pprof does not try to symbolize what is already
+///   symbolized (and does try for what is not).
+/// - comments carry the mode, the probes and the drop counters.
+pub fn to_pprof(p: &AllocProfile) -> Vec<u8> {
+    let profile = build(p);
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    // Writing into a Vec cannot fail.
+    gz.write_all(&profile.encode_to_vec())
+        .expect("gzip into memory");
+    gz.finish().expect("gzip into memory")
+}
+
+/// What the locations of one mapping carry, for its `has_*` flags.
+#[derive(Default, Clone, Copy)]
+struct Has {
+    functions: bool,
+    filenames: bool,
+    lines: bool,
+}
+
+/// The deduplicated tables of the profile under construction.
+struct Tables<'a> {
+    strings: Strings,
+    /// pprof mapping id (1-based) of each model mapping index.
+    mapping_ids: Vec<u64>,
+    has: Vec<Has>,
+    functions: Vec<proto::Function>,
+    function_ids: HashMap<(&'a str, Option<&'a str>), u64>,
+    locations: Vec<proto::Location>,
+    location_ids: HashMap<(u64, Option<usize>), u64>,
+}
+
+impl<'a> Tables<'a> {
+    fn function_id(&mut self, name: &'a str, file: Option<&'a str>) -> u64 {
+        if let Some(&id) = self.function_ids.get(&(name, file)) {
+            return id;
+        }
+        let id = self.functions.len() as u64 + 1;
+        let name_index = self.strings.intern(name);
+        self.functions.push(proto::Function {
+            id,
+            name: name_index,
+            system_name: name_index,
+            filename: self.strings.intern(file.unwrap_or("")),
+            start_line: 0,
+        });
+        self.function_ids.insert((name, file), id);
+        id
+    }
+
+    fn location_id(&mut self, loc: &'a Location) -> u64 {
+        // A mapping index outside the table is treated as no mapping rather than trusted.
+        let mapping = loc.mapping.filter(|&m| m < self.mapping_ids.len());
+        if let Some(&id) = self.location_ids.get(&(loc.address, mapping)) {
+            return id;
+        }
+        let mut lines = Vec::with_capacity(loc.frames.len());
+        for f in &loc.frames {
+            let function_id = self.function_id(&f.function, f.file.as_deref());
+            lines.push(proto::Line {
+                function_id,
+                line: i64::from(f.line),
+                column: 0,
+            });
+            if let Some(m) = mapping {
+                // `0x...` names are placeholders for unsymbolized addresses.
+                self.has[m].functions |= !f.function.starts_with("0x");
+                self.has[m].filenames |= f.file.is_some();
+                self.has[m].lines |= f.line != 0;
+            }
+        }
+        let id = self.locations.len() as u64 + 1;
+        self.locations.push(proto::Location {
+            id,
+            mapping_id: mapping.map_or(0, |m| self.mapping_ids[m]),
+            address: loc.address,
+            line: lines,
+            is_folded: false,
+        });
+        self.location_ids.insert((loc.address, mapping), id);
+        id
+    }
+}
+
+/// The profile before encoding.
+pub(crate) fn build(p: &AllocProfile) -> proto::Profile {
+    let mut strings = Strings::new();
+
+    let sample_type = vec![
+        proto::ValueType {
+            r#type: strings.intern("alloc_objects"),
+            unit: strings.intern("count"),
+        },
+        proto::ValueType {
+            r#type: strings.intern("alloc_space"),
+            unit: strings.intern("bytes"),
+        },
+    ];
+    let default_sample_type = sample_type[1].r#type;
+    let period_type = proto::ValueType {
+        r#type: strings.intern("space"),
+        unit: strings.intern("bytes"),
+    };
+    let goroutine_key = strings.intern("goroutine");
+    let type_key = strings.intern("type");
+
+    // Mapping order: the executable first (pprof's "main binary"), then the others in model
+    // order.
+    let is_exe = |i: &usize| p.mappings[*i].path == p.target.exe;
+    let mut order: Vec<usize> = (0..p.mappings.len()).filter(is_exe).collect();
+    order.extend((0..p.mappings.len()).filter(|i| !is_exe(i)));
+    let mut mapping_ids = vec![0u64; p.mappings.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        mapping_ids[i] = pos as u64 + 1;
+    }
+
+    let mut t = Tables {
+        strings,
+        mapping_ids,
+        has: vec![Has::default(); p.mappings.len()],
+        functions: Vec::new(),
+        function_ids: HashMap::new(),
+        locations: Vec::new(),
+        location_ids: HashMap::new(),
+    };
+
+    let mut samples = Vec::with_capacity(p.samples.len());
+    for s in &p.samples {
+        let location_id = s.stack.iter().map(|loc| t.location_id(loc)).collect();
+        let type_name = s.type_name.as_deref().unwrap_or(NIL_TYPE_LABEL);
+        let label = vec![
+            proto::Label {
+                key: goroutine_key,
+                str: t.strings.intern(&s.goid.to_string()),
+                num: 0,
+                num_unit: 0,
+            },
+            proto::Label {
+                key: type_key,
+                str: t.strings.intern(type_name),
+                num: 0,
+                num_unit: 0,
+            },
+        ];
+        samples.push(proto::Sample {
+            location_id,
+            value: vec![saturate(s.objects), saturate(s.bytes)],
+            label,
+        });
+    }
+
+    let mapping = order
+        .iter()
+        .map(|&i| {
+            let m = &p.mappings[i];
+            let has = t.has[i];
+            proto::Mapping {
+                id: t.mapping_ids[i],
+                memory_start: m.start,
+                memory_limit: m.limit,
+                file_offset: m.file_offset,
+                filename: t.strings.intern(&m.path),
+                build_id: t.strings.intern(m.build_id.as_deref().unwrap_or("")),
+                has_functions: has.functions,
+                has_filenames: has.filenames,
+                has_line_numbers: has.lines,
+                // Go symbolization (pclntab) always resolves inlining, so a mapping with
+                // function names also has its inline frames.
+                has_inline_frames: has.functions,
+            }
+        })
+        .collect();
+
+    let mode = match p.mode {
+        Mode::Exact => "mode: exact (every allocation recorded, period 1, no sampling)",
+    };
+    let d = &p.drops;
+    let comment = [
+        format!(
+            "gomemtrace allocation profile of {} (pid {}, {})",
+            p.target.exe, p.target.pid, p.target.go_version
+        ),
+        mode.to_owned(),
+        format!("probes: {}", p.target.probes.join(", ")),
+        format!("events: {} ({} bytes)", p.events, p.event_bytes),
+        format!(
+            "drops: alloc_map_full={} stack_unreadable={} goid_unreadable={} goroutine_map_full={}",
+            d.alloc_map_full, d.stack_unreadable, d.goid_unreadable, d.goroutine_map_full
+        ),
+    ]
+    .iter()
+    .map(|c| t.strings.intern(c))
+    .collect();
+
+    proto::Profile {
+        sample_type,
+        sample: samples,
+        mapping,
+        location: t.locations,
+        function: t.functions,
+        string_table: t.strings.table,
+        drop_frames: 0,
+        keep_frames: 0,
+        time_nanos: saturate(p.start_unix_ns),
+        duration_nanos: saturate(p.duration_ns),
+        period_type: Some(period_type),
+        period: 1,
+        comment,
+        default_sample_type,
+        doc_url: 0,
+    }
+}
+
+/// pprof values are int64; a u64 beyond that range (never in practice) is clamped rather
+/// than wrapped to a negative number.
+fn saturate(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
