@@ -851,3 +851,64 @@ fn json_has_schema_and_round_trips() {
         Err(gomemtrace_report::Error::Schema { .. })
     ));
 }
+
+// ---------------------------------------------------------------- site rule
+
+#[test]
+fn text_sites_skip_internal_runtime_and_name_runtime_callers() {
+    let f = |name: &str| loc(0x40_0000, vec![frame(name, "/go/src/x.go", 1)]);
+    let mut p = fixture();
+    p.samples = vec![
+        // Go 1.24+ map growth: the site is the user's map assignment.
+        AllocSample {
+            stack: vec![
+                f("runtime.mallocgc"),
+                f("runtime.newarray"),
+                f("internal/runtime/maps.newarray"),
+                f("internal/runtime/maps.(*table).grow"),
+                f("runtime.mapassign_faststr"),
+                f("main.fill"),
+            ],
+            goid: 1,
+            type_name: Some("string".to_owned()),
+            bytes: 3000,
+            objects: 3,
+        },
+        // The runtime's own allocation: named after the runtime function that asked.
+        AllocSample {
+            stack: vec![
+                f("runtime.mallocgc"),
+                f("runtime.newobject"),
+                f("runtime.malg"),
+                f("runtime.newproc1"),
+                f("runtime.systemstack"),
+            ],
+            goid: 1,
+            type_name: Some("runtime.g".to_owned()),
+            bytes: 1000,
+            objects: 2,
+        },
+        // runtime/debug is a caller of the runtime, not the runtime.
+        AllocSample {
+            stack: vec![
+                f("runtime.mallocgc"),
+                f("runtime/debug.Stack"),
+                f("main.dump"),
+            ],
+            goid: 1,
+            type_name: None,
+            bytes: 500,
+            objects: 1,
+        },
+    ];
+    let text = to_text(&p, 10);
+    let sites: Vec<String> = section(&text, "Top allocation sites")
+        .iter()
+        .map(|l| words(l)[6].to_owned())
+        .collect();
+    assert_eq!(
+        sites,
+        ["main.fill", "runtime.malg", "runtime/debug.Stack"],
+        "{text}"
+    );
+}
