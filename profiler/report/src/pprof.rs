@@ -8,6 +8,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use prost::Message as _;
 
+use crate::folded::NO_STACK;
 use crate::model::{AllocProfile, Location, Mode};
 
 /// The prost types generated from `proto/profile.proto` (package `perftools.profiles`).
@@ -59,6 +60,8 @@ impl Strings {
 /// - locations deduplicated by (address, mapping); inlined frames are several lines of one
 ///   location, innermost first as pprof expects.
 /// - functions deduplicated by (name, file).
+/// - a sample whose stack could not be read has the single frame `[no stack]` (address 0,
+///   no mapping), because pprof readers drop samples without locations.
 /// - mappings in model order, except that the target executable's mappings come first,
 ///   because pprof takes the first mapping as the main binary. Each mapping's `has_*` flags
 ///   say what its locations carry, so pprof does not try to symbolize what is already
@@ -91,9 +94,36 @@ struct Tables<'a> {
     function_ids: HashMap<(&'a str, Option<&'a str>), u64>,
     locations: Vec<proto::Location>,
     location_ids: HashMap<(u64, Option<usize>), u64>,
+    /// The location standing for unreadable stacks, once created.
+    no_stack: Option<u64>,
 }
 
 impl<'a> Tables<'a> {
+    /// A location whose only line is the function [`NO_STACK`], at address 0 in no mapping.
+    /// pprof readers drop samples without locations (Go 1.19's pprof does, and with them
+    /// their bytes from every total), so an unreadable stack gets this one instead: its bytes
+    /// stay in the totals under the same name as in the folded stacks and the text report.
+    fn no_stack_location(&mut self) -> u64 {
+        if let Some(id) = self.no_stack {
+            return id;
+        }
+        let function_id = self.function_id(NO_STACK, None);
+        let id = self.locations.len() as u64 + 1;
+        self.locations.push(proto::Location {
+            id,
+            mapping_id: 0,
+            address: 0,
+            line: vec![proto::Line {
+                function_id,
+                line: 0,
+                column: 0,
+            }],
+            is_folded: false,
+        });
+        self.no_stack = Some(id);
+        id
+    }
+
     fn function_id(&mut self, name: &'a str, file: Option<&'a str>) -> u64 {
         if let Some(&id) = self.function_ids.get(&(name, file)) {
             return id;
@@ -185,11 +215,16 @@ pub(crate) fn build(p: &AllocProfile) -> proto::Profile {
         function_ids: HashMap::new(),
         locations: Vec::new(),
         location_ids: HashMap::new(),
+        no_stack: None,
     };
 
     let mut samples = Vec::with_capacity(p.samples.len());
     for s in &p.samples {
-        let location_id = s.stack.iter().map(|loc| t.location_id(loc)).collect();
+        let location_id = if s.stack.is_empty() {
+            vec![t.no_stack_location()]
+        } else {
+            s.stack.iter().map(|loc| t.location_id(loc)).collect()
+        };
         let type_name = s.type_name.as_deref().unwrap_or(NIL_TYPE_LABEL);
         let label = vec![
             proto::Label {

@@ -513,8 +513,12 @@ fn pprof_decodes_to_the_same_profile() {
         .iter()
         .map(|f| (f.id, (s(f.name), s(f.filename))))
         .collect();
-    assert_eq!(functions.len(), 9, "{functions:?}");
-    assert_eq!(pb.location.len(), 7, "mallocgc is shared by two stacks");
+    assert_eq!(functions.len(), 10, "{functions:?}");
+    assert_eq!(
+        pb.location.len(),
+        8,
+        "7 PCs (mallocgc shared by two stacks) and [no stack]"
+    );
     let locations: HashMap<u64, &proto::Location> = pb.location.iter().map(|l| (l.id, l)).collect();
     let names = |id: u64| -> Vec<(&str, i64)> {
         locations[&id]
@@ -561,7 +565,18 @@ fn pprof_decodes_to_the_same_profile() {
         pb.sample[0].location_id[0], pb.sample[1].location_id[0],
         "shared leaf location"
     );
-    assert!(pb.sample[3].location_id.is_empty());
+    // The unreadable stack keeps its bytes under a `[no stack]` frame (pprof drops samples
+    // without locations).
+    let no_stack = &pb.sample[3].location_id;
+    assert_eq!(no_stack.len(), 1);
+    assert_eq!(names(no_stack[0]), [("[no stack]", 0)]);
+    assert_eq!(
+        (
+            locations[&no_stack[0]].address,
+            locations[&no_stack[0]].mapping_id
+        ),
+        (0, 0)
+    );
     let total: i64 = pb.sample.iter().map(|x| x.value[1]).sum();
     assert_eq!(total, 29476);
 }
@@ -593,7 +608,12 @@ fn pprof_puts_the_executable_mapping_first() {
         !pb.mapping[1].has_functions,
         "no location of libc was symbolized"
     );
-    assert!(pb.location.iter().all(|l| l.mapping_id == 1));
+    assert!(
+        pb.location
+            .iter()
+            .all(|l| l.mapping_id == 1 || l.address == 0),
+        "[no stack] has none"
+    );
 }
 
 // ---------------------------------------------------------------- go tool pprof (oracle)
@@ -740,16 +760,37 @@ fn go_tool_pprof_reads_the_profile() {
     let traces = pprof(&go, &["-traces", "-sample_index=alloc_space"], &file);
     let want = "runtime.mallocgc\n             runtime.newobject\n             main.newNode (inline)\n             main.buildTree\n             main.main";
     assert!(traces.contains(want), "{traces}");
+    // (Value formatting differs between pprof versions, "16kB" or "16.0kB": not checked.)
+    let block = traces
+        .split("-----------+")
+        .find(|b| b.contains("goroutine:  7"))
+        .unwrap_or_else(|| panic!("no trace of goroutine 7:\n{traces}"));
     assert!(
-        traces.contains(" goroutine:  7\n      16kB   runtime.mallocgc"),
-        "{traces}"
+        block.contains("type:  <nil>") && block.contains("main.makeBuf (inline)"),
+        "{block}"
     );
 
     // -tags: the labels can be filtered on, as users do with Go's own pprof labels.
     let tags = pprof(&go, &["-tags", "-sample_index=alloc_space"], &file);
-    assert!(tags.contains("16kB (55.58%): 7"), "{tags}");
+    assert!(tags.contains("(55.58%): 7"), "{tags}");
     assert!(tags.contains("(83.72%): <nil>"), "{tags}");
     assert!(tags.contains("(16.28%): main.Node"), "{tags}");
+
+    // Without any mapping (addresses outside known files), pprof still reads it.
+    let mut p = fixture();
+    p.mappings.clear();
+    p.samples
+        .iter_mut()
+        .flat_map(|s| s.stack.iter_mut())
+        .for_each(|l| l.mapping = None);
+    let bare = dir.join("bare.pb.gz");
+    std::fs::write(&bare, to_pprof(&p)).unwrap();
+    let top = pprof(&go, &["-top", "-cum", "-unit=B", "-nodecount=100"], &bare);
+    assert!(
+        top.contains("of 29476B total") && top.contains("main.makeBuf (inline)"),
+        "{top}"
+    );
+
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
