@@ -21,6 +21,6 @@ mod text;
 pub use error::Error;
 pub use folded::{Weight, to_folded};
 pub use json::{SCHEMA, from_json, to_json};
-pub use pprof::{proto, to_pprof};
+pub use pprof::{NIL_TYPE_LABEL, proto, to_pprof};
 pub use svg::to_svg;
-pub use text::to_text;
+pub use text::{NIL_TYPE_TEXT, to_text};

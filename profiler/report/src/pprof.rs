@@ -176,7 +176,7 @@ impl<'a> Tables<'a> {
 }
 
 /// The profile before encoding.
-pub(crate) fn build(p: &AllocProfile) -> proto::Profile {
+fn build(p: &AllocProfile) -> proto::Profile {
     let mut strings = Strings::new();
 
     let sample_type = vec![
