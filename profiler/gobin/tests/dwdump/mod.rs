@@ -68,9 +68,19 @@ pub fn dwdump_binary() -> &'static Path {
     })
 }
 
-/// Runs dwdump on `binary`.
+/// Runs dwdump on `binary`: the runtime.g/m fields, a few named types, two symbols.
 pub fn dwdump(binary: &Path) -> DwDump {
+    run(&[], binary)
+}
+
+/// Like [`dwdump`], but `rtypes` holds every DWARF type that has a runtime descriptor.
+pub fn dwdump_all(binary: &Path) -> DwDump {
+    run(&["-all"], binary)
+}
+
+fn run(flags: &[&str], binary: &Path) -> DwDump {
     let output = Command::new(dwdump_binary())
+        .args(flags)
         .arg(binary)
         .output()
         .expect("run dwdump");
@@ -82,8 +92,9 @@ pub fn dwdump(binary: &Path) -> DwDump {
     );
     let mut dump = DwDump::default();
     for line in String::from_utf8(output.stdout).expect("UTF-8").lines() {
-        let mut parts = line.split(' ');
-        let (Some(kind), Some(name), Some(value)) = (parts.next(), parts.next(), parts.next())
+        // "KIND 0xVALUE NAME" (the name last: it may contain spaces)
+        let mut parts = line.splitn(3, ' ');
+        let (Some(kind), Some(value), Some(name)) = (parts.next(), parts.next(), parts.next())
         else {
             continue;
         };

@@ -1,11 +1,14 @@
 // dwdump: an independent oracle for gomemtrace-gobin's tests, built on Go's own
 // debug/dwarf and debug/elf. For one Go binary it prints, one per line:
 //
-//	field runtime.g.goid 0x98          (byte offset of a member, nested members joined by '.')
-//	rtype main.Small 0x1a2b0           (DW_AT_go_runtime_type: type descriptor offset from md.types)
-//	sym runtime.types 0x4a0000         (address of a .symtab symbol)
+//	field 0x98 runtime.g.goid          (byte offset of a member, nested members joined by '.')
+//	rtype 0x1a2b0 main.Small           (DW_AT_go_runtime_type: type descriptor offset from md.types)
+//	sym 0x4a0000 runtime.types         (address of a .symtab symbol)
 //
-// Usage: dwdump BINARY
+// With -all, every DWARF entry that has a DW_AT_go_runtime_type is printed as rtype (the
+// first entry per name). Names may contain spaces, so they come last.
+//
+// Usage: dwdump [-all] BINARY
 package main
 
 import (
@@ -37,7 +40,8 @@ var rtypes = map[string]bool{
 }
 
 func main() {
-	f, err := elf.Open(os.Args[1])
+	all := len(os.Args) > 2 && os.Args[1] == "-all"
+	f, err := elf.Open(os.Args[len(os.Args)-1])
 	if err != nil {
 		fail(err)
 	}
@@ -46,6 +50,7 @@ func main() {
 		fail(err)
 	}
 	var out []string
+	seen := map[string]bool{}
 	r := d.Reader()
 	for {
 		e, err := r.Next()
@@ -56,11 +61,10 @@ func main() {
 			break
 		}
 		name, _ := e.Val(dwarf.AttrName).(string)
-		if rtypes[name] {
-			if off, ok := e.Val(attrGoRuntimeType).(uint64); ok {
-				out = append(out, fmt.Sprintf("rtype %s %#x", name, off))
-				delete(rtypes, name)
-			}
+		if off, ok := e.Val(attrGoRuntimeType).(uint64); ok && off != 0 && (rtypes[name] || all && !seen[name]) {
+			out = append(out, fmt.Sprintf("rtype %#x %s", off, name))
+			delete(rtypes, name)
+			seen[name] = true
 		}
 		if e.Tag == dwarf.TagStructType {
 			if fields, ok := structs[name]; ok {
@@ -74,7 +78,7 @@ func main() {
 					if !ok {
 						fail(fmt.Errorf("%s has no member %s", name, fld))
 					}
-					out = append(out, fmt.Sprintf("field %s.%s %#x", name, fld, off))
+					out = append(out, fmt.Sprintf("field %#x %s.%s", off, name, fld))
 				}
 				delete(structs, name)
 			}
@@ -90,7 +94,7 @@ func main() {
 	}
 	for _, s := range syms {
 		if s.Name == "runtime.types" || s.Name == "runtime.etypes" {
-			out = append(out, fmt.Sprintf("sym %s %#x", s.Name, s.Value))
+			out = append(out, fmt.Sprintf("sym %#x %s", s.Value, s.Name))
 		}
 	}
 	sort.Strings(out)
