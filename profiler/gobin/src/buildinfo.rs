@@ -34,22 +34,22 @@ pub(crate) fn parse(
         let modinfo = read_length_prefixed(rest)
             .map(|(m, _)| m)
             .unwrap_or_default();
-        (version, modinfo)
+        (String::from_utf8_lossy(&version).into_owned(), modinfo)
     } else {
         // Pointer form: only little-endian 64-bit is worth supporting here.
         if ptr_size != 8 || flags & FLAG_BIG_ENDIAN != 0 {
             return None;
         }
-        let read_go_string = |ptr_slot: u64| -> Option<String> {
+        let read_go_string = |ptr_slot: u64| -> Option<Vec<u8>> {
             let header = read_vaddr(ptr_slot, 16)?;
             let (data, len) = (u64_le(&header, 0)?, u64_le(&header, 8)?);
             let bytes = read_vaddr(data, usize::try_from(len).ok()?)?;
-            Some(String::from_utf8_lossy(&bytes).into_owned())
+            Some(bytes)
         };
         let version_ptr = u64_le(blob, 16)?;
         let modinfo_ptr = u64_le(blob, 24)?;
         (
-            read_go_string(version_ptr)?,
+            String::from_utf8_lossy(&read_go_string(version_ptr)?).into_owned(),
             read_go_string(modinfo_ptr).unwrap_or_default(),
         )
     };
@@ -61,19 +61,15 @@ pub(crate) fn parse(
     Some(info)
 }
 
-fn read_length_prefixed(data: &[u8]) -> Option<(String, &[u8])> {
+fn read_length_prefixed(data: &[u8]) -> Option<(Vec<u8>, &[u8])> {
     let (len, n) = read_uvarint(data)?;
     let len = usize::try_from(len).ok()?;
     let bytes = data.get(n..n + len)?;
-    Some((
-        String::from_utf8_lossy(bytes).into_owned(),
-        &data[n + len..],
-    ))
+    Some((bytes.to_vec(), &data[n + len..]))
 }
 
-/// The linker wraps modinfo in two 16-byte sentinels; the last one follows a newline.
-fn strip_sentinels(modinfo: &str) -> String {
-    let bytes = modinfo.as_bytes();
+/// The linker wraps modinfo in two 16-byte binary sentinels; the last one follows a newline.
+fn strip_sentinels(bytes: &[u8]) -> String {
     if bytes.len() >= 33 && bytes[bytes.len() - 17] == b'\n' {
         String::from_utf8_lossy(&bytes[16..bytes.len() - 16]).into_owned()
     } else {

@@ -142,6 +142,13 @@ impl Pclntab {
             .copied()
     }
 
+    /// `_func.flag & FuncFlagAsm`: the function is written in assembly (ABI0).
+    pub fn is_asm(&self, pcln: &[u8], entry: FuncEntry) -> bool {
+        const FUNC_FLAG_ASM: u8 = 1 << 2;
+        pcln.get(self.func_base(entry) + self.funcid_offset() + 1)
+            .is_some_and(|flag| flag & FUNC_FLAG_ASM != 0)
+    }
+
     /// `_func.pcdata[table]` (a pctab offset), if the function has that table.
     fn pcdata_offset(&self, pcln: &[u8], entry: FuncEntry, table: u32) -> Option<u32> {
         let base = self.func_base(entry);

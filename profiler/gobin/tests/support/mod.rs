@@ -17,7 +17,9 @@ use std::sync::{Mutex, OnceLock};
 
 /// Every Go release the crate claims to support.
 pub fn go_versions() -> Vec<&'static str> {
-    vec!["1.19", "1.21", "1.22", "1.23", "1.24", "1.25", "1.26", "1.27"]
+    vec![
+        "1.19", "1.21", "1.22", "1.23", "1.24", "1.25", "1.26", "1.27",
+    ]
 }
 
 /// How the test program is linked.
@@ -34,7 +36,12 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [Variant::Normal, Variant::Stripped, Variant::Pie, Variant::StrippedPie];
+    pub const ALL: [Variant; 4] = [
+        Variant::Normal,
+        Variant::Stripped,
+        Variant::Pie,
+        Variant::StrippedPie,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -123,7 +130,9 @@ fn go_command(version: &str) -> Command {
 
 /// FNV-1a: a hash that is stable across Rust releases, for cache keys.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Builds (or reuses) the test program with Go `version` (`"1.25"`) linked as `variant`.
@@ -138,7 +147,7 @@ pub fn go_binary(version: &str, variant: Variant) -> PathBuf {
 
     let source = fs::read(prog_source()).expect("read tests/testdata/prog/main.go");
     let key = format!("{version}-{}-{:016x}", variant.name(), fnv1a(&source));
-    let out_dir = cache_dir().join("gobin-testbins").join(&key);
+    let out_dir = cache_dir().join("gobin-testbins").join(format!("v2-{key}"));
     let binary = out_dir.join("prog");
     if !binary.is_file() {
         build(version, variant, &source, &out_dir, &binary);
@@ -149,14 +158,17 @@ pub fn go_binary(version: &str, variant: Variant) -> PathBuf {
 
 fn build(version: &str, variant: Variant, source: &[u8], out_dir: &Path, binary: &Path) {
     let go = go_command_path(version);
+    let root = cache_dir().join("gobin-testbins");
     fs::create_dir_all(out_dir).expect("create test binary cache dir");
-    let lock = File::create(out_dir.join(".lock")).expect("create build lock");
+    // One lock for all builds: they share the source directory below.
+    let lock = File::create(root.join(".lock")).expect("create build lock");
     lock.lock().expect("lock build dir");
     if binary.is_file() {
         return; // another process built it while we waited
     }
-    let work = out_dir.join("src");
-    let _ = fs::remove_dir_all(&work);
+    // Every version and variant builds from the same directory, so that file names in
+    // pclntab agree between a stripped binary and its unstripped twin.
+    let work = root.join(format!("src-{:016x}", fnv1a(source)));
     fs::create_dir_all(&work).expect("create build dir");
     fs::write(work.join("go.mod"), "module prog\n\ngo 1.19\n").expect("write go.mod");
     fs::write(work.join("main.go"), source).expect("write main.go");
@@ -209,24 +221,69 @@ pub fn go_tool_with_stdin(version: &str, args: &[&str], stdin: &str) -> String {
     String::from_utf8(output.stdout).expect("go tool output is UTF-8")
 }
 
-/// A text symbol from `go tool nm`.
+/// A symbol from `go tool nm`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NmSymbol {
     pub address: u64,
+    /// `T`/`t` text, `D`/`d` data, `R`/`r` read-only, `B`/`b` bss, `U` undefined.
+    pub kind: char,
     pub name: String,
 }
 
-/// `T`/`t` symbols of `binary` as listed by `go tool nm` (names as in `.symtab`, so ABI0
-/// functions keep their `.abi0` suffix).
-pub fn nm_text_symbols(version: &str, binary: &Path) -> Vec<NmSymbol> {
-    let out = go_tool(version, &["tool", "nm", binary.to_str().expect("UTF-8 path")]);
+/// All defined symbols of `binary` as listed by `go tool nm` (names as in `.symtab`, so
+/// ABI0 functions keep their `.abi0` suffix).
+pub fn nm_symbols(version: &str, binary: &Path) -> Vec<NmSymbol> {
+    let out = go_tool(
+        version,
+        &["tool", "nm", binary.to_str().expect("UTF-8 path")],
+    );
     out.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
             let address = u64::from_str_radix(fields.next()?, 16).ok()?;
-            let kind = fields.next()?;
+            let kind = fields.next()?.chars().next()?;
             let name = fields.collect::<Vec<_>>().join(" ");
-            matches!(kind, "T" | "t").then_some(NmSymbol { address, name })
+            Some(NmSymbol {
+                address,
+                kind,
+                name,
+            })
+        })
+        .collect()
+}
+
+/// `T`/`t` symbols of `binary` as listed by `go tool nm`.
+pub fn nm_text_symbols(version: &str, binary: &Path) -> Vec<NmSymbol> {
+    nm_symbols(version, binary)
+        .into_iter()
+        .filter(|s| matches!(s.kind, 'T' | 't'))
+        .collect()
+}
+
+/// Instructions `go tool objdump -s REGEX` prints: (address, encoded bytes).
+pub fn objdump_instructions(version: &str, binary: &Path, regex: &str) -> Vec<(u64, Vec<u8>)> {
+    let out = go_tool(
+        version,
+        &[
+            "tool",
+            "objdump",
+            "-s",
+            regex,
+            binary.to_str().expect("UTF-8 path"),
+        ],
+    );
+    out.lines()
+        .filter_map(|line| {
+            // "  main.go:35\t0x482020\t493b6610\t\tCMPQ SP, 0x10(R14)"
+            let mut fields = line.trim_start().split('\t').filter(|f| !f.is_empty());
+            let _position = fields.next()?;
+            let address = u64::from_str_radix(fields.next()?.strip_prefix("0x")?, 16).ok()?;
+            let hex = fields.next()?.trim();
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?;
+            Some((address, bytes))
         })
         .collect()
 }
@@ -239,12 +296,23 @@ pub struct Addr2Line {
     pub line: u32,
 }
 
-/// Runs `go tool addr2line` on `binary` for all `pcs` in one batch.
+/// Runs `go tool addr2line` on `binary` (built by Go `version`) for all `pcs` in one batch.
+/// Go 1.19's addr2line cannot read its own PIE binaries (it ignores the relocated
+/// pcHeader.textStart and prints `?`), so 1.19 binaries are read with Go 1.21's.
 pub fn addr2line(version: &str, binary: &Path, pcs: &[u64]) -> Vec<Addr2Line> {
+    let version = if version == "1.19" { "1.21" } else { version };
     let input: String = pcs.iter().map(|pc| format!("0x{pc:x}\n")).collect();
-    let out = go_tool_with_stdin(version, &["tool", "addr2line", binary.to_str().expect("UTF-8 path")], &input);
+    let out = go_tool_with_stdin(
+        version,
+        &["tool", "addr2line", binary.to_str().expect("UTF-8 path")],
+        &input,
+    );
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), pcs.len() * 2, "addr2line prints two lines per address:\n{out}");
+    assert_eq!(
+        lines.len(),
+        pcs.len() * 2,
+        "addr2line prints two lines per address:\n{out}"
+    );
     lines
         .chunks(2)
         .map(|pair| {
@@ -262,13 +330,19 @@ pub fn addr2line(version: &str, binary: &Path, pcs: &[u64]) -> Vec<Addr2Line> {
 pub fn go_version_of(version: &str, binary: &Path) -> String {
     let out = go_tool(version, &["version", binary.to_str().expect("UTF-8 path")]);
     // "PATH: go1.25.5" (possibly followed by " X:experiment" on some releases)
-    let (_, rest) = out.trim().rsplit_once(": ").expect("go version output has 'PATH: VERSION'");
+    let (_, rest) = out
+        .trim()
+        .rsplit_once(": ")
+        .expect("go version output has 'PATH: VERSION'");
     rest.to_string()
 }
 
 /// 1-based line number of the first source line of the test program containing `marker`.
 pub fn source_line_of(marker: &str) -> u32 {
     let source = fs::read_to_string(prog_source()).expect("read main.go");
-    let index = source.lines().position(|l| l.contains(marker)).unwrap_or_else(|| panic!("no line contains {marker:?}"));
+    let index = source
+        .lines()
+        .position(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no line contains {marker:?}"));
     u32::try_from(index + 1).expect("line fits u32")
 }
