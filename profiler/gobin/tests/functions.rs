@@ -259,3 +259,69 @@ fn function_code_and_file_offsets_match_go_tool_objdump() {
         }
     }
 }
+
+/// Section name → (address, size), from `readelf -SW` (None when binutils is missing).
+fn readelf_sections(path: &std::path::Path) -> Option<HashMap<String, (u64, u64)>> {
+    let out = std::process::Command::new("readelf")
+        .arg("-SW")
+        .arg(path)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(
+        text.lines()
+            .filter_map(|line| {
+                let mut fields = line.split_once(']')?.1.split_whitespace();
+                let name = fields.next()?.to_string();
+                let _kind = fields.next()?;
+                let address = u64::from_str_radix(fields.next()?, 16).ok()?;
+                let _offset = fields.next()?;
+                let size = u64::from_str_radix(fields.next()?, 16).ok()?;
+                Some((name, (address, size)))
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn types_range_matches_the_type_section() {
+    for version in go_versions() {
+        for variant in Variant::ALL {
+            let path = go_binary(version, variant);
+            let binary = GoBinary::open(&path).unwrap();
+            let what = format!("go{version} {variant:?}");
+            let (start, end) = binary.types_range().unwrap();
+            // md.types is where the type section starts (GO-RUNTIME.md §2.4), and
+            // md.etypes lies inside that section.
+            let Some(sections) = readelf_sections(&path) else {
+                continue;
+            };
+            // PIE keeps type descriptors (they hold pointers) in relocated read-only data.
+            let plain = if variant.is_pie() {
+                ".data.rel.ro"
+            } else {
+                ".rodata"
+            };
+            let candidates = [".go.type", ".data.rel.ro.go.type", plain];
+            let section = candidates
+                .iter()
+                .find(|name| sections.contains_key(**name))
+                .unwrap();
+            let (address, size) = sections[*section];
+            assert_eq!(start, address, "{what}: types start vs {section}");
+            assert!(
+                end > start && end <= address + size,
+                "{what}: etypes {end:#x} outside {section}"
+            );
+        }
+    }
+}
+
+#[test]
+fn first_function_starts_at_text_start() {
+    for version in go_versions() {
+        let binary = GoBinary::open(&go_binary(version, Variant::StrippedPie)).unwrap();
+        let first = &binary.functions()[0];
+        assert_eq!(first.entry, binary.text_start(), "go{version}");
+    }
+}

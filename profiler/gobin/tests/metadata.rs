@@ -138,3 +138,34 @@ fn from_bytes_equals_open() {
     assert_eq!(opened.functions(), from_bytes.functions());
     assert_eq!(opened.version_string(), from_bytes.version_string());
 }
+
+#[test]
+fn go_older_than_1_18_is_unsupported() {
+    // Rewrite the version in a real binary's buildinfo to an older release of the same length.
+    let path = go_binary("1.21", Variant::Stripped);
+    let real = GoBinary::open(&path).unwrap().version_string().to_string();
+    let old = format!("go1.16.{}", "1".repeat(real.len() - "go1.16.".len()));
+    let mut data = std::fs::read(&path).unwrap();
+    let at = data
+        .windows(real.len())
+        .position(|w| w == real.as_bytes())
+        .unwrap();
+    let buildinfo_at = data
+        .windows(14)
+        .position(|w| w == b"\xff Go buildinf:")
+        .unwrap();
+    let at = if at < buildinfo_at {
+        buildinfo_at
+            + data[buildinfo_at..]
+                .windows(real.len())
+                .position(|w| w == real.as_bytes())
+                .unwrap()
+    } else {
+        at
+    };
+    data[at..at + real.len()].copy_from_slice(old.as_bytes());
+    match GoBinary::from_bytes(data) {
+        Err(Error::UnsupportedVersion { version }) => assert_eq!(version, old),
+        other => panic!("expected UnsupportedVersion, got {other:?}"),
+    }
+}
