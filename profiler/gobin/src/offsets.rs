@@ -67,9 +67,10 @@ pub enum OffsetsError {
 /// The structs whose members we need. `runtime.stack` gives `lo`/`hi` inside `g.stack`.
 const STRUCTS: [&str; 3] = ["runtime.g", "runtime.m", "runtime.stack"];
 
-/// Reads the offsets from the binary's DWARF (`.debug_info`, compressed or not: Go
-/// zlib-compresses its DWARF, as `.zdebug_*` sections up to 1.21 and `SHF_COMPRESSED`
-/// sections later; `object` handles both).
+/// Reads the offsets from the binary's DWARF (`.debug_info` etc., compressed or not: Go
+/// zlib-compresses its DWARF — `SHF_COMPRESSED` sections in every release from 1.19 to
+/// 1.27, `.zdebug_*` sections in older ones and some external links; `object` handles
+/// both, and a section that fails to decompress is an error, not "no DWARF").
 ///
 /// Returns `Ok(None)` when the binary has no DWARF (`-ldflags=-w` or `-s -w`), so the
 /// caller can fall back to [`for_version`]. Errors mean the DWARF exists but is unusable.
@@ -196,8 +197,9 @@ fn member_location<R: Reader>(value: AttributeValue<R>, encoding: gimli::Encodin
 /// by `tests/offsets.rs` (`for_version(v) == from_dwarf(unstripped binary of v)`), whose
 /// DWARF values are in turn checked against Go's own `debug/dwarf`.
 pub fn for_version(v: GoVersion) -> Option<RuntimeOffsets> {
-    // Two layouts for goid/startpc/gopc shifts: +8 in 1.23 (new g.syscallbp), -8 in 1.25
-    // (gobuf.ret removed), +8 in 1.26 for gopc/startpc only (a field added after goid).
+    // g.m, g.stack.lo/hi never moved. The rest: 1.21 dropped 16 bytes before gopc;
+    // 1.23 added g.syscallbp (+8 from goid on); 1.25 removed gobuf.ret (-8 from goid on,
+    // and m.curg 0xc0 -> 0xb8); 1.26 added a field between goid and gopc (+8 for gopc on).
     const fn row(g_goid: u32, m_curg: u32, g_gopc: u32, g_startpc: u32) -> RuntimeOffsets {
         RuntimeOffsets {
             g_goid,

@@ -107,12 +107,14 @@ fn parse_hex(s: &str) -> Option<u64> {
     u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
 }
 
-/// Parses the whole `go tool objdump BINARY` output, keyed by function entry address.
-fn objdump(version: &str, binary: &Path) -> HashMap<u64, ObjdumpFunc> {
-    let text = go_tool(
-        version,
-        &["tool", "objdump", binary.to_str().expect("UTF-8 path")],
-    );
+/// Parses `go tool objdump [-s REGEX] BINARY`, keyed by function entry address.
+fn objdump(version: &str, binary: &Path, regex: Option<&str>) -> HashMap<u64, ObjdumpFunc> {
+    let mut args = vec!["tool", "objdump"];
+    if let Some(regex) = regex {
+        args.extend(["-s", regex]);
+    }
+    args.push(binary.to_str().expect("UTF-8 path"));
+    let text = go_tool(version, &args);
     let mut funcs: Vec<ObjdumpFunc> = Vec::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("TEXT ") {
@@ -229,7 +231,6 @@ fn minor(v: &str) -> u32 {
 fn probe_targets_attach_after_the_stack_check() {
     for v in go_versions() {
         let binary = go_binary(v, Variant::Normal);
-        let od = objdump(v, &binary);
         let funcs = symtab_functions(&binary);
         let mut names = vec![
             "runtime.mallocgc",
@@ -244,6 +245,8 @@ fn probe_targets_attach_after_the_stack_check() {
         if minor(v) >= 27 {
             names.push("runtime.mallocgcSmallScanNoHeaderSC2");
         }
+        let regex = format!("^({})$", names.join("|").replace('.', "\\."));
+        let od = objdump(v, &binary, Some(&regex));
         for name in names {
             let f = named(&funcs, name).unwrap_or_else(|| panic!("go{v}: no {name} in .symtab"));
             let o = &od[&f.addr];
@@ -278,7 +281,7 @@ fn probe_targets_attach_after_the_stack_check() {
 fn every_function_matches_objdump() {
     for v in go_versions() {
         let binary = go_binary(v, Variant::Normal);
-        let od = objdump(v, &binary);
+        let od = objdump(v, &binary, None);
         let funcs = symtab_functions(&binary);
         let gnu = gnu_objdump_rets(&binary);
         let (mut checked, mut skipped, mut with_check) = (0, 0, 0);
