@@ -1,7 +1,6 @@
 //! Builds the eBPF probes (profiler-ebpf) for bpfel-unknown-none with aya-build.
 
 use anyhow::{Context as _, anyhow};
-use aya_build::cargo_metadata;
 
 /// Must be >= 1.98 (aya) and ship LLVM <= 22 (bpf-linker 0.10.x); see rust-toolchain.toml.
 const EBPF_TOOLCHAIN: &str = "1.98.0";
@@ -24,5 +23,10 @@ fn main() -> anyhow::Result<()> {
         root_dir: root_dir.as_str(),
         ..Default::default()
     };
+    // A stable toolchain builds `core` for the BPF target only with -Z build-std, which
+    // aya-build passes when RUSTC_BOOTSTRAP=1; the probes also use the atomic intrinsics.
+    // SAFETY: the build script is single-threaded; nothing reads the environment
+    // concurrently.
+    unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
     aya_build::build_ebpf([package], aya_build::Toolchain::Custom(EBPF_TOOLCHAIN))
 }

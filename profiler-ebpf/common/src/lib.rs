@@ -30,8 +30,10 @@ pub struct ProcessConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AllocKey {
     pub tgid: u32,
-    /// Id in the stack-trace map, or a negative [`StackStatus`] when no stack was read.
-    pub stack_id: i32,
+    pub _pad: u32,
+    /// Key of the user stack in the stacks map (a 64-bit hash of its PCs), or
+    /// [`NO_STACK`] when none was read or stored.
+    pub stack: u64,
     /// Goroutine id; 0 when no user goroutine could be found.
     pub goid: u64,
     /// Runtime address of the allocated `*_type`; 0 for the runtime's nil `typ`.
@@ -41,13 +43,47 @@ pub struct AllocKey {
     pub caller_pc: u64,
 }
 
-/// Why an [`AllocKey`] has no stack id.
-#[repr(i32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StackStatus {
-    /// `bpf_get_stackid` failed (unreadable user memory, or stack map full/collision).
-    Unreadable = -1,
+/// [`AllocKey::stack`] of an event whose stack was not read or not stored.
+pub const NO_STACK: u64 = 0;
+
+/// Deepest user stack recorded (the kernel's default `perf_event_max_stack`).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// A user stack: PCs leaf first, from the kernel's frame-pointer walk. Stored once per
+/// distinct stack, keyed by a 64-bit hash of its PCs. The kernel's own stack-id map is not
+/// used because it keys by a hash masked to the bucket count and refuses colliding stacks:
+/// with a few hundred distinct stacks collisions are near certain, and each would lose the
+/// stack of every later event at that site.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UserStack {
+    /// Number of valid entries in `pcs`.
+    pub len: u32,
+    pub _pad: u32,
+    pub pcs: [u64; MAX_STACK_DEPTH],
 }
+
+impl UserStack {
+    pub const EMPTY: Self = Self {
+        len: 0,
+        _pad: 0,
+        pcs: [0; MAX_STACK_DEPTH],
+    };
+
+    /// The valid PCs.
+    pub fn pcs(&self) -> &[u64] {
+        &self.pcs[..(self.len as usize).min(MAX_STACK_DEPTH)]
+    }
+}
+
+/// FNV-1a over 64-bit words: the key of a [`UserStack`]. Never returns [`NO_STACK`].
+#[inline(always)]
+pub fn stack_hash_step(hash: u64, pc: u64) -> u64 {
+    (hash ^ pc).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// Initial value for [`stack_hash_step`].
+pub const STACK_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// Totals for one [`AllocKey`].
 #[repr(C)]
@@ -97,10 +133,12 @@ pub enum Counter {
     ZeroSize = 6,
     /// Bytes seen (sum of sizes) for configured processes, counted before aggregation.
     EventBytes = 7,
+    /// The stack map was full: the event is kept under a stackless key.
+    StackMapFull = 8,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Events,
         Counter::NoConfig,
@@ -110,6 +148,7 @@ impl Counter {
         Counter::DropGoroutineMapFull,
         Counter::ZeroSize,
         Counter::EventBytes,
+        Counter::StackMapFull,
     ];
 }
 
@@ -128,6 +167,8 @@ pub const GOROUTINES_MAP: &str = "GOROUTINES";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the allocation-entry uprobe program.
 pub const ALLOC_PROGRAM: &str = "alloc_entry";
+/// Name of the empty uprobe program, the benchmark's floor.
+pub const EMPTY_PROGRAM: &str = "empty_entry";
 
 /// Map capacities. Overflow is counted ([`Counter::DropAllocMapFull`]) and reported.
 pub const MAX_PROCESSES: u32 = 1024;
@@ -149,6 +190,8 @@ mod user {
     unsafe impl aya::Pod for GoroutineInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for GoroutineKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for UserStack {}
 }
 
 #[cfg(test)]
@@ -158,7 +201,8 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<ProcessConfig>(), 24);
-        assert_eq!(core::mem::size_of::<AllocKey>(), 32);
+        assert_eq!(core::mem::size_of::<AllocKey>(), 40);
+        assert_eq!(core::mem::size_of::<UserStack>(), 8 + 8 * MAX_STACK_DEPTH);
         assert_eq!(core::mem::size_of::<AllocStats>(), 16);
         assert_eq!(core::mem::size_of::<GoroutineKey>(), 16);
     }

@@ -72,6 +72,9 @@ pub struct Drops {
     pub alloc_map_full: u64,
     /// Events kept without a stack because the user stack could not be read.
     pub stack_unreadable: u64,
+    /// Events kept without a stack because the kernel stack map was full.
+    #[serde(default)]
+    pub stack_map_full: u64,
     /// Events kept under goroutine 0 because the goroutine could not be read.
     pub goid_unreadable: u64,
     /// Goroutines whose start function is unknown because the goroutine map was full.
@@ -80,7 +83,11 @@ pub struct Drops {
 
 impl Drops {
     pub fn total(&self) -> u64 {
-        self.alloc_map_full + self.stack_unreadable + self.goid_unreadable + self.goroutine_map_full
+        self.alloc_map_full
+            + self.stack_unreadable
+            + self.stack_map_full
+            + self.goid_unreadable
+            + self.goroutine_map_full
     }
 }
 

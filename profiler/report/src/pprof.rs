@@ -282,8 +282,12 @@ fn build(p: &AllocProfile) -> proto::Profile {
         format!("probes: {}", p.target.probes.join(", ")),
         format!("events: {} ({} bytes)", p.events, p.event_bytes),
         format!(
-            "drops: alloc_map_full={} stack_unreadable={} goid_unreadable={} goroutine_map_full={}",
-            d.alloc_map_full, d.stack_unreadable, d.goid_unreadable, d.goroutine_map_full
+            "drops: alloc_map_full={} stack_unreadable={} stack_map_full={} goid_unreadable={} goroutine_map_full={}",
+            d.alloc_map_full,
+            d.stack_unreadable,
+            d.stack_map_full,
+            d.goid_unreadable,
+            d.goroutine_map_full
         ),
     ]
     .iter()

@@ -351,7 +351,7 @@ pub fn to_text(p: &AllocProfile, top: usize) -> String {
         .map(|r| {
             vec![
                 if r.key == 0 {
-                    "0 (unreadable)".to_owned()
+                    "0 (none)".to_owned()
                 } else {
                     r.key.to_string()
                 },
@@ -390,6 +390,11 @@ pub fn to_text(p: &AllocProfile, top: usize) -> String {
             "stack_unreadable",
             d.stack_unreadable,
             "events kept without a stack: the user stack could not be read",
+        ),
+        (
+            "stack_map_full",
+            d.stack_map_full,
+            "events kept without a stack: the kernel stack map was full",
         ),
         (
             "goid_unreadable",

@@ -39,7 +39,7 @@ fn loc(address: u64, frames: Vec<Frame>) -> Location {
 /// | 1      | mallocgc, newobject, [newNode inlined in buildTree], main | 1 | main.Node | 4800  | 100     |
 /// | 2      | mallocgc, makeslice, [makeBuf inlined in worker], goexit | 7 | nil      | 16384 | 2       |
 /// | 3      | same stack as 2                                     | 8    | nil       | 8192  | 1       |
-/// | 4      | (unreadable)                                         | 0    | nil       | 100   | 1       |
+/// | 4      | (none)                                               | 0    | nil       | 100   | 1       |
 ///
 /// Totals 29476 bytes, 104 objects. Sites: main.makeBuf 24576 (83.38%), main.newNode 4800
 /// (16.28%, cum 99.66%), [no stack] 100 (0.34%, cum 100.00%).
@@ -161,6 +161,7 @@ fn fixture() -> AllocProfile {
         drops: Drops {
             alloc_map_full: 1,
             stack_unreadable: 1,
+            stack_map_full: 0,
             goid_unreadable: 0,
             goroutine_map_full: 0,
         },
@@ -283,7 +284,7 @@ fn text_types_and_goroutines() {
     );
     assert_eq!(
         words(gs[3]),
-        ["0", "(unreadable)", "100", "100", "B", "1", "0.34%", "?"]
+        ["0", "(none)", "100", "100", "B", "1", "0.34%", "?"]
     );
 }
 
@@ -315,14 +316,18 @@ fn text_drops_are_never_hidden() {
         "{text}"
     );
     assert!(
-        words(drops[2]).starts_with(&["goid_unreadable", "0"]),
+        words(drops[2]).starts_with(&["stack_map_full", "0"]),
         "{text}"
     );
     assert!(
-        words(drops[3]).starts_with(&["goroutine_map_full", "0"]),
+        words(drops[3]).starts_with(&["goid_unreadable", "0"]),
         "{text}"
     );
-    assert_eq!(drops[4], "  total: 2");
+    assert!(
+        words(drops[4]).starts_with(&["goroutine_map_full", "0"]),
+        "{text}"
+    );
+    assert_eq!(drops[5], "  total: 2");
     assert!(!text.contains("none:"));
 
     p.drops = Drops::default();
@@ -330,14 +335,14 @@ fn text_drops_are_never_hidden() {
     let drops = section(&text, "Drops");
     assert_eq!(
         drops.len(),
-        5,
-        "all four counters and the none line:\n{text}"
+        6,
+        "all five counters and the none line:\n{text}"
     );
     assert!(
         words(drops[0]).starts_with(&["alloc_map_full", "0"]),
         "{text}"
     );
-    assert_eq!(drops[4], "  none: every event was aggregated in full");
+    assert_eq!(drops[5], "  none: every event was aggregated in full");
 }
 
 #[test]
@@ -495,7 +500,7 @@ fn pprof_decodes_to_the_same_profile() {
     assert_eq!(pb.duration_nanos, 2_500_000_000);
     assert!(pb.comment.iter().any(|&c| s(c).contains("exact")));
     assert!(pb.comment.iter().any(|&c| s(c)
-        == "drops: alloc_map_full=1 stack_unreadable=1 goid_unreadable=0 goroutine_map_full=0"));
+        == "drops: alloc_map_full=1 stack_unreadable=1 stack_map_full=0 goid_unreadable=0 goroutine_map_full=0"));
 
     // Mapping.
     assert_eq!(pb.mapping.len(), 1);

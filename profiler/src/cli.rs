@@ -1,0 +1,130 @@
+//! Command-line interface: typed clap configuration.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// Where a Go program's memory goes — traced from outside the process with eBPF uprobes:
+/// allocations by stack, type and goroutine, with no change to the target.
+#[derive(Debug, Parser)]
+#[command(name = "gomemtrace", version, about, long_about = None)]
+#[command(after_help = "Examples:\n  sudo gomemtrace -p 1234 -d 30s\n  \
+    sudo gomemtrace --format pprof -o heap.pb.gz -- ./server --port 8080\n\n\
+    Ctrl-C stops tracing and still writes the report.")]
+pub struct Cli {
+    /// Trace this running process.
+    #[arg(
+        short,
+        long,
+        value_name = "PID",
+        conflicts_with = "command",
+        required_unless_present = "command"
+    )]
+    pub pid: Option<u32>,
+
+    /// Trace for this long (e.g. 10s, 2m); default: until Ctrl-C or the target exits.
+    #[arg(short, long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Record every allocation (the only mode so far; a sampled default will follow).
+    #[arg(long)]
+    pub exact: bool,
+
+    /// Write the report to this file instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Rows per table in the text report.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
+
+    /// Weight of folded stacks and flame graphs.
+    #[arg(long, value_enum, default_value_t = Weight::Bytes)]
+    pub weight: Weight,
+
+    /// No live status line on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Benchmark floor: attach an empty program at the same offsets instead of the
+    /// allocation probe (the report is then empty).
+    #[arg(long, hide = true)]
+    pub empty_probe: bool,
+
+    /// Launch this command and trace it from its first instruction; gomemtrace exits with
+    /// its status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable report: totals, top sites, types, goroutines, drops.
+    Text,
+    /// gzipped pprof profile.proto (`go tool pprof` opens it).
+    Pprof,
+    /// Folded stacks (flamegraph.pl / speedscope input).
+    Folded,
+    /// Flame graph.
+    Svg,
+    /// The full profile as json (schema in docs/JSON.md).
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Weight {
+    Bytes,
+    Objects,
+}
+
+/// What to trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    Pid(u32),
+    Launch(Vec<String>),
+}
+
+impl Cli {
+    pub fn target(&self) -> TargetSpec {
+        match self.pid {
+            Some(pid) => TargetSpec::Pid(pid),
+            None => TargetSpec::Launch(self.command.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_pid_and_launch_forms() {
+        let cli = Cli::try_parse_from(["gomemtrace", "-p", "42", "-d", "1500ms"]).unwrap();
+        assert_eq!(cli.target(), TargetSpec::Pid(42));
+        assert_eq!(cli.duration, Some(Duration::from_millis(1500)));
+        let cli =
+            Cli::try_parse_from(["gomemtrace", "--format", "json", "--", "./app", "-x"]).unwrap();
+        assert_eq!(
+            cli.target(),
+            TargetSpec::Launch(vec!["./app".into(), "-x".into()])
+        );
+        assert_eq!(cli.format, Format::Json);
+    }
+
+    #[test]
+    fn rejects_missing_or_double_targets() {
+        assert!(Cli::try_parse_from(["gomemtrace"]).is_err());
+        assert!(Cli::try_parse_from(["gomemtrace", "-p", "1", "--", "ls"]).is_err());
+        assert!(Cli::try_parse_from(["gomemtrace", "-p", "1", "-d", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! Turns what the probes aggregated ([`Snapshot`]) into the profile model: symbolized
+//! stacks, type names, goroutine totals and drop counts.
+
+use std::collections::HashMap;
+
+use gomemtrace_common::Counter;
+use gomemtrace_gobin::{GoBinary, types};
+use gomemtrace_report::model::{
+    AllocProfile, AllocSample, Drops, GoroutineSummary, Mode, TargetInfo,
+};
+
+use crate::{
+    probes::{Counters, Snapshot},
+    symbolizer::Symbolizer,
+};
+
+pub struct CollectInput<'a> {
+    pub snapshot: &'a Snapshot,
+    pub pid: u32,
+    pub binary: &'a GoBinary,
+    pub target: TargetInfo,
+    pub start_unix_ns: u64,
+    pub duration_ns: u64,
+}
+
+pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -> AllocProfile {
+    let CollectInput {
+        snapshot,
+        pid,
+        binary,
+        target,
+        start_unix_ns,
+        duration_ns,
+    } = input;
+    let type_names = TypeNames::new(binary, symbolizer);
+    let mut samples = Vec::new();
+    for (key, stats) in snapshot.allocs.iter().filter(|(k, _)| k.tgid == pid) {
+        let mut pcs: Vec<u64> = snapshot.stacks.get(&key.stack).cloned().unwrap_or_default();
+        insert_direct_caller(&mut pcs, key.caller_pc);
+        let stack = pcs
+            .iter()
+            .enumerate()
+            .map(|(i, &pc)| symbolizer.location(pc, i > 0))
+            .collect();
+        samples.push(AllocSample {
+            stack,
+            goid: key.goid,
+            type_name: type_names.name(key.typ),
+            bytes: stats.bytes,
+            objects: stats.objects,
+        });
+    }
+    samples.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.objects.cmp(&a.objects)));
+    let goroutines = goroutine_totals(&samples, snapshot, pid, symbolizer);
+    AllocProfile {
+        target,
+        mode: Mode::Exact,
+        start_unix_ns,
+        duration_ns,
+        events: snapshot.counters.get(Counter::Events),
+        event_bytes: snapshot.counters.get(Counter::EventBytes),
+        samples,
+        goroutines,
+        mappings: symbolizer.mappings.clone(),
+        drops: drops(&snapshot.counters),
+    }
+}
+
+/// At a function's entry the frame-pointer walk starts at the caller's frame, so it misses
+/// the direct caller; the probe read it from `[rsp]`. Kernels that detect a uprobe on the
+/// `push %rbp` of an entry (6.12+) already add it: then it is not added twice.
+fn insert_direct_caller(pcs: &mut Vec<u64>, caller_pc: u64) {
+    if caller_pc == 0 || pcs.get(1) == Some(&caller_pc) {
+        return;
+    }
+    let at = pcs.len().min(1);
+    pcs.insert(at, caller_pc);
+}
+
+pub fn drops(counters: &Counters) -> Drops {
+    Drops {
+        alloc_map_full: counters.get(Counter::DropAllocMapFull),
+        stack_unreadable: counters.get(Counter::StackUnreadable),
+        stack_map_full: counters.get(Counter::StackMapFull),
+        goid_unreadable: counters.get(Counter::GoidUnreadable),
+        goroutine_map_full: counters.get(Counter::DropGoroutineMapFull),
+    }
+}
+
+fn goroutine_totals(
+    samples: &[AllocSample],
+    snapshot: &Snapshot,
+    pid: u32,
+    symbolizer: &Symbolizer<'_>,
+) -> Vec<GoroutineSummary> {
+    let mut totals: HashMap<u64, (u64, u64)> = HashMap::new();
+    for s in samples {
+        let t = totals.entry(s.goid).or_default();
+        t.0 += s.bytes;
+        t.1 += s.objects;
+    }
+    let mut out: Vec<GoroutineSummary> = totals
+        .into_iter()
+        .map(|(goid, (bytes, objects))| GoroutineSummary {
+            goid,
+            start_function: snapshot
+                .goroutine_start_pcs
+                .get(&(pid, goid))
+                .and_then(|&pc| symbolizer.function_name(pc)),
+            bytes,
+            objects,
+        })
+        .collect();
+    out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.goid.cmp(&b.goid)));
+    out
+}
+
+/// Names `*_type` pointers from the binary's type descriptors (moduledata.types).
+struct TypeNames<'a> {
+    binary: &'a GoBinary,
+    bias: u64,
+    types_base: Option<u64>,
+}
+
+impl<'a> TypeNames<'a> {
+    fn new(binary: &'a GoBinary, symbolizer: &Symbolizer<'_>) -> Self {
+        Self {
+            binary,
+            bias: symbolizer.bias(),
+            types_base: binary.types_range().map(|(start, _)| start),
+        }
+    }
+
+    /// `None` for the runtime's nil `typ`.
+    fn name(&self, typ: u64) -> Option<String> {
+        if typ == 0 {
+            return None;
+        }
+        let vaddr = typ.wrapping_sub(self.bias);
+        let read = |addr: u64, len: usize| self.binary.read_vaddr(addr, len).map(<[u8]>::to_vec);
+        let name = self
+            .types_base
+            .and_then(|base| types::type_name(&read, base, vaddr));
+        Some(name.unwrap_or_else(|| format!("<type at {typ:#x}>")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_caller_is_added_once() {
+        let mut walked_without_caller = vec![0x10, 0x30];
+        insert_direct_caller(&mut walked_without_caller, 0x20);
+        assert_eq!(walked_without_caller, [0x10, 0x20, 0x30]);
+
+        let mut walked_with_caller = vec![0x10, 0x20, 0x30];
+        insert_direct_caller(&mut walked_with_caller, 0x20);
+        assert_eq!(walked_with_caller, [0x10, 0x20, 0x30]);
+
+        let mut unreadable = vec![];
+        insert_direct_caller(&mut unreadable, 0x20);
+        assert_eq!(unreadable, [0x20]);
+    }
+}

@@ -1,0 +1,30 @@
+//! Errors a user can cause or meet, each with its own exit code, so scripts can tell them
+//! apart. Anything else is exit code 1.
+
+use std::process::ExitCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("no such process: {pid}")]
+    NoSuchProcess { pid: u32 },
+    #[error("{path}: {reason}")]
+    NotSupported { path: String, reason: String },
+    #[error("{what} needs root, or the capabilities CAP_BPF and CAP_PERFMON (run with sudo)")]
+    NotPermitted { what: String },
+    #[error("kernel lacks {what}: {why}")]
+    KernelUnsupported { what: String, why: String },
+    #[error("cannot launch {command}: {reason}")]
+    Launch { command: String, reason: String },
+}
+
+impl UserError {
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            UserError::NoSuchProcess { .. } => 3,
+            UserError::NotSupported { .. } => 4,
+            UserError::NotPermitted { .. } => 5,
+            UserError::KernelUnsupported { .. } => 6,
+            UserError::Launch { .. } => 1,
+        })
+    }
+}

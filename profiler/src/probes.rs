@@ -1,0 +1,164 @@
+//! The only module that talks to the kernel's BPF interfaces: loads the probes, registers
+//! a process's configuration, attaches uprobes, and reads the aggregated maps back.
+
+use std::{collections::HashMap, num::NonZeroU32, path::Path};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
+};
+use gomemtrace_common::{
+    ALLOC_PROGRAM, ALLOCS_MAP, AllocKey, AllocStats, CONFIG_MAP, COUNTERS_MAP, Counter,
+    EMPTY_PROGRAM, GOROUTINES_MAP, GoroutineInfo, GoroutineKey, NO_STACK, ProcessConfig,
+    STACKS_MAP, UserStack,
+};
+
+use crate::error::UserError;
+
+/// Everything the probes aggregated so far.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub allocs: Vec<(AllocKey, AllocStats)>,
+    /// Stack key → user stack PCs, leaf first (`[0]` is the probed instruction).
+    pub stacks: HashMap<u64, Vec<u64>>,
+    /// (tgid, goid) → `g.startpc`.
+    pub goroutine_start_pcs: HashMap<(u32, u64), u64>,
+    pub counters: Counters,
+}
+
+/// Per-reason event counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters([u64; Counter::COUNT as usize]);
+
+impl Counters {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+}
+
+pub struct AllocProbes {
+    ebpf: Ebpf,
+    program: &'static str,
+    attached: usize,
+}
+
+impl AllocProbes {
+    /// Loads the probes. `empty` attaches a program that does nothing instead of the
+    /// allocation probe: the benchmark's floor.
+    pub fn load(empty: bool) -> anyhow::Result<Self> {
+        let program_name = if empty { EMPTY_PROGRAM } else { ALLOC_PROGRAM };
+        let bytecode = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gomemtrace-probes"));
+        let mut ebpf = Ebpf::load(bytecode).map_err(|e| {
+            if is_permission_error(&e) {
+                anyhow::Error::new(UserError::NotPermitted {
+                    what: "loading eBPF programs".into(),
+                })
+            } else {
+                anyhow::Error::new(e).context("load eBPF probes")
+            }
+        })?;
+        let program: &mut UProbe = program(&mut ebpf, program_name)?;
+        program.load().context("verify the allocation probe")?;
+        Ok(Self {
+            ebpf,
+            program: program_name,
+            attached: 0,
+        })
+    }
+
+    /// Registers `pid`'s settings; its probe hits are ignored (counted as `NoConfig`) until
+    /// then.
+    pub fn configure(&mut self, pid: u32, config: ProcessConfig) -> anyhow::Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, ProcessConfig> =
+            BpfHashMap::try_from(self.ebpf.map_mut(CONFIG_MAP).context("CONFIG map")?)?;
+        map.insert(&pid, &config, 0)
+            .context("write process config")?;
+        Ok(())
+    }
+
+    /// Attaches the allocation probe at each file offset of `binary`, for `pid` only.
+    pub fn attach(&mut self, binary: &Path, file_offsets: &[u64], pid: u32) -> anyhow::Result<()> {
+        let pid = NonZeroU32::new(pid).context("pid 0")?;
+        let program: &mut UProbe = program(&mut self.ebpf, self.program)?;
+        for &offset in file_offsets {
+            program
+                .attach(
+                    [UProbeAttachLocation::AbsoluteOffset(offset)],
+                    binary,
+                    UProbeScope::OneProcess(pid),
+                )
+                .with_context(|| format!("attach uprobe at {}+{offset:#x}", binary.display()))?;
+            self.attached += 1;
+        }
+        Ok(())
+    }
+
+    pub fn attached(&self) -> usize {
+        self.attached
+    }
+
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(COUNTERS_MAP).context("COUNTERS map")?)?;
+        let mut counters = Counters::default();
+        for counter in Counter::ALL {
+            let per_cpu = map.get(&(counter as u32), 0)?;
+            counters.0[counter as usize] = per_cpu.iter().sum();
+        }
+        Ok(counters)
+    }
+
+    pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let allocs: BpfHashMap<&MapData, AllocKey, AllocStats> =
+            BpfHashMap::try_from(self.ebpf.map(ALLOCS_MAP).context("ALLOCS map")?)?;
+        let allocs: Vec<(AllocKey, AllocStats)> = allocs.iter().collect::<Result<_, _>>()?;
+
+        let stack_map: BpfHashMap<&MapData, u64, UserStack> =
+            BpfHashMap::try_from(self.ebpf.map(STACKS_MAP).context("STACKS map")?)?;
+        let mut stacks = HashMap::new();
+        for key in allocs
+            .iter()
+            .map(|(k, _)| k.stack)
+            .filter(|&k| k != NO_STACK)
+        {
+            if let std::collections::hash_map::Entry::Vacant(slot) = stacks.entry(key) {
+                if let Ok(stack) = stack_map.get(&key, 0) {
+                    slot.insert(stack.pcs().to_vec());
+                }
+            }
+        }
+
+        let goroutines: BpfHashMap<&MapData, GoroutineKey, GoroutineInfo> =
+            BpfHashMap::try_from(self.ebpf.map(GOROUTINES_MAP).context("GOROUTINES map")?)?;
+        let goroutine_start_pcs = goroutines
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| ((k.tgid, k.goid), v.start_pc))
+            .collect();
+        Ok(Snapshot {
+            allocs,
+            stacks,
+            goroutine_start_pcs,
+            counters: self.counters()?,
+        })
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> {
+    Ok(ebpf
+        .program_mut(name)
+        .context("allocation probe missing from the eBPF object")?
+        .try_into()?)
+}
+
+fn is_permission_error(e: &aya::EbpfError) -> bool {
+    let text = format!("{e:?}");
+    text.contains("EPERM")
+        || text.contains("Operation not permitted")
+        || text.contains("PermissionDenied")
+}

@@ -1,0 +1,132 @@
+//! The process to trace: an existing PID, or a command launched stopped at its first
+//! instruction (ptrace stop after exec) so that probes are in place before it runs.
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::{Child, Command},
+};
+
+use nix::{
+    sys::{
+        ptrace,
+        signal::Signal,
+        wait::{WaitStatus, waitpid},
+    },
+    unistd::Pid,
+};
+
+use crate::error::UserError;
+
+pub struct Target {
+    pub pid: u32,
+    /// `/proc/PID/exe`: opens the exact file the process runs, even in another mount
+    /// namespace or after it was replaced on disk.
+    pub exe_link: PathBuf,
+    /// The executable's path as the process sees it, for reports.
+    pub exe_path: String,
+    /// Set in launch mode: the child, still stopped until [`Target::release`].
+    pub child: Option<Child>,
+    stopped: bool,
+}
+
+impl Target {
+    pub fn existing(pid: u32) -> Result<Self, UserError> {
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        if pid == 0 || !proc_dir.exists() {
+            return Err(UserError::NoSuchProcess { pid });
+        }
+        let exe_link = proc_dir.join("exe");
+        let exe_path = match std::fs::read_link(&exe_link) {
+            Ok(path) => path.to_string_lossy().into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A kernel thread or a zombie has no executable.
+                return Err(UserError::NotSupported {
+                    path: format!("pid {pid}"),
+                    reason: "process has no executable (kernel thread or exited)".into(),
+                });
+            }
+            Err(e) => {
+                return Err(UserError::NotPermitted {
+                    what: format!("reading /proc/{pid}/exe ({e})"),
+                });
+            }
+        };
+        Ok(Self {
+            pid,
+            exe_link,
+            exe_path,
+            child: None,
+            stopped: false,
+        })
+    }
+
+    /// Starts `command` under ptrace so it stops right after `execve`, before its first
+    /// instruction. Call [`Target::release`] once probes are attached.
+    pub fn launch(command: &[String]) -> Result<Self, UserError> {
+        let (program, args) = command.split_first().ok_or_else(|| UserError::Launch {
+            command: String::new(),
+            reason: "empty command".into(),
+        })?;
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // ptrace(PTRACE_TRACEME), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| ptrace::traceme().map_err(std::io::Error::from));
+        }
+        let child = cmd.spawn().map_err(|e| UserError::Launch {
+            command: program.clone(),
+            reason: e.to_string(),
+        })?;
+        let pid = child.id();
+        match waitpid(Pid::from_raw(pid as i32), None) {
+            Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => {}
+            other => {
+                return Err(UserError::Launch {
+                    command: program.clone(),
+                    reason: format!("did not stop after exec: {other:?}"),
+                });
+            }
+        }
+        let mut target = Self::existing(pid)?;
+        target.child = Some(child);
+        target.stopped = true;
+        Ok(target)
+    }
+
+    /// Lets a launched target run.
+    pub fn release(&mut self) -> anyhow::Result<()> {
+        if std::mem::take(&mut self.stopped) {
+            ptrace::detach(Pid::from_raw(self.pid as i32), None)?;
+        }
+        Ok(())
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => {
+                // A zombie still has /proc/PID; its state letter says it is gone.
+                let stat =
+                    std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next());
+                !matches!(state, None | Some("Z") | Some("X"))
+            }
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        // A launched target we could not trace must not stay stopped forever.
+        if self.stopped {
+            if let Some(child) = &mut self.child {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
