@@ -691,7 +691,7 @@ impl Report {
         out
     }
 
-    /// A short per-site table for failure messages.
+    /// A short table of the `main.` sites for failure messages.
     pub fn summary(&self) -> String {
         let mut text = format!(
             "target {} {} stripped={} pie={} probes={:?}; events {} ({} B); drops {:?}\n",
@@ -704,7 +704,12 @@ impl Report {
             self.event_bytes,
             self.drops
         );
+        let mut others = Totals::default();
         for ((site, ty), t) in self.by_site_and_type() {
+            if !site.starts_with("main.") {
+                others.add(t.bytes, t.objects);
+                continue;
+            }
             text += &format!(
                 "  {site:<40} {:<24} {:>10} B {:>7} objects\n",
                 ty.as_deref().unwrap_or("<nil>"),
@@ -712,6 +717,10 @@ impl Report {
                 t.objects
             );
         }
+        text += &format!(
+            "  (other sites: {} B, {} objects)\n",
+            others.bytes, others.objects
+        );
         text
     }
 }
