@@ -971,6 +971,7 @@ pub fn check_allocs(t: &Traced, version: &str, variant: Variant) -> Vec<String> 
     }
 
     let by_site = r.by_site();
+    let by_type = r.by_type();
     let by_site_type = r.by_site_and_type();
     let by_goid = r.by_goid();
     for (site, ty) in ALLOCS_SITES {
@@ -999,6 +1000,19 @@ pub fn check_allocs(t: &Traced, version: &str, variant: Variant) -> Vec<String> 
                 bad.push(format!(
                     "{site}: gomemtrace {} B / {} objects, {what} {} B / {} objects",
                     got.bytes, got.objects, want.bytes, want.objects
+                ));
+            }
+        }
+        // The fixture's own types are allocated at their one site only.
+        if let Some(ty) = ty.filter(|t| t.starts_with("main.")) {
+            let total = by_type
+                .get(&Some(ty.to_string()))
+                .copied()
+                .unwrap_or_default();
+            if total != arith {
+                bad.push(format!(
+                    "type {ty}: {} B / {} objects in all, want {} B / {}",
+                    total.bytes, total.objects, arith.bytes, arith.objects
                 ));
             }
         }
