@@ -126,10 +126,10 @@ impl AllocProbes {
             .map(|(k, _)| k.stack)
             .filter(|&k| k != NO_STACK)
         {
-            if let std::collections::hash_map::Entry::Vacant(slot) = stacks.entry(key) {
-                if let Ok(stack) = stack_map.get(&key, 0) {
-                    slot.insert(stack.pcs().to_vec());
-                }
+            if let std::collections::hash_map::Entry::Vacant(slot) = stacks.entry(key)
+                && let Ok(stack) = stack_map.get(&key, 0)
+            {
+                slot.insert(stack.pcs().to_vec());
             }
         }
 

@@ -72,10 +72,10 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let duration_ns = started.elapsed().as_nanos() as u64;
     let snapshot = probes.snapshot()?;
     drop(probes); // detach before writing: the target runs at full speed again
-    if target.is_alive() {
-        if let Ok(fresh) = procmaps::executable_mappings(target.pid) {
-            mappings = fresh;
-        }
+    if target.is_alive()
+        && let Ok(fresh) = procmaps::executable_mappings(target.pid)
+    {
+        mappings = fresh;
     }
     let layout = ExeLayout::find(&analysed.binary, exe_inode, &mappings)
         .context("the executable's text mapping was not found in /proc/PID/maps")?;

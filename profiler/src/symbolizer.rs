@@ -40,7 +40,7 @@ impl ExeLayout {
             })
     }
 
-    pub fn to_file_vaddr(&self, runtime: u64) -> u64 {
+    pub fn to_file_vaddr(self, runtime: u64) -> u64 {
         runtime.wrapping_sub(self.bias)
     }
 }

@@ -122,11 +122,11 @@ impl Target {
 impl Drop for Target {
     fn drop(&mut self) {
         // A launched target we could not trace must not stay stopped forever.
-        if self.stopped {
-            if let Some(child) = &mut self.child {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        if self.stopped
+            && let Some(child) = &mut self.child
+        {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
