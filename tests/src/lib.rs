@@ -248,7 +248,8 @@ pub fn require_root() -> bool {
 }
 
 /// The gomemtrace binary under test: `$GOMEMTRACE_BIN`, else `<target>/debug/gomemtrace`
-/// (`$CARGO_TARGET_DIR` respected), built with `cargo build -p gomemtrace` when missing.
+/// (`$CARGO_TARGET_DIR` respected), brought up to date once per test process with
+/// `cargo build -p gomemtrace`.
 pub fn gomemtrace() -> Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| find_or_build_gomemtrace().map_err(|e| format!("{e:#}")))
@@ -266,23 +267,23 @@ fn find_or_build_gomemtrace() -> Result<PathBuf> {
         None => root.join("target"),
     };
     let bin = target.join("debug/gomemtrace");
-    if !bin.is_file() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(&root)
-            .args(["build", "-p", "gomemtrace"])
-            .status()
-            .context("run cargo build -p gomemtrace")?;
-        ensure!(
-            status.success(),
-            "cargo build -p gomemtrace failed ({status})"
-        );
-        ensure!(
-            bin.is_file(),
-            "cargo build -p gomemtrace did not produce {}",
-            bin.display()
-        );
-    }
+    // Always: a no-op when it is fresh (`cargo xtask test` builds it first), and a stale
+    // binary would test old code. Cargo does not hold the build lock while tests run.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "-q", "-p", "gomemtrace"])
+        .status()
+        .context("run cargo build -p gomemtrace")?;
+    ensure!(
+        status.success(),
+        "cargo build -p gomemtrace failed ({status})"
+    );
+    ensure!(
+        bin.is_file(),
+        "cargo build -p gomemtrace did not produce {}",
+        bin.display()
+    );
     Ok(bin)
 }
 
