@@ -207,6 +207,13 @@ impl GoBinary {
         self.elf.vaddr_to_file_offset(vaddr)
     }
 
+    /// The address of the data symbol `name` (a global variable such as `runtime.work`)
+    /// from `.symtab`; `None` when the binary is stripped or has no such symbol. For PIE
+    /// this is the link-time address: add the load bias for the process's copy.
+    pub fn symbol(&self, name: &str) -> Option<u64> {
+        self.elf.data_symbols.get(name).copied()
+    }
+
     /// `[moduledata.types, moduledata.etypes)`: where runtime type descriptors live.
     pub fn types_range(&self) -> Option<(u64, u64)> {
         let md = self.moduledata?;

@@ -189,6 +189,93 @@ fn member_location<R: Reader>(value: AttributeValue<R>, encoding: gimli::Encodin
     }
 }
 
+/// Member offsets of the named structs: struct name → member name →
+/// `DW_AT_data_member_location`, read from the binary's DWARF. A struct the DWARF does
+/// not describe is absent from the map. `Ok(None)` when the binary has no DWARF.
+///
+/// For readers of runtime globals (`runtime.workType`, `runtime.mstats`,
+/// `runtime.gcControllerState`, ...) whose layouts change with every release: the caller
+/// picks the members it needs and treats a missing one as "not measurable".
+pub fn struct_offsets_from_dwarf(
+    elf_bytes: &[u8],
+    structs: &[&str],
+) -> Result<Option<StructOffsets>, OffsetsError> {
+    let file = object::File::parse(elf_bytes)?;
+    let has_info = file
+        .section_by_name(".debug_info")
+        .is_some_and(|s| s.size() > 0);
+    if !has_info {
+        return Ok(None);
+    }
+    let sections = gimli::DwarfSections::load(|id| -> Result<Cow<'_, [u8]>, OffsetsError> {
+        match file.section_by_name(id.name()) {
+            Some(section) => Ok(section.uncompressed_data()?),
+            None => Ok(Cow::Borrowed(&[])),
+        }
+    })?;
+    let dwarf = sections.borrow(|data| EndianSlice::new(data, LittleEndian));
+    Ok(Some(named_struct_members(&dwarf, structs)?))
+}
+
+/// struct name → member name → byte offset.
+pub type StructOffsets = HashMap<String, HashMap<String, u64>>;
+
+/// Like `struct_members`, for any list of struct names.
+fn named_struct_members<R: Reader>(
+    dwarf: &gimli::Dwarf<R>,
+    structs: &[&str],
+) -> Result<StructOffsets, OffsetsError> {
+    let mut found = StructOffsets::new();
+    let mut units = dwarf.units();
+    while let Some(header) = units.next()? {
+        let unit = dwarf.unit(header)?;
+        let mut tree = unit.entries_tree(None)?;
+        let root = tree.root()?;
+        let mut children = root.children();
+        while let Some(child) = children.next()? {
+            let entry = child.entry();
+            if entry.tag() != gimli::DW_TAG_structure_type {
+                continue;
+            }
+            let Some(name) = entry.attr_value(gimli::DW_AT_name) else {
+                continue;
+            };
+            let name = dwarf.attr_string(&unit, name)?;
+            let name = name.to_string_lossy()?;
+            if !structs.contains(&name.as_ref()) || found.contains_key(name.as_ref()) {
+                continue;
+            }
+            let name = name.into_owned();
+            let mut fields = HashMap::new();
+            let mut members = child.children();
+            while let Some(member) = members.next()? {
+                let m = member.entry();
+                if m.tag() != gimli::DW_TAG_member {
+                    continue;
+                }
+                let (Some(mname), Some(loc)) = (
+                    m.attr_value(gimli::DW_AT_name),
+                    m.attr_value(gimli::DW_AT_data_member_location),
+                ) else {
+                    continue;
+                };
+                let mname = dwarf
+                    .attr_string(&unit, mname)?
+                    .to_string_lossy()?
+                    .into_owned();
+                if let Some(off) = member_location(loc, unit.encoding()) {
+                    fields.insert(mname, off);
+                }
+            }
+            found.insert(name, fields);
+            if found.len() == structs.len() {
+                return Ok(found);
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The amd64 offsets for a stripped binary of Go version `v`, or `None` when that release
 /// was not verified (1.20: no toolchain was available to check it; < 1.19 and > 1.27:
 /// unknown). Keyed by `(major, minor)` because patch releases never change these structs.
