@@ -57,16 +57,24 @@ pub enum Variant {
     Stripped,
     /// `go build -buildmode=pie`
     Pie,
+    /// `go build -buildmode=pie -ldflags="-s -w"`
+    StrippedPie,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 3] = [Variant::Normal, Variant::Stripped, Variant::Pie];
+    pub const ALL: [Variant; 4] = [
+        Variant::Normal,
+        Variant::Stripped,
+        Variant::Pie,
+        Variant::StrippedPie,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Variant::Normal => "normal",
             Variant::Stripped => "stripped",
             Variant::Pie => "pie",
+            Variant::StrippedPie => "stripped-pie",
         }
     }
 
@@ -75,7 +83,16 @@ impl Variant {
             Variant::Normal => &[],
             Variant::Stripped => &["-ldflags=-s -w"],
             Variant::Pie => &["-buildmode=pie"],
+            Variant::StrippedPie => &["-buildmode=pie", "-ldflags=-s -w"],
         }
+    }
+
+    pub fn is_stripped(self) -> bool {
+        matches!(self, Variant::Stripped | Variant::StrippedPie)
+    }
+
+    pub fn is_pie(self) -> bool {
+        matches!(self, Variant::Pie | Variant::StrippedPie)
     }
 }
 
@@ -933,14 +950,14 @@ pub fn check_allocs(t: &Traced, version: &str, variant: Variant) -> Vec<String> 
             r.target.pid, t.oracle.pid
         ));
     }
-    if r.target.stripped != (variant == Variant::Stripped) {
+    if r.target.stripped != variant.is_stripped() {
         bad.push(format!(
             "target.stripped {} for a {} build",
             r.target.stripped,
             variant.name()
         ));
     }
-    if r.target.pie != (variant == Variant::Pie) {
+    if r.target.pie != variant.is_pie() {
         bad.push(format!(
             "target.pie {} for a {} build",
             r.target.pie,

@@ -52,6 +52,11 @@ fn launch_pie_every_go_version() {
     every_version(Variant::Pie, Attach::Launch);
 }
 
+#[test]
+fn launch_stripped_pie_every_go_version() {
+    every_version(Variant::StrippedPie, Attach::Launch);
+}
+
 /// `-p PID` on a fixture that waits for SIGUSR1 until gomemtrace says `attached`.
 #[test]
 fn attach_pid_every_go_version() {
