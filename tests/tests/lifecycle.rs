@@ -200,3 +200,40 @@ fn pid_duration_elapses_target_keeps_running() {
     assert_eq!(t.code(), 0, "target after detach: {}", t.stderr);
     assert!(t.stdout.contains("done"));
 }
+
+/// A launched target that ignores SIGINT must not hold gomemtrace hostage: after SIGINT
+/// the report is written; if gomemtrace then waits for the target, a second SIGINT (the
+/// user pressing Ctrl-C again) makes it exit.
+#[test]
+fn sigint_twice_exits_even_if_target_ignores_it() {
+    if !require_root() {
+        return;
+    }
+    let bin = fixture("allocs", &latest_go(), Variant::Normal).unwrap();
+    let tmp = TempDir::new("sigint-ignored").unwrap();
+    let (report, oracle) = (tmp.join("r.json"), tmp.join("o.json"));
+    let mut cmd = gomemtrace_command().unwrap();
+    cmd.args(["--exact", "--format", "json", "-o"]).arg(&report);
+    cmd.arg("--").arg(&bin).arg("-oracle").arg(&oracle);
+    cmd.args(["-hold", "60s", "-ignore-sigint"]);
+    let mut tracer = Proc::spawn(cmd).unwrap();
+    tracer.wait_stdout("done", RUN_TIMEOUT).unwrap();
+    let oracle = Oracle::read(&oracle).unwrap();
+    tracer.signal(libc::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Report::read(&report).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Still running (waiting for the target)? Ctrl-C again.
+    std::thread::sleep(Duration::from_secs(1));
+    if process_alive(tracer.pid()) {
+        let _ = tracer.signal(libc::SIGINT);
+    }
+    let out = tracer.wait(Duration::from_secs(15));
+    if process_alive(oracle.pid) {
+        let _ = send_signal(oracle.pid, libc::SIGKILL);
+    }
+    // Any exit status: the target was still running when gomemtrace gave up on it.
+    out.expect("gomemtrace did not exit after a second SIGINT");
+    check_sites(&Report::read(&report).unwrap(), &oracle).unwrap();
+}
