@@ -786,10 +786,11 @@ impl Oracle {
 
 /// The allocs fixture's sites with their expected type (`None`: nil type) — see
 /// tests/fixtures/allocs/main.go.
-pub const ALLOCS_SITES: [(&str, Option<&str>); 6] = [
+pub const ALLOCS_SITES: [(&str, Option<&str>); 7] = [
     ("main.allocSmall", Some("main.Small")),
     ("main.allocNodes", Some("main.Node")),
     ("main.allocNoPtr", Some("main.NoPtr")),
+    ("main.allocDeep", Some("main.Deep")),
     // makeslice passes the element type.
     ("main.allocPages", Some("uint8")),
     ("main.allocLarge", Some("uint8")),
@@ -1114,10 +1115,11 @@ pub fn check_allocs(t: &Traced, version: &str, variant: Variant) -> Vec<String> 
 }
 
 /// The allocating source line of each site of the allocs fixture.
-pub const ALLOCS_LINES: [(&str, &str); 6] = [
+pub const ALLOCS_LINES: [(&str, &str); 7] = [
     ("main.allocSmall", "s := new(Small)"),
     ("main.allocNodes", "n := new(Node)"),
     ("main.allocNoPtr", "p := new(NoPtr)"),
+    ("main.allocDeep", "d := new(Deep)"),
     ("main.allocPages", "make([]byte, PageSize)"),
     ("main.allocLarge", "make([]byte, LargeSize)"),
     ("main.allocBytes", "[]byte(source)"),
