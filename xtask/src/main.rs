@@ -44,18 +44,28 @@ fn main() -> anyhow::Result<()> {
     match Xtask::parse().task {
         Task::Demo { go } => demo(&go),
         Task::Test => test(),
-        Task::Bench { go, rounds, allocations } => bench(&go, rounds, allocations),
+        Task::Bench {
+            go,
+            rounds,
+            allocations,
+        } => bench(&go, rounds, allocations),
     }
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn go_cache() -> PathBuf {
-    std::env::var_os("GOMEMTRACE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/gomemtrace")
-    })
+    std::env::var_os("GOMEMTRACE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/gomemtrace")
+        })
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -78,11 +88,19 @@ fn build_go_program(name: &str, go_release: &str) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let go = go_cache().join("go").join(go_release).join("bin/go");
     if !go.exists() {
-        bail!("Go {go_release} is not installed at {} (run scripts/setup.sh)", go.display());
+        bail!(
+            "Go {go_release} is not installed at {} (run scripts/setup.sh)",
+            go.display()
+        );
     }
-    let work = target_dir().join("xtask-go").join(format!("{name}-{go_release}"));
+    let work = target_dir()
+        .join("xtask-go")
+        .join(format!("{name}-{go_release}"));
     std::fs::create_dir_all(&work)?;
-    std::fs::copy(root.join("xtask").join(name).join("main.go"), work.join("main.go"))?;
+    std::fs::copy(
+        root.join("xtask").join(name).join("main.go"),
+        work.join("main.go"),
+    )?;
     std::fs::write(work.join("go.mod"), format!("module {name}\n\ngo 1.19\n"))?;
     run(Command::new(&go)
         .args(["build", "-o", name, "."])
@@ -95,7 +113,9 @@ fn build_go_program(name: &str, go_release: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn release_binary() -> anyhow::Result<PathBuf> {
@@ -125,13 +145,23 @@ fn bench(go_release: &str, rounds: usize, allocations: u64) -> anyhow::Result<()
             let output = if flags.is_empty() {
                 Command::new(&workload).arg(&n).output()?
             } else {
-                Command::new(&gomemtrace).args(flags).args(["-q", "-o", "/dev/null", "--"]).arg(&workload).arg(&n).output()?
+                Command::new(&gomemtrace)
+                    .args(flags)
+                    .args(["-q", "-o", "/dev/null", "--"])
+                    .arg(&workload)
+                    .arg(&n)
+                    .output()?
             };
             let stdout = String::from_utf8_lossy(&output.stdout);
             let rate: f64 = stdout
                 .lines()
                 .find_map(|l| l.strip_prefix("allocs_per_sec "))
-                .with_context(|| format!("{name}: no rate in output: {stdout} {}", String::from_utf8_lossy(&output.stderr)))?
+                .with_context(|| {
+                    format!(
+                        "{name}: no rate in output: {stdout} {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    )
+                })?
                 .trim()
                 .parse()?;
             eprintln!("round {round}: {name}: {rate:.0} allocations/s");
@@ -143,7 +173,11 @@ fn bench(go_release: &str, rounds: usize, allocations: u64) -> anyhow::Result<()
     println!("| variant | allocations/s (median of {rounds}) | added ns per allocation |");
     println!("|---|---|---|");
     for (i, (name, _)) in variants.iter().enumerate() {
-        let added = if i == 0 { "—".to_string() } else { format!("{:.0}", per_event_ns(medians[i])) };
+        let added = if i == 0 {
+            "—".to_string()
+        } else {
+            format!("{:.0}", per_event_ns(medians[i]))
+        };
         println!("| {name} | {:.0} | {added} |", medians[i]);
     }
     println!(
@@ -160,9 +194,28 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn test() -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo()
-        .args(["clippy", "-p", "gomemtrace-ebpf", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release", "--", "-D", "warnings"])
+        .args([
+            "clippy",
+            "-p",
+            "gomemtrace-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ])
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_TARGET_DIR", target_dir().join("ebpf-clippy")))?;
     // The end-to-end tests run gomemtrace as a separate program: build it first.

@@ -12,7 +12,11 @@ pub struct GoVersion {
 
 impl GoVersion {
     pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
-        Self { major, minor, patch }
+        Self {
+            major,
+            minor,
+            patch,
+        }
     }
 
     /// Parses `go1.21.13`, `go1.22`, `go1.26rc1`, `go1.27.3 X:nosizespecializedmalloc`.
@@ -22,13 +26,25 @@ impl GoVersion {
         let mut parts = rest.split('.');
         let major = parts.next()?.parse().ok()?;
         let minor_str = parts.next()?;
-        let digits: String = minor_str.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let digits: String = minor_str
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
         let minor = digits.parse().ok()?;
         let patch = match parts.next() {
-            Some(p) => p.chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap_or(0),
+            Some(p) => p
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+                .parse()
+                .unwrap_or(0),
             None => 0,
         };
-        Some(Self { major, minor, patch })
+        Some(Self {
+            major,
+            minor,
+            patch,
+        })
     }
 
     /// `(major, minor)`, the granularity at which runtime layouts change.
@@ -49,9 +65,15 @@ mod tests {
 
     #[test]
     fn parses_release_strings() {
-        assert_eq!(GoVersion::parse("go1.21.13"), Some(GoVersion::new(1, 21, 13)));
+        assert_eq!(
+            GoVersion::parse("go1.21.13"),
+            Some(GoVersion::new(1, 21, 13))
+        );
         assert_eq!(GoVersion::parse("go1.22"), Some(GoVersion::new(1, 22, 0)));
-        assert_eq!(GoVersion::parse("go1.26rc1"), Some(GoVersion::new(1, 26, 0)));
+        assert_eq!(
+            GoVersion::parse("go1.26rc1"),
+            Some(GoVersion::new(1, 26, 0))
+        );
         assert_eq!(
             GoVersion::parse("go1.27.3 X:nosizespecializedmalloc"),
             Some(GoVersion::new(1, 27, 3))
