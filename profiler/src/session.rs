@@ -41,7 +41,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let exe_inode =
         std::fs::metadata(&target.exe_link).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
     let mut mappings = procmaps::executable_mappings(target.pid).unwrap_or_default();
-    status(&format!(
+    status_line(&format!(
         "attached {} probes to pid {} ({}, {}{}), {}",
         probes.attached(),
         target.pid,
@@ -175,7 +175,7 @@ fn analyse(target: &Target) -> anyhow::Result<Analysed> {
 
 /// Why collection stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum End {
+pub(crate) enum End {
     Duration,
     Interrupted,
     TargetExited,
@@ -228,7 +228,8 @@ fn wait_for_end(
     })
 }
 
-fn finish(target: &mut Target, end: End) -> anyhow::Result<ExitCode> {
+/// Waits for a launched target (passing Ctrl-C on) and returns its exit status as ours.
+pub(crate) fn finish(target: &mut Target, end: End) -> anyhow::Result<ExitCode> {
     let Some(child) = target.child.as_mut() else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -239,7 +240,32 @@ fn finish(target: &mut Target, end: End) -> anyhow::Result<ExitCode> {
             nix::sys::signal::Signal::SIGINT,
         );
     }
-    let status = child.wait()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = runtime.block_on(async {
+        let mut poll = tokio::time::interval(Duration::from_millis(50));
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                // Ctrl-C while waiting for the target: stop waiting, leave it running.
+                _ = &mut ctrl_c => return Ok::<_, anyhow::Error>(None),
+                _ = poll.tick() => {
+                    if let Some(status) = child.try_wait()? {
+                        return Ok(Some(status));
+                    }
+                }
+            }
+        }
+    })?;
+    let Some(status) = status else {
+        status_line(&format!(
+            "interrupted while waiting for pid {}: left it running",
+            child.id()
+        ));
+        return Ok(ExitCode::from(130));
+    };
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => ExitCode::from(code as u8),
         (None, Some(signal)) => ExitCode::from(128 + signal as u8),
@@ -247,7 +273,7 @@ fn finish(target: &mut Target, end: End) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn status(line: &str) {
+fn status_line(line: &str) {
     eprintln!("gomemtrace: {line}");
 }
 
@@ -262,7 +288,7 @@ fn live_status(counters: &Counters, interactive: bool) {
         eprint!("\r\x1b[2Kgomemtrace: {line}");
         let _ = std::io::stderr().flush();
     } else {
-        status(&line);
+        status_line(&line);
     }
 }
 
