@@ -12,6 +12,8 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
+mod gc;
+#[cfg(target_arch = "bpf")]
 mod probes;
 
 #[cfg(not(target_arch = "bpf"))]

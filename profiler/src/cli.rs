@@ -2,16 +2,23 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Where a Go program's memory goes — traced from outside the process with eBPF uprobes:
 /// allocations by stack, type and goroutine, with no change to the target.
 #[derive(Debug, Parser)]
 #[command(name = "gomemtrace", version, about, long_about = None)]
 #[command(after_help = "Examples:\n  sudo gomemtrace -p 1234 -d 30s\n  \
-    sudo gomemtrace --format pprof -o heap.pb.gz -- ./server --port 8080\n\n\
+    sudo gomemtrace --format pprof -o heap.pb.gz -- ./server --port 8080\n  \
+    sudo gomemtrace gctrace -p 1234\n\n\
     Ctrl-C stops tracing and still writes the report.")]
+// The allocation profile stays the top-level form (`gomemtrace [OPTIONS] (-p PID | -- CMD)`);
+// other views are subcommands whose arguments never mix with it.
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub view: Option<View>,
+
     /// Trace this running process.
     #[arg(
         short,
@@ -59,6 +66,68 @@ pub struct Cli {
     /// its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// Views other than the allocation profile.
+#[derive(Debug, Subcommand)]
+pub enum View {
+    /// One line per GC cycle in the runtime's own `GODEBUG=gctrace=1` format, for a
+    /// process that never set GODEBUG. Fields that cannot be measured from outside print
+    /// as `?` (docs/GCTRACE.md).
+    #[command(after_help = "Examples:\n  sudo gomemtrace gctrace -p 1234\n  \
+        sudo gomemtrace gctrace --format json -- ./server")]
+    Gctrace(GctraceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GctraceArgs {
+    /// Trace this running process.
+    #[arg(
+        short,
+        long,
+        value_name = "PID",
+        conflicts_with = "command",
+        required_unless_present = "command"
+    )]
+    pub pid: Option<u32>,
+
+    /// Trace for this long (e.g. 10s, 2m); default: until Ctrl-C or the target exits.
+    #[arg(short, long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Write the lines to this file instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Line format.
+    #[arg(long, value_enum, default_value_t = GcFormat::Text)]
+    pub format: GcFormat,
+
+    /// No status lines on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Launch this command and trace it from its first instruction; gomemtrace exits with
+    /// its status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl GctraceArgs {
+    pub fn target(&self) -> TargetSpec {
+        match self.pid {
+            Some(pid) => TargetSpec::Pid(pid),
+            None => TargetSpec::Launch(self.command.clone()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GcFormat {
+    /// `gc N @Ts P%: ... P`, as the runtime prints with GODEBUG=gctrace=1.
+    Text,
+    /// One json object per cycle, times in ns, `null` where not measured (docs/GCTRACE.md).
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -119,6 +188,48 @@ mod tests {
             TargetSpec::Launch(vec!["./app".into(), "-x".into()])
         );
         assert_eq!(cli.format, Format::Json);
+    }
+
+    #[test]
+    fn gctrace_subcommand_parses_both_target_forms() {
+        let cli = Cli::try_parse_from(["gomemtrace", "gctrace", "-p", "7"]).unwrap();
+        let Some(View::Gctrace(args)) = &cli.view else {
+            panic!("no gctrace view: {cli:?}");
+        };
+        assert_eq!(args.target(), TargetSpec::Pid(7));
+        let cli = Cli::try_parse_from([
+            "gomemtrace",
+            "gctrace",
+            "--format",
+            "json",
+            "--",
+            "./app",
+            "gctrace",
+        ])
+        .unwrap();
+        let Some(View::Gctrace(args)) = &cli.view else {
+            panic!("no gctrace view: {cli:?}");
+        };
+        assert_eq!(
+            args.target(),
+            TargetSpec::Launch(vec!["./app".into(), "gctrace".into()])
+        );
+        assert_eq!(args.format, GcFormat::Json);
+        assert!(Cli::try_parse_from(["gomemtrace", "gctrace"]).is_err());
+        assert!(Cli::try_parse_from(["gomemtrace", "gctrace", "-p", "1", "--", "x"]).is_err());
+        // Allocation-profile options do not mix with the subcommand.
+        assert!(Cli::try_parse_from(["gomemtrace", "--exact", "gctrace", "-p", "1"]).is_err());
+    }
+
+    #[test]
+    fn top_level_form_is_unchanged_by_the_subcommand() {
+        // A command named like the subcommand after `--` is still a command to launch.
+        let cli = Cli::try_parse_from(["gomemtrace", "--", "gctrace"]).unwrap();
+        assert!(cli.view.is_none());
+        assert_eq!(cli.target(), TargetSpec::Launch(vec!["gctrace".into()]));
+        let cli = Cli::try_parse_from(["gomemtrace", "-p", "3", "--top", "5"]).unwrap();
+        assert!(cli.view.is_none());
+        assert_eq!(cli.target(), TargetSpec::Pid(3));
     }
 
     #[test]

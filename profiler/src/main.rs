@@ -4,6 +4,7 @@ mod alloc_points;
 mod cli;
 mod collect;
 mod error;
+mod gc;
 mod output;
 mod preflight;
 mod probes;
@@ -18,7 +19,11 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    match session::run(&cli) {
+    let result = match &cli.view {
+        Some(cli::View::Gctrace(args)) => gc::run(args),
+        None => session::run(&cli),
+    };
+    match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("gomemtrace: {err:#}");

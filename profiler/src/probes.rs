@@ -14,8 +14,10 @@ use aya::{
 };
 use gomemtrace_common::{
     ALLOC_PROGRAM, ALLOCS_MAP, AllocKey, AllocStats, CONFIG_MAP, COUNTERS_MAP, Counter,
-    EMPTY_PROGRAM, GOROUTINES_MAP, GoroutineInfo, GoroutineKey, NO_STACK, ProcessConfig,
-    STACKS_MAP, UserStack,
+    EMPTY_PROGRAM, GC_CONFIG_MAP, GC_COUNTERS_MAP, GC_EVENTS_MAP, GC_FINISH_TRANSITION_PROGRAM,
+    GC_MARK_DONE_PROGRAM, GC_MARK_TERMINATION_PROGRAM, GC_START_PROGRAM,
+    GC_START_THE_WORLD_PROGRAM, GC_STOP_THE_WORLD_PROGRAM, GOROUTINES_MAP, GcConfig, GcCounter,
+    GcEvent, GoroutineInfo, GoroutineKey, NO_STACK, ProcessConfig, STACKS_MAP, UserStack,
 };
 
 use crate::error::UserError;
@@ -152,7 +154,7 @@ impl AllocProbes {
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> {
     Ok(ebpf
         .program_mut(name)
-        .context("allocation probe missing from the eBPF object")?
+        .with_context(|| format!("probe {name} missing from the eBPF object"))?
         .try_into()?)
 }
 
@@ -162,3 +164,116 @@ fn is_permission_error(e: &aya::EbpfError) -> bool {
         || text.contains("Operation not permitted")
         || text.contains("PermissionDenied")
 }
+
+/// The GC-cycle probes (`gomemtrace gctrace`): entry uprobes on the runtime's GC and
+/// stop/start-the-world functions; finished cycles arrive through a ring buffer.
+pub struct GcProbes {
+    ebpf: Ebpf,
+    events: aya::maps::RingBuf<MapData>,
+    attached: usize,
+}
+
+impl GcProbes {
+    /// Loads and verifies every GC program.
+    pub fn load() -> anyhow::Result<Self> {
+        let bytecode = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gomemtrace-probes"));
+        let mut ebpf = Ebpf::load(bytecode).map_err(|e| {
+            if is_permission_error(&e) {
+                anyhow::Error::new(UserError::NotPermitted {
+                    what: "loading eBPF programs".into(),
+                })
+            } else {
+                anyhow::Error::new(e).context("load eBPF probes")
+            }
+        })?;
+        for name in GC_PROGRAMS {
+            let program: &mut UProbe = program(&mut ebpf, name)?;
+            program
+                .load()
+                .with_context(|| format!("verify the {name} probe"))?;
+        }
+        let events = aya::maps::RingBuf::try_from(
+            ebpf.take_map(GC_EVENTS_MAP)
+                .context("GC_EVENTS map missing from the eBPF object")?,
+        )?;
+        Ok(Self {
+            ebpf,
+            events,
+            attached: 0,
+        })
+    }
+
+    /// Registers `pid`'s settings; GC probe hits of other processes are ignored.
+    pub fn configure(&mut self, pid: u32, config: &GcConfig) -> anyhow::Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, GcConfig> =
+            BpfHashMap::try_from(self.ebpf.map_mut(GC_CONFIG_MAP).context("GC_CONFIG map")?)?;
+        map.insert(&pid, config, 0)
+            .context("write GC probe config")?;
+        Ok(())
+    }
+
+    /// Attaches `program` (one of the `GC_*_PROGRAM` names) at `file_offset` of `binary`,
+    /// for `pid` only.
+    pub fn attach(
+        &mut self,
+        program_name: &str,
+        binary: &Path,
+        file_offset: u64,
+        pid: u32,
+    ) -> anyhow::Result<()> {
+        let pid = NonZeroU32::new(pid).context("pid 0")?;
+        let program: &mut UProbe = program(&mut self.ebpf, program_name)?;
+        program
+            .attach(
+                [UProbeAttachLocation::AbsoluteOffset(file_offset)],
+                binary,
+                UProbeScope::OneProcess(pid),
+            )
+            .with_context(|| {
+                format!(
+                    "attach {program_name} uprobe at {}+{file_offset:#x}",
+                    binary.display()
+                )
+            })?;
+        self.attached += 1;
+        Ok(())
+    }
+
+    pub fn attached(&self) -> usize {
+        self.attached
+    }
+
+    /// The cycles that finished since the last call, oldest first.
+    pub fn drain(&mut self) -> Vec<GcEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= std::mem::size_of::<GcEvent>() {
+                // SAFETY: the ring buffer record was written by `GC_EVENTS.output` with a
+                // `GcEvent` (repr(C), integers only, any bit pattern valid);
+                // read_unaligned copes with the record's alignment.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<GcEvent>()) });
+            }
+        }
+        events
+    }
+
+    /// GC probe counters, summed over CPUs, indexed by `GcCounter`.
+    pub fn counters(&self) -> anyhow::Result<[u64; GcCounter::COUNT as usize]> {
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(GC_COUNTERS_MAP).context("GC_COUNTERS map")?)?;
+        let mut counters = [0; GcCounter::COUNT as usize];
+        for counter in GcCounter::ALL {
+            counters[counter as usize] = map.get(&(counter as u32), 0)?.iter().sum();
+        }
+        Ok(counters)
+    }
+}
+
+const GC_PROGRAMS: [&str; 6] = [
+    GC_START_PROGRAM,
+    GC_MARK_DONE_PROGRAM,
+    GC_MARK_TERMINATION_PROGRAM,
+    GC_STOP_THE_WORLD_PROGRAM,
+    GC_START_THE_WORLD_PROGRAM,
+    GC_FINISH_TRANSITION_PROGRAM,
+];

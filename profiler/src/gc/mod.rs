@@ -1,0 +1,377 @@
+//! `gomemtrace gctrace`: GC cycles and stop-the-world pauses of a Go process, printed as
+//! the runtime's own `GODEBUG=gctrace=1` lines although the process never set GODEBUG.
+//!
+//! Timings come from entry uprobes (profiler-ebpf/src/gc.rs): the phases' wall clock and
+//! every pause, on stripped binaries too. Heap sizes, the goal, CPU times and the cycle
+//! number are the runtime's own globals, read by the probe as the world restarts at the
+//! end of the cycle — when the binary has `.symtab` and DWARF to find them ([`layout`]).
+//! What cannot be measured prints as `?` (docs/GCTRACE.md).
+
+mod layout;
+mod line;
+
+use std::{fs::File, io::Write, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use gomemtrace_common::{
+    GC_FINISH_TRANSITION_PROGRAM, GC_FLAG_START_HAS_WORLDSTOP, GC_FLAG_STW_REASON,
+    GC_MARK_DONE_PROGRAM, GC_MARK_TERMINATION_PROGRAM, GC_START_PROGRAM,
+    GC_START_THE_WORLD_PROGRAM, GC_STOP_THE_WORLD_PROGRAM, GcConfig, GcCounter, GcEvent,
+};
+use gomemtrace_gobin::{Arch, GoBinary, GoVersion, offsets};
+
+use crate::{
+    cli::{GcFormat, GctraceArgs, TargetSpec},
+    error::UserError,
+    preflight,
+    probes::GcProbes,
+    procmaps,
+    session::{End, finish},
+    symbolizer::ExeLayout,
+    target::Target,
+};
+use layout::{Globals, Slot, Values};
+use line::Cycle;
+
+/// Oldest Go with the register ABI (g in R14, arguments in RAX, RBX, ...).
+const OLDEST_GO: GoVersion = GoVersion::new(1, 17, 0);
+
+/// The probed runtime functions, their programs, and whether the function must exist.
+const PROBES: [(&str, &str, bool); 6] = [
+    ("runtime.gcStart", GC_START_PROGRAM, true),
+    ("runtime.gcMarkDone", GC_MARK_DONE_PROGRAM, true),
+    (
+        "runtime.gcMarkTermination",
+        GC_MARK_TERMINATION_PROGRAM,
+        true,
+    ),
+    (
+        "runtime.stopTheWorldWithSema",
+        GC_STOP_THE_WORLD_PROGRAM,
+        true,
+    ),
+    (
+        "runtime.startTheWorldWithSema",
+        GC_START_THE_WORLD_PROGRAM,
+        true,
+    ),
+    // Exact pause ends (Go 1.19+); without it a pause ends at startTheWorldWithSema's
+    // entry, before the runtime restarts its Ps.
+    (
+        "runtime.(*gcCPULimiterState).finishGCTransition",
+        GC_FINISH_TRANSITION_PROGRAM,
+        false,
+    ),
+];
+
+pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
+    preflight::check()?;
+    let mut target = match args.target() {
+        TargetSpec::Pid(pid) => Target::existing(pid)?,
+        TargetSpec::Launch(command) => Target::launch(&command)?,
+    };
+    let launched = target.child.is_some();
+    let analysed = analyse(&target)?;
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => {
+            Box::new(File::create(path).with_context(|| format!("create {}", path.display()))?)
+        }
+        None => Box::new(std::io::stdout().lock()),
+    };
+
+    let mut probes = GcProbes::load()?;
+    probes.configure(target.pid, &analysed.config)?;
+    for (offset, program) in &analysed.attach {
+        probes.attach(program, &target.exe_link, *offset, target.pid)?;
+    }
+    if !args.quiet {
+        eprintln!(
+            "gomemtrace: tracing GC of pid {} ({}, {} probes){}",
+            target.pid,
+            analysed.binary.version_string(),
+            probes.attached(),
+            match &analysed.globals.missing {
+                Some(why) if !analysed.globals.any() => format!("; heap fields are ? ({why})"),
+                Some(why) => format!("; some fields are ? ({why})"),
+                None => String::new(),
+            }
+        );
+    }
+    let mut printer = Printer {
+        globals: analysed.globals,
+        format: args.format,
+        // Launched under ptrace before its first instruction: no cycle can be missed, so
+        // counting gives the runtime's numbers even without memstats.
+        count_from_start: launched,
+        seen: 0,
+        process_start_ns: process_start_monotonic_ns(target.pid),
+    };
+    target.release()?;
+
+    let end = wait_for_end(args, &mut target, &mut probes, &mut printer, &mut out)?;
+    for event in probes.drain() {
+        printer.print(&event, &mut out)?;
+    }
+    out.flush()?;
+    if !args.quiet {
+        let c = probes.counters()?;
+        let dropped = c[GcCounter::DropRingFull as usize] + c[GcCounter::DropStateMapFull as usize];
+        eprintln!(
+            "gomemtrace: {} GC cycles, {} other stop-the-world pauses{}",
+            printer.seen,
+            c[GcCounter::OtherStws as usize],
+            if dropped > 0 {
+                format!(", {dropped} cycles lost")
+            } else {
+                String::new()
+            }
+        );
+    }
+    drop(probes);
+    finish(&mut target, end)
+}
+
+struct Analysed {
+    binary: GoBinary,
+    config: GcConfig,
+    /// (file offset, program) per probe.
+    attach: Vec<(u64, &'static str)>,
+    globals: Globals,
+}
+
+fn analyse(target: &Target) -> anyhow::Result<Analysed> {
+    let not_supported = |reason: String| UserError::NotSupported {
+        path: target.exe_path.clone(),
+        reason,
+    };
+    let data =
+        std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
+    let dwarf_offsets = offsets::from_dwarf(&data).ok().flatten();
+    let structs = offsets::struct_offsets_from_dwarf(&data, &layout::STRUCTS)
+        .ok()
+        .flatten();
+    let binary = GoBinary::from_bytes(data).map_err(|e| not_supported(e.to_string()))?;
+    if binary.arch() != Arch::Amd64 {
+        return Err(not_supported(format!(
+            "unsupported architecture {:?} (gomemtrace traces amd64)",
+            binary.arch()
+        ))
+        .into());
+    }
+    let version = binary.version();
+    if version < OLDEST_GO {
+        return Err(not_supported(format!(
+            "unsupported Go version {version} (gomemtrace needs Go 1.17 or newer)"
+        ))
+        .into());
+    }
+    let offsets = dwarf_offsets
+        .or_else(|| offsets::for_version(version))
+        .ok_or_else(|| {
+            not_supported(format!(
+                "no DWARF and no verified runtime layout for {version}: cannot find m.curg"
+            ))
+        })?;
+    let mut attach = Vec::with_capacity(PROBES.len());
+    let minor = version.release().1;
+    let worldstop_args = version.major > 1 || minor >= 22;
+    for (name, program, required) in PROBES {
+        if program == GC_STOP_THE_WORLD_PROGRAM && worldstop_args {
+            // The start of the world carries the stop's reason and start time; a probe
+            // on the stop would only add its own cost to the pause the runtime measures.
+            continue;
+        }
+        let Some(f) = binary.function(name) else {
+            if required {
+                return Err(not_supported(format!("no {name} in the binary")).into());
+            }
+            continue;
+        };
+        let code = binary
+            .function_code(f)
+            .ok_or_else(|| not_supported(format!("no code for {name}")))?;
+        let vaddr = gomemtrace_gobin::disasm::attach_offset(code, f.entry);
+        let offset = binary
+            .vaddr_to_file_offset(vaddr)
+            .ok_or_else(|| not_supported(format!("{name} is outside any loadable segment")))?;
+        attach.push((offset, program));
+    }
+    let globals = Globals::locate(&binary, structs.as_ref());
+    // PIE: globals are read at their runtime addresses.
+    let bias = if binary.is_pie() && globals.any() {
+        let inode =
+            std::fs::metadata(&target.exe_link).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
+        let mappings = procmaps::executable_mappings(target.pid).unwrap_or_default();
+        ExeLayout::find(&binary, inode, &mappings)
+            .context("the executable's text mapping was not found in /proc/PID/maps")?
+            .bias
+    } else {
+        0
+    };
+    let mut flags = 0;
+    if version.major > 1 || minor >= 21 {
+        flags |= GC_FLAG_STW_REASON;
+    }
+    if worldstop_args {
+        flags |= GC_FLAG_START_HAS_WORLDSTOP;
+    }
+    let config = GcConfig {
+        flags,
+        g_m: offsets.g_m,
+        m_curg: offsets.m_curg,
+        _pad: 0,
+        slots: globals.runtime_addrs(bias),
+    };
+    Ok(Analysed {
+        binary,
+        config,
+        attach,
+        globals,
+    })
+}
+
+/// Turns probe events into lines.
+struct Printer {
+    globals: Globals,
+    format: GcFormat,
+    count_from_start: bool,
+    seen: u64,
+    /// The process's start (exec) on the monotonic clock: `@T`'s origin when
+    /// `runtime.runtimeInitTime` cannot be read.
+    process_start_ns: Option<u64>,
+}
+
+impl Printer {
+    fn print(&mut self, event: &GcEvent, out: &mut dyn Write) -> anyhow::Result<()> {
+        self.seen += 1;
+        let cycle = self.cycle(event);
+        let text = match self.format {
+            GcFormat::Text => cycle.text(),
+            GcFormat::Json => cycle.json(),
+        };
+        writeln!(out, "{text}")?;
+        out.flush()?;
+        Ok(())
+    }
+
+    fn cycle(&self, e: &GcEvent) -> Cycle {
+        let v = Values::decode(&self.globals, &e.slots);
+        let saw_start = e.saw_sweep_term != 0;
+        let span = |from: u64, to: u64| (to >= from && from != 0).then(|| to - from);
+        let sweep_term = saw_start
+            .then(|| span(e.sweep_term_start, e.sweep_term_end))
+            .flatten();
+        let mark = saw_start
+            .then(|| span(e.sweep_term_end, e.mark_term_start))
+            .flatten();
+        let mark_term = span(e.mark_term_start, e.mark_term_end);
+        let stw_procs = v
+            .get_i32(Slot::StwProcs)
+            .and_then(|p| u64::try_from(p).ok());
+        let cpu_of = |clock: Option<u64>| Some(clock? * stw_procs?);
+        let dedicated = v
+            .get(Slot::DedicatedMarkTime)
+            .zip(v.get(Slot::FractionalMarkTime))
+            .map(|(d, f)| d.wrapping_add(f));
+        let origin = v
+            .get(Slot::RuntimeInitTime)
+            .filter(|&t| t != 0)
+            .or(self.process_start_ns);
+        let number = v
+            .get(Slot::NumGc)
+            .or(self.count_from_start.then_some(self.seen));
+        Cycle {
+            number,
+            start_ns: saw_start
+                .then(|| e.sweep_term_start.checked_sub(origin?))
+                .flatten(),
+            cpu_percent: v.get_f64(Slot::GcCpuFraction).map(|f| (f * 100.0) as i64),
+            clock_ns: [sweep_term, mark, mark_term],
+            cpu_ns: [
+                cpu_of(sweep_term),
+                v.get(Slot::AssistTime),
+                dedicated,
+                v.get(Slot::IdleMarkTime),
+                cpu_of(mark_term),
+            ],
+            heap_bytes: [v.get(Slot::Heap0), v.get(Slot::Heap1), v.get(Slot::Heap2)],
+            goal_bytes: v.get(Slot::LastHeapGoal),
+            stacks_bytes: v.get(Slot::StackScan),
+            globals_bytes: v.get(Slot::GlobalsScan),
+            procs: v
+                .get_i32(Slot::MaxProcs)
+                .and_then(|p| u64::try_from(p).ok()),
+            forced: line::trigger_name(e.trigger)
+                .map(|t| t == "cycle")
+                .or(v.get(Slot::UserForced).map(|f| f != 0)),
+            trigger: line::trigger_name(e.trigger),
+            pause_ns: e.pause_ns,
+            stws: e.stws,
+            runtime_pause_ns: v.get(Slot::PauseNs),
+            gogc: v.get_i32(Slot::GcPercent),
+        }
+    }
+}
+
+/// `/proc/PID/stat` starttime (clock ticks since boot, on CLOCK_BOOTTIME) converted to
+/// CLOCK_MONOTONIC ns, the clock of the probes and of Go's `nanotime`.
+fn process_start_monotonic_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name: state is field 3, starttime field 22.
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    let start_boot_ns = ticks.checked_mul(1_000_000_000)? / hz.max(1);
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec we own.
+        (unsafe { libc::clock_gettime(clock, &mut ts) } == 0)
+            .then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    };
+    let boot = now(libc::CLOCK_BOOTTIME)?;
+    let mono = now(libc::CLOCK_MONOTONIC)?;
+    start_boot_ns.checked_sub(boot.checked_sub(mono)?)
+}
+
+fn wait_for_end(
+    args: &GctraceArgs,
+    target: &mut Target,
+    probes: &mut GcProbes,
+    printer: &mut Printer,
+    out: &mut dyn Write,
+) -> anyhow::Result<End> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut poll = tokio::time::interval(Duration::from_millis(100));
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                _ = &mut ctrl_c => return Ok(End::Interrupted),
+                _ = poll.tick() => {
+                    for event in probes.drain() {
+                        printer.print(&event, out)?;
+                    }
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        return Ok(End::Duration);
+                    }
+                    if !target.is_alive() {
+                        return Ok(End::TargetExited);
+                    }
+                }
+            }
+        }
+    })
+}
