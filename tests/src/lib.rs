@@ -645,7 +645,32 @@ pub fn is_runtime(function: &str) -> bool {
     function.starts_with("runtime.") || function.starts_with("internal/runtime/")
 }
 
+/// The runtime functions through which a program's own allocation enters the allocator.
+fn is_allocator_entry(function: &str) -> bool {
+    function.starts_with("runtime.mallocgc")
+        || matches!(
+            function,
+            "runtime.newobject"
+                | "runtime.newarray"
+                | "runtime.makeslice"
+                | "runtime.growslice"
+                | "runtime.rawbyteslice"
+                | "runtime.stringtoslicebyte"
+        )
+}
+
 impl Sample {
+    /// Whether the runtime allocated this on its own behalf: between the allocator and the
+    /// site the stack passes through other runtime functions (`gcStart`, `acquireSudog`...).
+    pub fn via_runtime(&self) -> bool {
+        self.stack
+            .iter()
+            .flat_map(|loc| loc.frames.iter())
+            .map(|f| f.function.as_str())
+            .take_while(|f| is_runtime(f))
+            .any(|f| !is_allocator_entry(f))
+    }
+
     /// The allocation site: the first frame, leaf first and innermost-inlined first, that is
     /// not in the runtime; `"?"` when every frame is.
     pub fn site(&self) -> &str {
@@ -873,6 +898,16 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Traces one run of the allocs fixture (Go `version`, `variant`) with
 /// `gomemtrace --exact --format json`, the fixture writing its oracle.
 pub fn trace_allocs(version: &str, variant: Variant, attach: Attach) -> Result<Traced> {
+    trace_allocs_with(version, variant, attach, &[])
+}
+
+/// [`trace_allocs`] with more fixture flags (`["-gc", "1"]`).
+pub fn trace_allocs_with(
+    version: &str,
+    variant: Variant,
+    attach: Attach,
+    fixture_args: &[&str],
+) -> Result<Traced> {
     let bin = fixture("allocs", version, variant)?;
     let tmp = TempDir::new(&format!("trace-{version}-{}", variant.name()))?;
     let report_path = tmp.join("report.json");
@@ -882,7 +917,11 @@ pub fn trace_allocs(version: &str, variant: Variant, attach: Attach) -> Result<T
         .arg(&report_path);
     let finished = match attach {
         Attach::Launch => {
-            cmd.arg("--").arg(&bin).arg("-oracle").arg(&oracle_path);
+            cmd.arg("--")
+                .arg(&bin)
+                .arg("-oracle")
+                .arg(&oracle_path)
+                .args(fixture_args);
             let out = run(cmd, RUN_TIMEOUT)?;
             ensure!(
                 out.code() == 0,
@@ -894,7 +933,11 @@ pub fn trace_allocs(version: &str, variant: Variant, attach: Attach) -> Result<T
         }
         Attach::Pid => {
             let mut target_cmd = Command::new(&bin);
-            target_cmd.arg("-wait").arg("-oracle").arg(&oracle_path);
+            target_cmd
+                .arg("-wait")
+                .arg("-oracle")
+                .arg(&oracle_path)
+                .args(fixture_args);
             let mut target = Proc::spawn(target_cmd)?;
             target.wait_stdout("ready", Duration::from_secs(30))?;
             cmd.arg("-p").arg(target.pid().to_string());
@@ -940,7 +983,13 @@ pub const TOLERANCE: f64 = 0.02;
 /// Checks a traced run of the allocs fixture against the fixture's arithmetic, the runtime's
 /// own profile of the same run, its goroutine ids and its source lines. Returns every
 /// mismatch (empty: all good).
-pub fn check_allocs(t: &Traced, version: &str, variant: Variant) -> Vec<String> {
+///
+/// With `gc_running` (the fixture ran with `-gc 1`), the runtime allocates on the workers'
+/// goroutines too, under the sites' stacks (a `runtime.sudog` to park a GC assist, the
+/// closure, channel and `runtime.g` of a new mark worker when an allocation starts a
+/// cycle): the arithmetic is then compared with the site's direct allocations
+/// ([`Sample::via_runtime`] false), which must all have the site's type.
+pub fn check_allocs(t: &Traced, version: &str, variant: Variant, gc_running: bool) -> Vec<String> {
     let mut bad = Vec::new();
     let r = &t.report;
     if r.mode != "exact" {
@@ -998,13 +1047,13 @@ pub fn check_allocs(t: &Traced, version: &str, variant: Variant) -> Vec<String> 
 
     let by_site = r.by_site();
     let by_type = r.by_type();
-    let by_site_type = r.by_site_and_type();
     let by_goid = r.by_goid();
     for (site, ty) in ALLOCS_SITES {
         let Some(expected) = t.oracle.sites.get(site) else {
             bad.push(format!("oracle lacks {site}"));
             continue;
         };
+        let goid = expected.goid;
         let got = by_site.get(site).copied().unwrap_or_default();
         let arith = Totals {
             bytes: expected.expected_bytes,
@@ -1019,15 +1068,43 @@ pub fn check_allocs(t: &Traced, version: &str, variant: Variant) -> Vec<String> 
                 objects: p.alloc_objects,
             })
             .unwrap_or_default();
-        for (what, want) in [("arithmetic", arith), ("runtime MemProfile", runtime)] {
-            if !within(got.bytes, want.bytes, TOLERANCE)
-                || !within(got.objects, want.objects, TOLERANCE)
+        // The site's direct allocations (without GC: all of them).
+        let mut own = Totals::default();
+        let mut own_of_goid = Totals::default();
+        let mut foreign = BTreeMap::<Option<String>, Totals>::new();
+        for s in r.samples.iter().filter(|s| s.site() == site) {
+            if gc_running && s.via_runtime() {
+                continue;
+            }
+            own.add(s.bytes, s.objects);
+            if s.goid == goid {
+                own_of_goid.add(s.bytes, s.objects);
+            }
+            if s.type_name.as_deref() != ty {
+                foreign
+                    .entry(s.type_name.clone())
+                    .or_default()
+                    .add(s.bytes, s.objects);
+            }
+        }
+        // Against the arithmetic, and against the runtime's profile (which sees the same
+        // runtime-internal allocations under the site as gomemtrace does).
+        for (what, mine, want) in [
+            ("arithmetic", own, arith),
+            ("runtime MemProfile", got, runtime),
+        ] {
+            if !within(mine.bytes, want.bytes, TOLERANCE)
+                || !within(mine.objects, want.objects, TOLERANCE)
             {
                 bad.push(format!(
                     "{site}: gomemtrace {} B / {} objects, {what} {} B / {} objects",
-                    got.bytes, got.objects, want.bytes, want.objects
+                    mine.bytes, mine.objects, want.bytes, want.objects
                 ));
             }
+        }
+        // Every (direct) allocation of the site has the site's type.
+        if !foreign.is_empty() {
+            bad.push(format!("{site}: want type {ty:?}, also has {foreign:?}"));
         }
         // The fixture's own types are allocated at their one site only.
         if let Some(ty) = ty.filter(|t| t.starts_with("main.")) {
@@ -1042,43 +1119,39 @@ pub fn check_allocs(t: &Traced, version: &str, variant: Variant) -> Vec<String> 
                 ));
             }
         }
-        // Every allocation of the site has the site's type.
-        let typed = by_site_type
-            .get(&(site.to_string(), ty.map(str::to_string)))
-            .copied()
-            .unwrap_or_default();
-        if typed != got {
-            bad.push(format!(
-                "{site}: {} B / {} objects typed {:?} out of {} B / {}",
-                typed.bytes, typed.objects, ty, got.bytes, got.objects
-            ));
-        }
-        // The goroutine the fixture says ran the site has exactly the site's allocations.
-        let goid = expected.goid;
-        let from_samples = by_goid.get(&goid).copied().unwrap_or_default();
-        if !within(from_samples.bytes, arith.bytes, TOLERANCE)
-            || !within(from_samples.objects, arith.objects, TOLERANCE)
+        // The goroutine the fixture says ran the site did all of the site's allocations
+        // and, without GC, nothing else.
+        if !within(own_of_goid.bytes, arith.bytes, TOLERANCE)
+            || !within(own_of_goid.objects, arith.objects, TOLERANCE)
         {
             bad.push(format!(
-                "{site}: samples of goroutine {goid} sum to {} B / {} objects, want {} B / {}",
-                from_samples.bytes, from_samples.objects, arith.bytes, arith.objects
+                "{site}: goroutine {goid} did {} B / {} objects of it, want {} B / {}",
+                own_of_goid.bytes, own_of_goid.objects, arith.bytes, arith.objects
+            ));
+        }
+        let from_samples = by_goid.get(&goid).copied().unwrap_or_default();
+        if !gc_running && from_samples != own_of_goid {
+            bad.push(format!(
+                "{site}: goroutine {goid} allocated {} B / {} objects in all, the site {} B / {}",
+                from_samples.bytes, from_samples.objects, own_of_goid.bytes, own_of_goid.objects
             ));
         }
         match r.goroutines.iter().find(|g| g.goid == goid) {
             None => bad.push(format!("{site}: goroutine {goid} missing from goroutines")),
             Some(g) => {
-                if !within(g.bytes, arith.bytes, TOLERANCE)
-                    || !within(g.objects, arith.objects, TOLERANCE)
-                {
+                // The summary is the sum of the goroutine's samples.
+                if (g.bytes, g.objects) != (from_samples.bytes, from_samples.objects) {
                     bad.push(format!(
-                        "{site}: goroutines[{goid}] {} B / {} objects, want {} B / {}",
-                        g.bytes, g.objects, arith.bytes, arith.objects
+                        "{site}: goroutines[{goid}] {} B / {} objects, its samples {} B / {}",
+                        g.bytes, g.objects, from_samples.bytes, from_samples.objects
                     ));
                 }
                 // `go worker(...)` starts a compiler wrapper (main.main.gowrap1 / main.main.func1).
                 let start = g.start_function.as_deref().unwrap_or("<none>");
                 if !(start == "main.worker" || start.starts_with("main.main.")) {
-                    bad.push(format!("{site}: goroutine {goid} start_function {start:?}, want main.worker or its main.main wrapper"));
+                    bad.push(format!(
+                        "{site}: goroutine {goid} start_function {start:?}, want main.worker or its main.main wrapper"
+                    ));
                 }
             }
         }
@@ -1090,7 +1163,11 @@ pub fn check_allocs(t: &Traced, version: &str, variant: Variant) -> Vec<String> 
             continue;
         };
         let mut wrong = BTreeMap::<String, u64>::new();
-        for s in r.samples.iter().filter(|s| s.site() == site) {
+        for s in r
+            .samples
+            .iter()
+            .filter(|s| s.site() == site && !(gc_running && s.via_runtime()))
+        {
             let frame = s
                 .stack
                 .iter()

@@ -2,20 +2,29 @@
 //! per type and per goroutine must match the fixture's arithmetic and the Go runtime's own
 //! MemProfileRate=1 profile of the same run (see `check_allocs`). Needs root.
 
-use gomemtrace_tests::{Attach, Variant, check_allocs, go_versions, require_root, trace_allocs};
+use gomemtrace_tests::{
+    Attach, Variant, check_allocs, go_versions, require_root, trace_allocs_with,
+};
 
 /// Runs `attach`/`variant` for every Go release; fails listing each release that failed.
 fn every_version(variant: Variant, attach: Attach) {
+    every_version_with(variant, attach, &[]);
+}
+
+fn every_version_with(variant: Variant, attach: Attach, fixture_args: &[&str]) {
     if !require_root() {
         return;
     }
     let mut failures = Vec::new();
     for version in go_versions() {
-        let problems = match trace_allocs(&version, variant, attach) {
+        let problems = match trace_allocs_with(&version, variant, attach, fixture_args) {
             Ok(traced) => {
-                let bad = check_allocs(&traced, &version, variant);
+                let bad = check_allocs(&traced, &version, variant, fixture_args.contains(&"-gc"));
                 if bad.is_empty() {
-                    println!("Go {version} {} {attach:?}: ok", variant.name());
+                    println!(
+                        "Go {version} {} {attach:?} {fixture_args:?}: ok",
+                        variant.name()
+                    );
                     continue;
                 }
                 format!("{}\n{}", bad.join("\n"), traced.report.summary())
@@ -23,7 +32,7 @@ fn every_version(variant: Variant, attach: Attach) {
             Err(e) => format!("{e:#}"),
         };
         failures.push(format!(
-            "Go {version} {} {attach:?}:\n{problems}",
+            "Go {version} {} {attach:?} {fixture_args:?}:\n{problems}",
             variant.name()
         ));
     }
@@ -61,4 +70,12 @@ fn launch_stripped_pie_every_go_version() {
 #[test]
 fn attach_pid_every_go_version() {
     every_version(Variant::Normal, Attach::Pid);
+}
+
+/// The collector runs all the time while the workers allocate (GOGC=1): allocations during
+/// marking (assists), sweeping, and the runtime's own GC goroutines must not disturb the
+/// per-site, per-type and per-goroutine answer.
+#[test]
+fn launch_with_gc_running_every_go_version() {
+    every_version_with(Variant::Normal, Attach::Launch, &["-gc", "1"]);
 }
