@@ -15,6 +15,11 @@
 //!   own timestamps (`work.tMark`, `work.tEnd`). `startTheWorldWithSema` takes its time
 //!   only after restarting the Ps (which may create threads: up to milliseconds), so its
 //!   entry is early; this probe gives the runtime's exact end of each pause.
+//! - `(*gcCPULimiterState).startGCTransition(enableGC, now)` (BL, RCX): called with the
+//!   world stopped by `gcStart` and by `gcMarkDone` (after its last stop) with the time
+//!   taken just before stopping (`work.tSweepTerm`, `work.tMarkTerm`): the runtime's exact
+//!   start of each phase, including the wait for `sched.lock` that `startedStopping`
+//!   leaves out.
 //!
 //! The stop/start probes of one process run one at a time (the runtime holds `worldsema`
 //! across a stop), so the per-process state needs no atomics.
@@ -57,6 +62,7 @@ const EMPTY_STATE: GcState = GcState {
     awaiting_tmark: 0,
     _pad: 0,
     tend_hint: 0,
+    pending_t_sweep_term: 0,
     stop_ns: 0,
     cycle: GcEvent::EMPTY,
 };
@@ -150,6 +156,17 @@ fn remember_caller(ctx: &ProbeContext, kind: u32) {
         _pad: 0,
         g: regs.r14,
     };
+    if kind == GC_CALLER_START {
+        // SAFETY: read-only copy of a plain value.
+        if let Some(old) = unsafe { GC_CALLERS.get(&key) }
+            && old.kind == GC_CALLER_START
+            && old.seq == seq
+        {
+            // A nested gcStart (an allocation inside gcStart, which returns at once as
+            // the M holds locks) must not replace the outer call's trigger.
+            return;
+        }
+    }
     let caller = GcCaller {
         kind,
         trigger: if kind == GC_CALLER_START {
@@ -205,14 +222,23 @@ fn kind_of_reason(reason: u64) -> u32 {
     }
 }
 
-/// Notes a stop of the world of `kind` that began at `started`.
+/// Notes a stop of the world of `kind` that began at `started`; `t_sweep_term` is the
+/// runtime's `work.tSweepTerm` when already known (0 if not).
 #[inline(always)]
-fn begin_stw(state: &mut GcState, tgid: u32, kind: u32, caller: &GcCaller, started: u64) {
+fn begin_stw(
+    state: &mut GcState,
+    tgid: u32,
+    kind: u32,
+    caller: &GcCaller,
+    started: u64,
+    t_sweep_term: u64,
+) {
     state.stw_kind = kind;
     state.stop_ns = started;
     if kind == STW_SWEEP_TERM {
         state.cycle = GcEvent::EMPTY;
         state.cycle.tgid = tgid;
+        state.cycle.t_sweep_term = t_sweep_term;
         state.cycle.trigger = if caller.kind == GC_CALLER_START {
             caller.trigger
         } else {
@@ -254,7 +280,7 @@ pub fn gc_stop_the_world(ctx: ProbeContext) -> u32 {
     } else {
         STW_OTHER
     };
-    begin_stw(state, tgid, kind, &caller, now);
+    begin_stw(state, tgid, kind, &caller, now, 0);
     0
 }
 
@@ -297,7 +323,8 @@ pub fn gc_start_the_world(ctx: ProbeContext) -> u32 {
         } else {
             NO_CALLER
         };
-        begin_stw(state, tgid, kind, &caller, rcx);
+        let t_sweep_term = core::mem::replace(&mut state.pending_t_sweep_term, 0);
+        begin_stw(state, tgid, kind, &caller, rcx, t_sweep_term);
     }
     let kind = core::mem::replace(&mut state.stw_kind, STW_NONE);
     if kind == STW_NONE {
@@ -385,6 +412,44 @@ pub fn gc_finish_transition(ctx: ProbeContext) -> u32 {
     } else if state.in_mark_termination != 0 {
         // gcMarkTermination, world still stopped: now = work.tEnd.
         state.tend_hint = now;
+    }
+    0
+}
+
+/// `(*gcCPULimiterState).startGCTransition(l, enableGC, now)` entry, world stopped:
+/// BL = enableGC (true in gcStart, false in gcMarkDone), RCX = the runtime's `now`.
+#[uprobe]
+pub fn gc_start_transition(ctx: ProbeContext) -> u32 {
+    let tgid = tgid();
+    let Some(cfg) = config(tgid) else { return 0 };
+    // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
+    let (rbx, now) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*ctx.regs).rbx),
+            core::ptr::read_volatile(&raw const (*ctx.regs).rcx),
+        )
+    };
+    let Some(state) = state(tgid) else { return 0 };
+    if cfg.flags & GC_FLAG_START_HAS_WORLDSTOP != 0 {
+        // Go 1.22+: the stop is classified when the world starts again; keep the time
+        // until then (the cycle is reset at that point).
+        if rbx & 0xff != 0 {
+            state.pending_t_sweep_term = now;
+        } else {
+            state.cycle.t_mark_term = now;
+        }
+        return 0;
+    }
+    // Before 1.22 the stop was classified at its entry, and the runtime's pause starts
+    // here (work.pauseStart).
+    if rbx & 0xff != 0 {
+        if state.stw_kind == STW_SWEEP_TERM {
+            state.cycle.t_sweep_term = now;
+            state.stop_ns = now;
+        }
+    } else if state.stw_kind == STW_MARK_TERM {
+        state.cycle.t_mark_term = now;
+        state.stop_ns = now;
     }
     0
 }

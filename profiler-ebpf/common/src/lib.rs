@@ -304,6 +304,10 @@ pub struct GcEvent {
     pub mark_term_end: u64,
     /// Sum of all of this cycle's stop-the-world pauses (≈ the runtime's `work.pauseNS`).
     pub pause_ns: u64,
+    /// The runtime's own `work.tSweepTerm` / `work.tMarkTerm` (taken just before each
+    /// stop), from `startGCTransition(enable, now)`; 0 when not seen.
+    pub t_sweep_term: u64,
+    pub t_mark_term: u64,
     /// The words at [`GcConfig::slots`], read as the world restarts.
     pub slots: [u64; GC_SLOTS],
 }
@@ -319,6 +323,8 @@ impl GcEvent {
         mark_term_start: 0,
         mark_term_end: 0,
         pause_ns: 0,
+        t_sweep_term: 0,
+        t_mark_term: 0,
         slots: [0; GC_SLOTS],
     };
 }
@@ -349,6 +355,9 @@ pub struct GcState {
     pub _pad: u32,
     /// `finishGCTransition(now)` during mark termination: the runtime's `work.tEnd`.
     pub tend_hint: u64,
+    /// `startGCTransition(true, now)` seen during a stop not yet classified (Go 1.22+
+    /// classifies at the start of the world): the runtime's `work.tSweepTerm`.
+    pub pending_t_sweep_term: u64,
     /// When the stop in progress began (stop entry), for pairing before Go 1.22.
     pub stop_ns: u64,
     /// The cycle being assembled.
@@ -404,6 +413,7 @@ pub const GC_MARK_TERMINATION_PROGRAM: &str = "gc_mark_termination";
 pub const GC_STOP_THE_WORLD_PROGRAM: &str = "gc_stop_the_world";
 pub const GC_START_THE_WORLD_PROGRAM: &str = "gc_start_the_world";
 pub const GC_FINISH_TRANSITION_PROGRAM: &str = "gc_finish_transition";
+pub const GC_START_TRANSITION_PROGRAM: &str = "gc_start_transition";
 
 /// Goroutines remembered between `gcStart`/`gcMarkDone` entry and their stop (LRU).
 pub const MAX_GC_CALLERS: u32 = 4096;
@@ -435,10 +445,10 @@ mod gc_tests {
         assert_eq!(core::mem::size_of::<GcConfig>(), 16 + 8 * GC_SLOTS);
         assert_eq!(core::mem::size_of::<GcCaller>(), 16);
         assert_eq!(core::mem::size_of::<GcCallerKey>(), 16);
-        assert_eq!(core::mem::size_of::<GcEvent>(), 16 + 5 * 8 + 8 * GC_SLOTS);
+        assert_eq!(core::mem::size_of::<GcEvent>(), 16 + 7 * 8 + 8 * GC_SLOTS);
         assert_eq!(
             core::mem::size_of::<GcState>(),
-            40 + core::mem::size_of::<GcEvent>()
+            48 + core::mem::size_of::<GcEvent>()
         );
     }
 }

@@ -16,7 +16,8 @@ use anyhow::Context as _;
 use gomemtrace_common::{
     GC_FINISH_TRANSITION_PROGRAM, GC_FLAG_START_HAS_WORLDSTOP, GC_FLAG_STW_REASON,
     GC_MARK_DONE_PROGRAM, GC_MARK_TERMINATION_PROGRAM, GC_START_PROGRAM,
-    GC_START_THE_WORLD_PROGRAM, GC_STOP_THE_WORLD_PROGRAM, GcConfig, GcCounter, GcEvent,
+    GC_START_THE_WORLD_PROGRAM, GC_START_TRANSITION_PROGRAM, GC_STOP_THE_WORLD_PROGRAM, GcConfig,
+    GcCounter, GcEvent,
 };
 use gomemtrace_gobin::{Arch, GoBinary, GoVersion, offsets};
 
@@ -37,7 +38,7 @@ use line::Cycle;
 const OLDEST_GO: GoVersion = GoVersion::new(1, 17, 0);
 
 /// The probed runtime functions, their programs, and whether the function must exist.
-const PROBES: [(&str, &str, bool); 6] = [
+const PROBES: [(&str, &str, bool); 7] = [
     ("runtime.gcStart", GC_START_PROGRAM, true),
     ("runtime.gcMarkDone", GC_MARK_DONE_PROGRAM, true),
     (
@@ -60,6 +61,12 @@ const PROBES: [(&str, &str, bool); 6] = [
     (
         "runtime.(*gcCPULimiterState).finishGCTransition",
         GC_FINISH_TRANSITION_PROGRAM,
+        false,
+    ),
+    // The runtime's own phase start times (work.tSweepTerm, work.tMarkTerm), Go 1.19+.
+    (
+        "runtime.(*gcCPULimiterState).startGCTransition",
+        GC_START_TRANSITION_PROGRAM,
         false,
     ),
 ];
@@ -258,13 +265,18 @@ impl Printer {
         let v = Values::decode(&self.globals, &e.slots);
         let saw_start = e.saw_sweep_term != 0;
         let span = |from: u64, to: u64| (to >= from && from != 0).then(|| to - from);
+        // The runtime's own phase starts when startGCTransition was seen; else when the
+        // world began to stop.
+        let nonzero = |t: u64, fallback: u64| if t != 0 { t } else { fallback };
+        let sweep_start = nonzero(e.t_sweep_term, e.sweep_term_start);
+        let mark_term_start = nonzero(e.t_mark_term, e.mark_term_start);
         let sweep_term = saw_start
-            .then(|| span(e.sweep_term_start, e.sweep_term_end))
+            .then(|| span(sweep_start, e.sweep_term_end))
             .flatten();
         let mark = saw_start
-            .then(|| span(e.sweep_term_end, e.mark_term_start))
+            .then(|| span(e.sweep_term_end, mark_term_start))
             .flatten();
-        let mark_term = span(e.mark_term_start, e.mark_term_end);
+        let mark_term = span(mark_term_start, e.mark_term_end);
         let stw_procs = v
             .get_i32(Slot::StwProcs)
             .and_then(|p| u64::try_from(p).ok());
@@ -283,7 +295,7 @@ impl Printer {
         Cycle {
             number,
             start_ns: saw_start
-                .then(|| e.sweep_term_start.checked_sub(origin?))
+                .then(|| sweep_start.checked_sub(origin?))
                 .flatten(),
             cpu_percent: v.get_f64(Slot::GcCpuFraction).map(|f| (f * 100.0) as i64),
             clock_ns: [sweep_term, mark, mark_term],
@@ -301,9 +313,11 @@ impl Printer {
             procs: v
                 .get_i32(Slot::MaxProcs)
                 .and_then(|p| u64::try_from(p).ok()),
-            forced: line::trigger_name(e.trigger)
-                .map(|t| t == "cycle")
-                .or(v.get(Slot::UserForced).map(|f| f != 0)),
+            // work.userForced when readable: the runtime's own flag.
+            forced: v
+                .get(Slot::UserForced)
+                .map(|f| f != 0)
+                .or(line::trigger_name(e.trigger).map(|t| t == "cycle")),
             trigger: line::trigger_name(e.trigger),
             pause_ns: e.pause_ns,
             stws: e.stws,
