@@ -111,7 +111,15 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
         // counting gives the runtime's numbers even without memstats.
         count_from_start: launched,
         seen: 0,
-        process_start_ns: process_start_monotonic_ns(target.pid),
+        process_start_ns: None,
+    };
+    // `@T`'s origin without runtime.runtimeInitTime: a launched target starts running
+    // when released (it was held at its first instruction while probes were attached);
+    // a running one at its exec.
+    printer.process_start_ns = if launched {
+        monotonic_now_ns()
+    } else {
+        process_start_monotonic_ns(target.pid)
     };
     target.release()?;
 
@@ -327,6 +335,21 @@ impl Printer {
     }
 }
 
+fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    (unsafe { libc::clock_gettime(clock, &mut ts) } == 0)
+        .then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// CLOCK_MONOTONIC now: the clock of the probes and of Go's `nanotime`.
+fn monotonic_now_ns() -> Option<u64> {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
 /// `/proc/PID/stat` starttime (clock ticks since boot, on CLOCK_BOOTTIME) converted to
 /// CLOCK_MONOTONIC ns, the clock of the probes and of Go's `nanotime`.
 fn process_start_monotonic_ns(pid: u32) -> Option<u64> {
@@ -342,18 +365,11 @@ fn process_start_monotonic_ns(pid: u32) -> Option<u64> {
     // SAFETY: sysconf only reads a configuration value.
     let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
     let start_boot_ns = ticks.checked_mul(1_000_000_000)? / hz.max(1);
-    let now = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one timespec we own.
-        (unsafe { libc::clock_gettime(clock, &mut ts) } == 0)
-            .then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
-    };
-    let boot = now(libc::CLOCK_BOOTTIME)?;
-    let mono = now(libc::CLOCK_MONOTONIC)?;
-    start_boot_ns.checked_sub(boot.checked_sub(mono)?)
+    // BOOTTIME − MONOTONIC is the time spent suspended: 0 on most servers, and read
+    // back to back the two clocks may even come out a few ns the wrong way round.
+    let boot = clock_ns(libc::CLOCK_BOOTTIME)?;
+    let mono = clock_ns(libc::CLOCK_MONOTONIC)?;
+    start_boot_ns.checked_sub(boot.saturating_sub(mono))
 }
 
 fn wait_for_end(
