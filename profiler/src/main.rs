@@ -1,6 +1,7 @@
 //! gomemtrace: where a Go program's memory goes, traced from outside the process.
 
 mod alloc_points;
+mod analysis;
 mod cli;
 mod collect;
 mod error;

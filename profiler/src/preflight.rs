@@ -72,7 +72,9 @@ mod tests {
 
     #[test]
     fn missing_kernel_features_are_named() {
-        let empty = std::env::temp_dir().join("gomemtrace-preflight-empty-root");
+        let empty =
+            std::env::temp_dir().join(format!("gomemtrace-preflight-root-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&empty);
         std::fs::create_dir_all(&empty).unwrap();
         let err = check_kernel(&empty).unwrap_err();
         assert!(err.to_string().contains("uprobes"), "{err}");
@@ -80,5 +82,6 @@ mod tests {
         std::fs::write(empty.join("sys/bus/event_source/devices/uprobe/type"), "9").unwrap();
         let err = check_kernel(&empty).unwrap_err();
         assert!(err.to_string().contains("BTF"), "{err}");
+        std::fs::remove_dir_all(&empty).unwrap();
     }
 }

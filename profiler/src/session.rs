@@ -10,23 +10,20 @@ use std::{
 
 use anyhow::Context as _;
 use gomemtrace_common::{Counter, ProcessConfig};
-use gomemtrace_gobin::{Arch, GoBinary, GoVersion, offsets};
+use gomemtrace_gobin::GoBinary;
 use gomemtrace_report::model::{AllocProfile, TargetInfo};
 
 use crate::{
     alloc_points,
+    analysis::GoTarget,
     cli::{Cli, TargetSpec},
     collect::{self, CollectInput},
-    error::UserError,
     output, preflight,
     probes::{AllocProbes, Counters},
     procmaps,
     symbolizer::{ExeLayout, Symbolizer},
     target::Target,
 };
-
-/// Oldest Go with the register ABI (arguments in RAX, RBX, ...; g in R14).
-const OLDEST_GO: GoVersion = GoVersion::new(1, 17, 0);
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     preflight::check()?;
@@ -114,62 +111,27 @@ struct Analysed {
 }
 
 fn analyse(target: &Target) -> anyhow::Result<Analysed> {
-    let not_supported = |reason: String| UserError::NotSupported {
-        path: target.exe_path.clone(),
-        reason,
-    };
     let data =
         std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
-    let dwarf_offsets = offsets::from_dwarf(&data).ok().flatten();
-    let binary = GoBinary::from_bytes(data).map_err(|e| not_supported(e.to_string()))?;
-    if binary.arch() != Arch::Amd64 {
-        return Err(not_supported(format!(
-            "unsupported architecture {:?} (gomemtrace traces amd64)",
-            binary.arch()
-        ))
-        .into());
-    }
-    let version = binary.version();
-    if version < OLDEST_GO {
-        return Err(not_supported(format!(
-            "unsupported Go version {version} (gomemtrace needs Go 1.17 or newer)"
-        ))
-        .into());
-    }
-    let offsets = dwarf_offsets
-        .or_else(|| offsets::for_version(version))
-        .ok_or_else(|| {
-            not_supported(format!(
-                "no DWARF and no verified runtime layout for {version}: cannot find goroutine ids"
-            ))
-        })?;
-    let points = alloc_points::allocation_entry_points(&binary).ok_or_else(|| {
-        not_supported("no allocation entry point (runtime.mallocgc) found".into())
-    })?;
-    let mut attach_offsets = Vec::with_capacity(points.len());
-    for f in &points {
-        let code = binary
-            .function_code(f)
-            .ok_or_else(|| not_supported(format!("no code for {}", f.name)))?;
-        let vaddr = gomemtrace_gobin::disasm::attach_offset(code, f.entry);
-        let offset = binary
-            .vaddr_to_file_offset(vaddr)
-            .ok_or_else(|| not_supported(format!("{} is outside any loadable segment", f.name)))?;
-        attach_offsets.push(offset);
-    }
+    let go = GoTarget::from_file_bytes(&data, &target.exe_path)?;
+    let points = alloc_points::allocation_entry_points(&go.binary)
+        .ok_or_else(|| go.refuse("no allocation entry point (runtime.mallocgc) found".into()))?;
+    let attach_offsets = points
+        .iter()
+        .map(|f| go.probe_file_offset(f))
+        .collect::<Result<Vec<_>, _>>()?;
     let config = ProcessConfig {
-        g_goid: offsets.g_goid,
-        g_m: offsets.g_m,
-        m_curg: offsets.m_curg,
-        g_startpc: offsets.g_startpc,
+        g_goid: go.offsets.g_goid,
+        g_m: go.offsets.g_m,
+        m_curg: go.offsets.m_curg,
+        g_startpc: go.offsets.g_startpc,
         ..ProcessConfig::default()
     };
-    let probe_names = points.iter().map(|f| f.name.clone()).collect();
     Ok(Analysed {
-        binary,
+        probe_names: points.iter().map(|f| f.name.clone()).collect(),
+        binary: go.binary,
         config,
         attach_offsets,
-        probe_names,
     })
 }
 

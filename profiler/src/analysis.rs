@@ -1,0 +1,166 @@
+//! What the target's executable tells us before anything is attached: that it is a Go
+//! binary gomemtrace can trace (amd64, Go ≥ 1.17 register ABI), the runtime's struct
+//! offsets, and where each probe goes. Refusals are [`UserError::NotSupported`] (exit 4).
+
+use gomemtrace_gobin::{Arch, Function, GoBinary, GoVersion, offsets, offsets::RuntimeOffsets};
+
+use crate::error::UserError;
+
+/// Oldest Go with the register ABI (arguments in RAX, RBX, ...; g in R14).
+const OLDEST_GO: GoVersion = GoVersion::new(1, 17, 0);
+
+/// A Go executable that gomemtrace can trace.
+pub struct GoTarget {
+    pub binary: GoBinary,
+    /// `g`/`m` field offsets: from DWARF, else the verified table of the Go release.
+    pub offsets: RuntimeOffsets,
+    exe_path: String,
+}
+
+impl GoTarget {
+    /// Checks `data`, the executable's bytes; `exe_path` names it in errors.
+    pub fn from_file_bytes(data: &[u8], exe_path: &str) -> Result<Self, UserError> {
+        let refuse = |reason: String| not_supported(exe_path, reason);
+        let dwarf_offsets = offsets::from_dwarf(data).ok().flatten();
+        let binary = GoBinary::from_bytes(data.to_vec()).map_err(|e| refuse(e.to_string()))?;
+        if binary.arch() != Arch::Amd64 {
+            return Err(refuse(format!(
+                "unsupported architecture {:?} (gomemtrace traces amd64)",
+                binary.arch()
+            )));
+        }
+        let version = binary.version();
+        if version < OLDEST_GO {
+            return Err(refuse(format!(
+                "unsupported Go version {version} (gomemtrace needs Go 1.17 or newer)"
+            )));
+        }
+        let offsets = dwarf_offsets
+            .or_else(|| offsets::for_version(version))
+            .ok_or_else(|| {
+                refuse(format!(
+                    "unsupported Go version {version} without DWARF: no verified runtime layout"
+                ))
+            })?;
+        Ok(Self {
+            binary,
+            offsets,
+            exe_path: exe_path.to_string(),
+        })
+    }
+
+    /// File offset for an entry uprobe on `f`: just after its stack check, where the
+    /// arguments are still in registers and a stack growth does not fire it twice.
+    pub fn probe_file_offset(&self, f: &Function) -> Result<u64, UserError> {
+        let code = self
+            .binary
+            .function_code(f)
+            .ok_or_else(|| self.refuse(format!("no code for {}", f.name)))?;
+        let vaddr = gomemtrace_gobin::disasm::attach_offset(code, f.entry);
+        self.binary
+            .vaddr_to_file_offset(vaddr)
+            .ok_or_else(|| self.refuse(format!("{} is outside any loadable segment", f.name)))
+    }
+
+    pub fn refuse(&self, reason: String) -> UserError {
+        not_supported(&self.exe_path, reason)
+    }
+}
+
+fn not_supported(exe_path: &str, reason: String) -> UserError {
+    UserError::NotSupported {
+        path: exe_path.to_string(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::PathBuf, process::Command};
+
+    use super::*;
+
+    /// A Go toolchain installed by scripts/setup.sh, if any.
+    fn go() -> Option<PathBuf> {
+        let cache = std::env::var_os("GOMEMTRACE_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/gomemtrace")
+            });
+        let go = cache.join("go/1.25/bin/go");
+        go.exists().then_some(go)
+    }
+
+    fn build(goarch: &str) -> Option<Vec<u8>> {
+        let go = go()?;
+        let dir = std::env::temp_dir().join(format!(
+            "gomemtrace-analysis-{goarch}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("main.go"),
+            "package main\n\nfunc main() { println(len(make([]byte, 10))) }\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("go.mod"), "module m\n\ngo 1.19\n").unwrap();
+        let status = Command::new(go)
+            .args(["build", "-o", "prog", "."])
+            .current_dir(&dir)
+            .env("GOARCH", goarch)
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPROXY", "off")
+            .status()
+            .unwrap();
+        assert!(status.success(), "go build for {goarch}");
+        let data = std::fs::read(dir.join("prog")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        Some(data)
+    }
+
+    #[test]
+    fn refuses_non_amd64_and_accepts_amd64() {
+        let (Some(arm64), Some(amd64)) = (build("arm64"), build("amd64")) else {
+            eprintln!("SKIP: no Go toolchain (scripts/setup.sh installs it)");
+            return;
+        };
+        let err = GoTarget::from_file_bytes(&arm64, "prog-arm64")
+            .err()
+            .unwrap();
+        assert!(matches!(err, UserError::NotSupported { .. }));
+        assert!(
+            err.to_string().contains("unsupported architecture"),
+            "{err}"
+        );
+        let ok = GoTarget::from_file_bytes(&amd64, "prog").unwrap();
+        assert_eq!(ok.binary.version().release(), (1, 25));
+    }
+
+    #[test]
+    fn refuses_go_before_the_register_abi() {
+        let Some(mut amd64) = build("amd64") else {
+            eprintln!("SKIP: no Go toolchain (scripts/setup.sh installs it)");
+            return;
+        };
+        // Rewrite every "go1.25." (buildinfo, runtime.buildVersion) as "go1.16.": same length.
+        let mut rewritten = 0;
+        for at in 0..amd64.len().saturating_sub(7) {
+            if &amd64[at..at + 7] == b"go1.25." {
+                amd64[at..at + 7].copy_from_slice(b"go1.16.");
+                rewritten += 1;
+            }
+        }
+        assert!(rewritten > 0, "no version string found");
+        let err = GoTarget::from_file_bytes(&amd64, "old").err().unwrap();
+        assert!(matches!(err, UserError::NotSupported { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_non_go_executables() {
+        let data = std::fs::read("/bin/true").unwrap();
+        let err = GoTarget::from_file_bytes(&data, "/bin/true").err().unwrap();
+        assert!(err.to_string().contains("not a Go binary"), "{err}");
+    }
+}
