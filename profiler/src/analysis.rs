@@ -1,13 +1,14 @@
 //! What the target's executable tells us before anything is attached: that it is a Go
-//! binary gomemtrace can trace (amd64, Go ≥ 1.17 register ABI), the runtime's struct
+//! binary gomemtrace can trace (amd64, Go ≥ 1.18), the runtime's struct
 //! offsets, and where each probe goes. Refusals are [`UserError::NotSupported`] (exit 4).
 
 use gomemtrace_gobin::{Arch, Function, GoBinary, GoVersion, offsets, offsets::RuntimeOffsets};
 
 use crate::error::UserError;
 
-/// Oldest Go with the register ABI (arguments in RAX, RBX, ...; g in R14).
-const OLDEST_GO: GoVersion = GoVersion::new(1, 17, 0);
+/// Oldest Go traced: 1.17 brought the register ABI (arguments in RAX, RBX, ...; g in
+/// R14), 1.18 the `.gopclntab` layout that gobin reads.
+const OLDEST_GO: GoVersion = GoVersion::new(1, 18, 0);
 
 /// A Go executable that gomemtrace can trace.
 pub struct GoTarget {
@@ -32,7 +33,7 @@ impl GoTarget {
         let version = binary.version();
         if version < OLDEST_GO {
             return Err(refuse(format!(
-                "unsupported Go version {version} (gomemtrace needs Go 1.17 or newer)"
+                "unsupported Go version {version} (gomemtrace needs Go 1.18 or newer)"
             )));
         }
         let offsets = dwarf_offsets
