@@ -19,11 +19,11 @@ use gomemtrace_common::{
     GC_START_THE_WORLD_PROGRAM, GC_START_TRANSITION_PROGRAM, GC_STOP_THE_WORLD_PROGRAM, GcConfig,
     GcCounter, GcEvent,
 };
-use gomemtrace_gobin::{Arch, GoBinary, GoVersion, offsets};
+use gomemtrace_gobin::{GoBinary, offsets};
 
 use crate::{
+    analysis::GoTarget,
     cli::{GcFormat, GctraceArgs, TargetSpec},
-    error::UserError,
     preflight,
     probes::GcProbes,
     procmaps,
@@ -33,9 +33,6 @@ use crate::{
 };
 use layout::{Globals, Slot, Values};
 use line::Cycle;
-
-/// Oldest Go with the register ABI (g in R14, arguments in RAX, RBX, ...).
-const OLDEST_GO: GoVersion = GoVersion::new(1, 17, 0);
 
 /// The probed runtime functions, their programs, and whether the function must exist.
 const PROBES: [(&str, &str, bool); 7] = [
@@ -155,38 +152,14 @@ struct Analysed {
 }
 
 fn analyse(target: &Target) -> anyhow::Result<Analysed> {
-    let not_supported = |reason: String| UserError::NotSupported {
-        path: target.exe_path.clone(),
-        reason,
-    };
     let data =
         std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
-    let dwarf_offsets = offsets::from_dwarf(&data).ok().flatten();
     let structs = offsets::struct_offsets_from_dwarf(&data, &layout::STRUCTS)
         .ok()
         .flatten();
-    let binary = GoBinary::from_bytes(data).map_err(|e| not_supported(e.to_string()))?;
-    if binary.arch() != Arch::Amd64 {
-        return Err(not_supported(format!(
-            "unsupported architecture {:?} (gomemtrace traces amd64)",
-            binary.arch()
-        ))
-        .into());
-    }
-    let version = binary.version();
-    if version < OLDEST_GO {
-        return Err(not_supported(format!(
-            "unsupported Go version {version} (gomemtrace needs Go 1.17 or newer)"
-        ))
-        .into());
-    }
-    let offsets = dwarf_offsets
-        .or_else(|| offsets::for_version(version))
-        .ok_or_else(|| {
-            not_supported(format!(
-                "no DWARF and no verified runtime layout for {version}: cannot find m.curg"
-            ))
-        })?;
+    let go = GoTarget::from_file_bytes(&data, &target.exe_path)?;
+    drop(data);
+    let version = go.binary.version();
     let mut attach = Vec::with_capacity(PROBES.len());
     let minor = version.release().1;
     let worldstop_args = version.major > 1 || minor >= 22;
@@ -196,28 +169,21 @@ fn analyse(target: &Target) -> anyhow::Result<Analysed> {
             // on the stop would only add its own cost to the pause the runtime measures.
             continue;
         }
-        let Some(f) = binary.function(name) else {
+        let Some(f) = go.binary.function(name) else {
             if required {
-                return Err(not_supported(format!("no {name} in the binary")).into());
+                return Err(go.refuse(format!("no {name} in the binary")).into());
             }
             continue;
         };
-        let code = binary
-            .function_code(f)
-            .ok_or_else(|| not_supported(format!("no code for {name}")))?;
-        let vaddr = gomemtrace_gobin::disasm::attach_offset(code, f.entry);
-        let offset = binary
-            .vaddr_to_file_offset(vaddr)
-            .ok_or_else(|| not_supported(format!("{name} is outside any loadable segment")))?;
-        attach.push((offset, program));
+        attach.push((go.probe_file_offset(f)?, program));
     }
-    let globals = Globals::locate(&binary, structs.as_ref());
+    let globals = Globals::locate(&go.binary, structs.as_ref());
     // PIE: globals are read at their runtime addresses.
-    let bias = if binary.is_pie() && globals.any() {
+    let bias = if go.binary.is_pie() && globals.any() {
         let inode =
             std::fs::metadata(&target.exe_link).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
         let mappings = procmaps::executable_mappings(target.pid).unwrap_or_default();
-        ExeLayout::find(&binary, inode, &mappings)
+        ExeLayout::find(&go.binary, inode, &mappings)
             .context("the executable's text mapping was not found in /proc/PID/maps")?
             .bias
     } else {
@@ -232,13 +198,13 @@ fn analyse(target: &Target) -> anyhow::Result<Analysed> {
     }
     let config = GcConfig {
         flags,
-        g_m: offsets.g_m,
-        m_curg: offsets.m_curg,
+        g_m: go.offsets.g_m,
+        m_curg: go.offsets.m_curg,
         _pad: 0,
         slots: globals.runtime_addrs(bias),
     };
     Ok(Analysed {
-        binary,
+        binary: go.binary,
         config,
         attach,
         globals,
