@@ -110,10 +110,6 @@ fn try_alloc_entry(ctx: &ProbeContext) -> Result<(), ()> {
             (0, 0)
         }
     };
-    if goid != 0 {
-        remember_goroutine(tgid, g, goid, &cfg);
-    }
-
     let key = AllocKey {
         tgid,
         _pad: 0,
@@ -122,7 +118,19 @@ fn try_alloc_entry(ctx: &ProbeContext) -> Result<(), ()> {
         typ: regs.rbx,
         caller_pc: read_u64(regs.rsp).unwrap_or(0),
     };
-    add(&key, size)
+    // A goroutine's first allocation always makes a new key (the goid is part of it), so
+    // its start function is looked up only then, not on every event.
+    if add(&key, size)? == Added::NewKey && goid != 0 {
+        remember_goroutine(tgid, g, goid, &cfg);
+    }
+    Ok(())
+}
+
+/// Whether [`add`] created the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Added {
+    Existing,
+    NewKey,
 }
 
 /// Adds one allocation of `size` bytes to a map value shared by all CPUs.
@@ -142,24 +150,24 @@ unsafe fn add_stats(stats: *mut AllocStats, size: u64) {
 }
 
 #[inline(always)]
-fn add(key: &AllocKey, size: u64) -> Result<(), ()> {
+fn add(key: &AllocKey, size: u64) -> Result<Added, ()> {
     if let Some(stats) = ALLOCS.get_ptr_mut(key) {
         // SAFETY: the pointer is to a live map value.
         unsafe { add_stats(stats, size) };
-        return Ok(());
+        return Ok(Added::Existing);
     }
     let first = AllocStats {
         bytes: size,
         objects: 1,
     };
     match ALLOCS.insert(key, &first, BPF_NOEXIST as u64) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(Added::NewKey),
         // Another CPU inserted the key first: add to its entry.
         Err(_) => match ALLOCS.get_ptr_mut(key) {
             Some(stats) => {
                 // SAFETY: as above.
                 unsafe { add_stats(stats, size) };
-                Ok(())
+                Ok(Added::Existing)
             }
             None => {
                 count(Counter::DropAllocMapFull, 1);
