@@ -20,3 +20,6 @@ mod probes;
 fn main() {
     // The real program only exists for the BPF target; profiler/build.rs builds it.
 }
+
+#[cfg(target_arch = "bpf")]
+mod mark;

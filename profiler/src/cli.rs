@@ -107,6 +107,16 @@ pub struct GctraceArgs {
     #[arg(short, long)]
     pub quiet: bool,
 
+    /// Also trace mark assists (who pays the GC tax: goroutines and stacks) and background
+    /// mark workers (dedicated, fractional, idle time per cycle) — docs/GCTRACE.md.
+    #[arg(long)]
+    pub assists: bool,
+
+    /// Write a pprof profile of mark assists, weighted by assist time, to this file
+    /// (implies --assists).
+    #[arg(long, value_name = "FILE")]
+    pub assists_pprof: Option<PathBuf>,
+
     /// Launch this command and trace it from its first instruction; gomemtrace exits with
     /// its status.
     #[arg(last = true, value_name = "CMD")]

@@ -279,3 +279,103 @@ const GC_PROGRAMS: [&str; 7] = [
     GC_FINISH_TRANSITION_PROGRAM,
     GC_START_TRANSITION_PROGRAM,
 ];
+
+/// The mark-assist and mark-worker probes (`gomemtrace gctrace --assists`): programs of
+/// the same eBPF object as [`GcProbes`], loaded and attached through it.
+pub struct MarkProbes {
+    events: aya::maps::RingBuf<MapData>,
+}
+
+/// What the mark probes aggregated per (goroutine, stack, drafting caller).
+#[derive(Debug, Default)]
+pub struct MarkSnapshot {
+    pub assists: Vec<(gomemtrace_common::AssistKey, gomemtrace_common::AssistStats)>,
+    /// Stack key → user stack PCs, leaf first (`[0]` is the probed instruction).
+    pub stacks: HashMap<u64, Vec<u64>>,
+    pub counters: [u64; gomemtrace_common::MarkCounter::COUNT as usize],
+}
+
+impl MarkProbes {
+    /// Loads and verifies the mark programs into `gc`'s object and registers `pid`.
+    pub fn load(
+        gc: &mut GcProbes,
+        pid: u32,
+        config: &gomemtrace_common::MarkConfig,
+    ) -> anyhow::Result<Self> {
+        for name in gomemtrace_common::MARK_PROGRAMS {
+            let program: &mut UProbe = program(&mut gc.ebpf, name)?;
+            program
+                .load()
+                .with_context(|| format!("verify the {name} probe"))?;
+        }
+        let mut map: BpfHashMap<&mut MapData, u32, gomemtrace_common::MarkConfig> =
+            BpfHashMap::try_from(
+                gc.ebpf
+                    .map_mut(gomemtrace_common::MARK_CONFIG_MAP)
+                    .context("MARK_CONFIG map")?,
+            )?;
+        map.insert(&pid, config, 0)
+            .context("write mark probe config")?;
+        let events = aya::maps::RingBuf::try_from(
+            gc.ebpf
+                .take_map(gomemtrace_common::MARK_EVENTS_MAP)
+                .context("MARK_EVENTS map missing from the eBPF object")?,
+        )?;
+        Ok(Self { events })
+    }
+
+    /// The cycle-end totals sent since the last call, oldest first.
+    pub fn drain(&mut self) -> Vec<gomemtrace_common::MarkCycleEvent> {
+        use gomemtrace_common::MarkCycleEvent;
+        let mut events = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= std::mem::size_of::<MarkCycleEvent>() {
+                // SAFETY: written by `MARK_EVENTS.output` with a `MarkCycleEvent`
+                // (repr(C), integers only); read_unaligned copes with the alignment.
+                events.push(unsafe {
+                    std::ptr::read_unaligned(item.as_ptr().cast::<MarkCycleEvent>())
+                });
+            }
+        }
+        events
+    }
+
+    /// The per-site assist table, its stacks and the counters.
+    pub fn snapshot(gc: &GcProbes) -> anyhow::Result<MarkSnapshot> {
+        use gomemtrace_common::{
+            AssistKey, AssistStats, MARK_ASSISTS_MAP, MARK_COUNTERS_MAP, MARK_STACKS_MAP,
+            MarkCounter,
+        };
+        let assists: BpfHashMap<&MapData, AssistKey, AssistStats> =
+            BpfHashMap::try_from(gc.ebpf.map(MARK_ASSISTS_MAP).context("MARK_ASSISTS map")?)?;
+        let assists: Vec<(AssistKey, AssistStats)> = assists.iter().collect::<Result<_, _>>()?;
+        let stack_map: BpfHashMap<&MapData, u64, UserStack> =
+            BpfHashMap::try_from(gc.ebpf.map(MARK_STACKS_MAP).context("MARK_STACKS map")?)?;
+        let mut stacks = HashMap::new();
+        for key in assists
+            .iter()
+            .map(|(k, _)| k.stack)
+            .filter(|&k| k != NO_STACK)
+        {
+            if let std::collections::hash_map::Entry::Vacant(slot) = stacks.entry(key)
+                && let Ok(stack) = stack_map.get(&key, 0)
+            {
+                slot.insert(stack.pcs().to_vec());
+            }
+        }
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            gc.ebpf
+                .map(MARK_COUNTERS_MAP)
+                .context("MARK_COUNTERS map")?,
+        )?;
+        let mut counters = [0; MarkCounter::COUNT as usize];
+        for counter in MarkCounter::ALL {
+            counters[counter as usize] = map.get(&(counter as u32), 0)?.iter().sum();
+        }
+        Ok(MarkSnapshot {
+            assists,
+            stacks,
+            counters,
+        })
+    }
+}

@@ -24,3 +24,6 @@ pub use json::{SCHEMA, from_json, to_json};
 pub use pprof::{NIL_TYPE_LABEL, proto, to_pprof};
 pub use svg::to_svg;
 pub use text::{NIL_TYPE_TEXT, to_text};
+
+mod weighted;
+pub use weighted::{WeightedProfile, WeightedSample, to_weighted_pprof};

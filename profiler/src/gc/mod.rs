@@ -9,6 +9,7 @@
 
 mod layout;
 mod line;
+mod mark;
 
 use std::{fs::File, io::Write, process::ExitCode, time::Duration};
 
@@ -75,7 +76,7 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
         TargetSpec::Launch(command) => Target::launch(&command)?,
     };
     let launched = target.child.is_some();
-    let analysed = analyse(&target)?;
+    let analysed = analyse(&target, args.assists || args.assists_pprof.is_some())?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => {
             Box::new(File::create(path).with_context(|| format!("create {}", path.display()))?)
@@ -88,6 +89,15 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
     for (offset, program) in &analysed.attach {
         probes.attach(program, &target.exe_link, *offset, target.pid)?;
     }
+    let mark = match &analysed.mark {
+        Some(plan) => Some(mark::Tracer::start(
+            &mut probes,
+            plan,
+            &target,
+            &analysed.binary,
+        )?),
+        None => None,
+    };
     if !args.quiet {
         eprintln!(
             "gomemtrace: tracing GC of pid {} ({}, {} probes){}",
@@ -109,6 +119,7 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
         count_from_start: launched,
         seen: 0,
         process_start_ns: None,
+        mark,
     };
     // `@T`'s origin without runtime.runtimeInitTime: a launched target starts running
     // when released (it was held at its first instruction while probes were attached);
@@ -123,6 +134,16 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
     let end = wait_for_end(args, &mut target, &mut probes, &mut printer, &mut out)?;
     for event in probes.drain() {
         printer.print(&event, &mut out)?;
+    }
+    if let Some(mark) = &printer.mark {
+        mark.report(
+            &probes,
+            &analysed.binary,
+            &target.exe_path,
+            args.format,
+            args.assists_pprof.as_deref(),
+            &mut out,
+        )?;
     }
     out.flush()?;
     if !args.quiet {
@@ -149,9 +170,11 @@ struct Analysed {
     /// (file offset, program) per probe.
     attach: Vec<(u64, &'static str)>,
     globals: Globals,
+    /// Mark assist and mark worker probes (--assists).
+    mark: Option<mark::Plan>,
 }
 
-fn analyse(target: &Target) -> anyhow::Result<Analysed> {
+fn analyse(target: &Target, assists: bool) -> anyhow::Result<Analysed> {
     let data =
         std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
     let structs = offsets::struct_offsets_from_dwarf(&data, &layout::STRUCTS)
@@ -177,6 +200,11 @@ fn analyse(target: &Target) -> anyhow::Result<Analysed> {
         };
         attach.push((go.probe_file_offset(f)?, program));
     }
+    let mark = if assists {
+        Some(mark::plan(&go)?)
+    } else {
+        None
+    };
     let globals = Globals::locate(&go.binary, structs.as_ref());
     // PIE: globals are read at their runtime addresses.
     let bias = if go.binary.is_pie() && globals.any() {
@@ -208,6 +236,7 @@ fn analyse(target: &Target) -> anyhow::Result<Analysed> {
         config,
         attach,
         globals,
+        mark,
     })
 }
 
@@ -220,16 +249,21 @@ struct Printer {
     /// The process's start (exec) on the monotonic clock: `@T`'s origin when
     /// `runtime.runtimeInitTime` cannot be read.
     process_start_ns: Option<u64>,
+    /// Mark assists and workers (--assists).
+    mark: Option<mark::Tracer>,
 }
 
 impl Printer {
     fn print(&mut self, event: &GcEvent, out: &mut dyn Write) -> anyhow::Result<()> {
         self.seen += 1;
         let cycle = self.cycle(event);
-        let text = match self.format {
+        let mut text = match self.format {
             GcFormat::Text => cycle.text(),
             GcFormat::Json => cycle.json(),
         };
+        if let Some(mark) = &mut self.mark {
+            text = mark.decorate(event, text, self.format);
+        }
         writeln!(out, "{text}")?;
         out.flush()?;
         Ok(())

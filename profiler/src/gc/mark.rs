@@ -1,0 +1,561 @@
+//! `gomemtrace gctrace --assists`: mark assists (who pays the GC tax — per goroutine and
+//! per stack where it was drafted) and background mark workers (dedicated, fractional and
+//! idle mark time per cycle), from the probes in profiler-ebpf/src/mark.rs: entries plus
+//! uprobes at every RET of `gcAssistAlloc`, `gcAssistAlloc1`, `gcDrainN` and `gcDrain`.
+//!
+//! Per cycle, the totals sent at `gcMarkTermination` entry are differenced and added to the
+//! cycle's json (`"mark"`) or printed as an indented line under its text line. At the end, a
+//! report section (text), one json object (`{"assists": ...}`) and optionally a pprof
+//! profile weighted by assist time.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context as _;
+use gomemtrace_common::{
+    GcEvent, MARK_ASSIST_ENTRY_PROGRAM, MARK_ASSIST_RET_PROGRAM, MARK_ASSIST_WORK_ENTRY_PROGRAM,
+    MARK_ASSIST_WORK_RET_PROGRAM, MARK_CYCLE_END_PROGRAM, MARK_DRAIN_ENTRY_PROGRAM,
+    MARK_DRAIN_N_RET_PROGRAM, MARK_DRAIN_RET_PROGRAM, MarkConfig, MarkCounter, MarkCycleEvent,
+    MarkTotals, NO_STACK,
+};
+use gomemtrace_gobin::GoBinary;
+use gomemtrace_report::{WeightedProfile, WeightedSample, model::Location, to_weighted_pprof};
+use serde::Serialize;
+
+use crate::{
+    analysis::GoTarget,
+    cli::GcFormat,
+    probes::{GcProbes, MarkProbes},
+    procmaps::{self, MappedFile},
+    symbolizer::{ExeLayout, Symbolizer},
+    target::Target,
+};
+
+/// Where the mark probes go: (file offset, program).
+pub struct Plan {
+    pub config: MarkConfig,
+    pub attach: Vec<(u64, &'static str)>,
+}
+
+/// The probed functions: (name, entry program, RET program).
+const FUNCTIONS: [(&str, Option<&str>, Option<&str>); 5] = [
+    (
+        "runtime.gcAssistAlloc",
+        Some(MARK_ASSIST_ENTRY_PROGRAM),
+        Some(MARK_ASSIST_RET_PROGRAM),
+    ),
+    (
+        "runtime.gcAssistAlloc1",
+        Some(MARK_ASSIST_WORK_ENTRY_PROGRAM),
+        Some(MARK_ASSIST_WORK_RET_PROGRAM),
+    ),
+    ("runtime.gcDrainN", None, Some(MARK_DRAIN_N_RET_PROGRAM)),
+    (
+        "runtime.gcDrain",
+        Some(MARK_DRAIN_ENTRY_PROGRAM),
+        Some(MARK_DRAIN_RET_PROGRAM),
+    ),
+    (
+        "runtime.gcMarkTermination",
+        Some(MARK_CYCLE_END_PROGRAM),
+        None,
+    ),
+];
+
+/// Finds every probe location; all five functions exist in Go 1.19–1.27.
+pub fn plan(go: &GoTarget) -> anyhow::Result<Plan> {
+    let mut attach = Vec::new();
+    for (name, entry, ret) in FUNCTIONS {
+        let f = go
+            .binary
+            .function(name)
+            .ok_or_else(|| go.refuse(format!("no {name} in the binary")))?;
+        if let Some(program) = entry {
+            attach.push((go.probe_file_offset(f)?, program));
+        }
+        if let Some(program) = ret {
+            let code = go
+                .binary
+                .function_code(f)
+                .ok_or_else(|| go.refuse(format!("no code for {name}")))?;
+            let rets = gomemtrace_gobin::disasm::ret_offsets(code, f.entry);
+            anyhow::ensure!(!rets.is_empty(), "no RET instruction found in {name}");
+            for vaddr in rets {
+                let offset = go
+                    .binary
+                    .vaddr_to_file_offset(vaddr)
+                    .ok_or_else(|| go.refuse(format!("{name} is outside any segment")))?;
+                attach.push((offset, program));
+            }
+        }
+    }
+    Ok(Plan {
+        config: MarkConfig {
+            g_goid: go.offsets.g_goid,
+            g_startpc: go.offsets.g_startpc,
+        },
+        attach,
+    })
+}
+
+/// One cycle's mark work as measured by the probes (ns unless named otherwise).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct CycleMark {
+    /// `gcAssistAlloc` calls that returned in this cycle, and their wall time (parking in
+    /// `gcParkAssist` included).
+    pub assists: u64,
+    pub assist_wall_ns: u64,
+    /// Time in `gcAssistAlloc1`: what the runtime counts as assist CPU (gctrace's `b`).
+    pub assist_ns: u64,
+    pub assist_work_calls: u64,
+    /// Scan work (bytes scanned, the runtime's unit) done by assists.
+    pub assist_scan_work: u64,
+    /// `gcDrain` time of the background workers, per mode.
+    pub dedicated_ns: u64,
+    pub fractional_ns: u64,
+    pub idle_ns: u64,
+    /// dedicated + fractional: gctrace's `c`.
+    pub background_ns: u64,
+    /// Worker runs (`gcDrain` calls) per mode.
+    pub dedicated_runs: u64,
+    pub fractional_runs: u64,
+    pub idle_runs: u64,
+}
+
+impl CycleMark {
+    fn between(now: &MarkTotals, prev: &MarkTotals) -> Self {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        let dedicated_ns = d(now.drain_ns[0], prev.drain_ns[0]);
+        let fractional_ns = d(now.drain_ns[1], prev.drain_ns[1]);
+        Self {
+            assists: d(now.assists, prev.assists),
+            assist_wall_ns: d(now.assist_wall_ns, prev.assist_wall_ns),
+            assist_ns: d(now.assist_cpu_ns, prev.assist_cpu_ns),
+            assist_work_calls: d(now.assist_work_calls, prev.assist_work_calls),
+            assist_scan_work: d(now.assist_scan_work, prev.assist_scan_work),
+            dedicated_ns,
+            fractional_ns,
+            idle_ns: d(now.drain_ns[2], prev.drain_ns[2]),
+            background_ns: dedicated_ns + fractional_ns,
+            dedicated_runs: d(now.drain_calls[0], prev.drain_calls[0]),
+            fractional_runs: d(now.drain_calls[1], prev.drain_calls[1]),
+            idle_runs: d(now.drain_calls[2], prev.drain_calls[2]),
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "  mark: {} assists {} ms wall {} ms work, {} ms dedicated, {} ms fractional, {} ms idle",
+            self.assists,
+            fmt_ms(self.assist_wall_ns),
+            fmt_ms(self.assist_ns),
+            fmt_ms(self.dedicated_ns),
+            fmt_ms(self.fractional_ns),
+            fmt_ms(self.idle_ns),
+        )
+    }
+}
+
+/// The running mark probes and what they reported so far.
+pub struct Tracer {
+    probes: MarkProbes,
+    pending: VecDeque<MarkCycleEvent>,
+    prev: MarkTotals,
+    exe: Option<ExeLayout>,
+    mappings: Vec<MappedFile>,
+    started: std::time::Instant,
+}
+
+impl Tracer {
+    /// Loads and attaches the mark probes for `target` (still stopped when launched).
+    pub fn start(
+        gc: &mut GcProbes,
+        plan: &Plan,
+        target: &Target,
+        binary: &GoBinary,
+    ) -> anyhow::Result<Self> {
+        let probes = MarkProbes::load(gc, target.pid, &plan.config)?;
+        for (offset, program) in &plan.attach {
+            gc.attach(program, &target.exe_link, *offset, target.pid)?;
+        }
+        let mappings = procmaps::executable_mappings(target.pid).unwrap_or_default();
+        let inode = std::fs::metadata(&target.exe_link)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .context("stat the target's executable")?;
+        let exe = ExeLayout::find(binary, inode, &mappings);
+        Ok(Self {
+            probes,
+            pending: VecDeque::new(),
+            prev: MarkTotals::default(),
+            exe,
+            mappings,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// The mark work of the cycle `e` (which ended at `e.mark_term_end`), if its
+    /// `gcMarkTermination` was seen.
+    fn cycle(&mut self, e: &GcEvent) -> Option<CycleMark> {
+        self.pending.extend(self.probes.drain());
+        let mut last = None;
+        while let Some(front) = self.pending.front() {
+            if e.mark_term_end != 0 && front.ktime_ns > e.mark_term_end {
+                break;
+            }
+            last = self.pending.pop_front();
+        }
+        let event = last?;
+        let mark = CycleMark::between(&event.totals, &self.prev);
+        self.prev = event.totals;
+        Some(mark)
+    }
+
+    /// `line` (the cycle's text or json) with the cycle's mark work added.
+    pub fn decorate(&mut self, e: &GcEvent, line: String, format: GcFormat) -> String {
+        let mark = self.cycle(e);
+        match format {
+            GcFormat::Text => match mark {
+                Some(m) => format!("{line}\n{}", m.text()),
+                None => line,
+            },
+            GcFormat::Json => match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(serde_json::Value::Object(mut object)) => {
+                    object.insert(
+                        "mark".into(),
+                        serde_json::to_value(mark).unwrap_or(serde_json::Value::Null),
+                    );
+                    serde_json::Value::Object(object).to_string()
+                }
+                _ => line,
+            },
+        }
+    }
+
+    /// The "who pays the GC tax" section (text), or one `{"assists": ...}` json line;
+    /// and the pprof profile when asked for.
+    pub fn report(
+        &self,
+        gc: &GcProbes,
+        binary: &GoBinary,
+        exe_path: &str,
+        format: GcFormat,
+        pprof: Option<&Path>,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let snapshot = MarkProbes::snapshot(gc)?;
+        let exe = self.exe.unwrap_or(ExeLayout {
+            bias: 0,
+            start: 0,
+            end: u64::MAX,
+        });
+        let mut symbolizer = Symbolizer::new(binary, exe, exe_path, &self.mappings);
+        let report = Report::build(&snapshot, &mut symbolizer);
+        match format {
+            GcFormat::Text => write!(out, "{}", report.text())?,
+            GcFormat::Json => writeln!(out, "{}", serde_json::json!({ "assists": &report.json }))?,
+        }
+        out.flush()?;
+        if let Some(path) = pprof {
+            let bytes = report.pprof(
+                &symbolizer.mappings,
+                self.started.elapsed().as_nanos() as i64,
+                exe_path,
+            );
+            std::fs::write(path, bytes).with_context(|| format!("write {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+struct GoroutineRow {
+    goid: u64,
+    start_function: Option<String>,
+    assists: u64,
+    wall_ns: u64,
+    avg_wall_ns: u64,
+    assist_ns: u64,
+    scan_work: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct SiteRow {
+    /// First frame outside the runtime: where the goroutine was when drafted.
+    site: String,
+    assists: u64,
+    wall_ns: u64,
+    assist_ns: u64,
+    scan_work: u64,
+    goroutines: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ReportJson {
+    assists: u64,
+    wall_ns: u64,
+    assist_ns: u64,
+    scan_work: u64,
+    goroutines: Vec<GoroutineRow>,
+    sites: Vec<SiteRow>,
+    counters: BTreeMap<String, u64>,
+}
+
+struct Report {
+    json: ReportJson,
+    samples: Vec<WeightedSample>,
+}
+
+/// pprof sample types of the assist profile; the default is `assist_time`.
+const SAMPLE_TYPES: [(&str, &str); 4] = [
+    ("assists", "count"),
+    ("assist_time", "nanoseconds"),
+    ("assist_work_time", "nanoseconds"),
+    ("scan_work", "bytes"),
+];
+
+impl Report {
+    fn build(snapshot: &crate::probes::MarkSnapshot, symbolizer: &mut Symbolizer<'_>) -> Self {
+        let mut goroutines: BTreeMap<u64, GoroutineRow> = BTreeMap::new();
+        let mut sites: HashMap<String, (SiteRow, std::collections::BTreeSet<u64>)> = HashMap::new();
+        let mut samples = Vec::new();
+        let mut json = ReportJson::default();
+        for (key, stats) in &snapshot.assists {
+            json.assists += stats.count;
+            json.wall_ns += stats.wall_ns;
+            json.assist_ns += stats.cpu_ns;
+            json.scan_work += stats.scan_work;
+            let g = goroutines.entry(key.goid).or_insert_with(|| GoroutineRow {
+                goid: key.goid,
+                start_function: symbolizer.function_name(stats.start_pc),
+                ..Default::default()
+            });
+            g.assists += stats.count;
+            g.wall_ns += stats.wall_ns;
+            g.assist_ns += stats.cpu_ns;
+            g.scan_work += stats.scan_work;
+
+            // Leaf first: the probed instruction, the drafting allocator ([rsp]), then the
+            // frame-pointer walk (return addresses).
+            let mut pcs = if key.stack == NO_STACK {
+                Vec::new()
+            } else {
+                snapshot.stacks.get(&key.stack).cloned().unwrap_or_default()
+            };
+            if key.caller_pc != 0 && pcs.get(1) != Some(&key.caller_pc) {
+                let at = pcs.len().min(1);
+                pcs.insert(at, key.caller_pc);
+            }
+            let stack: Vec<Location> = pcs
+                .iter()
+                .enumerate()
+                .map(|(i, &pc)| symbolizer.location(pc, i > 0))
+                .collect();
+            let site = stack
+                .iter()
+                .flat_map(|l| l.frames.iter())
+                .find(|f| !is_runtime(&f.function))
+                .map(|f| match &f.file {
+                    Some(file) => format!("{} ({}:{})", f.function, short(file), f.line),
+                    None => f.function.clone(),
+                })
+                .unwrap_or_else(|| "[runtime]".to_string());
+            let (row, goids) = sites.entry(site.clone()).or_insert_with(|| {
+                (
+                    SiteRow {
+                        site,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+            });
+            row.assists += stats.count;
+            row.wall_ns += stats.wall_ns;
+            row.assist_ns += stats.cpu_ns;
+            row.scan_work += stats.scan_work;
+            goids.insert(key.goid);
+            let start = goroutines[&key.goid].start_function.clone();
+            let mut labels = vec![("goroutine".to_string(), key.goid.to_string())];
+            if let Some(start) = start {
+                labels.push(("start".to_string(), start));
+            }
+            samples.push(WeightedSample {
+                stack,
+                values: vec![
+                    saturate(stats.count),
+                    saturate(stats.wall_ns),
+                    saturate(stats.cpu_ns),
+                    saturate(stats.scan_work),
+                ],
+                labels,
+            });
+        }
+        for g in goroutines.values_mut() {
+            g.avg_wall_ns = g.wall_ns / g.assists.max(1);
+        }
+        json.goroutines = goroutines.into_values().collect();
+        json.goroutines
+            .sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then(a.goid.cmp(&b.goid)));
+        json.sites = sites
+            .into_values()
+            .map(|(mut row, goids)| {
+                row.goroutines = goids.len();
+                row
+            })
+            .collect();
+        json.sites
+            .sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then(a.site.cmp(&b.site)));
+        for c in MarkCounter::ALL {
+            json.counters
+                .insert(counter_name(c).to_string(), snapshot.counters[c as usize]);
+        }
+        Report { json, samples }
+    }
+
+    fn text(&self) -> String {
+        let j = &self.json;
+        let mut s = String::new();
+        s.push_str(&format!(
+            "\nwho pays the GC tax: {} mark assists, {} ms wall (parking included), {} ms \
+             assist work, {} MB scanned\n",
+            j.assists,
+            fmt_ms(j.wall_ns),
+            fmt_ms(j.assist_ns),
+            j.scan_work >> 20
+        ));
+        s.push_str(&format!(
+            "  {:>8} {:>8} {:>11} {:>10} {:>11}  start function\n",
+            "goid", "assists", "wall ms", "avg µs", "work ms"
+        ));
+        for g in j.goroutines.iter().take(20) {
+            s.push_str(&format!(
+                "  {:>8} {:>8} {:>11} {:>10} {:>11}  {}\n",
+                g.goid,
+                g.assists,
+                fmt_ms(g.wall_ns),
+                g.avg_wall_ns / 1000,
+                fmt_ms(g.assist_ns),
+                g.start_function.as_deref().unwrap_or("?")
+            ));
+        }
+        s.push_str(&format!(
+            "  {:>8} {:>11} {:>11} {:>10}  site (where the goroutine was drafted)\n",
+            "assists", "wall ms", "work ms", "goroutines"
+        ));
+        for site in j.sites.iter().take(20) {
+            s.push_str(&format!(
+                "  {:>8} {:>11} {:>11} {:>10}  {}\n",
+                site.assists,
+                fmt_ms(site.wall_ns),
+                fmt_ms(site.assist_ns),
+                site.goroutines,
+                site.site
+            ));
+        }
+        let lost: Vec<String> = j
+            .counters
+            .iter()
+            .filter(|(k, v)| **v > 0 && !matches!(k.as_str(), "hits" | "no_config"))
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        if !lost.is_empty() {
+            s.push_str(&format!("  counters: {}\n", lost.join(", ")));
+        }
+        s
+    }
+
+    fn pprof(
+        &self,
+        mappings: &[gomemtrace_report::model::Mapping],
+        duration_ns: i64,
+        exe: &str,
+    ) -> Vec<u8> {
+        let comments = [format!(
+            "gomemtrace mark assists of {exe}: gcAssistAlloc entry to RET (wall, parking \
+             included); assist_work_time = time in gcAssistAlloc1"
+        )];
+        to_weighted_pprof(&WeightedProfile {
+            sample_types: &SAMPLE_TYPES,
+            default_sample_type: 1,
+            samples: &self.samples,
+            mappings,
+            comments: &comments,
+            duration_ns,
+        })
+    }
+}
+
+/// Milliseconds with 3 decimals.
+fn fmt_ms(ns: u64) -> String {
+    format!("{:.3}", ns as f64 / 1e6)
+}
+
+fn saturate(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Runtime code, not where the program was: skipped when naming the drafting site.
+fn is_runtime(function: &str) -> bool {
+    function.starts_with("runtime.")
+        || function.starts_with("internal/")
+        || function.starts_with("0x")
+}
+
+fn short(file: &str) -> &str {
+    let mut parts = file.rsplitn(3, '/');
+    let last = parts.next().unwrap_or(file);
+    match parts.next() {
+        Some(dir) => &file[file.len() - last.len() - dir.len() - 1..],
+        None => last,
+    }
+}
+
+fn counter_name(c: MarkCounter) -> &'static str {
+    match c {
+        MarkCounter::Hits => "hits",
+        MarkCounter::NoConfig => "no_config",
+        MarkCounter::StaleAssist => "stale_assist",
+        MarkCounter::RetWithoutEntry => "ret_without_entry",
+        MarkCounter::DropAssistMapFull => "assist_map_full",
+        MarkCounter::StackUnreadable => "stack_unreadable",
+        MarkCounter::StackMapFull => "stack_map_full",
+        MarkCounter::DropRingFull => "ring_full",
+        MarkCounter::AssistOnSystemStack => "assist_on_system_stack",
+        MarkCounter::StaleSpan => "stale_span",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycle_difference_and_modes() {
+        let prev = MarkTotals {
+            assists: 2,
+            drain_ns: [10, 20, 30, 40],
+            ..Default::default()
+        };
+        let mut now = prev;
+        now.assists = 5;
+        now.assist_cpu_ns = 7;
+        now.drain_ns = [110, 220, 330, 440];
+        now.drain_calls = [1, 2, 3, 4];
+        let m = CycleMark::between(&now, &prev);
+        assert_eq!(m.assists, 3);
+        assert_eq!(m.assist_ns, 7);
+        assert_eq!(
+            (m.dedicated_ns, m.fractional_ns, m.idle_ns),
+            (100, 200, 300)
+        );
+        assert_eq!(m.background_ns, 300);
+        assert_eq!(m.idle_runs, 3);
+    }
+
+    #[test]
+    fn short_file_keeps_two_components() {
+        assert_eq!(short("/a/b/c/main.go"), "c/main.go");
+        assert_eq!(short("main.go"), "main.go");
+        assert_eq!(short("x/main.go"), "x/main.go");
+    }
+}

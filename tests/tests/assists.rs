@@ -1,0 +1,322 @@
+//! `gomemtrace gctrace --assists` against the runtime's own account of the same run, on
+//! every Go release: the assists fixture runs with `GODEBUG=gctrace=1`, so the runtime
+//! prints each cycle's `a+b/c/d+e ms cpu` (b = mark assist, c = dedicated + fractional
+//! workers, d = idle workers) while gomemtrace measures the same work from outside, from
+//! entry and RET-offset uprobes.
+//!
+//! Agreement bound, per cycle and per field: |ours − runtime| ≤ 20% of the runtime's value
+//! plus 1 ms plus the runtime's print precision. Why: both sides are wall-clock intervals on the
+//! same clock (the runtime's "cpu" for these fields is `nanotime()` deltas around the same
+//! calls), but ours open at the uprobe trap before the runtime's `startTime` and close at
+//! the RET trap after its `now`, so each measured call carries up to two trap halves and
+//! the `gcDrainN` RET trap inside it (a few µs, more on a loaded VM, where the return from
+//! a trap is also a rescheduling point); the runtime drops each P's unflushed assist time
+//! (< 5 µs per P, `gcAssistTimeSlack`); and the printed value is truncated to 2–3
+//! significant digits. Hundreds of assists per cycle make the trap cost proportional to the
+//! work, hence the relative term; the 1 ms absorbs cycles with almost no mark work.
+//! Needs root.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use gomemtrace_tests::{
+    TempDir, Variant, fixture, go_tool, go_versions, gomemtrace_command, latest_go, require_root,
+    run,
+};
+use serde_json::Value;
+
+/// The runtime's `b/c/d` of one `gctrace=1` line, in ns, with the print precision of each.
+#[derive(Debug, Clone, Copy)]
+struct RuntimeCpu {
+    assist: (f64, f64),
+    background: (f64, f64),
+    idle: (f64, f64),
+}
+
+/// A value printed by the runtime's `fmtNSAsMS`, in ns, and the size of its last digit.
+fn ms_field(s: &str) -> Result<(f64, f64)> {
+    let v: f64 = s.parse().with_context(|| format!("not a number: {s}"))?;
+    let decimals = s.split_once('.').map_or(0, |(_, d)| d.len());
+    Ok((v * 1e6, 10f64.powi(-(decimals as i32)) * 1e6))
+}
+
+/// `gc N ...: ... ms clock, a+b/c/d+e ms cpu, ...` → (N, b/c/d).
+fn runtime_lines(stderr: &str) -> Result<BTreeMap<u64, RuntimeCpu>> {
+    let mut out = BTreeMap::new();
+    for line in stderr.lines().filter(|l| l.starts_with("gc ")) {
+        let bad = || format!("not a gctrace line: {line}");
+        let n: u64 = line[3..]
+            .split(' ')
+            .next()
+            .with_context(bad)?
+            .parse()
+            .with_context(bad)?;
+        let (_, rest) = line.split_once(" ms clock, ").with_context(bad)?;
+        let (cpu, _) = rest.split_once(" ms cpu").with_context(bad)?;
+        let parts: Vec<&str> = cpu.split(['+', '/']).collect();
+        ensure!(parts.len() == 5, "{}", bad());
+        out.insert(
+            n,
+            RuntimeCpu {
+                assist: ms_field(parts[1])?,
+                background: ms_field(parts[2])?,
+                idle: ms_field(parts[3])?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Cycles per field allowed outside the per-cycle bound (or 20% of the cycles, if more):
+/// a thread descheduled between a probe and the runtime's own clock read (the return from
+/// a uprobe trap is a rescheduling point) adds a whole time slice to one side only.
+const MAX_OUTLIERS: usize = 1;
+
+fn agrees(ours: f64, (theirs, ulp): (f64, f64)) -> bool {
+    // The printed value is truncated: the runtime's exact value is in [theirs, theirs+ulp).
+    let below = theirs - ours;
+    let above = ours - (theirs + ulp);
+    below.max(above) <= 0.20 * theirs + 1e6
+}
+
+struct Run {
+    cycles: Vec<Value>,
+    report: Value,
+    runtime: BTreeMap<u64, RuntimeCpu>,
+    pprof: Vec<u8>,
+    pprof_path: std::path::PathBuf,
+    _tmp: TempDir,
+}
+
+fn trace(version: &str) -> Result<Run> {
+    let bin = fixture("assists", version, Variant::Normal)?;
+    let tmp = TempDir::new(&format!("assists-{version}"))?;
+    let out_path = tmp.path().join("gctrace.json");
+    let pprof_path = tmp.path().join("assists.pb.gz");
+    let mut cmd = gomemtrace_command()?;
+    cmd.args(["gctrace", "--assists", "--format", "json", "-o"])
+        .arg(&out_path)
+        .arg("--assists-pprof")
+        .arg(&pprof_path)
+        .arg("--")
+        .arg(&bin)
+        .env("GODEBUG", "gctrace=1");
+    let finished = run(cmd, Duration::from_secs(120))?;
+    ensure!(
+        finished.code() == 0,
+        "gomemtrace gctrace --assists exited {} for go{version}:\n{}",
+        finished.code(),
+        finished.stderr
+    );
+    let text = std::fs::read_to_string(&out_path)?;
+    let mut cycles = Vec::new();
+    let mut report = Value::Null;
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).with_context(|| format!("json: {line}"))?;
+        if v.get("assists").is_some() {
+            report = v["assists"].clone();
+        } else {
+            cycles.push(v);
+        }
+    }
+    ensure!(!report.is_null(), "no assists report in:\n{text}");
+    Ok(Run {
+        cycles,
+        report,
+        runtime: runtime_lines(&finished.stderr)?,
+        pprof: std::fs::read(&pprof_path).unwrap_or_default(),
+        pprof_path,
+        _tmp: tmp,
+    })
+}
+
+fn ns(v: &Value) -> f64 {
+    v.as_u64().unwrap_or(0) as f64
+}
+
+fn check(version: &str) -> Result<String> {
+    let r = trace(version)?;
+    let mut problems = Vec::new();
+
+    // Who pays: the three allocators, never the quiet goroutine.
+    let goroutines = r.report["goroutines"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let start = |g: &Value| g["start_function"].as_str().unwrap_or("?").to_string();
+    let allocators: Vec<&Value> = goroutines
+        .iter()
+        .filter(|g| start(g) == "main.allocator")
+        .collect();
+    if allocators.len() != 3 || allocators.iter().any(|g| g["assists"].as_u64() == Some(0)) {
+        problems.push(format!(
+            "expected 3 assisting main.allocator goroutines: {goroutines:?}"
+        ));
+    }
+    if let Some(q) = goroutines.iter().find(|g| start(g) == "main.quiet") {
+        problems.push(format!("the quiet goroutine assisted: {q}"));
+    }
+    let total_wall = ns(&r.report["wall_ns"]);
+    let alloc_wall: f64 = allocators.iter().map(|g| ns(&g["wall_ns"])).sum();
+    if alloc_wall < 0.9 * total_wall {
+        problems.push(format!(
+            "allocators paid {alloc_wall} of {total_wall} ns of assist time"
+        ));
+    }
+    let sites = r.report["sites"].as_array().cloned().unwrap_or_default();
+    let top = sites.first().and_then(|s| s["site"].as_str()).unwrap_or("");
+    if !top.starts_with("main.allocate ") {
+        problems.push(format!("top assist site is {top:?}, not main.allocate"));
+    }
+    if r.pprof.len() < 100 {
+        problems.push("no assist pprof profile".into());
+    }
+
+    // Per cycle: ours against the runtime's printed b/c/d; and the run's totals.
+    let mut worst = [0f64; 3];
+    let mut outliers: [Vec<String>; 3] = Default::default();
+    let mut totals = [(0f64, 0f64, 0f64); 3];
+    let mut compared = 0;
+    let mut with_assists = 0;
+    for c in &r.cycles {
+        let Some(n) = c["number"].as_u64() else {
+            problems.push(format!("cycle without number: {c}"));
+            continue;
+        };
+        let Some(theirs) = r.runtime.get(&n) else {
+            problems.push(format!("cycle {n} not printed by the runtime"));
+            continue;
+        };
+        let m = &c["mark"];
+        if m.is_null() {
+            problems.push(format!("cycle {n}: no mark times"));
+            continue;
+        }
+        compared += 1;
+        if m["assists"].as_u64().unwrap_or(0) > 0 {
+            with_assists += 1;
+        }
+        let fields = [
+            ("assist", ns(&m["assist_ns"]), theirs.assist),
+            ("background", ns(&m["background_ns"]), theirs.background),
+            ("idle", ns(&m["idle_ns"]), theirs.idle),
+        ];
+        for (i, (name, ours, t)) in fields.into_iter().enumerate() {
+            totals[i].0 += ours;
+            totals[i].1 += t.0;
+            totals[i].2 += t.1;
+            let rel = (ours - t.0).abs() / t.0.max(1e6);
+            if !agrees(ours, t) {
+                outliers[i].push(format!(
+                    "cycle {n} {name}: ours {:.3} ms, runtime {:.3} ms",
+                    ours / 1e6,
+                    t.0 / 1e6
+                ));
+            } else {
+                worst[i] = worst[i].max(rel);
+            }
+        }
+    }
+    for (i, list) in outliers.iter().enumerate() {
+        if list.len() > MAX_OUTLIERS.max(compared / 5) {
+            problems.extend(list.iter().cloned());
+        }
+        let (ours, theirs, ulp) = totals[i];
+        if !(theirs - 2e6 - 0.10 * theirs..=theirs + ulp + 2e6 + 0.10 * theirs).contains(&ours) {
+            problems.push(format!(
+                "{} total: ours {:.3} ms, runtime {:.3} ms",
+                ["assist", "background", "idle"][i],
+                ours / 1e6,
+                theirs / 1e6
+            ));
+        }
+    }
+    if compared < 3 || compared != r.runtime.len() {
+        problems.push(format!(
+            "{compared} cycles compared, runtime printed {}",
+            r.runtime.len()
+        ));
+    }
+    if with_assists == 0 {
+        problems.push("no cycle had assists".into());
+    }
+    ensure!(
+        problems.is_empty(),
+        "go{version}: {}\n--- cycles:\n{}\n--- report:\n{}",
+        problems.join("\n"),
+        r.cycles
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        r.report
+    );
+    if version == latest_go() {
+        let top = go_tool(
+            version,
+            &[
+                "tool",
+                "pprof",
+                "-top",
+                "-sample_index=assist_time",
+                r.pprof_path.to_str().context("path")?,
+            ],
+        )?;
+        ensure!(
+            top.contains("main.allocate"),
+            "go tool pprof -top of the assist profile:\n{top}"
+        );
+    }
+    let pct = |i: usize| (totals[i].0 - totals[i].1) / totals[i].1.max(1e6) * 100.0;
+    Ok(format!(
+        "go{version}: {compared} cycles, {} assists; totals ours−runtime: assist {:+.1}%, \
+         background {:+.1}%, idle {:+.1}%; worst agreeing cycle (relative, floor 1 ms): \
+         assist {:.1}%, background {:.1}%, idle {:.1}%; outside the bound: {}/{}/{} cycles",
+        r.report["assists"],
+        pct(0),
+        pct(1),
+        pct(2),
+        worst[0] * 100.0,
+        worst[1] * 100.0,
+        worst[2] * 100.0,
+        outliers[0].len(),
+        outliers[1].len(),
+        outliers[2].len(),
+    ))
+}
+
+/// Assists attributed to the allocating goroutines and their site, none to the quiet
+/// goroutine; per-cycle assist, background and idle mark times agree with the runtime's
+/// own gctrace CPU fields (bound in the module doc) — every supported release.
+#[test]
+fn assists_and_workers_match_the_runtimes_own() {
+    if !require_root() {
+        return;
+    }
+    let mut failures = Vec::new();
+    for version in go_versions() {
+        match check(&version) {
+            Ok(summary) => println!("{summary}"),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn parses_runtime_cpu_fields() {
+    let lines = runtime_lines(
+        "gc 4 @0.389s 23%: 0.068+238+1.2 ms clock, 0.13+237/231/149+2.4 ms cpu, \
+         100->114->112 MB, 100 MB goal, 0 MB stacks, 0 MB globals, 4 P\nother\n",
+    )
+    .unwrap();
+    let c = lines[&4];
+    assert_eq!(c.assist, (237e6, 1e6));
+    assert_eq!(c.background, (231e6, 1e6));
+    assert_eq!(c.idle, (149e6, 1e6));
+    assert!(agrees(240e6, c.assist));
+    assert!(!agrees(300e6, c.assist));
+    let (v, ulp) = ms_field("0.018").unwrap();
+    assert!((v - 18_000.0).abs() < 1e-6 && (ulp - 1_000.0).abs() < 1e-6);
+}
