@@ -22,4 +22,7 @@ fn main() {
 }
 
 #[cfg(target_arch = "bpf")]
+mod rt;
+
+#[cfg(target_arch = "bpf")]
 mod mark;

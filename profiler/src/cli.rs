@@ -77,6 +77,21 @@ pub enum View {
     #[command(after_help = "Examples:\n  sudo gomemtrace gctrace -p 1234\n  \
         sudo gomemtrace gctrace --format json -- ./server")]
     Gctrace(GctraceArgs),
+    /// Every goroutine stack copy (growth by newstack, shrinking by the GC): goroutine,
+    /// old → new size, the function that overflowed, bytes copied, time
+    /// (docs/STACKS-GOROUTINES.md).
+    #[command(
+        after_help = "Examples:\n  sudo gomemtrace stackgrowth -p 1234 -d 10s\n  \
+        sudo gomemtrace stackgrowth --format pprof -o growth.pb.gz -- ./server"
+    )]
+    Stackgrowth(crate::rt::stackgrowth::StackgrowthArgs),
+    /// Goroutine creation and exit: live goroutines by creation site with creation
+    /// stacks, ages, a count timeline and leak suspects (docs/STACKS-GOROUTINES.md).
+    #[command(
+        after_help = "Examples:\n  sudo gomemtrace goroutines -p 1234 -d 30s\n  \
+        sudo gomemtrace goroutines --format json -- ./server"
+    )]
+    Goroutines(crate::rt::goroutines::GoroutinesArgs),
 }
 
 #[derive(Debug, Args)]

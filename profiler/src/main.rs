@@ -10,6 +10,8 @@ mod output;
 mod preflight;
 mod probes;
 mod procmaps;
+mod rt;
+mod rtprobes;
 mod session;
 mod symbolizer;
 mod target;
@@ -22,6 +24,8 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match &cli.view {
         Some(cli::View::Gctrace(args)) => gc::run(args),
+        Some(cli::View::Stackgrowth(args)) => rt::stackgrowth::run(args),
+        Some(cli::View::Goroutines(args)) => rt::goroutines::run(args),
         None => session::run(&cli),
     };
     match result {

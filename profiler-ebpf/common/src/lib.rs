@@ -453,6 +453,10 @@ mod gc_tests {
     }
 }
 
+// Stack growth and goroutine lifecycle (`gomemtrace stackgrowth`, `gomemtrace goroutines`).
+mod rt;
+pub use rt::*;
+
 // ---------------------------------------------------------------------------------------
 // Mark assists and background mark workers (`gomemtrace gctrace --assists`).
 // ---------------------------------------------------------------------------------------

@@ -1,0 +1,389 @@
+//! `gomemtrace stackgrowth` and `gomemtrace goroutines`: stack copies and the goroutine
+//! lifecycle of a Go process, from uprobes on `runtime.copystack` (entry and RETs),
+//! `runtime.newproc1` (RET) and `runtime.gdestroy`/`goexit0` (entry)
+//! (profiler-ebpf/src/rt.rs, docs/STACKS-GOROUTINES.md).
+
+pub mod goroutines;
+mod pprof;
+pub mod stackgrowth;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use gomemtrace_common::RtConfig;
+use gomemtrace_gobin::{GoBinary, GoVersion, offsets};
+use serde::Serialize;
+
+use crate::{
+    analysis::GoTarget,
+    cli::TargetSpec,
+    procmaps,
+    rtprobes::RtProbes,
+    session::End,
+    symbolizer::{ExeLayout, Symbolizer},
+    target::Target,
+};
+
+/// Options shared by both subcommands.
+#[derive(Debug, Args)]
+pub struct RtArgs {
+    /// Trace this running process.
+    #[arg(
+        short,
+        long,
+        value_name = "PID",
+        conflicts_with = "command",
+        required_unless_present = "command"
+    )]
+    pub pid: Option<u32>,
+
+    /// Trace for this long (e.g. 10s, 2m); default: until Ctrl-C or the target exits.
+    #[arg(short, long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Write the report to this file instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = RtFormat::Text)]
+    pub format: RtFormat,
+
+    /// Rows per table in the text report.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
+
+    /// No status lines on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Launch this command and trace it from its first instruction; gomemtrace exits with
+    /// its status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl RtArgs {
+    pub fn target(&self) -> TargetSpec {
+        match self.pid {
+            Some(pid) => TargetSpec::Pid(pid),
+            None => TargetSpec::Launch(self.command.clone()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RtFormat {
+    /// Human-readable report.
+    Text,
+    /// The full report as one json object (docs/STACKS-GOROUTINES.md).
+    Json,
+    /// gzipped pprof profile.proto (`go tool pprof` opens it).
+    Pprof,
+}
+
+/// `g.sched.{sp,pc,bp}` for stripped binaries of the verified releases (GO-RUNTIME.md
+/// §5.1, read from the DWARF of each release; checked against DWARF by
+/// tests/tests/stackgrowth.rs): `gobuf` lost its `ret` field in 1.25.
+fn sched_offsets_for_version(v: GoVersion) -> Option<(u32, u32, u32)> {
+    match v.release() {
+        (1, 19) | (1, 21..=24) => Some((0x38, 0x40, 0x68)),
+        (1, 25..=27) => Some((0x38, 0x40, 0x60)),
+        _ => None,
+    }
+}
+
+/// `g.sched.{sp,pc,bp}` from DWARF.
+fn sched_offsets_from_dwarf(data: &[u8]) -> Option<(u32, u32, u32)> {
+    let structs = offsets::struct_offsets_from_dwarf(data, &["runtime.g", "runtime.gobuf"])
+        .ok()
+        .flatten()?;
+    let sched = *structs.get("runtime.g")?.get("sched")?;
+    let gobuf = structs.get("runtime.gobuf")?;
+    let field = |name: &str| u32::try_from(sched + *gobuf.get(name)?).ok();
+    Some((field("sp")?, field("pc")?, field("bp")?))
+}
+
+/// A target checked and analysed for these probes.
+pub struct Analysed {
+    pub go: GoTarget,
+    pub config: RtConfig,
+    /// Where the offsets came from, for the report.
+    pub offsets_source: &'static str,
+}
+
+pub fn analyse(target: &Target, flags: u32) -> anyhow::Result<Analysed> {
+    let data =
+        std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
+    let go = GoTarget::from_file_bytes(&data, &target.exe_path)?;
+    let (sched, offsets_source) = match sched_offsets_from_dwarf(&data) {
+        Some(s) => (s, "dwarf"),
+        None => (
+            sched_offsets_for_version(go.binary.version()).ok_or_else(|| {
+                go.refuse(format!(
+                    "no DWARF and no verified g.sched layout for Go {}",
+                    go.binary.version()
+                ))
+            })?,
+            "table",
+        ),
+    };
+    let o = go.offsets;
+    let config = RtConfig {
+        g_goid: o.g_goid,
+        g_m: o.g_m,
+        m_curg: o.m_curg,
+        g_startpc: o.g_startpc,
+        g_gopc: o.g_gopc,
+        g_stack_lo: o.g_stack_lo,
+        g_stack_hi: o.g_stack_hi,
+        g_sched_sp: sched.0,
+        g_sched_pc: sched.1,
+        g_sched_bp: sched.2,
+        flags,
+        _pad: 0,
+    };
+    Ok(Analysed {
+        go,
+        config,
+        offsets_source,
+    })
+}
+
+impl Analysed {
+    /// Attaches `program` at the entry (after the stack check) of `function`.
+    pub fn attach_entry(
+        &self,
+        probes: &mut RtProbes,
+        target: &Target,
+        function: &str,
+        program: &str,
+    ) -> anyhow::Result<()> {
+        let f = self
+            .go
+            .binary
+            .function(function)
+            .ok_or_else(|| self.go.refuse(format!("no {function} in the binary")))?;
+        let offset = self.go.probe_file_offset(f)?;
+        probes.attach(program, &target.exe_link, offset, target.pid)
+    }
+
+    /// Attaches `program` at every RET of `function`; returns how many.
+    pub fn attach_rets(
+        &self,
+        probes: &mut RtProbes,
+        target: &Target,
+        function: &str,
+        program: &str,
+    ) -> anyhow::Result<usize> {
+        let binary = &self.go.binary;
+        let f = binary
+            .function(function)
+            .ok_or_else(|| self.go.refuse(format!("no {function} in the binary")))?;
+        let code = binary
+            .function_code(f)
+            .ok_or_else(|| self.go.refuse(format!("no code for {function}")))?;
+        let rets = gomemtrace_gobin::disasm::ret_offsets(code, f.entry);
+        if rets.is_empty() {
+            return Err(self.go.refuse(format!("no RET in {function}")).into());
+        }
+        for vaddr in &rets {
+            let offset = binary.vaddr_to_file_offset(*vaddr).ok_or_else(|| {
+                self.go
+                    .refuse(format!("{function} is outside any loadable segment"))
+            })?;
+            probes.attach(program, &target.exe_link, offset, target.pid)?;
+        }
+        Ok(rets.len())
+    }
+}
+
+pub fn open_target(spec: TargetSpec) -> anyhow::Result<Target> {
+    Ok(match spec {
+        TargetSpec::Pid(pid) => Target::existing(pid)?,
+        TargetSpec::Launch(command) => Target::launch(&command)?,
+    })
+}
+
+/// The executable's mappings and inode, kept fresh while the target lives, for
+/// symbolization after it exited.
+pub struct Mappings {
+    inode: u64,
+    pub mappings: Vec<procmaps::MappedFile>,
+}
+
+impl Mappings {
+    pub fn read(target: &Target) -> anyhow::Result<Self> {
+        let inode =
+            std::fs::metadata(&target.exe_link).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
+        Ok(Self {
+            inode,
+            mappings: procmaps::executable_mappings(target.pid).unwrap_or_default(),
+        })
+    }
+
+    pub fn refresh(&mut self, pid: u32) {
+        if let Ok(fresh) = procmaps::executable_mappings(pid)
+            && !fresh.is_empty()
+        {
+            self.mappings = fresh;
+        }
+    }
+
+    pub fn symbolizer<'a>(
+        &self,
+        binary: &'a GoBinary,
+        exe_path: &str,
+    ) -> anyhow::Result<Symbolizer<'a>> {
+        let layout = ExeLayout::find(binary, self.inode, &self.mappings)
+            .context("the executable's text mapping was not found in /proc/PID/maps")?;
+        Ok(Symbolizer::new(binary, layout, exe_path, &self.mappings))
+    }
+}
+
+/// Polls every `every` until the duration ends, Ctrl-C, or the target exits, calling
+/// `tick` each time.
+pub fn wait_for_end(
+    duration: Option<Duration>,
+    target: &mut Target,
+    every: Duration,
+    mut tick: impl FnMut(&mut Target) -> anyhow::Result<()>,
+) -> anyhow::Result<End> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+        let mut poll = tokio::time::interval(every);
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                _ = &mut ctrl_c => return Ok(End::Interrupted),
+                _ = poll.tick() => {
+                    tick(target)?;
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        return Ok(End::Duration);
+                    }
+                    if !target.is_alive() {
+                        return Ok(End::TargetExited);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// CLOCK_MONOTONIC now, the probes' clock.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What the reports say about the target.
+#[derive(Debug, Serialize)]
+pub struct TargetJson {
+    pub pid: u32,
+    pub exe: String,
+    pub go_version: String,
+    pub stripped: bool,
+    pub pie: bool,
+    /// `launch` (traced from its first instruction) or `pid` (attached while running).
+    pub mode: &'static str,
+    /// Where `g`'s field offsets came from: `dwarf` or the per-release `table`.
+    pub offsets: &'static str,
+}
+
+impl TargetJson {
+    pub fn new(target: &Target, analysed: &Analysed) -> Self {
+        let b = &analysed.go.binary;
+        Self {
+            pid: target.pid,
+            exe: target.exe_path.clone(),
+            go_version: b.version_string().to_string(),
+            stripped: b.is_stripped(),
+            pie: b.is_pie(),
+            mode: if target.child.is_some() {
+                "launch"
+            } else {
+                "pid"
+            },
+            offsets: analysed.offsets_source,
+        }
+    }
+}
+
+/// One symbolized frame in the json reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct FrameJson {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: u32,
+}
+
+/// Frames of a stack of PCs (leaf first; `leaf_is_return` says whether `pcs[0]` is a
+/// return address too), innermost inlined frame first.
+pub fn frames(sym: &mut Symbolizer<'_>, pcs: &[u64], leaf_is_return: bool) -> Vec<FrameJson> {
+    let mut out = Vec::new();
+    for (i, &pc) in pcs.iter().enumerate() {
+        let loc = sym.location(pc, i > 0 || leaf_is_return);
+        out.extend(loc.frames.into_iter().map(|f| FrameJson {
+            function: f.function,
+            file: f.file,
+            line: f.line,
+        }));
+    }
+    out
+}
+
+/// Human-readable size: `2 KiB`, `1 MiB`, `1536 B`.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while unit < UNITS.len() - 1 && value >= 1024 && value.is_multiple_of(1024) {
+        value /= 1024;
+        unit += 1;
+    }
+    format!("{value} {}", UNITS[unit])
+}
+
+/// Human-readable duration from ns.
+pub fn duration(ns: u64) -> String {
+    match ns {
+        n if n < 10_000 => format!("{n} ns"),
+        n if n < 10_000_000 => format!("{:.1} µs", n as f64 / 1e3),
+        n if n < 10_000_000_000 => format!("{:.1} ms", n as f64 / 1e6),
+        n => format!("{:.1} s", n as f64 / 1e9),
+    }
+}
+
+pub fn end_reason(end: End) -> &'static str {
+    match end {
+        End::Duration => "duration elapsed",
+        End::Interrupted => "interrupted",
+        End::TargetExited => "target exited",
+    }
+}
+
+/// Writes `bytes` to the output file or stdout.
+pub fn write_output(output: Option<&PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match output {
+        Some(path) => {
+            std::fs::write(path, bytes).with_context(|| format!("write {}", path.display()))
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes)?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Loader of the stack-growth and goroutine-lifecycle probes (profiler-ebpf/src/rt.rs):
+//! like [`crate::probes`], the only other place that talks to the kernel's BPF interfaces.
+
+use std::{collections::HashMap, num::NonZeroU32, path::Path};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
+};
+use gomemtrace_common::{
+    GOROUTINE_LIVE_MAP, GOROUTINE_SITES_MAP, GoroutineLive, GoroutineLiveKey, RT_CONFIG_MAP,
+    RT_COUNTERS_MAP, RT_STACKS_MAP, RtConfig, RtCounter, RtStack, STACK_EVENTS_MAP, SiteKey,
+    SiteStats, StackGrowthEvent,
+};
+
+use crate::error::UserError;
+
+pub type RtCounters = [u64; RtCounter::COUNT as usize];
+
+pub struct RtProbes {
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+}
+
+impl RtProbes {
+    /// Loads and verifies `programs` (`*_PROGRAM` names of gomemtrace-common's rt module).
+    pub fn load(programs: &[&str]) -> anyhow::Result<Self> {
+        let bytecode = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gomemtrace-probes"));
+        let mut ebpf = Ebpf::load(bytecode).map_err(|e| {
+            let text = format!("{e:?}");
+            if text.contains("EPERM") || text.contains("Operation not permitted") {
+                anyhow::Error::new(UserError::NotPermitted {
+                    what: "loading eBPF programs".into(),
+                })
+            } else {
+                anyhow::Error::new(e).context("load eBPF probes")
+            }
+        })?;
+        for name in programs {
+            let program: &mut UProbe = ebpf
+                .program_mut(name)
+                .with_context(|| format!("probe {name} missing from the eBPF object"))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("verify the {name} probe"))?;
+        }
+        let events = RingBuf::try_from(
+            ebpf.take_map(STACK_EVENTS_MAP)
+                .context("STACK_EVENTS map missing from the eBPF object")?,
+        )?;
+        Ok(Self { ebpf, events })
+    }
+
+    pub fn configure(&mut self, pid: u32, config: &RtConfig) -> anyhow::Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, RtConfig> =
+            BpfHashMap::try_from(self.ebpf.map_mut(RT_CONFIG_MAP).context("RT_CONFIG map")?)?;
+        map.insert(&pid, config, 0).context("write probe config")?;
+        Ok(())
+    }
+
+    /// Attaches `program_name` at `file_offset` of `binary`, for `pid` only.
+    pub fn attach(
+        &mut self,
+        program_name: &str,
+        binary: &Path,
+        file_offset: u64,
+        pid: u32,
+    ) -> anyhow::Result<()> {
+        let pid = NonZeroU32::new(pid).context("pid 0")?;
+        let program: &mut UProbe = self
+            .ebpf
+            .program_mut(program_name)
+            .with_context(|| format!("probe {program_name} missing"))?
+            .try_into()?;
+        program
+            .attach(
+                [UProbeAttachLocation::AbsoluteOffset(file_offset)],
+                binary,
+                UProbeScope::OneProcess(pid),
+            )
+            .with_context(|| {
+                format!(
+                    "attach {program_name} uprobe at {}+{file_offset:#x}",
+                    binary.display()
+                )
+            })?;
+        Ok(())
+    }
+
+    /// copystack events sent since the last call, oldest first.
+    pub fn drain_growth(&mut self) -> Vec<StackGrowthEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= std::mem::size_of::<StackGrowthEvent>() {
+                // SAFETY: the record was written by `STACK_EVENTS.output` with a
+                // `StackGrowthEvent` (repr(C), integers only, any bit pattern valid).
+                events.push(unsafe {
+                    std::ptr::read_unaligned(item.as_ptr().cast::<StackGrowthEvent>())
+                });
+            }
+        }
+        events
+    }
+
+    /// Creation sites with their counts.
+    pub fn sites(&self) -> anyhow::Result<Vec<(SiteKey, SiteStats)>> {
+        let map: BpfHashMap<&MapData, SiteKey, SiteStats> = BpfHashMap::try_from(
+            self.ebpf
+                .map(GOROUTINE_SITES_MAP)
+                .context("GOROUTINE_SITES map")?,
+        )?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Goroutines created after attach that have not exited.
+    pub fn live(&self) -> anyhow::Result<Vec<(GoroutineLiveKey, GoroutineLive)>> {
+        let map: BpfHashMap<&MapData, GoroutineLiveKey, GoroutineLive> = BpfHashMap::try_from(
+            self.ebpf
+                .map(GOROUTINE_LIVE_MAP)
+                .context("GOROUTINE_LIVE map")?,
+        )?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// The stored stacks with these keys (leaf first).
+    pub fn stacks(
+        &self,
+        keys: impl Iterator<Item = u64>,
+    ) -> anyhow::Result<HashMap<u64, Vec<u64>>> {
+        let map: BpfHashMap<&MapData, u64, RtStack> =
+            BpfHashMap::try_from(self.ebpf.map(RT_STACKS_MAP).context("RT_STACKS map")?)?;
+        let mut out = HashMap::new();
+        for key in keys.filter(|&k| k != 0) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = out.entry(key)
+                && let Ok(stack) = map.get(&key, 0)
+            {
+                slot.insert(stack.pcs().to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn counters(&self) -> anyhow::Result<RtCounters> {
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(RT_COUNTERS_MAP).context("RT_COUNTERS map")?)?;
+        let mut counters = [0; RtCounter::COUNT as usize];
+        for c in RtCounter::ALL {
+            counters[c as usize] = map.get(&(c as u32), 0)?.iter().sum();
+        }
+        Ok(counters)
+    }
+}
