@@ -239,7 +239,7 @@ mod rt_tests {
         assert_eq!(core::mem::size_of::<RtStack>(), 8 + 8 * RT_STACK_DEPTH);
         assert_eq!(
             core::mem::size_of::<StackGrowthEvent>(),
-            8 + 10 * 8 + core::mem::size_of::<RtStack>()
+            8 + 9 * 8 + core::mem::size_of::<RtStack>()
         );
         assert_eq!(core::mem::size_of::<SiteKey>(), 32);
         assert_eq!(core::mem::size_of::<SiteStats>(), 24);
