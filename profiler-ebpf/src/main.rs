@@ -15,6 +15,8 @@
 mod gc;
 #[cfg(target_arch = "bpf")]
 mod probes;
+#[cfg(target_arch = "bpf")]
+mod sampled;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -13,27 +13,29 @@ use gomemtrace_common::{
 };
 
 #[map(name = "CONFIG")]
-static CONFIG: HashMap<u32, ProcessConfig> = HashMap::with_max_entries(MAX_PROCESSES, 0);
+pub(crate) static CONFIG: HashMap<u32, ProcessConfig> = HashMap::with_max_entries(MAX_PROCESSES, 0);
 
 #[map(name = "ALLOCS")]
-static ALLOCS: HashMap<AllocKey, AllocStats> = HashMap::with_max_entries(MAX_ALLOC_KEYS, 0);
+pub(crate) static ALLOCS: HashMap<AllocKey, AllocStats> =
+    HashMap::with_max_entries(MAX_ALLOC_KEYS, 0);
 
 #[map(name = "STACKS")]
-static STACKS: HashMap<u64, UserStack> = HashMap::with_max_entries(MAX_STACKS, BPF_F_NO_PREALLOC);
+pub(crate) static STACKS: HashMap<u64, UserStack> =
+    HashMap::with_max_entries(MAX_STACKS, BPF_F_NO_PREALLOC);
 
 /// Per-CPU scratch space for the stack being read (too big for the 512-byte BPF stack).
 #[map(name = "STACK_SCRATCH")]
 static STACK_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "GOROUTINES")]
-static GOROUTINES: HashMap<GoroutineKey, GoroutineInfo> =
+pub(crate) static GOROUTINES: HashMap<GoroutineKey, GoroutineInfo> =
     HashMap::with_max_entries(MAX_GOROUTINES, 0);
 
 #[map(name = "COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 #[inline(always)]
-fn count(counter: Counter, n: u64) {
+pub(crate) fn count(counter: Counter, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: the pointer comes from a per-CPU array slot of this CPU; BPF programs do
         // not migrate CPUs while running, so nothing else writes it concurrently.
@@ -42,7 +44,7 @@ fn count(counter: Counter, n: u64) {
 }
 
 #[inline(always)]
-fn read_u64(addr: u64) -> Option<u64> {
+pub(crate) fn read_u64(addr: u64) -> Option<u64> {
     // SAFETY: bpf_probe_read_user copies from user memory and fails cleanly on a bad
     // address; the value is a plain integer, valid for any bit pattern.
     unsafe { bpf_probe_read_user(addr as *const u64).ok() }
@@ -51,7 +53,7 @@ fn read_u64(addr: u64) -> Option<u64> {
 /// Goroutine id of the current user goroutine: `g.goid`, or `g.m.curg.goid` when the
 /// runtime is on the system stack (g0, whose goid is 0).
 #[inline(always)]
-fn current_goid(g: u64, cfg: &ProcessConfig) -> Option<(u64, u64)> {
+pub(crate) fn current_goid(g: u64, cfg: &ProcessConfig) -> Option<(u64, u64)> {
     if g == 0 {
         return None;
     }
@@ -128,7 +130,7 @@ fn try_alloc_entry(ctx: &ProbeContext) -> Result<(), ()> {
 
 /// Whether [`add`] created the key.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Added {
+pub(crate) enum Added {
     Existing,
     NewKey,
 }
@@ -138,7 +140,7 @@ enum Added {
 /// # Safety
 /// `stats` must point at a live map value.
 #[inline(always)]
-unsafe fn add_stats(stats: *mut AllocStats, size: u64) {
+pub(crate) unsafe fn add_stats(stats: *mut AllocStats, size: u64) {
     use core::intrinsics::{AtomicOrdering, atomic_xadd};
     // SAFETY: the caller guarantees a live value; BPF_ATOMIC add (XADD) is atomic across
     // CPUs. core's AtomicU64::fetch_add is not available on the bpf target, so the
@@ -150,7 +152,7 @@ unsafe fn add_stats(stats: *mut AllocStats, size: u64) {
 }
 
 #[inline(always)]
-fn add(key: &AllocKey, size: u64) -> Result<Added, ()> {
+pub(crate) fn add(key: &AllocKey, size: u64) -> Result<Added, ()> {
     if let Some(stats) = ALLOCS.get_ptr_mut(key) {
         // SAFETY: the pointer is to a live map value.
         unsafe { add_stats(stats, size) };
@@ -180,7 +182,7 @@ fn add(key: &AllocKey, size: u64) -> Result<Added, ()> {
 /// Reads the user stack (frame-pointer walk by the kernel), stores it once per distinct
 /// stack, and returns its key, or [`NO_STACK`] (counted) when it cannot.
 #[inline(always)]
-fn record_stack(ctx: &ProbeContext) -> u64 {
+pub(crate) fn record_stack(ctx: &ProbeContext) -> u64 {
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
         count(Counter::StackUnreadable, 1);
         return NO_STACK;
@@ -226,7 +228,7 @@ fn record_stack(ctx: &ProbeContext) -> u64 {
 }
 
 #[inline(always)]
-fn remember_goroutine(tgid: u32, g: u64, goid: u64, cfg: &ProcessConfig) {
+pub(crate) fn remember_goroutine(tgid: u32, g: u64, goid: u64, cfg: &ProcessConfig) {
     let key = GoroutineKey {
         tgid,
         _pad: 0,

@@ -68,6 +68,99 @@ impl GoTarget {
     }
 }
 
+/// The runtime's own heap sampler, where the binary links it: probed in runtime-sampled
+/// mode.
+pub struct Sampler {
+    /// `runtime.setprofilebucket`: attaches each recorded sample to its object.
+    pub set_profile_bucket: Function,
+    /// `runtime.freeSpecial`: frees the profile record of a sampled object that died.
+    pub free_special: Function,
+    /// File address of `runtime.MemProfileRate`.
+    pub rate_vaddr: u64,
+    /// `ProcessConfig` fields of this Go release.
+    pub bucket_size_offset: u32,
+    pub special_kind_offset: u32,
+    pub special_kind_profile: u32,
+}
+
+/// `runtime.MemProfileRate`'s static value in the file: `512 * 1024`, or 0 where Go
+/// computes it at init (1.19: `defaultMemProfileRate(512 * 1024)`). It identifies the
+/// variable among the globals `profilealloc` reads in a stripped binary; the other one
+/// there, `mcache0`, lives in .bss and has no file contents.
+const STATIC_MEM_PROFILE_RATES: [u64; 2] = [512 * 1024, 0];
+
+impl GoTarget {
+    /// The heap sampler, or why runtime-sampled mode cannot be used.
+    pub fn sampler(&self) -> Result<Sampler, String> {
+        let b = &self.binary;
+        let (major, minor) = b.version().release();
+        if major != 1 || minor > 27 {
+            return Err(format!("sampler layout not verified for {}", b.version()));
+        }
+        // The linker compiles the sampler out unless the profile reader is reachable.
+        let reader = if minor >= 23 {
+            "runtime.memProfileInternal"
+        } else {
+            "runtime.MemProfile"
+        };
+        if b.function(reader).is_none() {
+            return Err(format!(
+                "the runtime's heap sampler is compiled out ({reader} is not linked: the program imports neither runtime/pprof nor net/http/pprof)"
+            ));
+        }
+        let function = |name: &str| {
+            b.function(name)
+                .cloned()
+                .ok_or_else(|| format!("no {name} in the binary"))
+        };
+        let set_profile_bucket = function("runtime.setprofilebucket")?;
+        let free_special = function("runtime.freeSpecial")?;
+        let rate_vaddr = self
+            .mem_profile_rate_vaddr()
+            .ok_or("runtime.MemProfileRate not found")?;
+        Ok(Sampler {
+            set_profile_bucket,
+            free_special,
+            rate_vaddr,
+            // runtime.bucket: next, allnext, typ, hash, then size (1.19–1.27, mprof.go).
+            bucket_size_offset: 0x20,
+            // runtime.special.kind moved when the struct grew (1.24); the profile kind's
+            // value moved as kinds were added before it (mheap.go).
+            special_kind_offset: if minor >= 24 { 0x10 } else { 0xa },
+            special_kind_profile: match minor {
+                ..=22 => 2,
+                23 | 24 => 3,
+                _ => 4,
+            },
+        })
+    }
+
+    /// `runtime.MemProfileRate`: from `.symtab`, else the global that `profilealloc` loads
+    /// whose static value is the default rate.
+    fn mem_profile_rate_vaddr(&self) -> Option<u64> {
+        let b = &self.binary;
+        if let Some(vaddr) = b.symbol("runtime.MemProfileRate") {
+            return Some(vaddr);
+        }
+        let profilealloc = b.function("runtime.profilealloc")?;
+        let code = b.function_code(profilealloc)?;
+        let loads = gomemtrace_gobin::disasm::rip_relative_loads(code, profilealloc.entry);
+        loads
+            .iter()
+            .copied()
+            .find(|&target| {
+                b.read_vaddr(target, 8)
+                    .and_then(|v| v.try_into().ok())
+                    .map(u64::from_le_bytes)
+                    .is_some_and(|value| STATIC_MEM_PROFILE_RATES.contains(&value))
+            })
+            // Go 1.19 keeps both globals in .noptrbss: there the rate is the second global
+            // read, after the inlined getMCache's mcache0 (as in every release checked by
+            // tests/tests/sampled.rs).
+            .or_else(|| loads.get(1).copied())
+    }
+}
+
 fn not_supported(exe_path: &str, reason: String) -> UserError {
     UserError::NotSupported {
         path: exe_path.to_string(),

@@ -33,8 +33,13 @@ pub struct Cli {
     #[arg(short, long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
 
-    /// Record every allocation (the only mode so far; a sampled default will follow).
-    #[arg(long)]
+    /// How allocations are collected: `auto` picks `runtime` where the binary links the
+    /// runtime's heap sampler, else `exact`, and says which.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
+
+    /// Record every allocation: same as `--mode exact`.
+    #[arg(long, conflicts_with = "mode")]
     pub exact: bool,
 
     /// Write the report to this file instead of stdout.
@@ -167,6 +172,28 @@ pub enum Format {
     Svg,
     /// The full profile as json (schema in docs/JSON.md).
     Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// `runtime` where the binary links the heap sampler, else `exact`.
+    Auto,
+    /// Probe the runtime's own heap sampler (about one event per MemProfileRate bytes,
+    /// 512 KiB by default): cheap; also gives in-use heap; no types.
+    Runtime,
+    /// Every allocation, with its type: exact, and costly on allocation-heavy code.
+    Exact,
+}
+
+impl Cli {
+    /// The mode asked for, `--exact` included.
+    pub fn mode(&self) -> ModeArg {
+        if self.exact {
+            ModeArg::Exact
+        } else {
+            self.mode
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use gomemtrace_common::Counter;
 use gomemtrace_gobin::{GoBinary, types};
 use gomemtrace_report::model::{
-    AllocProfile, AllocSample, Drops, GoroutineSummary, Mode, TargetInfo,
+    AllocProfile, AllocSample, Drops, GoroutineSummary, InUse, Mode, TargetInfo,
 };
 
 use crate::{
@@ -19,6 +19,9 @@ pub struct CollectInput<'a> {
     pub pid: u32,
     pub binary: &'a GoBinary,
     pub target: TargetInfo,
+    pub mode: Mode,
+    /// Runtime-sampled mode: the target's `MemProfileRate`.
+    pub sample_rate: Option<u64>,
     pub start_unix_ns: u64,
     pub duration_ns: u64,
 }
@@ -29,9 +32,16 @@ pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -
         pid,
         binary,
         target,
+        mode,
+        sample_rate,
         start_unix_ns,
         duration_ns,
     } = input;
+    let rate = if mode == Mode::Runtime {
+        sample_rate.unwrap_or(1)
+    } else {
+        1
+    };
     let type_names = TypeNames::new(binary, symbolizer);
     let mut samples = Vec::new();
     for (key, stats) in snapshot.allocs.iter().filter(|(k, _)| k.tgid == pid) {
@@ -42,19 +52,31 @@ pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -
             .enumerate()
             .map(|(i, &pc)| symbolizer.location(pc, i > 0))
             .collect();
+        let (objects, bytes) = unbias(stats.objects, stats.bytes, rate);
+        let inuse = (mode == Mode::Runtime).then(|| {
+            let freed = snapshot.frees.get(key).copied().unwrap_or_default();
+            let (objects, bytes) = unbias(
+                stats.objects.saturating_sub(freed.objects),
+                stats.bytes.saturating_sub(freed.bytes),
+                rate,
+            );
+            InUse { bytes, objects }
+        });
         samples.push(AllocSample {
             stack,
             goid: key.goid,
             type_name: type_names.name(key.typ),
-            bytes: stats.bytes,
-            objects: stats.objects,
+            bytes,
+            objects,
+            inuse,
         });
     }
     samples.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.objects.cmp(&a.objects)));
     let goroutines = goroutine_totals(&samples, snapshot, pid, symbolizer);
     AllocProfile {
         target,
-        mode: Mode::Exact,
+        mode,
+        sample_rate: (mode == Mode::Runtime).then_some(rate),
         start_unix_ns,
         duration_ns,
         events: snapshot.counters.get(Counter::Events),
@@ -64,6 +86,22 @@ pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -
         mappings: symbolizer.mappings.clone(),
         drops: drops(&snapshot.counters),
     }
+}
+
+/// Estimates (objects, bytes) allocated from the runtime's samples, as pprof does
+/// (`scaleHeapSample`): an object of size s is sampled with probability
+/// 1 − exp(−s/rate), so each sample stands for 1/(1 − exp(−avg/rate)) objects of the
+/// key's average size. A rate of 1 samples everything.
+fn unbias(objects: u64, bytes: u64, rate: u64) -> (u64, u64) {
+    if objects == 0 || bytes == 0 || rate <= 1 {
+        return (objects, bytes);
+    }
+    let avg = bytes as f64 / objects as f64;
+    let scale = 1.0 / (1.0 - (-avg / rate as f64).exp());
+    (
+        (objects as f64 * scale) as u64,
+        (bytes as f64 * scale) as u64,
+    )
 }
 
 /// At a function's entry the frame-pointer walk starts at the caller's frame, so it misses
@@ -84,6 +122,8 @@ pub fn drops(counters: &Counters) -> Drops {
         stack_map_full: counters.get(Counter::StackMapFull),
         goid_unreadable: counters.get(Counter::GoidUnreadable),
         goroutine_map_full: counters.get(Counter::DropGoroutineMapFull),
+        live_map_full: counters.get(Counter::DropLiveMapFull),
+        sample_unreadable: counters.get(Counter::DropSampleUnreadable),
     }
 }
 
@@ -133,7 +173,7 @@ impl<'a> TypeNames<'a> {
 
     /// `None` for the runtime's nil `typ`.
     fn name(&self, typ: u64) -> Option<String> {
-        if typ == 0 {
+        if typ == 0 || typ == gomemtrace_common::TYPE_NOT_RECORDED {
             return None;
         }
         let vaddr = typ.wrapping_sub(self.bias);
@@ -148,6 +188,18 @@ impl<'a> TypeNames<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unbiases_like_pprof() {
+        // Rate 1 (every allocation sampled) and exact mode leave counts alone.
+        assert_eq!(unbias(10, 640, 1), (10, 640));
+        // 64-byte objects at 512 KiB: each sample stands for ~8192.5 objects.
+        let (objects, bytes) = unbias(1, 64, 512 * 1024);
+        assert_eq!(objects, 8192);
+        assert_eq!(bytes, 524_320);
+        // Objects far bigger than the rate are always sampled: no scaling.
+        assert_eq!(unbias(2, 2 << 30, 512 * 1024), (2, 2 << 30));
+    }
 
     #[test]
     fn direct_caller_is_added_once() {

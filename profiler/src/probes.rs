@@ -13,12 +13,12 @@ use aya::{
     },
 };
 use gomemtrace_common::{
-    ALLOC_PROGRAM, ALLOCS_MAP, AllocKey, AllocStats, CONFIG_MAP, COUNTERS_MAP, Counter,
-    EMPTY_PROGRAM, GC_CONFIG_MAP, GC_COUNTERS_MAP, GC_EVENTS_MAP, GC_FINISH_TRANSITION_PROGRAM,
-    GC_MARK_DONE_PROGRAM, GC_MARK_TERMINATION_PROGRAM, GC_START_PROGRAM,
-    GC_START_THE_WORLD_PROGRAM, GC_START_TRANSITION_PROGRAM, GC_STOP_THE_WORLD_PROGRAM,
-    GOROUTINES_MAP, GcConfig, GcCounter, GcEvent, GoroutineInfo, GoroutineKey, NO_STACK,
-    ProcessConfig, STACKS_MAP, UserStack,
+    ALLOCS_MAP, AllocKey, AllocStats, CONFIG_MAP, COUNTERS_MAP, Counter, FREES_MAP, GC_CONFIG_MAP,
+    GC_COUNTERS_MAP, GC_EVENTS_MAP, GC_FINISH_TRANSITION_PROGRAM, GC_MARK_DONE_PROGRAM,
+    GC_MARK_TERMINATION_PROGRAM, GC_START_PROGRAM, GC_START_THE_WORLD_PROGRAM,
+    GC_START_TRANSITION_PROGRAM, GC_STOP_THE_WORLD_PROGRAM, GOROUTINES_MAP, GcConfig, GcCounter,
+    GcEvent, GoroutineInfo, GoroutineKey, NO_STACK, ProcessConfig, RATES_MAP, STACKS_MAP,
+    UserStack,
 };
 
 use crate::error::UserError;
@@ -32,6 +32,10 @@ pub struct Snapshot {
     /// (tgid, goid) → `g.startpc`.
     pub goroutine_start_pcs: HashMap<(u32, u64), u64>,
     pub counters: Counters,
+    /// Runtime-sampled mode: frees of sampled objects, per key they were counted under.
+    pub frees: HashMap<AllocKey, AllocStats>,
+    /// Runtime-sampled mode: `MemProfileRate` per process, as read at its latest sample.
+    pub sample_rates: HashMap<u32, u64>,
 }
 
 /// Per-reason event counters, summed over CPUs.
@@ -46,17 +50,15 @@ impl Counters {
 
 pub struct AllocProbes {
     ebpf: Ebpf,
-    program: &'static str,
+    loaded: Vec<&'static str>,
     attached: usize,
 }
 
 impl AllocProbes {
-    /// Loads the probes. `empty` attaches a program that does nothing instead of the
-    /// allocation probe: the benchmark's floor.
-    pub fn load(empty: bool) -> anyhow::Result<Self> {
-        let program_name = if empty { EMPTY_PROGRAM } else { ALLOC_PROGRAM };
+    /// Loads the eBPF object; programs are verified when first attached.
+    pub fn load() -> anyhow::Result<Self> {
         let bytecode = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gomemtrace-probes"));
-        let mut ebpf = Ebpf::load(bytecode).map_err(|e| {
+        let ebpf = Ebpf::load(bytecode).map_err(|e| {
             if is_permission_error(&e) {
                 anyhow::Error::new(UserError::NotPermitted {
                     what: "loading eBPF programs".into(),
@@ -65,11 +67,9 @@ impl AllocProbes {
                 anyhow::Error::new(e).context("load eBPF probes")
             }
         })?;
-        let program: &mut UProbe = program(&mut ebpf, program_name)?;
-        program.load().context("verify the allocation probe")?;
         Ok(Self {
             ebpf,
-            program: program_name,
+            loaded: Vec::new(),
             attached: 0,
         })
     }
@@ -84,10 +84,23 @@ impl AllocProbes {
         Ok(())
     }
 
-    /// Attaches the allocation probe at each file offset of `binary`, for `pid` only.
-    pub fn attach(&mut self, binary: &Path, file_offsets: &[u64], pid: u32) -> anyhow::Result<()> {
+    /// Attaches `program_name` (e.g. [`gomemtrace_common::ALLOC_PROGRAM`]) at each file offset of `binary`,
+    /// for `pid` only.
+    pub fn attach(
+        &mut self,
+        program_name: &'static str,
+        binary: &Path,
+        file_offsets: &[u64],
+        pid: u32,
+    ) -> anyhow::Result<()> {
         let pid = NonZeroU32::new(pid).context("pid 0")?;
-        let program: &mut UProbe = program(&mut self.ebpf, self.program)?;
+        let program: &mut UProbe = program(&mut self.ebpf, program_name)?;
+        if !self.loaded.contains(&program_name) {
+            program
+                .load()
+                .with_context(|| format!("verify the {program_name} probe"))?;
+            self.loaded.push(program_name);
+        }
         for &offset in file_offsets {
             program
                 .attach(
@@ -143,11 +156,19 @@ impl AllocProbes {
             .filter_map(Result::ok)
             .map(|(k, v)| ((k.tgid, k.goid), v.start_pc))
             .collect();
+        let frees: BpfHashMap<&MapData, AllocKey, AllocStats> =
+            BpfHashMap::try_from(self.ebpf.map(FREES_MAP).context("FREES map")?)?;
+        let frees = frees.iter().filter_map(Result::ok).collect();
+        let rates: BpfHashMap<&MapData, u32, u64> =
+            BpfHashMap::try_from(self.ebpf.map(RATES_MAP).context("RATES map")?)?;
+        let sample_rates = rates.iter().filter_map(Result::ok).collect();
         Ok(Snapshot {
             allocs,
             stacks,
             goroutine_start_pcs,
             counters: self.counters()?,
+            frees,
+            sample_rates,
         })
     }
 }

@@ -9,14 +9,17 @@ use std::{
 };
 
 use anyhow::Context as _;
-use gomemtrace_common::{Counter, ProcessConfig};
+use gomemtrace_common::{
+    ALLOC_PROGRAM, Counter, EMPTY_PROGRAM, FREE_SPECIAL_PROGRAM, ProcessConfig,
+    SET_PROFILE_BUCKET_PROGRAM,
+};
 use gomemtrace_gobin::GoBinary;
-use gomemtrace_report::model::{AllocProfile, TargetInfo};
+use gomemtrace_report::model::{AllocProfile, Mode, TargetInfo};
 
 use crate::{
     alloc_points,
     analysis::GoTarget,
-    cli::{Cli, TargetSpec},
+    cli::{Cli, ModeArg, TargetSpec},
     collect::{self, CollectInput},
     output, preflight,
     probes::{AllocProbes, Counters},
@@ -31,16 +34,29 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         TargetSpec::Pid(pid) => Target::existing(pid)?,
         TargetSpec::Launch(command) => Target::launch(&command)?,
     };
-    let analysed = analyse(&target)?;
-    let mut probes = AllocProbes::load(cli.empty_probe)?;
-    probes.configure(target.pid, analysed.config)?;
-    probes.attach(&target.exe_link, &analysed.attach_offsets, target.pid)?;
+    let analysed = analyse(&target, cli)?;
     let exe_inode =
         std::fs::metadata(&target.exe_link).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
     let mut mappings = procmaps::executable_mappings(target.pid).unwrap_or_default();
+    let mut config = analysed.config;
+    if let Some(vaddr) = analysed.rate_vaddr {
+        // PIE: the probe reads the rate at its relocated address.
+        let layout = ExeLayout::find(&analysed.binary, exe_inode, &mappings)
+            .context("the executable's text mapping was not found in /proc/PID/maps")?;
+        config.mem_profile_rate_addr = vaddr.wrapping_add(layout.bias);
+    }
+    let mut probes = AllocProbes::load()?;
+    probes.configure(target.pid, config)?;
+    for (program, offset, _) in &analysed.probes {
+        probes.attach(program, &target.exe_link, &[*offset], target.pid)?;
+    }
     status_line(&format!(
-        "attached {} probes to pid {} ({}, {}{}), {}",
+        "attached {} {} probes to pid {} ({}, {}{}), {}",
         probes.attached(),
+        match analysed.mode {
+            Mode::Exact => "exact",
+            Mode::Runtime => "runtime-sampled",
+        },
         target.pid,
         analysed.binary.version_string(),
         if analysed.binary.is_stripped() {
@@ -88,8 +104,10 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 go_version: analysed.binary.version_string().to_string(),
                 stripped: analysed.binary.is_stripped(),
                 pie: analysed.binary.is_pie(),
-                probes: analysed.probe_names.clone(),
+                probes: analysed.probes.iter().map(|p| p.2.clone()).collect(),
             },
+            mode: analysed.mode,
+            sample_rate: snapshot.sample_rates.get(&target.pid).copied(),
             start_unix_ns,
             duration_ns,
         },
@@ -106,32 +124,77 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 struct Analysed {
     binary: GoBinary,
     config: ProcessConfig,
-    attach_offsets: Vec<u64>,
-    probe_names: Vec<String>,
+    mode: Mode,
+    /// (program, file offset, probed function) per probe.
+    probes: Vec<(&'static str, u64, String)>,
+    /// Runtime-sampled mode: file address of `runtime.MemProfileRate`.
+    rate_vaddr: Option<u64>,
 }
 
-fn analyse(target: &Target) -> anyhow::Result<Analysed> {
+fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
     let data =
         std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
     let go = GoTarget::from_file_bytes(&data, &target.exe_path)?;
-    let points = alloc_points::allocation_entry_points(&go.binary)
-        .ok_or_else(|| go.refuse("no allocation entry point (runtime.mallocgc) found".into()))?;
-    let attach_offsets = points
-        .iter()
-        .map(|f| go.probe_file_offset(f))
-        .collect::<Result<Vec<_>, _>>()?;
-    let config = ProcessConfig {
+    let mut config = ProcessConfig {
         g_goid: go.offsets.g_goid,
         g_m: go.offsets.g_m,
         m_curg: go.offsets.m_curg,
         g_startpc: go.offsets.g_startpc,
         ..ProcessConfig::default()
     };
+    let sampler = go.sampler();
+    let mode = match (cli.mode(), &sampler) {
+        // The benchmark's floor replaces the exact probe.
+        _ if cli.empty_probe => Mode::Exact,
+        (ModeArg::Exact, _) => Mode::Exact,
+        (ModeArg::Runtime | ModeArg::Auto, Ok(_)) => Mode::Runtime,
+        (ModeArg::Runtime, Err(why)) => {
+            return Err(go
+                .refuse(format!("runtime-sampled mode unavailable: {why}"))
+                .into());
+        }
+        (ModeArg::Auto, Err(why)) => {
+            status_line(&format!(
+                "mode auto: exact (every allocation; slow on allocation-heavy code), because {why}"
+            ));
+            Mode::Exact
+        }
+    };
+    let mut probes = Vec::new();
+    let mut rate_vaddr = None;
+    match (mode, sampler) {
+        (Mode::Runtime, Ok(sampler)) => {
+            config.bucket_size_offset = sampler.bucket_size_offset;
+            config.special_kind_offset = sampler.special_kind_offset;
+            config.special_kind_profile = sampler.special_kind_profile;
+            rate_vaddr = Some(sampler.rate_vaddr);
+            for (program, f) in [
+                (SET_PROFILE_BUCKET_PROGRAM, &sampler.set_profile_bucket),
+                (FREE_SPECIAL_PROGRAM, &sampler.free_special),
+            ] {
+                probes.push((program, go.probe_file_offset(f)?, f.name.clone()));
+            }
+        }
+        _ => {
+            let program = if cli.empty_probe {
+                EMPTY_PROGRAM
+            } else {
+                ALLOC_PROGRAM
+            };
+            let points = alloc_points::allocation_entry_points(&go.binary).ok_or_else(|| {
+                go.refuse("no allocation entry point (runtime.mallocgc) found".into())
+            })?;
+            for f in &points {
+                probes.push((program, go.probe_file_offset(f)?, f.name.clone()));
+            }
+        }
+    }
     Ok(Analysed {
-        probe_names: points.iter().map(|f| f.name.clone()).collect(),
         binary: go.binary,
         config,
-        attach_offsets,
+        mode,
+        probes,
+        rate_vaddr,
     })
 }
 

@@ -18,10 +18,39 @@ pub struct ProcessConfig {
     pub m_curg: u32,
     /// Offset of `g.startpc` (uintptr): the goroutine's start function.
     pub g_startpc: u32,
-    /// Sampling: record one allocation in `sample_every`; 0 or 1 records every allocation
-    /// (exact mode). Counts in [`AllocStats`] are raw; userspace scales them.
-    pub sample_every: u32,
+    /// Runtime-sampled mode: offset of `bucket.size` in `runtime.bucket`.
+    pub bucket_size_offset: u32,
+    /// Runtime-sampled mode: offset of `special.kind` (u8) in `runtime.special`.
+    pub special_kind_offset: u32,
+    /// Runtime-sampled mode: the `special.kind` of a heap-profile record
+    /// (`_KindSpecialProfile`).
+    pub special_kind_profile: u32,
     pub _pad: u32,
+    /// Runtime-sampled mode: address of `runtime.MemProfileRate` in the process, read at
+    /// each sample into [`RATES_MAP`] (the program may change the rate at any time).
+    pub mem_profile_rate_addr: u64,
+}
+
+/// [`AllocKey::typ`] of an allocation seen through the runtime's sampler, which is not told
+/// the type. Odd, so never the address of a type descriptor; distinct from 0, the runtime's
+/// nil `typ`.
+pub const TYPE_NOT_RECORDED: u64 = 1;
+
+/// A sampled object still live: the key it was counted under and its size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveObject {
+    pub key: AllocKey,
+    pub size: u64,
+}
+
+/// Key of a [`LiveObject`]: the object's address in its process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LiveKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub addr: u64,
 }
 
 /// Aggregation key of one allocation site: who allocated (goroutine), what (type), where
@@ -135,10 +164,20 @@ pub enum Counter {
     EventBytes = 7,
     /// The stack map was full: the event is kept under a stackless key.
     StackMapFull = 8,
+    /// Runtime-sampled mode: the live-object map was full, so this sampled object's free
+    /// will not be seen and it stays counted as in use.
+    DropLiveMapFull = 9,
+    /// Runtime-sampled mode: frees of sampled objects allocated before the trace began
+    /// (not a loss: they were never counted).
+    FreeBeforeTrace = 10,
+    /// Runtime-sampled mode: frees of sampled objects allocated during the trace.
+    Frees = 11,
+    /// Runtime-sampled mode: a sample whose size could not be read from its bucket: lost.
+    DropSampleUnreadable = 12,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 13;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Events,
         Counter::NoConfig,
@@ -149,6 +188,10 @@ impl Counter {
         Counter::ZeroSize,
         Counter::EventBytes,
         Counter::StackMapFull,
+        Counter::DropLiveMapFull,
+        Counter::FreeBeforeTrace,
+        Counter::Frees,
+        Counter::DropSampleUnreadable,
     ];
 }
 
@@ -167,6 +210,15 @@ pub const GOROUTINES_MAP: &str = "GOROUTINES";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the allocation-entry uprobe program.
 pub const ALLOC_PROGRAM: &str = "alloc_entry";
+/// Runtime-sampled mode: live sampled objects and the frees aggregated per key.
+pub const LIVE_MAP: &str = "LIVE";
+/// Runtime-sampled mode: per process, `MemProfileRate` as read at its latest sample.
+pub const RATES_MAP: &str = "RATES";
+pub const FREES_MAP: &str = "FREES";
+/// Name of the program on `runtime.setprofilebucket` (runtime-sampled allocations).
+pub const SET_PROFILE_BUCKET_PROGRAM: &str = "set_profile_bucket";
+/// Name of the program on `runtime.freeSpecial` (frees of sampled objects).
+pub const FREE_SPECIAL_PROGRAM: &str = "free_special";
 /// Name of the empty uprobe program, the benchmark's floor.
 pub const EMPTY_PROGRAM: &str = "empty_entry";
 
@@ -175,6 +227,7 @@ pub const MAX_PROCESSES: u32 = 1024;
 pub const MAX_ALLOC_KEYS: u32 = 65_536;
 pub const MAX_STACKS: u32 = 16_384;
 pub const MAX_GOROUTINES: u32 = 65_536;
+pub const MAX_LIVE_OBJECTS: u32 = 262_144;
 
 #[cfg(feature = "user")]
 mod user {
@@ -192,6 +245,10 @@ mod user {
     unsafe impl aya::Pod for GoroutineKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for UserStack {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LiveObject {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LiveKey {}
 }
 
 #[cfg(test)]
@@ -200,7 +257,9 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<ProcessConfig>(), 24);
+        assert_eq!(core::mem::size_of::<ProcessConfig>(), 40);
+        assert_eq!(core::mem::size_of::<LiveObject>(), 48);
+        assert_eq!(core::mem::size_of::<LiveKey>(), 16);
         assert_eq!(core::mem::size_of::<AllocKey>(), 40);
         assert_eq!(core::mem::size_of::<UserStack>(), 8 + 8 * MAX_STACK_DEPTH);
         assert_eq!(core::mem::size_of::<AllocStats>(), 16);

@@ -289,3 +289,44 @@ mod tests {
         assert_eq!(attach_offset(&[], ENTRY), ENTRY);
     }
 }
+
+/// Addresses of the RIP-relative memory operands of 64-bit `MOV reg, [rip+X]` loads in
+/// `code`, in order: how a stripped binary's globals are found from the functions that
+/// read them (e.g. `runtime.profilealloc` reads `runtime.MemProfileRate`).
+pub fn rip_relative_loads(code: &[u8], entry: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
+    let mut instruction = Instruction::default();
+    let mut targets = Vec::new();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instruction);
+        if instruction.is_invalid() {
+            continue;
+        }
+        if instruction.code() == Code::Mov_r64_rm64
+            && instruction.op1_kind() == OpKind::Memory
+            && instruction.memory_base() == Register::RIP
+        {
+            targets.push(instruction.ip_rel_memory_address());
+        }
+    }
+    targets
+}
+
+#[cfg(test)]
+mod rip_relative_tests {
+    use super::*;
+
+    #[test]
+    fn finds_rip_relative_loads() {
+        // mov rdx, [rip+0x1434ed]; mov rax, [rip+0x10c089]; ret
+        let code = [
+            0x48, 0x8b, 0x15, 0xed, 0x34, 0x14, 0x00, 0x48, 0x8b, 0x05, 0x89, 0xc0, 0x10, 0x00,
+            0xc3,
+        ];
+        let entry = 0x40c0e4;
+        assert_eq!(
+            rip_relative_loads(&code, entry),
+            [entry + 7 + 0x1434ed, entry + 14 + 0x10c089]
+        );
+    }
+}

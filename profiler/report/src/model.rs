@@ -53,6 +53,17 @@ pub struct AllocSample {
     pub bytes: u64,
     /// Allocation calls.
     pub objects: u64,
+    /// Of those, still live at the end of the trace (frees of sampled objects are seen in
+    /// runtime-sampled mode); `None` where frees are not traced.
+    #[serde(default)]
+    pub inuse: Option<InUse>,
+}
+
+/// Live objects and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InUse {
+    pub bytes: u64,
+    pub objects: u64,
 }
 
 /// Totals of one goroutine.
@@ -77,6 +88,13 @@ pub struct Drops {
     pub stack_map_full: u64,
     /// Events kept under goroutine 0 because the goroutine could not be read.
     pub goid_unreadable: u64,
+    /// Runtime-sampled mode: sampled objects whose free cannot be seen because the
+    /// live-object map was full (they stay counted as in use).
+    #[serde(default)]
+    pub live_map_full: u64,
+    /// Runtime-sampled mode: samples lost because their size could not be read.
+    #[serde(default)]
+    pub sample_unreadable: u64,
     /// Goroutines whose start function is unknown because the goroutine map was full.
     pub goroutine_map_full: u64,
 }
@@ -88,6 +106,8 @@ impl Drops {
             + self.stack_map_full
             + self.goid_unreadable
             + self.goroutine_map_full
+            + self.live_map_full
+            + self.sample_unreadable
     }
 }
 
@@ -112,6 +132,9 @@ pub struct TargetInfo {
 pub enum Mode {
     /// Every allocation was seen.
     Exact,
+    /// The runtime's own heap sampler (about one allocation per `sample_rate` bytes),
+    /// unbiased like pprof; the sampler is not told types, so none are recorded.
+    Runtime,
 }
 
 /// The whole allocation profile.
@@ -119,6 +142,10 @@ pub enum Mode {
 pub struct AllocProfile {
     pub target: TargetInfo,
     pub mode: Mode,
+    /// Runtime-sampled mode: the target's `MemProfileRate` (bytes between samples, on
+    /// average) that the counts were unbiased with.
+    #[serde(default)]
+    pub sample_rate: Option<u64>,
     /// Wall-clock start of the trace, Unix nanoseconds.
     pub start_unix_ns: u64,
     pub duration_ns: u64,

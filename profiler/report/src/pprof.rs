@@ -179,7 +179,7 @@ impl<'a> Tables<'a> {
 fn build(p: &AllocProfile) -> proto::Profile {
     let mut strings = Strings::new();
 
-    let sample_type = vec![
+    let mut sample_type = vec![
         proto::ValueType {
             r#type: strings.intern("alloc_objects"),
             unit: strings.intern("count"),
@@ -189,7 +189,20 @@ fn build(p: &AllocProfile) -> proto::Profile {
             unit: strings.intern("bytes"),
         },
     ];
-    let default_sample_type = sample_type[1].r#type;
+    // Where frees were traced, the in-use values follow, and are the default view, as in
+    // Go's own heap profile.
+    let has_inuse = p.samples.iter().any(|s| s.inuse.is_some());
+    if has_inuse {
+        sample_type.push(proto::ValueType {
+            r#type: strings.intern("inuse_objects"),
+            unit: strings.intern("count"),
+        });
+        sample_type.push(proto::ValueType {
+            r#type: strings.intern("inuse_space"),
+            unit: strings.intern("bytes"),
+        });
+    }
+    let default_sample_type = sample_type[sample_type.len() - 1].r#type;
     let period_type = proto::ValueType {
         r#type: strings.intern("space"),
         unit: strings.intern("bytes"),
@@ -240,9 +253,14 @@ fn build(p: &AllocProfile) -> proto::Profile {
                 num_unit: 0,
             },
         ];
+        let mut value = vec![saturate(s.objects), saturate(s.bytes)];
+        if has_inuse {
+            let inuse = s.inuse.unwrap_or_default();
+            value.extend([saturate(inuse.objects), saturate(inuse.bytes)]);
+        }
         samples.push(proto::Sample {
             location_id,
-            value: vec![saturate(s.objects), saturate(s.bytes)],
+            value,
             label,
         });
     }
@@ -270,7 +288,11 @@ fn build(p: &AllocProfile) -> proto::Profile {
         .collect();
 
     let mode = match p.mode {
-        Mode::Exact => "mode: exact (every allocation recorded, period 1, no sampling)",
+        Mode::Exact => "mode: exact (every allocation recorded, period 1, no sampling)".to_owned(),
+        Mode::Runtime => format!(
+            "mode: runtime-sampled (the target's heap sampler, MemProfileRate {}; values unbiased like pprof)",
+            p.sample_rate.unwrap_or(0)
+        ),
     };
     let d = &p.drops;
     let comment = [
@@ -282,12 +304,14 @@ fn build(p: &AllocProfile) -> proto::Profile {
         format!("probes: {}", p.target.probes.join(", ")),
         format!("events: {} ({} bytes)", p.events, p.event_bytes),
         format!(
-            "drops: alloc_map_full={} stack_unreadable={} stack_map_full={} goid_unreadable={} goroutine_map_full={}",
+            "drops: alloc_map_full={} stack_unreadable={} stack_map_full={} goid_unreadable={} goroutine_map_full={} live_map_full={} sample_unreadable={}",
             d.alloc_map_full,
             d.stack_unreadable,
             d.stack_map_full,
             d.goid_unreadable,
-            d.goroutine_map_full
+            d.goroutine_map_full,
+            d.live_map_full,
+            d.sample_unreadable
         ),
     ]
     .iter()
@@ -306,7 +330,7 @@ fn build(p: &AllocProfile) -> proto::Profile {
         time_nanos: saturate(p.start_unix_ns),
         duration_nanos: saturate(p.duration_ns),
         period_type: Some(period_type),
-        period: 1,
+        period: p.sample_rate.map_or(1, |rate| rate as i64),
         comment,
         default_sample_type,
         doc_url: 0,

@@ -30,6 +30,7 @@ pub fn to_svg(p: &AllocProfile, weight: Weight) -> Result<Vec<u8>, Error> {
         p.target.pid,
         match p.mode {
             crate::model::Mode::Exact => "exact",
+            crate::model::Mode::Runtime => "runtime-sampled",
         },
         p.duration_ns as f64 / 1e9
     ));

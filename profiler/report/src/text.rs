@@ -183,7 +183,11 @@ pub fn to_text(p: &AllocProfile, top: usize) -> String {
 
     out.push_str("gomemtrace allocation profile\n");
     let mode = match p.mode {
-        Mode::Exact => "exact (every allocation recorded, no sampling)",
+        Mode::Exact => "exact (every allocation recorded, no sampling)".to_owned(),
+        Mode::Runtime => format!(
+            "runtime-sampled (the target's heap sampler, MemProfileRate {} bytes; estimates unbiased like pprof; types not recorded)",
+            p.sample_rate.unwrap_or(0)
+        ),
     };
     let binary = format!(
         "{}, {}",
@@ -287,7 +291,82 @@ pub fn to_text(p: &AllocProfile, top: usize) -> String {
     );
     more_line(&mut out, cut, "sites", bytes);
 
-    // Types.
+    if p.samples.iter().any(|s| s.inuse.is_some()) {
+        live_heap_by_site(&mut out, p, top);
+    }
+
+    if p.mode == Mode::Runtime {
+        out.push_str("\nTypes: not recorded (the runtime's sampler is not told them)\n");
+    } else {
+        types_section(&mut out, p, top, bytes);
+    }
+    goroutines_section(&mut out, p, top, bytes);
+    drops_section(&mut out, p);
+    out
+}
+
+/// Bytes and objects still live at the end of the trace, by allocation site.
+fn live_heap_by_site(out: &mut String, p: &AllocProfile, top: usize) {
+    let mut live: HashMap<(String, String), (u64, u64)> = HashMap::new();
+    for s in &p.samples {
+        let Some(inuse) = s.inuse.filter(|u| u.objects > 0) else {
+            continue;
+        };
+        let frames: Vec<&Frame> = frames_leaf_first(&s.stack).collect();
+        let key = match site(&frames) {
+            Some(i) => (frames[i].function.clone(), file_line(frames[i])),
+            None => ("[no stack]".to_owned(), "-".to_owned()),
+        };
+        let e = live.entry(key).or_default();
+        e.0 += inuse.bytes;
+        e.1 += inuse.objects;
+    }
+    let total: u64 = live.values().map(|v| v.0).sum();
+    let mut live: Vec<Ranked<(String, String)>> = live
+        .into_iter()
+        .map(|(key, (bytes, objects))| Ranked {
+            key,
+            bytes,
+            objects,
+        })
+        .collect();
+    let n = live.len();
+    let cut = rank(&mut live, top);
+    let _ = writeln!(
+        out,
+        "\nLive heap by site (allocated during the trace, not yet freed): {} of {n}, {} in use",
+        live.len(),
+        human_bytes(total)
+    );
+    let rows: Vec<Vec<String>> = live
+        .iter()
+        .map(|r| {
+            vec![
+                r.bytes.to_string(),
+                human_bytes(r.bytes),
+                r.objects.to_string(),
+                percent(r.bytes, total),
+                r.key.0.clone(),
+                r.key.1.clone(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            ("INUSE", Align::Right),
+            ("SPACE", Align::Right),
+            ("OBJECTS", Align::Right),
+            ("%INUSE", Align::Right),
+            ("FUNCTION", Align::Left),
+            ("LOCATION", Align::Left),
+        ],
+        &rows,
+    );
+    more_line(out, cut, "sites", total);
+}
+
+fn types_section(out: &mut String, p: &AllocProfile, top: usize, bytes: u64) {
     let mut types = aggregate(&p.samples, |s| {
         s.type_name
             .clone()
@@ -309,7 +388,7 @@ pub fn to_text(p: &AllocProfile, top: usize) -> String {
         })
         .collect();
     table(
-        &mut out,
+        out,
         &[
             ("BYTES", Align::Right),
             ("SPACE", Align::Right),
@@ -319,8 +398,10 @@ pub fn to_text(p: &AllocProfile, top: usize) -> String {
         ],
         &rows,
     );
-    more_line(&mut out, cut, "types", bytes);
+    more_line(out, cut, "types", bytes);
+}
 
+fn goroutines_section(out: &mut String, p: &AllocProfile, top: usize, bytes: u64) {
     // Goroutines: the collector's summaries, or the samples when it gave none.
     let starts: HashMap<u64, &str> = p
         .goroutines
@@ -364,7 +445,7 @@ pub fn to_text(p: &AllocProfile, top: usize) -> String {
         })
         .collect();
     table(
-        &mut out,
+        out,
         &[
             ("GOROUTINE", Align::Right),
             ("BYTES", Align::Right),
@@ -375,8 +456,10 @@ pub fn to_text(p: &AllocProfile, top: usize) -> String {
         ],
         &rows,
     );
-    more_line(&mut out, cut, "goroutines", bytes);
+    more_line(out, cut, "goroutines", bytes);
+}
 
+fn drops_section(out: &mut String, p: &AllocProfile) {
     // Drops: every counter, always.
     let d = &p.drops;
     out.push_str("\nDrops\n");
@@ -406,12 +489,22 @@ pub fn to_text(p: &AllocProfile, top: usize) -> String {
             d.goroutine_map_full,
             "goroutines without start function: the goroutine map was full",
         ),
+        (
+            "live_map_full",
+            d.live_map_full,
+            "sampled objects whose free is not seen: the live-object map was full",
+        ),
+        (
+            "sample_unreadable",
+            d.sample_unreadable,
+            "runtime samples lost: their size could not be read",
+        ),
     ]
     .iter()
     .map(|(name, n, why)| vec![(*name).to_owned(), n.to_string(), (*why).to_owned()])
     .collect();
     table(
-        &mut out,
+        out,
         &[
             ("COUNTER", Align::Left),
             ("COUNT", Align::Right),
@@ -424,5 +517,4 @@ pub fn to_text(p: &AllocProfile, top: usize) -> String {
     } else {
         let _ = writeln!(out, "  total: {}", d.total());
     }
-    out
 }

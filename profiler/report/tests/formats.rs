@@ -91,6 +91,7 @@ fn fixture() -> AllocProfile {
             probes: vec!["runtime.mallocgc".to_owned()],
         },
         mode: Mode::Exact,
+        sample_rate: None,
         start_unix_ns: 1_700_000_000_000_000_000,
         duration_ns: 2_500_000_000,
         events: 105,
@@ -102,6 +103,7 @@ fn fixture() -> AllocProfile {
                 type_name: Some("main.Node".to_owned()),
                 bytes: 4800,
                 objects: 100,
+                inuse: None,
             },
             AllocSample {
                 stack: stack_b.clone(),
@@ -109,6 +111,7 @@ fn fixture() -> AllocProfile {
                 type_name: None,
                 bytes: 16384,
                 objects: 2,
+                inuse: None,
             },
             AllocSample {
                 stack: stack_b,
@@ -116,6 +119,7 @@ fn fixture() -> AllocProfile {
                 type_name: None,
                 bytes: 8192,
                 objects: 1,
+                inuse: None,
             },
             AllocSample {
                 stack: vec![],
@@ -123,6 +127,7 @@ fn fixture() -> AllocProfile {
                 type_name: None,
                 bytes: 100,
                 objects: 1,
+                inuse: None,
             },
         ],
         goroutines: vec![
@@ -164,6 +169,8 @@ fn fixture() -> AllocProfile {
             stack_map_full: 0,
             goid_unreadable: 0,
             goroutine_map_full: 0,
+            live_map_full: 0,
+            sample_unreadable: 0,
         },
     }
 }
@@ -327,7 +334,15 @@ fn text_drops_are_never_hidden() {
         words(drops[4]).starts_with(&["goroutine_map_full", "0"]),
         "{text}"
     );
-    assert_eq!(drops[5], "  total: 2");
+    assert!(
+        words(drops[5]).starts_with(&["live_map_full", "0"]),
+        "{text}"
+    );
+    assert!(
+        words(drops[6]).starts_with(&["sample_unreadable", "0"]),
+        "{text}"
+    );
+    assert_eq!(drops[7], "  total: 2");
     assert!(!text.contains("none:"));
 
     p.drops = Drops::default();
@@ -335,14 +350,14 @@ fn text_drops_are_never_hidden() {
     let drops = section(&text, "Drops");
     assert_eq!(
         drops.len(),
-        6,
-        "all five counters and the none line:\n{text}"
+        8,
+        "all seven counters and the none line:\n{text}"
     );
     assert!(
         words(drops[0]).starts_with(&["alloc_map_full", "0"]),
         "{text}"
     );
-    assert_eq!(drops[5], "  none: every event was aggregated in full");
+    assert_eq!(drops[7], "  none: every event was aggregated in full");
 }
 
 #[test]
@@ -500,7 +515,7 @@ fn pprof_decodes_to_the_same_profile() {
     assert_eq!(pb.duration_nanos, 2_500_000_000);
     assert!(pb.comment.iter().any(|&c| s(c).contains("exact")));
     assert!(pb.comment.iter().any(|&c| s(c)
-        == "drops: alloc_map_full=1 stack_unreadable=1 stack_map_full=0 goid_unreadable=0 goroutine_map_full=0"));
+        == "drops: alloc_map_full=1 stack_unreadable=1 stack_map_full=0 goid_unreadable=0 goroutine_map_full=0 live_map_full=0 sample_unreadable=0"));
 
     // Mapping.
     assert_eq!(pb.mapping.len(), 1);
@@ -919,6 +934,7 @@ fn text_sites_skip_internal_runtime_and_name_runtime_callers() {
             type_name: Some("string".to_owned()),
             bytes: 3000,
             objects: 3,
+            inuse: None,
         },
         // The runtime's own allocation: named after the runtime function that asked.
         AllocSample {
@@ -933,6 +949,7 @@ fn text_sites_skip_internal_runtime_and_name_runtime_callers() {
             type_name: Some("runtime.g".to_owned()),
             bytes: 1000,
             objects: 2,
+            inuse: None,
         },
         // runtime/debug is a caller of the runtime, not the runtime.
         AllocSample {
@@ -945,6 +962,7 @@ fn text_sites_skip_internal_runtime_and_name_runtime_callers() {
             type_name: None,
             bytes: 500,
             objects: 1,
+            inuse: None,
         },
     ];
     let text = to_text(&p, 10);

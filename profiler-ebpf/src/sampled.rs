@@ -1,0 +1,155 @@
+//! Runtime-sampled mode: probes on the Go runtime's own heap sampler, which the runtime
+//! calls about once per `MemProfileRate` bytes (512 KiB by default) — so the trap cost is
+//! paid on a small fraction of allocations.
+//!
+//! - `runtime.setprofilebucket(p, b)` (on g0, called by `mProf_Malloc` once the sample is
+//!   recorded): the sampled object's address and its bucket's slot size; aggregated like an
+//!   exact event (stack, goroutine; the type is not passed to the sampler) and remembered as
+//!   live. Not `mProf_Malloc`'s entry: from Go 1.23 it drops samples taken while an M is
+//!   being set up (`mp.profStack == nil`), which would then never be freed.
+//! - `runtime.freeSpecial` (sweeping): a heap-profile special being freed means its sampled
+//!   object died; its bytes move to the frees of the key it was counted under.
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::HashMap,
+    programs::ProbeContext,
+};
+use gomemtrace_common::{
+    AllocKey, AllocStats, Counter, LiveKey, LiveObject, MAX_ALLOC_KEYS, MAX_LIVE_OBJECTS,
+    MAX_PROCESSES, TYPE_NOT_RECORDED,
+};
+
+use crate::probes::{
+    Added, CONFIG, add, add_stats, count, current_goid, read_u64, record_stack, remember_goroutine,
+};
+
+#[map(name = "LIVE")]
+static LIVE: HashMap<LiveKey, LiveObject> =
+    HashMap::with_max_entries(MAX_LIVE_OBJECTS, BPF_F_NO_PREALLOC);
+
+#[map(name = "RATES")]
+static RATES: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PROCESSES, 0);
+
+#[map(name = "FREES")]
+static FREES: HashMap<AllocKey, AllocStats> = HashMap::with_max_entries(MAX_ALLOC_KEYS, 0);
+
+#[uprobe]
+pub fn set_profile_bucket(ctx: ProbeContext) -> u32 {
+    let _ = try_set_profile_bucket(&ctx);
+    0
+}
+
+/// `setprofilebucket(p unsafe.Pointer, b *bucket)`: p in RAX, b in RBX.
+#[inline(always)]
+fn try_set_profile_bucket(ctx: &ProbeContext) -> Result<(), ()> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: CONFIG values are only replaced whole by userspace; we copy what we need.
+    let Some(cfg) = (unsafe { CONFIG.get(&tgid) }).copied() else {
+        count(Counter::NoConfig, 1);
+        return Ok(());
+    };
+    // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
+    let regs = unsafe { &*ctx.regs };
+    let addr = regs.rax;
+    let Some(size) = read_u64(regs.rbx + cfg.bucket_size_offset as u64) else {
+        count(Counter::DropSampleUnreadable, 1);
+        return Err(());
+    };
+    count(Counter::Events, 1);
+    count(Counter::EventBytes, size);
+    if let Some(rate) = read_u64(cfg.mem_profile_rate_addr) {
+        let _ = RATES.insert(&tgid, &rate, 0);
+    }
+    let (g, goid) = match current_goid(regs.r14, &cfg) {
+        Some(found) => found,
+        None => {
+            count(Counter::GoidUnreadable, 1);
+            (0, 0)
+        }
+    };
+    let key = AllocKey {
+        tgid,
+        _pad: 0,
+        stack: record_stack(ctx),
+        goid,
+        typ: TYPE_NOT_RECORDED,
+        caller_pc: read_u64(regs.rsp).unwrap_or(0),
+    };
+    if add(&key, size)? == Added::NewKey && goid != 0 {
+        remember_goroutine(tgid, g, goid, &cfg);
+    }
+    let live = LiveKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
+    if LIVE
+        .insert(&live, &LiveObject { key, size }, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        // An address is reused only after its previous object's free was seen, so a
+        // failed insert means the map is full.
+        count(Counter::DropLiveMapFull, 1);
+    }
+    Ok(())
+}
+
+#[uprobe]
+pub fn free_special(ctx: ProbeContext) -> u32 {
+    let _ = try_free_special(&ctx);
+    0
+}
+
+/// `freeSpecial(s *special, p unsafe.Pointer, size uintptr)`: s in RAX, p in RBX.
+#[inline(always)]
+fn try_free_special(ctx: &ProbeContext) -> Result<(), ()> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: as in try_set_profile_bucket.
+    let Some(cfg) = (unsafe { CONFIG.get(&tgid) }).copied() else {
+        return Ok(());
+    };
+    // SAFETY: as above.
+    let regs = unsafe { &*ctx.regs };
+    // SAFETY: bpf_probe_read_user fails cleanly on a bad address; a u8 has no invalid values.
+    let kind =
+        unsafe { bpf_probe_read_user((regs.rax + cfg.special_kind_offset as u64) as *const u8) }
+            .map_err(|_| ())?;
+    if kind as u32 != cfg.special_kind_profile {
+        return Ok(());
+    }
+    let live = LiveKey {
+        tgid,
+        _pad: 0,
+        addr: regs.rbx,
+    };
+    // SAFETY: read-only copy of a plain value.
+    let Some(object) = (unsafe { LIVE.get(&live) }).copied() else {
+        count(Counter::FreeBeforeTrace, 1);
+        return Ok(());
+    };
+    let _ = LIVE.remove(&live);
+    count(Counter::Frees, 1);
+    if let Some(stats) = FREES.get_ptr_mut(&object.key) {
+        // SAFETY: a live map value.
+        unsafe { add_stats(stats, object.size) };
+        return Ok(());
+    }
+    let first = AllocStats {
+        bytes: object.size,
+        objects: 1,
+    };
+    if FREES
+        .insert(&object.key, &first, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        match FREES.get_ptr_mut(&object.key) {
+            // SAFETY: a live map value.
+            Some(stats) => unsafe { add_stats(stats, object.size) },
+            None => count(Counter::DropAllocMapFull, 1),
+        }
+    }
+    Ok(())
+}
