@@ -131,6 +131,9 @@ struct Run {
     stderr: String,
 }
 
+/// The fixture's GOMEMLIMIT: 1 GiB.
+const GOMEMLIMIT: i64 = 1 << 30;
+
 fn trace(version: &str, variant: Variant, format: &str) -> Result<Run> {
     let bin = fixture("gc", version, variant)?;
     let tmp = TempDir::new(&format!("gctrace-{version}-{}", variant.name()))?;
@@ -141,7 +144,11 @@ fn trace(version: &str, variant: Variant, format: &str) -> Result<Run> {
         .arg("--")
         .arg(&bin)
         // Inherited by the launched fixture: the runtime's own lines, the oracle.
-        .env("GODEBUG", "gctrace=1");
+        .env("GODEBUG", "gctrace=1")
+        // Far above the fixture's heap (no effect on its cycles); read back from the
+        // runtime's gcController in json.
+        .env("GOGC", "100")
+        .env("GOMEMLIMIT", GOMEMLIMIT.to_string());
     let finished = run(cmd, Duration::from_secs(120))?;
     ensure!(
         finished.code() == 0,
@@ -337,6 +344,12 @@ fn json_pauses_match_memstats_and_metrics() {
             if !pause_agrees(ours as f64, theirs as f64) {
                 problems.push(format!(
                     "cycle {number}: pause {ours} ns, MemStats.PauseNs {theirs} ns ({c})"
+                ));
+            }
+            if c["gomemlimit"].as_i64() != Some(GOMEMLIMIT) || c["gogc"].as_i64() != Some(100) {
+                problems.push(format!(
+                    "cycle {number}: gomemlimit {} / gogc {}, the fixture ran with GOMEMLIMIT={GOMEMLIMIT} GOGC=100",
+                    c["gomemlimit"], c["gogc"]
                 ));
             }
             if c["runtime_pause_ns"].as_u64() != Some(theirs) {

@@ -280,7 +280,7 @@ mod tests {
 // ---------------------------------------------------------------------------------------
 
 /// How many runtime globals the GC probe reads at the end of each cycle.
-pub const GC_SLOTS: usize = 24;
+pub const GC_SLOTS: usize = 25;
 
 /// [`GcConfig::flags`]: `stopTheWorldWithSema` takes a `stwReason` in AL (Go 1.21+).
 pub const GC_FLAG_STW_REASON: u32 = 1;

@@ -60,6 +60,8 @@ pub enum Slot {
     Cycles = 22,
     /// `gcController.gcPercent` (int32): GOGC.
     GcPercent = 23,
+    /// `gcController.memoryLimit` (int64): GOMEMLIMIT (math.MaxInt64: none).
+    MemoryLimit = 24,
 }
 
 /// Where one slot's value lives, by name.
@@ -179,6 +181,13 @@ const SPECS: [Spec; GC_SLOTS] = [
     ),
     spec(Slot::Cycles, WORK, WORK_T, &["cycles"], 4),
     spec(Slot::GcPercent, CONTROLLER, CONTROLLER_T, &["gcPercent"], 4),
+    spec(
+        Slot::MemoryLimit,
+        CONTROLLER,
+        CONTROLLER_T,
+        &["memoryLimit"],
+        8,
+    ),
 ];
 
 /// The file virtual addresses of the slots found in one binary.

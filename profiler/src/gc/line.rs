@@ -46,6 +46,8 @@ pub struct Cycle {
     pub runtime_pause_ns: Option<u64>,
     /// GOGC.
     pub gogc: Option<i64>,
+    /// GOMEMLIMIT in bytes (9223372036854775807: no limit).
+    pub gomemlimit: Option<i64>,
 }
 
 /// `itoaDiv` of the runtime: `val` with a decimal point `dec` digits from the right.

@@ -331,6 +331,7 @@ impl Printer {
             stws: e.stws,
             runtime_pause_ns: v.get(Slot::PauseNs),
             gogc: v.get_i32(Slot::GcPercent),
+            gomemlimit: v.get(Slot::MemoryLimit).map(|limit| limit as i64),
         }
     }
 }
