@@ -48,6 +48,19 @@ pub fn go_versions() -> Vec<String> {
 }
 
 /// The newest supported release: the one single-version tests use.
+/// Runs `check` for every supported Go release (see [`go_versions`]), prints each summary,
+/// and fails with every failure at once, so one run tells which releases are broken.
+pub fn for_every_version(check: impl Fn(&str) -> anyhow::Result<String>) {
+    let mut failures = Vec::new();
+    for version in go_versions() {
+        match check(&version) {
+            Ok(summary) => println!("{summary}"),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 pub fn latest_go() -> String {
     go_versions()
         .last()

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use gomemtrace_tests::{
-    TempDir, Variant, fixture, go_tool, go_versions, gomemtrace_command, latest_go, require_root,
-    run,
+    TempDir, Variant, fixture, for_every_version, go_tool, gomemtrace_command, latest_go,
+    require_root, run,
 };
 use serde_json::Value;
 
@@ -294,14 +294,7 @@ fn assists_and_workers_match_the_runtimes_own() {
     if !require_root() {
         return;
     }
-    let mut failures = Vec::new();
-    for version in go_versions() {
-        match check(&version) {
-            Ok(summary) => println!("{summary}"),
-            Err(e) => failures.push(format!("{e:#}")),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    for_every_version(check);
 }
 
 #[test]

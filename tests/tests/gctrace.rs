@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use gomemtrace_tests::{
-    TempDir, Variant, fixture, go_versions, gomemtrace_command, latest_go, require_root, run,
+    TempDir, Variant, fixture, for_every_version, gomemtrace_command, latest_go, require_root, run,
 };
 
 /// Pause agreement: within 10% or 50 µs, whichever is looser.
@@ -260,18 +260,6 @@ fn check_text(version: &str, variant: Variant, heap_measured: bool) -> Result<St
         variant.name(),
         run.runtime.len()
     ))
-}
-
-/// Runs `check` for every supported Go release and fails with every failure at once.
-fn for_every_version(check: impl Fn(&str) -> Result<String>) {
-    let mut failures = Vec::new();
-    for version in go_versions() {
-        match check(&version) {
-            Ok(summary) => println!("{summary}"),
-            Err(e) => failures.push(format!("{e:#}")),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 /// The same cycle numbers as the runtime, the same pauses (10% / 50 µs), the same heap

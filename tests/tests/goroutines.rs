@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use gomemtrace_tests::{
-    Proc, TempDir, Variant, fixture, go_versions, gomemtrace_command, latest_go, require_root, run,
+    Proc, TempDir, Variant, fixture, for_every_version, gomemtrace_command, latest_go,
+    require_root, run,
 };
 use serde_json::Value;
 
@@ -152,17 +153,6 @@ fn check_launch(version: &str, variant: Variant, stacks: bool) -> Result<String>
         variant.name(),
         if stacks { "" } else { " --no-stacks" }
     ))
-}
-
-fn for_every_version(check: impl Fn(&str) -> Result<String>) {
-    let mut failures = Vec::new();
-    for version in go_versions() {
-        match check(&version) {
-            Ok(summary) => println!("{summary}"),
-            Err(e) => failures.push(format!("{e:#}")),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]

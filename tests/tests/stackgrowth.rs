@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use gomemtrace_tests::{
-    TempDir, Variant, fixture, go_versions, gomemtrace_command, latest_go, require_root, run,
+    TempDir, Variant, fixture, for_every_version, gomemtrace_command, latest_go, require_root, run,
 };
 use serde_json::Value;
 
@@ -188,17 +188,6 @@ fn check(version: &str, variant: Variant) -> Result<String> {
         variant.name(),
         fin / 1024
     ))
-}
-
-fn for_every_version(check: impl Fn(&str) -> Result<String>) {
-    let mut failures = Vec::new();
-    for version in go_versions() {
-        match check(&version) {
-            Ok(summary) => println!("{summary}"),
-            Err(e) => failures.push(format!("{e:#}")),
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]
