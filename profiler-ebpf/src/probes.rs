@@ -77,6 +77,14 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// [`alloc_entry`] as a multi-uprobe (Linux 6.6+): duty-cycled mode attaches every entry
+/// point with one link, which detaches with one RCU grace period instead of one each.
+#[uprobe(multi)]
+pub fn alloc_entry_multi(ctx: ProbeContext) -> u32 {
+    let _ = try_alloc_entry(&ctx);
+    0
+}
+
 /// Does nothing: attached instead of [`alloc_entry`] by the benchmark, to measure the
 /// floor cost of a uprobe hit at the same offset.
 #[uprobe]

@@ -34,9 +34,14 @@ pub struct Cli {
     pub duration: Option<Duration>,
 
     /// How allocations are collected: `auto` picks `runtime` where the binary links the
-    /// runtime's heap sampler, else `exact`, and says which.
+    /// runtime's heap sampler, else `duty`, and says which.
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub mode: ModeArg,
+
+    /// Duty-cycled mode: the most CPU time the probes may add, in percent of the target's
+    /// own CPU time.
+    #[arg(long, default_value_t = 1.0, value_name = "PERCENT", value_parser = parse_budget)]
+    pub overhead_budget: f64,
 
     /// Record every allocation: same as `--mode exact`.
     #[arg(long, conflicts_with = "mode")]
@@ -176,13 +181,23 @@ pub enum Format {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
-    /// `runtime` where the binary links the heap sampler, else `exact`.
+    /// `runtime` where the binary links the heap sampler, else `duty`.
     Auto,
     /// Probe the runtime's own heap sampler (about one event per MemProfileRate bytes,
     /// 512 KiB by default): cheap; also gives in-use heap; no types.
     Runtime,
+    /// Exact probes attached in short windows, detached in between, under
+    /// `--overhead-budget`: estimates with their standard errors, with types.
+    Duty,
     /// Every allocation, with its type: exact, and costly on allocation-heavy code.
     Exact,
+}
+
+fn parse_budget(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 100.0 => Ok(v),
+        _ => Err(format!("{s}: a percentage in (0, 100]")),
+    }
 }
 
 impl Cli {

@@ -24,6 +24,8 @@ pub struct CollectInput<'a> {
     pub sample_rate: Option<u64>,
     pub start_unix_ns: u64,
     pub duration_ns: u64,
+    /// Duty-cycled mode: the windows, to scale counts by.
+    pub duty: Option<&'a crate::duty::DutyRecord>,
 }
 
 pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -> AllocProfile {
@@ -36,7 +38,9 @@ pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -
         sample_rate,
         start_unix_ns,
         duration_ns,
+        duty,
     } = input;
+    let scaled = duty.map(|d| d.estimates()).unwrap_or_default();
     let rate = if mode == Mode::Runtime {
         sample_rate.unwrap_or(1)
     } else {
@@ -52,7 +56,11 @@ pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -
             .enumerate()
             .map(|(i, &pc)| symbolizer.location(pc, i > 0))
             .collect();
-        let (objects, bytes) = unbias(stats.objects, stats.bytes, rate);
+        let (objects, bytes) = match scaled.get(key) {
+            Some(s) => (s.objects, s.bytes),
+            None => unbias(stats.objects, stats.bytes, rate),
+        };
+        let estimate = scaled.get(key).map(|s| s.estimate);
         let inuse = (mode == Mode::Runtime).then(|| {
             let freed = snapshot.frees.get(key).copied().unwrap_or_default();
             let (objects, bytes) = unbias(
@@ -69,6 +77,7 @@ pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -
             bytes,
             objects,
             inuse,
+            estimate,
         });
     }
     samples.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.objects.cmp(&a.objects)));
@@ -85,6 +94,7 @@ pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -
         goroutines,
         mappings: symbolizer.mappings.clone(),
         drops: drops(&snapshot.counters),
+        duty: duty.map(|d| d.summary()),
     }
 }
 

@@ -4,6 +4,7 @@ mod alloc_points;
 mod analysis;
 mod cli;
 mod collect;
+mod duty;
 mod error;
 mod gc;
 mod output;

@@ -52,6 +52,8 @@ pub struct AllocProbes {
     ebpf: Ebpf,
     loaded: Vec<&'static str>,
     attached: usize,
+    /// The uprobe links attached now, for [`AllocProbes::detach_all`] (duty-cycled mode).
+    links: Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>,
 }
 
 impl AllocProbes {
@@ -71,6 +73,7 @@ impl AllocProbes {
             ebpf,
             loaded: Vec::new(),
             attached: 0,
+            links: Vec::new(),
         })
     }
 
@@ -81,6 +84,15 @@ impl AllocProbes {
             BpfHashMap::try_from(self.ebpf.map_mut(CONFIG_MAP).context("CONFIG map")?)?;
         map.insert(&pid, &config, 0)
             .context("write process config")?;
+        Ok(())
+    }
+
+    /// Forgets `pid`'s settings: its probe hits are ignored (counted as `NoConfig`) from
+    /// now on.
+    pub fn unconfigure(&mut self, pid: u32) -> anyhow::Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, ProcessConfig> =
+            BpfHashMap::try_from(self.ebpf.map_mut(CONFIG_MAP).context("CONFIG map")?)?;
+        map.remove(&pid).context("remove process config")?;
         Ok(())
     }
 
@@ -102,16 +114,77 @@ impl AllocProbes {
             self.loaded.push(program_name);
         }
         for &offset in file_offsets {
-            program
+            let link = program
                 .attach(
                     [UProbeAttachLocation::AbsoluteOffset(offset)],
                     binary,
                     UProbeScope::OneProcess(pid),
                 )
                 .with_context(|| format!("attach uprobe at {}+{offset:#x}", binary.display()))?;
+            self.links.push((program_name, link));
             self.attached += 1;
         }
         Ok(())
+    }
+
+    /// Attaches the multi-uprobe twin of the allocation program at every offset with one
+    /// link (duty-cycled mode: one link detaches with one RCU grace period). Fails on
+    /// kernels without multi-uprobes (before 6.6).
+    pub fn attach_alloc_multi(
+        &mut self,
+        binary: &Path,
+        file_offsets: &[u64],
+        pid: u32,
+    ) -> anyhow::Result<()> {
+        let pid = NonZeroU32::new(pid).context("pid 0")?;
+        let program: &mut UProbe = program(&mut self.ebpf, ALLOC_MULTI_PROGRAM)?;
+        if !self.loaded.contains(&ALLOC_MULTI_PROGRAM) {
+            program
+                .load()
+                .context("verify the multi-uprobe allocation probe")?;
+            self.loaded.push(ALLOC_MULTI_PROGRAM);
+        }
+        let link = program
+            .attach(
+                file_offsets
+                    .iter()
+                    .map(|&o| UProbeAttachLocation::AbsoluteOffset(o)),
+                binary,
+                UProbeScope::OneProcess(pid),
+            )
+            .with_context(|| format!("attach multi-uprobe on {}", binary.display()))?;
+        self.links.push((ALLOC_MULTI_PROGRAM, link));
+        self.attached += file_offsets.len();
+        Ok(())
+    }
+
+    /// Removes every uprobe attached so far: the target no longer traps at those offsets.
+    /// Each removal waits for an RCU grace period in the kernel (~0.1 s each on the
+    /// development VM), so the links are closed on parallel threads: the grace periods
+    /// overlap.
+    pub fn detach_all(&mut self) -> anyhow::Result<()> {
+        let mut links = Vec::new();
+        for (name, link) in std::mem::take(&mut self.links) {
+            links.push(
+                program(&mut self.ebpf, name)?
+                    .take_link(link)
+                    .with_context(|| format!("detach the {name} probe"))?,
+            );
+        }
+        self.attached = 0;
+        std::thread::scope(|scope| {
+            for link in links {
+                scope.spawn(move || drop(link));
+            }
+        });
+        Ok(())
+    }
+
+    /// The allocation map alone (cheaper than [`AllocProbes::snapshot`]).
+    pub fn allocs(&self) -> anyhow::Result<Vec<(AllocKey, AllocStats)>> {
+        let allocs: BpfHashMap<&MapData, AllocKey, AllocStats> =
+            BpfHashMap::try_from(self.ebpf.map(ALLOCS_MAP).context("ALLOCS map")?)?;
+        Ok(allocs.iter().collect::<Result<_, _>>()?)
     }
 
     pub fn attached(&self) -> usize {
@@ -172,6 +245,9 @@ impl AllocProbes {
         })
     }
 }
+
+/// The multi-uprobe twin of [`gomemtrace_common::ALLOC_PROGRAM`].
+const ALLOC_MULTI_PROGRAM: &str = "alloc_entry_multi";
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> {
     Ok(ebpf

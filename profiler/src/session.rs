@@ -21,7 +21,7 @@ use crate::{
     analysis::GoTarget,
     cli::{Cli, ModeArg, TargetSpec},
     collect::{self, CollectInput},
-    output, preflight,
+    duty, output, preflight,
     probes::{AllocProbes, Counters},
     procmaps,
     symbolizer::{ExeLayout, Symbolizer},
@@ -47,8 +47,12 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     let mut probes = AllocProbes::load()?;
     probes.configure(target.pid, config)?;
-    for (program, offset, _) in &analysed.probes {
-        probes.attach(program, &target.exe_link, &[*offset], target.pid)?;
+    if analysed.mode == Mode::Duty {
+        duty::attach(&mut probes, &analysed.probes, &target.exe_link, target.pid)?;
+    } else {
+        for (program, offset, _) in &analysed.probes {
+            probes.attach(program, &target.exe_link, &[*offset], target.pid)?;
+        }
     }
     status_line(&format!(
         "attached {} {} probes to pid {} ({}, {}{}), {}",
@@ -56,6 +60,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         match analysed.mode {
             Mode::Exact => "exact",
             Mode::Runtime => "runtime-sampled",
+            Mode::Duty => "duty-cycled exact",
         },
         target.pid,
         analysed.binary.version_string(),
@@ -81,7 +86,25 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     target.release()?;
 
-    let end = wait_for_end(cli, &mut target, &probes, &mut mappings)?;
+    let (end, duty) = if analysed.mode == Mode::Duty {
+        let exe_link = target.exe_link.clone();
+        let (end, record) = duty::run(
+            cli.duration,
+            cli.overhead_budget,
+            &mut target,
+            &mut probes,
+            &analysed.probes,
+            &exe_link,
+            config,
+            started,
+        )?;
+        (end, Some(record))
+    } else {
+        (
+            wait_for_end(cli, &mut target, &probes, &mut mappings)?,
+            None,
+        )
+    };
     let duration_ns = started.elapsed().as_nanos() as u64;
     let snapshot = probes.snapshot()?;
     drop(probes); // detach before writing: the target runs at full speed again
@@ -110,6 +133,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             sample_rate: snapshot.sample_rates.get(&target.pid).copied(),
             start_unix_ns,
             duration_ns,
+            duty: duty.as_ref(),
         },
         &mut symbolizer,
     );
@@ -147,6 +171,7 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
         // The benchmark's floor replaces the exact probe.
         _ if cli.empty_probe => Mode::Exact,
         (ModeArg::Exact, _) => Mode::Exact,
+        (ModeArg::Duty, _) => Mode::Duty,
         (ModeArg::Runtime | ModeArg::Auto, Ok(_)) => Mode::Runtime,
         (ModeArg::Runtime, Err(why)) => {
             return Err(go
@@ -155,9 +180,10 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
         }
         (ModeArg::Auto, Err(why)) => {
             status_line(&format!(
-                "mode auto: exact (every allocation; slow on allocation-heavy code), because {why}"
+                "mode auto: duty (exact probes in short windows under a {}% CPU overhead budget; counts are estimates), because {why}",
+                cli.overhead_budget
             ));
-            Mode::Exact
+            Mode::Duty
         }
     };
     let mut probes = Vec::new();

@@ -194,9 +194,10 @@ fn runtime_mode_matches_arithmetic_and_the_runtimes_profile_every_go_version_and
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// `auto` falls back to exact, and says why, for a binary whose sampler is compiled out.
+/// `auto` picks duty-cycled exact windows, and says why, for a binary whose sampler is
+/// compiled out.
 #[test]
-fn auto_mode_says_why_it_falls_back_to_exact() {
+fn auto_mode_says_why_it_picks_duty() {
     if !require_root() {
         return;
     }
@@ -212,10 +213,10 @@ fn auto_mode_says_why_it_falls_back_to_exact() {
     let out = run(cmd, Duration::from_secs(120)).unwrap();
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert!(
-        out.stderr.contains("mode auto: exact") && out.stderr.contains("compiled out"),
+        out.stderr.contains("mode auto: duty") && out.stderr.contains("compiled out"),
         "{}",
         out.stderr
     );
     let r: JsonReport = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!(r.mode, "exact");
+    assert_eq!(r.mode, "duty");
 }

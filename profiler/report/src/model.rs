@@ -57,6 +57,45 @@ pub struct AllocSample {
     /// runtime-sampled mode); `None` where frees are not traced.
     #[serde(default)]
     pub inuse: Option<InUse>,
+    /// Duty-cycled mode: `bytes` and `objects` are estimates scaled from the probe windows;
+    /// this is their standard error. `None` where the counts are exact or unbiased samples.
+    #[serde(default)]
+    pub estimate: Option<Estimate>,
+}
+
+/// Standard errors of a duty-cycled estimate (see docs/SAMPLING.md for the formula).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// One standard error of `bytes`.
+    pub bytes_sigma: f64,
+    /// One standard error of `objects`.
+    pub objects_sigma: f64,
+}
+
+/// How a duty-cycled trace (`--mode duty`) spent its time.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DutyCycle {
+    /// `--overhead-budget`: the most added CPU time, in percent of the target's own CPU time.
+    pub overhead_budget_percent: f64,
+    /// Per-event probe cost the controller assumed (nanoseconds of the target's CPU).
+    pub event_cost_ns: f64,
+    /// Probe windows.
+    pub windows: u64,
+    /// Time the probes were attached, summed over windows.
+    pub window_ns: u64,
+    /// `window_ns` / the trace's duration: the scale-up factor is its inverse.
+    pub duty_fraction: f64,
+    /// Allocation events the windows saw.
+    pub events_observed: u64,
+    /// Probe hits outside windows, while the probes were being attached or detached
+    /// (ignored by the program, but they cost a trap each).
+    #[serde(default)]
+    pub hits_between_windows: u64,
+    /// The target's CPU time over the trace (utime + stime from /proc/PID/stat).
+    pub target_cpu_ns: u64,
+    /// Events observed × `event_cost_ns` plus hits between windows × the empty-probe cost,
+    /// in percent of the target's CPU time without them.
+    pub estimated_overhead_percent: f64,
 }
 
 /// Live objects and bytes.
@@ -135,6 +174,9 @@ pub enum Mode {
     /// The runtime's own heap sampler (about one allocation per `sample_rate` bytes),
     /// unbiased like pprof; the sampler is not told types, so none are recorded.
     Runtime,
+    /// Exact probes attached in short windows under an overhead budget; counts scaled by
+    /// total time / window time, each with its standard error ([`AllocSample::estimate`]).
+    Duty,
 }
 
 /// The whole allocation profile.
@@ -158,6 +200,9 @@ pub struct AllocProfile {
     pub goroutines: Vec<GoroutineSummary>,
     pub mappings: Vec<Mapping>,
     pub drops: Drops,
+    /// Duty-cycled mode: the windows, the duty fraction and the overhead estimate.
+    #[serde(default)]
+    pub duty: Option<DutyCycle>,
 }
 
 impl AllocProfile {

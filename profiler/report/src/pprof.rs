@@ -293,6 +293,10 @@ fn build(p: &AllocProfile) -> proto::Profile {
             "mode: runtime-sampled (the target's heap sampler, MemProfileRate {}; values unbiased like pprof)",
             p.sample_rate.unwrap_or(0)
         ),
+        Mode::Duty => format!(
+            "mode: duty-cycled (exact probes in windows; values are estimates scaled by total/window time; {})",
+            crate::text::duty_summary(p)
+        ),
     };
     let d = &p.drops;
     let comment = [

@@ -31,6 +31,7 @@ pub fn to_svg(p: &AllocProfile, weight: Weight) -> Result<Vec<u8>, Error> {
         match p.mode {
             crate::model::Mode::Exact => "exact",
             crate::model::Mode::Runtime => "runtime-sampled",
+            crate::model::Mode::Duty => "duty-cycled (estimates)",
         },
         p.duration_ns as f64 / 1e9
     ));

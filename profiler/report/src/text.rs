@@ -188,6 +188,10 @@ pub fn to_text(p: &AllocProfile, top: usize) -> String {
             "runtime-sampled (the target's heap sampler, MemProfileRate {} bytes; estimates unbiased like pprof; types not recorded)",
             p.sample_rate.unwrap_or(0)
         ),
+        Mode::Duty => format!(
+            "duty-cycled (exact probes in windows; counts are estimates scaled by total/window time, ± one standard error per site below; {})",
+            duty_summary(p)
+        ),
     };
     let binary = format!(
         "{}, {}",
@@ -293,6 +297,10 @@ pub fn to_text(p: &AllocProfile, top: usize) -> String {
 
     if p.samples.iter().any(|s| s.inuse.is_some()) {
         live_heap_by_site(&mut out, p, top);
+    }
+
+    if p.mode == Mode::Duty {
+        estimates_section(&mut out, p, top);
     }
 
     if p.mode == Mode::Runtime {
@@ -516,5 +524,53 @@ fn drops_section(out: &mut String, p: &AllocProfile) {
         out.push_str("  none: every event was aggregated in full\n");
     } else {
         let _ = writeln!(out, "  total: {}", d.total());
+    }
+}
+
+/// One line on a duty-cycled trace's windows, duty fraction and overhead estimate.
+pub fn duty_summary(p: &AllocProfile) -> String {
+    let Some(d) = &p.duty else {
+        return "no window record".to_owned();
+    };
+    format!(
+        "{} windows, {:.1} ms attached, duty fraction {:.4}, {} events seen, {} hits between windows, estimated overhead {:.3}% of the target's CPU (budget {}%, {:.0} ns per event assumed)",
+        d.windows,
+        d.window_ns as f64 / 1e6,
+        d.duty_fraction,
+        d.events_observed,
+        d.hits_between_windows,
+        d.estimated_overhead_percent,
+        d.overhead_budget_percent,
+        d.event_cost_ns,
+    )
+}
+
+/// Duty-cycled mode: estimated bytes and objects by site with their standard errors
+/// (per-key errors added in quadrature).
+fn estimates_section(out: &mut String, p: &AllocProfile, top: usize) {
+    let mut by_site: HashMap<(String, String), (u64, f64, u64, f64)> = HashMap::new();
+    for s in &p.samples {
+        let frames: Vec<&Frame> = frames_leaf_first(&s.stack).collect();
+        let key = match site(&frames) {
+            Some(i) => (frames[i].function.clone(), file_line(frames[i])),
+            None => ("[no stack]".to_owned(), "-".to_owned()),
+        };
+        let e = by_site.entry(key).or_default();
+        let est = s.estimate.unwrap_or_default();
+        e.0 += s.bytes;
+        e.1 += est.bytes_sigma * est.bytes_sigma;
+        e.2 += s.objects;
+        e.3 += est.objects_sigma * est.objects_sigma;
+    }
+    let mut rows: Vec<_> = by_site.into_iter().collect();
+    rows.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(&b.0)));
+    out.push_str("\nEstimates by site (duty-cycled: value ± one standard error)\n");
+    for ((function, location), (bytes, bv, objects, ov)) in rows.into_iter().take(top) {
+        let _ = writeln!(
+            out,
+            "  {bytes:>14} ± {:<12.0} B  {objects:>10} ± {:<10.0} objects  {function}  {location}",
+            bv.sqrt(),
+            ov.sqrt()
+        );
     }
 }

@@ -104,6 +104,7 @@ fn fixture() -> AllocProfile {
                 bytes: 4800,
                 objects: 100,
                 inuse: None,
+                estimate: None,
             },
             AllocSample {
                 stack: stack_b.clone(),
@@ -112,6 +113,7 @@ fn fixture() -> AllocProfile {
                 bytes: 16384,
                 objects: 2,
                 inuse: None,
+                estimate: None,
             },
             AllocSample {
                 stack: stack_b,
@@ -120,6 +122,7 @@ fn fixture() -> AllocProfile {
                 bytes: 8192,
                 objects: 1,
                 inuse: None,
+                estimate: None,
             },
             AllocSample {
                 stack: vec![],
@@ -128,6 +131,7 @@ fn fixture() -> AllocProfile {
                 bytes: 100,
                 objects: 1,
                 inuse: None,
+                estimate: None,
             },
         ],
         goroutines: vec![
@@ -172,6 +176,7 @@ fn fixture() -> AllocProfile {
             live_map_full: 0,
             sample_unreadable: 0,
         },
+        duty: None,
     }
 }
 
@@ -935,6 +940,7 @@ fn text_sites_skip_internal_runtime_and_name_runtime_callers() {
             bytes: 3000,
             objects: 3,
             inuse: None,
+            estimate: None,
         },
         // The runtime's own allocation: named after the runtime function that asked.
         AllocSample {
@@ -950,6 +956,7 @@ fn text_sites_skip_internal_runtime_and_name_runtime_callers() {
             bytes: 1000,
             objects: 2,
             inuse: None,
+            estimate: None,
         },
         // runtime/debug is a caller of the runtime, not the runtime.
         AllocSample {
@@ -963,6 +970,7 @@ fn text_sites_skip_internal_runtime_and_name_runtime_callers() {
             bytes: 500,
             objects: 1,
             inuse: None,
+            estimate: None,
         },
     ];
     let text = to_text(&p, 10);

@@ -1,0 +1,394 @@
+//! Duty-cycled exact mode (`--mode duty`, the `auto` choice where the runtime's heap
+//! sampler is compiled out): the exact allocation probes are attached for short windows and
+//! really detached in between (a probe that returns early still costs the trap), with the
+//! gap between windows set so that the estimated trap cost stays within
+//! `--overhead-budget` percent of the target's own CPU time. Counts are scaled by
+//! total time / window time; each key gets a standard error (formula in docs/SAMPLING.md
+//! and at [`estimate`]).
+//!
+//! Per-event cost: the controller uses [`EVENT_COST_NS`], the exact-mode cost per event
+//! measured by `cargo xtask bench` (docs/BENCHMARKS.md, ~3.1 µs on the development VM;
+//! bare-metal machines trap cheaper, so the constant errs on the safe side there), and
+//! [`IGNORED_HIT_COST_NS`] for hits while probes are being attached or detached. It is not
+//! measured live: a CPU-bound target's CPU rate does not rise under the probes (it gets
+//! less done instead), so the target's CPU inside windows against outside says nothing
+//! there. The target's own CPU time (utime + stime, /proc/PID/stat) is measured: it is
+//! the base the budget is a percentage of.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use gomemtrace_common::{AllocKey, Counter, ProcessConfig};
+use gomemtrace_report::model::{DutyCycle, Estimate};
+
+use crate::{probes::AllocProbes, session::End, target::Target};
+
+/// Assumed target CPU time per allocation event with the exact probe attached.
+pub const EVENT_COST_NS: f64 = 3000.0;
+/// Assumed cost of a probe hit outside a window, while the probes are being attached or
+/// detached (the empty-uprobe floor of docs/BENCHMARKS.md, ~1.1 µs).
+pub const IGNORED_HIT_COST_NS: f64 = 1100.0;
+/// How long the probes stay attached per window.
+pub const WINDOW: Duration = Duration::from_millis(150);
+/// How often the loop checks the deadline, the target and Ctrl-C.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Per-window deltas of the allocation map and what the windows cost.
+#[derive(Debug, Default)]
+pub struct DutyRecord {
+    budget_percent: f64,
+    /// Length of each window.
+    windows: Vec<Duration>,
+    /// Per key, (objects, bytes) seen in each window (shorter where the key appeared late).
+    per_key: HashMap<AllocKey, Vec<(u64, u64)>>,
+    events: u64,
+    /// Probe hits while attaching or detaching, outside windows (ignored by the program).
+    ignored: u64,
+    /// Target CPU time (ns) and wall time inside windows and outside them.
+    cpu_in_ns: u64,
+    cpu_out_ns: u64,
+    wall_out: Duration,
+    cpu_total_ns: u64,
+    /// Whole trace, release to end.
+    total: Duration,
+}
+
+/// A key's scaled counts and their standard errors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scaled {
+    pub objects: u64,
+    pub bytes: u64,
+    pub estimate: Estimate,
+}
+
+impl DutyRecord {
+    fn window_ns(&self) -> f64 {
+        self.windows.iter().map(Duration::as_nanos).sum::<u128>() as f64
+    }
+
+    /// Fraction of the windows' target CPU the traps took (the most the probes can have
+    /// slowed the traced code down during windows).
+    fn trap_share(&self) -> f64 {
+        let cost = self.events as f64 * EVENT_COST_NS;
+        let cpu = if self.cpu_in_ns > 0 {
+            self.cpu_in_ns as f64
+        } else {
+            self.window_ns()
+        };
+        (cost / cpu.max(1.0)).min(1.0)
+    }
+
+    /// Estimated trap cost so far, nanoseconds of the target's CPU.
+    fn cost_ns(&self) -> f64 {
+        self.events as f64 * EVENT_COST_NS + self.ignored as f64 * IGNORED_HIT_COST_NS
+    }
+
+    pub fn summary(&self) -> DutyCycle {
+        let window_ns = self.window_ns();
+        let total_ns = self.total.as_nanos() as f64;
+        let cost = self.cost_ns();
+        let own_cpu = (self.cpu_total_ns as f64 - cost).max(1.0);
+        DutyCycle {
+            overhead_budget_percent: self.budget_percent,
+            event_cost_ns: EVENT_COST_NS,
+            windows: self.windows.len() as u64,
+            window_ns: window_ns as u64,
+            duty_fraction: if total_ns > 0.0 {
+                (window_ns / total_ns).min(1.0)
+            } else {
+                1.0
+            },
+            events_observed: self.events,
+            hits_between_windows: self.ignored,
+            target_cpu_ns: self.cpu_total_ns,
+            estimated_overhead_percent: 100.0 * cost / own_cpu,
+        }
+    }
+
+    /// Scaled counts and standard errors per key.
+    ///
+    /// Windows i = 1..n of lengths wᵢ (W = Σwᵢ) inside a trace of length T saw xᵢ of a key
+    /// (objects or bytes). The estimate is the ratio estimator X̂ = T·Σxᵢ/W. Its variance
+    /// has three parts:
+    ///
+    /// * between windows (windows as a sample of the trace's time slices, with finite
+    ///   population correction 1 − W/T):
+    ///   V_w = T² · n/(n−1) · Σ(xᵢ − R̂·wᵢ)² / W² · (1 − W/T), R̂ = Σxᵢ/W (n ≥ 2);
+    /// * a Poisson floor, so that a key seen in one window or a handful of times is not
+    ///   given a tiny error: V_p = (T/W)² · Σxᵢ · s · (1 − W/T), s = 1 for objects and the
+    ///   key's mean object size for bytes; the statistical part is max(V_w, V_p);
+    /// * the probe effect: during windows the traps take a share β of the target's CPU
+    ///   (events × cost / CPU inside windows), so code whose allocation rate is bound to
+    ///   its CPU allocates up to β slower inside windows than outside; the estimate is then
+    ///   up to (1 − W/T)·β too low. β rests on the assumed per-event cost, which varies
+    ///   between machines, so the whole bound is added as one systematic standard error
+    ///   X̂·(1 − W/T)·β: ±3σ still spans it where the cost is up to 3× the assumed one.
+    pub fn estimates(&self) -> HashMap<AllocKey, Scaled> {
+        let n = self.windows.len();
+        let w: Vec<f64> = self.windows.iter().map(|d| d.as_secs_f64()).collect();
+        let big_w: f64 = w.iter().sum();
+        let t = self.total.as_secs_f64().max(big_w);
+        let fpc = if t > 0.0 { 1.0 - big_w / t } else { 0.0 };
+        let beta = self.trap_share();
+        self.per_key
+            .iter()
+            .map(|(key, deltas)| {
+                let xs = |f: fn(&(u64, u64)) -> u64| -> Vec<f64> {
+                    (0..n)
+                        .map(|i| deltas.get(i).map_or(0.0, |d| f(d) as f64))
+                        .collect()
+                };
+                let objects = xs(|d| d.0);
+                let bytes = xs(|d| d.1);
+                let sum_o: f64 = objects.iter().sum();
+                let sum_b: f64 = bytes.iter().sum();
+                let mean_size = if sum_o > 0.0 { sum_b / sum_o } else { 0.0 };
+                let (est_o, sd_o) = estimate(&objects, &w, t, fpc, beta, 1.0);
+                let (est_b, sd_b) = estimate(&bytes, &w, t, fpc, beta, mean_size);
+                (
+                    *key,
+                    Scaled {
+                        objects: est_o.round() as u64,
+                        bytes: est_b.round() as u64,
+                        estimate: Estimate {
+                            bytes_sigma: sd_b,
+                            objects_sigma: sd_o,
+                        },
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// (X̂, σ) for per-window counts `x` over windows of lengths `w` (seconds) in a trace of
+/// `t` seconds; see [`DutyRecord::estimates`].
+pub fn estimate(x: &[f64], w: &[f64], t: f64, fpc: f64, beta: f64, unit: f64) -> (f64, f64) {
+    let big_w: f64 = w.iter().sum();
+    if big_w <= 0.0 {
+        return (0.0, 0.0);
+    }
+    let sum: f64 = x.iter().sum();
+    let rate = sum / big_w;
+    let est = t * rate;
+    let n = x.len() as f64;
+    let between = if x.len() >= 2 {
+        let ss: f64 = x
+            .iter()
+            .zip(w)
+            .map(|(&xi, &wi)| (xi - rate * wi).powi(2))
+            .sum();
+        t * t * n / (n - 1.0) * ss / (big_w * big_w) * fpc
+    } else {
+        0.0
+    };
+    let poisson = (t / big_w).powi(2) * sum * unit * fpc;
+    let systematic = est * fpc * beta;
+    (est, (between.max(poisson) + systematic * systematic).sqrt())
+}
+
+/// The target's CPU time so far (utime + stime of all its threads), nanoseconds.
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the command: state is field 3; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some((utime + stime) * 1_000_000_000 / hz)
+}
+
+/// When the next window may open, in seconds from the start of the trace, so that the
+/// trap cost so far plus the next window's expected cost stays within `budget` (a
+/// fraction) of the target's own CPU time up to the end of that window.
+///
+/// `spent_ns`: trap cost so far; `rate`: events per second in the latest window;
+/// `own_cpu_rate`: the target's own CPU seconds per second (trap cost excluded).
+pub fn next_start(spent_ns: f64, rate: f64, own_cpu_rate: f64, budget: f64, window: f64) -> f64 {
+    let next_cost = rate * window * EVENT_COST_NS;
+    let allowance_per_s = budget * own_cpu_rate.max(1e-3) * 1e9;
+    (spent_ns + next_cost) / allowance_per_s - window
+}
+
+/// Attaches the allocation probes for a window: one multi-uprobe link for every entry
+/// point where the kernel has them (one RCU grace period to detach, instead of one per
+/// probe: ~0.1 s against ~1.5 s for Go 1.27's 18 entry points on the development VM),
+/// else one link per point.
+pub fn attach(
+    probes: &mut AllocProbes,
+    points: &[(&'static str, u64, String)],
+    exe: &Path,
+    pid: u32,
+) -> anyhow::Result<()> {
+    let offsets: Vec<u64> = points.iter().map(|p| p.1).collect();
+    if points.len() > 1 && probes.attach_alloc_multi(exe, &offsets, pid).is_ok() {
+        return Ok(());
+    }
+    for (program, offset, _) in points {
+        probes.attach(program, exe, &[*offset], pid)?;
+    }
+    Ok(())
+}
+
+/// Runs the windows until the duration ends, Ctrl-C, or the target exits. The probes are
+/// attached on entry (the first window starts at once) and detached on return.
+#[allow(clippy::too_many_arguments)] // one call site, each argument distinct
+pub fn run(
+    deadline: Option<Duration>,
+    budget_percent: f64,
+    target: &mut Target,
+    probes: &mut AllocProbes,
+    attach_points: &[(&'static str, u64, String)],
+    exe: &Path,
+    config: ProcessConfig,
+    started: Instant,
+) -> anyhow::Result<(End, DutyRecord)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let pid = target.pid;
+    let budget = budget_percent / 100.0;
+    let mut record = DutyRecord {
+        budget_percent,
+        ..DutyRecord::default()
+    };
+    let mut previous: HashMap<AllocKey, (u64, u64)> = HashMap::new();
+    let cpu_start = cpu_ns(pid).unwrap_or(0);
+    let mut cpu_last = cpu_start;
+    let end = runtime.block_on(async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        // Waits until `until` (or the end of the trace): Some(why) when the trace ended.
+        macro_rules! wait_until {
+            ($until:expr) => {{
+                let until = $until;
+                let mut ended = None;
+                loop {
+                    if deadline.is_some_and(|d| started.elapsed() >= d) {
+                        ended = Some(End::Duration);
+                        break;
+                    }
+                    if !target.is_alive() {
+                        ended = Some(End::TargetExited);
+                        break;
+                    }
+                    let now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = &mut ctrl_c => { ended = Some(End::Interrupted); break; }
+                        _ = tokio::time::sleep((until - now).min(POLL)) => {}
+                    }
+                }
+                ended
+            }};
+        }
+        // The caller attached the probes before releasing the target: the first window
+        // starts at once.
+        let mut window_start = started;
+        loop {
+            let cpu_before = cpu_last;
+            let ended = wait_until!(window_start + WINDOW);
+            // The window ends when the program stops counting; detaching takes a while
+            // (RCU grace periods), and hits meanwhile are ignored (counted as NoConfig).
+            probes.unconfigure(pid)?;
+            record.windows.push(window_start.elapsed());
+            let detaching = Instant::now();
+            probes.detach_all()?;
+            if std::env::var_os("GOMEMTRACE_DUTY_DEBUG").is_some() {
+                eprintln!(
+                    "window {:?}, detach {:?}",
+                    record.windows.last(),
+                    detaching.elapsed()
+                );
+            }
+            let cpu_now = cpu_ns(pid).unwrap_or(cpu_last);
+            record.cpu_in_ns += cpu_now.saturating_sub(cpu_before);
+            cpu_last = cpu_now;
+            let index = record.windows.len() - 1;
+            let mut window_events = 0;
+            for (key, stats) in probes.allocs()? {
+                let before = previous.insert(key, (stats.objects, stats.bytes));
+                let (o0, b0) = before.unwrap_or_default();
+                let deltas = record.per_key.entry(key).or_default();
+                deltas.resize(index, (0, 0));
+                deltas.push((stats.objects - o0, stats.bytes - b0));
+                window_events += stats.objects - o0;
+            }
+            let counters = probes.counters()?;
+            record.events = counters.get(Counter::Events);
+            record.ignored = counters.get(Counter::NoConfig);
+            if let Some(end) = ended {
+                return Ok::<_, anyhow::Error>(end);
+            }
+            // Plan the next window from the latest window's event rate.
+            let window = WINDOW.as_secs_f64();
+            let last = record.windows[index].as_secs_f64().max(1e-3);
+            let rate = window_events as f64 / last;
+            let elapsed = started.elapsed().as_secs_f64();
+            let spent = record.cost_ns();
+            let own_cpu_rate =
+                (cpu_last.saturating_sub(cpu_start) as f64 - spent).max(0.0) / 1e9 / elapsed;
+            let at = next_start(spent, rate, own_cpu_rate, budget, window).max(elapsed);
+            let off_start = Instant::now();
+            let ended = wait_until!(started + Duration::from_secs_f64(at));
+            let cpu_now = cpu_ns(pid).unwrap_or(cpu_last);
+            record.cpu_out_ns += cpu_now.saturating_sub(cpu_last);
+            record.wall_out += off_start.elapsed();
+            cpu_last = cpu_now;
+            if let Some(end) = ended {
+                return Ok(end);
+            }
+            let attaching = Instant::now();
+            attach(probes, attach_points, exe, pid)?;
+            // Counting starts once every probe is in place.
+            probes.configure(pid, config)?;
+            window_start = Instant::now();
+            if std::env::var_os("GOMEMTRACE_DUTY_DEBUG").is_some() {
+                eprintln!("attach {:?}", attaching.elapsed());
+            }
+        }
+    })?;
+    record.total = started.elapsed();
+    record.cpu_total_ns = cpu_last.saturating_sub(cpu_start);
+    Ok((end, record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steady_windows_scale_by_total_over_window_time() {
+        // Four 0.1 s windows of 100 events each in a 2 s trace: 2000 events.
+        let (est, sd) = estimate(&[100.0; 4], &[0.1; 4], 2.0, 0.8, 0.0, 1.0);
+        assert!((est - 2000.0).abs() < 1e-6);
+        // No spread between windows: the Poisson floor, (T/W)²·Σx·fpc = 25·400·0.8.
+        assert!((sd - (25.0f64 * 400.0 * 0.8).sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn spread_between_windows_widens_the_error() {
+        let (est, sd) = estimate(&[0.0, 400.0, 0.0, 0.0], &[0.1; 4], 2.0, 0.8, 0.0, 1.0);
+        assert!((est - 2000.0).abs() < 1e-6);
+        // Σ(x − R·w)² = 3·100² + 300² = 120000; T²·n/(n−1)·ss/W²·fpc.
+        let want = (4.0 * 4.0 / 3.0 * 120000.0 / 0.16 * 0.8f64).sqrt();
+        assert!((sd - want).abs() < 1e-6, "{sd} vs {want}");
+    }
+
+    #[test]
+    fn gaps_keep_the_trap_cost_within_budget() {
+        // 10k events/s at 3 µs on a target using one CPU, 1% budget: each 0.15 s window
+        // costs 4.5 ms of CPU, so windows may open once per 0.45 s of target CPU.
+        let spent = 10_000.0 * 0.15 * EVENT_COST_NS;
+        let at = next_start(spent, 10_000.0, 1.0, 0.01, 0.15);
+        assert!((at - (0.9 - 0.15)).abs() < 1e-9, "{at}");
+    }
+}
