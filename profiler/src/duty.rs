@@ -6,13 +6,14 @@
 //! total time / window time; each key gets a standard error (formula in docs/SAMPLING.md
 //! and at [`estimate`]).
 //!
-//! Per-event cost: the controller uses [`EVENT_COST_NS`], the exact-mode cost per event
-//! measured by `cargo xtask bench` (docs/BENCHMARKS.md, ~3.1 µs on the development VM;
-//! bare-metal machines trap cheaper, so the constant errs on the safe side there), and
-//! [`IGNORED_HIT_COST_NS`] for hits while probes are being attached or detached. It is not
-//! measured live: a CPU-bound target's CPU rate does not rise under the probes (it gets
-//! less done instead), so the target's CPU inside windows against outside says nothing
-//! there. The target's own CPU time (utime + stime, /proc/PID/stat) is measured: it is
+//! Per-event cost ([`Costs`]): before the target is released, gomemtrace measures the
+//! bare uprobe trap on this machine by probing a function of its own with the empty
+//! program and calling it 2000 times with and without; an event then costs that trap plus
+//! [`PROGRAM_COST_NS`] (the exact program's own work, from docs/BENCHMARKS.md), a hit
+//! between windows the trap alone. Where that cannot be done, the benchmark's constants
+//! ([`EVENT_COST_NS`], [`IGNORED_HIT_COST_NS`]). The cost is not read off the target's CPU
+//! time: a CPU-bound target's CPU rate does not rise under the probes (it gets less done
+//! instead), so its CPU inside windows against outside says nothing there. The target's own CPU time (utime + stime, /proc/PID/stat) is measured: it is
 //! the base the budget is a percentage of.
 
 use std::{
@@ -26,11 +27,48 @@ use gomemtrace_report::model::{DutyCycle, Estimate};
 
 use crate::{probes::AllocProbes, session::End, target::Target};
 
-/// Assumed target CPU time per allocation event with the exact probe attached.
+/// Target CPU time per allocation event with the exact probe attached, where the trap
+/// could not be measured (docs/BENCHMARKS.md: 3065 ns on the development VM).
 pub const EVENT_COST_NS: f64 = 3000.0;
-/// Assumed cost of a probe hit outside a window, while the probes are being attached or
-/// detached (the empty-uprobe floor of docs/BENCHMARKS.md, ~1.1 µs).
+/// Cost of a probe hit outside a window (the program returns at once), where the trap
+/// could not be measured (the empty-uprobe floor of docs/BENCHMARKS.md, ~1.1 µs).
 pub const IGNORED_HIT_COST_NS: f64 = 1100.0;
+/// What the exact program adds to the bare trap (docs/BENCHMARKS.md: 3065 − 1054 ns).
+pub const PROGRAM_COST_NS: f64 = 2000.0;
+
+/// Per-hit costs the controller charges, nanoseconds of the target's CPU.
+#[derive(Clone, Copy, Debug)]
+pub struct Costs {
+    pub event_ns: f64,
+    pub ignored_ns: f64,
+    /// The trap was measured on this machine at start-up (else the constants).
+    pub measured: bool,
+}
+
+impl Costs {
+    /// From the empty-probe trap cost measured now (see `AllocProbes::measure_trap_ns`),
+    /// else the benchmark's constants.
+    pub fn new(trap_ns: Option<f64>) -> Self {
+        match trap_ns {
+            Some(t) if t > 0.0 => Self {
+                event_ns: t + PROGRAM_COST_NS,
+                ignored_ns: t,
+                measured: true,
+            },
+            _ => Self {
+                event_ns: EVENT_COST_NS,
+                ignored_ns: IGNORED_HIT_COST_NS,
+                measured: false,
+            },
+        }
+    }
+}
+
+impl Default for Costs {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
 /// How long the probes stay attached per window.
 pub const WINDOW: Duration = Duration::from_millis(150);
 /// How often the loop checks the deadline, the target and Ctrl-C.
@@ -40,6 +78,7 @@ const POLL: Duration = Duration::from_millis(10);
 #[derive(Debug, Default)]
 pub struct DutyRecord {
     budget_percent: f64,
+    costs: Costs,
     /// Length of each window.
     windows: Vec<Duration>,
     /// Per key, (objects, bytes) seen in each window (shorter where the key appeared late).
@@ -72,7 +111,7 @@ impl DutyRecord {
     /// Fraction of the windows' target CPU the traps took (the most the probes can have
     /// slowed the traced code down during windows).
     fn trap_share(&self) -> f64 {
-        let cost = self.events as f64 * EVENT_COST_NS;
+        let cost = self.events as f64 * self.costs.event_ns;
         let cpu = if self.cpu_in_ns > 0 {
             self.cpu_in_ns as f64
         } else {
@@ -83,7 +122,7 @@ impl DutyRecord {
 
     /// Estimated trap cost so far, nanoseconds of the target's CPU.
     fn cost_ns(&self) -> f64 {
-        self.events as f64 * EVENT_COST_NS + self.ignored as f64 * IGNORED_HIT_COST_NS
+        self.events as f64 * self.costs.event_ns + self.ignored as f64 * self.costs.ignored_ns
     }
 
     pub fn summary(&self) -> DutyCycle {
@@ -93,7 +132,8 @@ impl DutyRecord {
         let own_cpu = (self.cpu_total_ns as f64 - cost).max(1.0);
         DutyCycle {
             overhead_budget_percent: self.budget_percent,
-            event_cost_ns: EVENT_COST_NS,
+            event_cost_ns: self.costs.event_ns,
+            event_cost_measured: self.costs.measured,
             windows: self.windows.len() as u64,
             window_ns: window_ns as u64,
             duty_fraction: if total_ns > 0.0 {
@@ -181,13 +221,28 @@ pub fn estimate(x: &[f64], w: &[f64], t: f64, fpc: f64, beta: f64, unit: f64) ->
             .zip(w)
             .map(|(&xi, &wi)| (xi - rate * wi).powi(2))
             .sum();
-        t * t * n / (n - 1.0) * ss / (big_w * big_w) * fpc
+        t * t * n / (n - 1.0) * ss / (big_w * big_w) * fpc * small_sample_factor(n - 1.0).powi(2)
     } else {
         0.0
     };
     let poisson = (t / big_w).powi(2) * sum * unit * fpc;
     let systematic = est * fpc * beta;
     (est, (between.max(poisson) + systematic * systematic).sqrt())
+}
+
+/// With few windows the spread between them is itself uncertain: the standardized error
+/// follows Student's t with n − 1 degrees of freedom, not the normal law. The between-window
+/// σ is widened by t₀.₉₉₈₆₅(ν)/3 (Cornish–Fisher expansion of the t quantile at z = 3), so
+/// that ±3σ keeps its normal coverage (99.73 %): ×1.35 at 10 windows, ×1.03 at 100.
+pub fn small_sample_factor(dof: f64) -> f64 {
+    if dof < 1.0 {
+        return 1.0;
+    }
+    let z: f64 = 3.0;
+    let t = z
+        + (z.powi(3) + z) / (4.0 * dof)
+        + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * dof * dof);
+    t / z
 }
 
 /// The target's CPU time so far (utime + stime of all its threads), nanoseconds.
@@ -210,8 +265,15 @@ fn cpu_ns(pid: u32) -> Option<u64> {
 ///
 /// `spent_ns`: trap cost so far; `rate`: events per second in the latest window;
 /// `own_cpu_rate`: the target's own CPU seconds per second (trap cost excluded).
-pub fn next_start(spent_ns: f64, rate: f64, own_cpu_rate: f64, budget: f64, window: f64) -> f64 {
-    let next_cost = rate * window * EVENT_COST_NS;
+pub fn next_start(
+    spent_ns: f64,
+    rate: f64,
+    event_ns: f64,
+    own_cpu_rate: f64,
+    budget: f64,
+    window: f64,
+) -> f64 {
+    let next_cost = rate * window * event_ns;
     let allowance_per_s = budget * own_cpu_rate.max(1e-3) * 1e9;
     (spent_ns + next_cost) / allowance_per_s - window
 }
@@ -247,6 +309,7 @@ pub fn run(
     attach_points: &[(&'static str, u64, String)],
     exe: &Path,
     config: ProcessConfig,
+    costs: Costs,
     started: Instant,
 ) -> anyhow::Result<(End, DutyRecord)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -256,6 +319,7 @@ pub fn run(
     let budget = budget_percent / 100.0;
     let mut record = DutyRecord {
         budget_percent,
+        costs,
         ..DutyRecord::default()
     };
     let mut previous: HashMap<AllocKey, (u64, u64)> = HashMap::new();
@@ -336,7 +400,15 @@ pub fn run(
             let spent = record.cost_ns();
             let own_cpu_rate =
                 (cpu_last.saturating_sub(cpu_start) as f64 - spent).max(0.0) / 1e9 / elapsed;
-            let at = next_start(spent, rate, own_cpu_rate, budget, window).max(elapsed);
+            let at = next_start(
+                spent,
+                rate,
+                record.costs.event_ns,
+                own_cpu_rate,
+                budget,
+                window,
+            )
+            .max(elapsed);
             let off_start = Instant::now();
             let ended = wait_until!(started + Duration::from_secs_f64(at));
             let cpu_now = cpu_ns(pid).unwrap_or(cpu_last);
@@ -378,9 +450,17 @@ mod tests {
     fn spread_between_windows_widens_the_error() {
         let (est, sd) = estimate(&[0.0, 400.0, 0.0, 0.0], &[0.1; 4], 2.0, 0.8, 0.0, 1.0);
         assert!((est - 2000.0).abs() < 1e-6);
-        // Σ(x − R·w)² = 3·100² + 300² = 120000; T²·n/(n−1)·ss/W²·fpc.
-        let want = (4.0 * 4.0 / 3.0 * 120000.0 / 0.16 * 0.8f64).sqrt();
+        // Σ(x − R·w)² = 3·100² + 300² = 120000; T²·n/(n−1)·ss/W²·fpc, widened for 3 dof.
+        let want = (4.0 * 4.0 / 3.0 * 120000.0 / 0.16 * 0.8f64).sqrt() * small_sample_factor(3.0);
         assert!((sd - want).abs() < 1e-6, "{sd} vs {want}");
+    }
+
+    #[test]
+    fn few_windows_widen_like_students_t() {
+        // t quantiles at two-sided 99.73 %: 4.09 at 9 dof, 3.09 at 99 dof (tables).
+        assert!((small_sample_factor(9.0) * 3.0 - 4.09).abs() < 0.08);
+        assert!((small_sample_factor(99.0) * 3.0 - 3.09).abs() < 0.02);
+        assert_eq!(small_sample_factor(0.0), 1.0);
     }
 
     #[test]
@@ -388,7 +468,7 @@ mod tests {
         // 10k events/s at 3 µs on a target using one CPU, 1% budget: each 0.15 s window
         // costs 4.5 ms of CPU, so windows may open once per 0.45 s of target CPU.
         let spent = 10_000.0 * 0.15 * EVENT_COST_NS;
-        let at = next_start(spent, 10_000.0, 1.0, 0.01, 0.15);
+        let at = next_start(spent, 10_000.0, EVENT_COST_NS, 1.0, 0.01, 0.15);
         assert!((at - (0.9 - 0.15)).abs() < 1e-9, "{at}");
     }
 }

@@ -158,6 +158,39 @@ impl AllocProbes {
         Ok(())
     }
 
+    /// The cost of one uprobe hit running the empty program, measured now on this machine:
+    /// the empty program is attached to a function of gomemtrace itself, which is called
+    /// `calls` times with and without it. `None` where that cannot be done.
+    pub fn measure_trap_ns(&mut self, calls: u32) -> Option<f64> {
+        let time = |calls: u32| {
+            let start = std::time::Instant::now();
+            let mut x = 0u64;
+            for i in 0..calls {
+                x = x.wrapping_add(gomemtrace_trap_calibration(std::hint::black_box(i as u64)));
+            }
+            std::hint::black_box(x);
+            start.elapsed().as_nanos() as f64
+        };
+        let pid = NonZeroU32::new(std::process::id())?;
+        let program: &mut UProbe =
+            program(&mut self.ebpf, gomemtrace_common::EMPTY_PROGRAM).ok()?;
+        if !self.loaded.contains(&gomemtrace_common::EMPTY_PROGRAM) {
+            program.load().ok()?;
+            self.loaded.push(gomemtrace_common::EMPTY_PROGRAM);
+        }
+        let bare = time(calls);
+        let link = program
+            .attach(
+                [UProbeAttachLocation::Symbol("gomemtrace_trap_calibration")],
+                "/proc/self/exe",
+                UProbeScope::OneProcess(pid),
+            )
+            .ok()?;
+        let probed = time(calls);
+        let _ = program.detach(link);
+        Some(((probed - bare) / calls as f64).max(0.0))
+    }
+
     /// Removes every uprobe attached so far: the target no longer traps at those offsets.
     /// Each removal waits for an RCU grace period in the kernel (~0.1 s each on the
     /// development VM), so the links are closed on parallel threads: the grace periods
@@ -244,6 +277,13 @@ impl AllocProbes {
             sample_rates,
         })
     }
+}
+
+/// The function [`AllocProbes::measure_trap_ns`] probes in gomemtrace itself.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn gomemtrace_trap_calibration(x: u64) -> u64 {
+    std::hint::black_box(x) ^ 0x5a
 }
 
 /// The multi-uprobe twin of [`gomemtrace_common::ALLOC_PROGRAM`].

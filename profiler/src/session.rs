@@ -47,7 +47,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     let mut probes = AllocProbes::load()?;
     probes.configure(target.pid, config)?;
+    let mut costs = duty::Costs::default();
     if analysed.mode == Mode::Duty {
+        costs = duty::Costs::new(probes.measure_trap_ns(2000));
         duty::attach(&mut probes, &analysed.probes, &target.exe_link, target.pid)?;
     } else {
         for (program, offset, _) in &analysed.probes {
@@ -96,6 +98,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             &analysed.probes,
             &exe_link,
             config,
+            costs,
             started,
         )?;
         (end, Some(record))

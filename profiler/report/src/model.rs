@@ -77,8 +77,12 @@ pub struct Estimate {
 pub struct DutyCycle {
     /// `--overhead-budget`: the most added CPU time, in percent of the target's own CPU time.
     pub overhead_budget_percent: f64,
-    /// Per-event probe cost the controller assumed (nanoseconds of the target's CPU).
+    /// Per-event probe cost the controller charged (nanoseconds of the target's CPU).
     pub event_cost_ns: f64,
+    /// `true`: the uprobe trap in it was measured on this machine at start-up; `false`:
+    /// the benchmark's constant.
+    #[serde(default)]
+    pub event_cost_measured: bool,
     /// Probe windows.
     pub windows: u64,
     /// Time the probes were attached, summed over windows.

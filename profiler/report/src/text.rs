@@ -533,7 +533,7 @@ pub fn duty_summary(p: &AllocProfile) -> String {
         return "no window record".to_owned();
     };
     format!(
-        "{} windows, {:.1} ms attached, duty fraction {:.4}, {} events seen, {} hits between windows, estimated overhead {:.3}% of the target's CPU (budget {}%, {:.0} ns per event assumed)",
+        "{} windows, {:.1} ms attached, duty fraction {:.4}, {} events seen, {} hits between windows, estimated overhead {:.3}% of the target's CPU (budget {}%, {:.0} ns per event {})",
         d.windows,
         d.window_ns as f64 / 1e6,
         d.duty_fraction,
@@ -542,6 +542,11 @@ pub fn duty_summary(p: &AllocProfile) -> String {
         d.estimated_overhead_percent,
         d.overhead_budget_percent,
         d.event_cost_ns,
+        if d.event_cost_measured {
+            "with the trap measured here"
+        } else {
+            "assumed"
+        },
     )
 }
 
