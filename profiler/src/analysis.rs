@@ -92,6 +92,12 @@ const STATIC_MEM_PROFILE_RATES: [u64; 2] = [512 * 1024, 0];
 impl GoTarget {
     /// The heap sampler, or why runtime-sampled mode cannot be used.
     pub fn sampler(&self) -> Result<Sampler, String> {
+        self.sampler_with(false)
+    }
+
+    /// As [`Self::sampler`]; `compiled_out_ok` accepts a binary whose profile reader is not
+    /// linked (`--enable-runtime-sampling` turns its sampler on).
+    pub fn sampler_with(&self, compiled_out_ok: bool) -> Result<Sampler, String> {
         let b = &self.binary;
         let (major, minor) = b.version().release();
         if major != 1 || minor > 27 {
@@ -103,7 +109,7 @@ impl GoTarget {
         } else {
             "runtime.MemProfile"
         };
-        if b.function(reader).is_none() {
+        if !compiled_out_ok && b.function(reader).is_none() {
             return Err(format!(
                 "the runtime's heap sampler is compiled out ({reader} is not linked: the program imports neither runtime/pprof nor net/http/pprof)"
             ));

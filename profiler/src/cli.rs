@@ -47,6 +47,20 @@ pub struct Cli {
     #[arg(long, conflicts_with = "mode")]
     pub exact: bool,
 
+    /// Turn the target's heap sampler on by writing `runtime.MemProfileRate` (default
+    /// 524288) so runtime-sampled mode works where the linker compiled the sampler out;
+    /// prints what it wrote and restores the old value at the end. `-p` only. Without this
+    /// flag nothing is ever written into the target.
+    #[arg(
+        long,
+        value_name = "RATE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "524288",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub enable_runtime_sampling: Option<u64>,
+
     /// Write the report to this file instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,

@@ -5,6 +5,7 @@ mod analysis;
 mod cli;
 mod collect;
 mod duty;
+mod enable;
 mod error;
 mod gc;
 mod output;

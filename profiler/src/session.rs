@@ -21,7 +21,7 @@ use crate::{
     analysis::GoTarget,
     cli::{Cli, ModeArg, TargetSpec},
     collect::{self, CollectInput},
-    duty, output, preflight,
+    duty, enable, output, preflight,
     probes::{AllocProbes, Counters},
     procmaps,
     symbolizer::{ExeLayout, Symbolizer},
@@ -56,6 +56,16 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             probes.attach(program, &target.exe_link, &[*offset], target.pid)?;
         }
     }
+    // The one write into the target, opt-in: after the probes are attached, so the first
+    // samples are seen.
+    let mut rate_write = match cli.enable_runtime_sampling {
+        Some(rate) => Some(enable::RateWrite::set(
+            target.pid,
+            config.mem_profile_rate_addr,
+            rate,
+        )?),
+        None => None,
+    };
     status_line(&format!(
         "attached {} {} probes to pid {} ({}, {}{}), {}",
         probes.attached(),
@@ -109,7 +119,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         )
     };
     let duration_ns = started.elapsed().as_nanos() as u64;
-    let snapshot = probes.snapshot()?;
+    let snapshot = probes.snapshot();
+    if let Some(write) = rate_write.as_mut() {
+        write.restore(target.is_alive());
+    }
+    let snapshot = snapshot?;
     drop(probes); // detach before writing: the target runs at full speed again
     if target.is_alive()
         && let Ok(fresh) = procmaps::executable_mappings(target.pid)
@@ -169,7 +183,40 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
         g_startpc: go.offsets.g_startpc,
         ..ProcessConfig::default()
     };
-    let sampler = go.sampler();
+    let sampler = match cli.enable_runtime_sampling {
+        None => go.sampler(),
+        Some(_) => {
+            let (major, minor) = go.binary.version().release();
+            if !enable::verified(major, minor) {
+                return Err(go
+                    .refuse(format!(
+                        "--enable-runtime-sampling: runtime.MemProfileRate's effect is verified only for Go 1.19–1.27, not {}",
+                        go.binary.version()
+                    ))
+                    .into());
+            }
+            if cli.pid.is_none() {
+                return Err(go
+                    .refuse("--enable-runtime-sampling needs -p PID: at launch the runtime's schedinit would overwrite the rate".into())
+                    .into());
+            }
+            if !matches!(cli.mode(), ModeArg::Auto | ModeArg::Runtime) || cli.empty_probe {
+                return Err(go
+                    .refuse(
+                        "--enable-runtime-sampling goes with --mode runtime or auto only".into(),
+                    )
+                    .into());
+            }
+            match go.sampler_with(true) {
+                Ok(s) => Ok(s),
+                Err(why) => {
+                    return Err(go
+                        .refuse(format!("--enable-runtime-sampling: {why}"))
+                        .into());
+                }
+            }
+        }
+    };
     let mode = match (cli.mode(), &sampler) {
         // The benchmark's floor replaces the exact probe.
         _ if cli.empty_probe => Mode::Exact,

@@ -1,0 +1,155 @@
+//! `--enable-runtime-sampling`: the one opt-in write into the target. On every Go release,
+//! on a binary whose heap sampler the linker compiled out (fixture `nopprof`): with the flag,
+//! `-p` traces in runtime-sampled mode, estimates agree with the fixture's arithmetic, and
+//! `runtime.MemProfileRate` is back to its old value after gomemtrace exits; without it,
+//! `auto` falls back to duty and the target's memory is never written.
+
+use std::{os::unix::fs::FileExt as _, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use gomemtrace_tests::{
+    Proc, Report, TempDir, Variant, fixture, for_every_version, go_tool, gomemtrace_command,
+    require_root,
+};
+
+const RATE: u64 = 512 * 1024;
+/// (site, bytes the fixture allocates there).
+const SITES: [(&str, u64); 2] = [
+    ("main.allocSmall", 200_000 * 64),
+    ("main.allocBuffers", 400 * 32 * 1024),
+];
+/// Sampling is a Poisson process over bytes: an unbiased estimate of B bytes has
+/// σ ≈ sqrt(B · rate).
+const K_SIGMA: f64 = 5.0;
+
+/// `runtime.MemProfileRate`'s address, from `go tool nm` (non-PIE: also its runtime address).
+fn rate_address(version: &str, bin: &std::path::Path) -> Result<u64> {
+    let nm = go_tool(version, &["tool", "nm", &bin.to_string_lossy()])?;
+    let line = nm
+        .lines()
+        .find(|l| l.trim_end().ends_with(" runtime.MemProfileRate"))
+        .context("no runtime.MemProfileRate in go tool nm")?;
+    let hex = line.split_whitespace().next().context("empty nm line")?;
+    Ok(u64::from_str_radix(hex, 16)?)
+}
+
+fn read_rate(pid: u32, addr: u64) -> Result<u64> {
+    let mut buf = [0u8; 8];
+    std::fs::File::open(format!("/proc/{pid}/mem"))?.read_exact_at(&mut buf, addr)?;
+    Ok(u64::from_le_bytes(buf))
+}
+
+/// Traces the waiting fixture with `extra` flags; returns (report, gomemtrace's stderr,
+/// MemProfileRate before, while tracing, after gomemtrace exited).
+fn trace(version: &str, extra: &[&str]) -> Result<(Report, String, [u64; 3])> {
+    let bin = fixture("nopprof", version, Variant::Normal)?;
+    let addr = rate_address(version, &bin)?;
+    let mut cmd = Command::new(&bin);
+    cmd.args(["-wait", "-hold"]);
+    let target = Proc::spawn(cmd)?;
+    target.wait_stdout("ready", Duration::from_secs(30))?;
+    let before = read_rate(target.pid(), addr)?;
+    let tmp = TempDir::new("enable")?;
+    let report = tmp.join("r.json");
+    let mut cmd = gomemtrace_command()?;
+    cmd.args(["-p", &target.pid().to_string(), "--format", "json", "-o"])
+        .arg(&report)
+        .args(extra);
+    let mut tracer = Proc::spawn(cmd)?;
+    tracer.wait_stderr("attached", Duration::from_secs(60))?;
+    let during = read_rate(target.pid(), addr)?;
+    target.signal(libc::SIGUSR1)?;
+    target.wait_stdout("done", Duration::from_secs(60))?;
+    tracer.signal(libc::SIGINT)?;
+    let out = tracer.wait(Duration::from_secs(60))?;
+    ensure!(out.code() == 0, "gomemtrace failed: {}", out.stderr);
+    let after = read_rate(target.pid(), addr)?;
+    if extra.is_empty() {
+        ensure!(
+            out.stderr.contains("mode auto: duty") && out.stderr.contains("compiled out"),
+            "auto mode did not say it falls back: {}",
+            out.stderr
+        );
+    } else {
+        let wrote = format!("wrote runtime.MemProfileRate at {addr:#x}");
+        ensure!(out.stderr.contains(&wrote), "no '{wrote}': {}", out.stderr);
+    }
+    Ok((Report::read(&report)?, out.stderr, [before, during, after]))
+}
+
+fn check_enabled(version: &str) -> Result<String> {
+    let (report, stderr, [before, during, after]) =
+        trace(version, &["--enable-runtime-sampling"]).with_context(|| format!("Go {version}"))?;
+    ensure!(
+        before == 0,
+        "Go {version}: sampler not compiled out: rate {before}"
+    );
+    ensure!(during == RATE, "Go {version}: rate while tracing {during}");
+    ensure!(
+        after == before,
+        "Go {version}: rate after {after}, was {before}\n{stderr}"
+    );
+    ensure!(
+        report.mode == "runtime",
+        "Go {version}: mode {}",
+        report.mode
+    );
+    let sites = report.by_site();
+    let mut summary = format!("Go {version}:");
+    for (site, expected) in SITES {
+        let got = sites.get(site).map_or(0, |t| t.bytes);
+        let sigma = (expected as f64 * RATE as f64).sqrt();
+        let err = (got as f64 - expected as f64).abs();
+        ensure!(
+            err <= K_SIGMA * sigma,
+            "Go {version} {site}: estimated {got} B, arithmetic {expected} B: off by {err:.0} B > {K_SIGMA}σ = {:.0} B",
+            K_SIGMA * sigma
+        );
+        summary += &format!(" {site} {got}/{expected} B ({:.1}σ)", err / sigma);
+    }
+    Ok(summary)
+}
+
+#[test]
+fn enable_runtime_sampling_samples_and_restores_every_go_version() {
+    if !require_root() {
+        return;
+    }
+    for_every_version(check_enabled);
+}
+
+#[test]
+fn without_the_flag_the_target_is_never_written() {
+    if !require_root() {
+        return;
+    }
+    for_every_version(|version| {
+        let (report, _, rates) = trace(version, &[]).with_context(|| format!("Go {version}"))?;
+        ensure!(
+            rates.iter().all(|&r| r == rates[0]),
+            "Go {version}: MemProfileRate changed without the flag: {rates:?}"
+        );
+        ensure!(report.mode == "duty", "Go {version}: mode {}", report.mode);
+        Ok(format!("Go {version}: rate {} unchanged, duty", rates[0]))
+    });
+}
+
+/// Launch mode is refused (the runtime's schedinit would overwrite the rate), with one
+/// clear line and exit code 4, before anything runs.
+#[test]
+fn enable_runtime_sampling_refuses_launch_mode() {
+    if !require_root() {
+        return;
+    }
+    let bin = fixture("nopprof", &gomemtrace_tests::latest_go(), Variant::Normal).unwrap();
+    let mut cmd = gomemtrace_command().unwrap();
+    cmd.args(["--enable-runtime-sampling", "--"]).arg(&bin);
+    let out = gomemtrace_tests::run(cmd, Duration::from_secs(60)).unwrap();
+    assert_eq!(out.code(), 4, "{}", out.stderr);
+    assert!(out.stderr.contains("needs -p PID"), "{}", out.stderr);
+    assert!(
+        !out.stdout.contains("done"),
+        "the target ran: {}",
+        out.stdout
+    );
+}
