@@ -33,6 +33,30 @@ fn rate_address(version: &str, bin: &std::path::Path) -> Result<u64> {
     Ok(u64::from_str_radix(hex, 16)?)
 }
 
+/// The load bias of a PIE: the start of the executable's first mapping (file offset 0)
+/// minus the virtual address of its PT_LOAD at file offset 0 (Go links PIEs at 0x400000).
+fn load_bias(pid: u32, bin: &std::path::Path) -> Result<u64> {
+    let elf = std::fs::read(bin)?;
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
+    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36), u16_at(0x38));
+    let vaddr = (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .find(|&ph| {
+            u32::from_le_bytes(elf[ph..ph + 4].try_into().unwrap()) == 1 && u64_at(ph + 8) == 0
+        })
+        .map(|ph| u64_at(ph + 16))
+        .context("no PT_LOAD at file offset 0")?;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let exe = std::fs::canonicalize(bin)?;
+    let line = maps
+        .lines()
+        .find(|l| l.ends_with(&*exe.to_string_lossy()))
+        .context("executable not in /proc/PID/maps")?;
+    let start = line.split('-').next().context("bad maps line")?;
+    Ok(u64::from_str_radix(start, 16)? - vaddr)
+}
+
 fn read_rate(pid: u32, addr: u64) -> Result<u64> {
     let mut buf = [0u8; 8];
     std::fs::File::open(format!("/proc/{pid}/mem"))?.read_exact_at(&mut buf, addr)?;
@@ -41,13 +65,16 @@ fn read_rate(pid: u32, addr: u64) -> Result<u64> {
 
 /// Traces the waiting fixture with `extra` flags; returns (report, gomemtrace's stderr,
 /// MemProfileRate before, while tracing, after gomemtrace exited).
-fn trace(version: &str, extra: &[&str]) -> Result<(Report, String, [u64; 3])> {
-    let bin = fixture("nopprof", version, Variant::Normal)?;
-    let addr = rate_address(version, &bin)?;
+fn trace(version: &str, variant: Variant, extra: &[&str]) -> Result<(Report, String, [u64; 3])> {
+    let bin = fixture("nopprof", version, variant)?;
+    let mut addr = rate_address(version, &bin)?;
     let mut cmd = Command::new(&bin);
     cmd.args(["-wait", "-hold"]);
     let target = Proc::spawn(cmd)?;
     target.wait_stdout("ready", Duration::from_secs(30))?;
+    if variant.is_pie() {
+        addr += load_bias(target.pid(), &bin)?;
+    }
     let before = read_rate(target.pid(), addr)?;
     let tmp = TempDir::new("enable")?;
     let report = tmp.join("r.json");
@@ -77,9 +104,10 @@ fn trace(version: &str, extra: &[&str]) -> Result<(Report, String, [u64; 3])> {
     Ok((Report::read(&report)?, out.stderr, [before, during, after]))
 }
 
-fn check_enabled(version: &str) -> Result<String> {
+fn check_enabled(version: &str, variant: Variant) -> Result<String> {
     let (report, stderr, [before, during, after]) =
-        trace(version, &["--enable-runtime-sampling"]).with_context(|| format!("Go {version}"))?;
+        trace(version, variant, &["--enable-runtime-sampling"])
+            .with_context(|| format!("Go {version} {}", variant.name()))?;
     ensure!(
         before == 0,
         "Go {version}: sampler not compiled out: rate {before}"
@@ -115,7 +143,16 @@ fn enable_runtime_sampling_samples_and_restores_every_go_version() {
     if !require_root() {
         return;
     }
-    for_every_version(check_enabled);
+    for_every_version(|v| check_enabled(v, Variant::Normal));
+}
+
+/// PIE: the write goes to the file address plus the load bias.
+#[test]
+fn enable_runtime_sampling_pie() {
+    if !require_root() {
+        return;
+    }
+    for_every_version(|v| check_enabled(v, Variant::Pie));
 }
 
 #[test]
@@ -124,7 +161,8 @@ fn without_the_flag_the_target_is_never_written() {
         return;
     }
     for_every_version(|version| {
-        let (report, _, rates) = trace(version, &[]).with_context(|| format!("Go {version}"))?;
+        let (report, _, rates) =
+            trace(version, Variant::Normal, &[]).with_context(|| format!("Go {version}"))?;
         ensure!(
             rates.iter().all(|&r| r == rates[0]),
             "Go {version}: MemProfileRate changed without the flag: {rates:?}"
