@@ -194,8 +194,11 @@ mod tests {
 
     fn build(goarch: &str) -> Option<Vec<u8>> {
         let go = go()?;
+        // Tests run in parallel threads of one process: each build gets its own directory.
+        static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!(
-            "gomemtrace-analysis-{goarch}-{}",
+            "gomemtrace-analysis-{goarch}-{}-{n}",
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).unwrap();
