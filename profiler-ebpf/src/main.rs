@@ -17,6 +17,8 @@ mod gc;
 mod probes;
 #[cfg(target_arch = "bpf")]
 mod sampled;
+#[cfg(target_arch = "bpf")]
+mod stacks;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -15,10 +15,10 @@
 //! - `gcMarkTermination` entry: the world is stopped and every worker and assist of the
 //!   cycle has finished: the per-process totals go to userspace, which takes differences.
 
+use crate::stacks::{StackError, record_user_stack};
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::ProbeContext,
@@ -27,8 +27,8 @@ use gomemtrace_common::{
     AssistInflight, AssistKey, AssistStats, G0Span, GC_DRAIN_FLUSH_BG_CREDIT, GC_DRAIN_FRACTIONAL,
     GC_DRAIN_IDLE, MARK_EVENTS_BYTES, MARK_SPAN_ASSIST, MARK_SPAN_DEDICATED, MARK_SPAN_FRACTIONAL,
     MARK_SPAN_IDLE, MARK_SPAN_OTHER, MAX_ASSIST_KEYS, MAX_ASSIST_STACKS, MAX_MARK_INFLIGHT,
-    MAX_PROCESSES, MAX_STACK_DEPTH, MarkConfig, MarkCounter, MarkCycleEvent, MarkGKey, MarkTotals,
-    NO_STACK, STACK_HASH_SEED, UserStack, stack_hash_step,
+    MAX_PROCESSES, MarkConfig, MarkCounter, MarkCycleEvent, MarkGKey, MarkTotals, NO_STACK,
+    UserStack,
 };
 
 #[map(name = "MARK_CONFIG")]
@@ -49,10 +49,6 @@ static MARK_ASSISTS: HashMap<AssistKey, AssistStats> =
 #[map(name = "MARK_STACKS")]
 static MARK_STACKS: HashMap<u64, UserStack> =
     HashMap::with_max_entries(MAX_ASSIST_STACKS, BPF_F_NO_PREALLOC);
-
-/// Per-CPU scratch space for the stack being read (too big for the 512-byte BPF stack).
-#[map(name = "MARK_STACK_SCRATCH")]
-static MARK_STACK_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "MARK_TOTALS")]
 static MARK_TOTALS: HashMap<u32, MarkTotals> = HashMap::with_max_entries(MAX_PROCESSES, 0);
@@ -142,52 +138,20 @@ fn totals(tgid: u32) -> Option<*mut MarkTotals> {
     MARK_TOTALS.get_ptr_mut(&tgid)
 }
 
-/// Reads the user stack (the kernel's frame-pointer walk), stores it once per distinct
-/// stack, and returns its key, or [`NO_STACK`] (counted) when it cannot.
+/// The user stack's key in [`MARK_STACKS`], or [`NO_STACK`] (counted) when it cannot be had.
 #[inline(always)]
 fn record_stack(ctx: &ProbeContext) -> u64 {
-    let Some(scratch) = MARK_STACK_SCRATCH.get_ptr_mut(0) else {
-        count(MarkCounter::StackUnreadable);
-        return NO_STACK;
-    };
-    // SAFETY: the scratch slot belongs to this CPU for the duration of the program.
-    let stack = unsafe { &mut *scratch };
-    let size = core::mem::size_of_val(&stack.pcs) as u32;
-    // SAFETY: the helper writes at most `size` bytes into `stack.pcs`.
-    let copied = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            stack.pcs.as_mut_ptr().cast(),
-            size,
-            BPF_F_USER_STACK as u64,
-        )
-    };
-    if copied <= 0 {
-        count(MarkCounter::StackUnreadable);
-        return NO_STACK;
-    }
-    let len = (copied as usize / 8).min(MAX_STACK_DEPTH);
-    stack.len = len as u32;
-    let mut hash = STACK_HASH_SEED;
-    for i in 0..MAX_STACK_DEPTH {
-        if i >= len {
-            break;
+    match record_user_stack(ctx, &MARK_STACKS) {
+        Ok(key) => key,
+        Err(StackError::Unreadable) => {
+            count(MarkCounter::StackUnreadable);
+            NO_STACK
         }
-        hash = stack_hash_step(hash, stack.pcs[i]);
+        Err(StackError::MapFull) => {
+            count(MarkCounter::StackMapFull);
+            NO_STACK
+        }
     }
-    let key = if hash == NO_STACK { 1 } else { hash };
-    // SAFETY: read-only lookup of a plain value.
-    if unsafe { MARK_STACKS.get(&key) }.is_some() {
-        return key;
-    }
-    if MARK_STACKS.insert(&key, stack, BPF_NOEXIST as u64).is_err()
-        // SAFETY: as above.
-        && unsafe { MARK_STACKS.get(&key) }.is_none()
-    {
-        count(MarkCounter::StackMapFull);
-        return NO_STACK;
-    }
-    key
 }
 
 /// `gcAssistAlloc(gp)` entry, after the stack check, on the allocating goroutine.

@@ -1,15 +1,14 @@
+use crate::stacks::{StackError, record_user_stack};
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_probe_read_user},
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{HashMap, PerCpuArray},
     programs::ProbeContext,
 };
 use gomemtrace_common::{
     AllocKey, AllocStats, Counter, GoroutineInfo, GoroutineKey, MAX_ALLOC_KEYS, MAX_GOROUTINES,
-    MAX_PROCESSES, MAX_STACK_DEPTH, MAX_STACKS, NO_STACK, ProcessConfig, STACK_HASH_SEED,
-    UserStack, stack_hash_step,
+    MAX_PROCESSES, MAX_STACKS, NO_STACK, ProcessConfig, UserStack,
 };
 
 #[map(name = "CONFIG")]
@@ -22,10 +21,6 @@ pub(crate) static ALLOCS: HashMap<AllocKey, AllocStats> =
 #[map(name = "STACKS")]
 pub(crate) static STACKS: HashMap<u64, UserStack> =
     HashMap::with_max_entries(MAX_STACKS, BPF_F_NO_PREALLOC);
-
-/// Per-CPU scratch space for the stack being read (too big for the 512-byte BPF stack).
-#[map(name = "STACK_SCRATCH")]
-static STACK_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "GOROUTINES")]
 pub(crate) static GOROUTINES: HashMap<GoroutineKey, GoroutineInfo> =
@@ -187,52 +182,20 @@ pub(crate) fn add(key: &AllocKey, size: u64) -> Result<Added, ()> {
     }
 }
 
-/// Reads the user stack (frame-pointer walk by the kernel), stores it once per distinct
-/// stack, and returns its key, or [`NO_STACK`] (counted) when it cannot.
+/// The user stack's key in [`STACKS`], or [`NO_STACK`] (counted) when it cannot be had.
 #[inline(always)]
 pub(crate) fn record_stack(ctx: &ProbeContext) -> u64 {
-    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
-        count(Counter::StackUnreadable, 1);
-        return NO_STACK;
-    };
-    // SAFETY: the scratch slot belongs to this CPU for the duration of the program.
-    let stack = unsafe { &mut *scratch };
-    let size = core::mem::size_of_val(&stack.pcs) as u32;
-    // SAFETY: the helper writes at most `size` bytes into `stack.pcs`.
-    let copied = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            stack.pcs.as_mut_ptr().cast(),
-            size,
-            BPF_F_USER_STACK as u64,
-        )
-    };
-    if copied <= 0 {
-        count(Counter::StackUnreadable, 1);
-        return NO_STACK;
-    }
-    let len = (copied as usize / 8).min(MAX_STACK_DEPTH);
-    stack.len = len as u32;
-    let mut hash = STACK_HASH_SEED;
-    for i in 0..MAX_STACK_DEPTH {
-        if i >= len {
-            break;
+    match record_user_stack(ctx, &STACKS) {
+        Ok(key) => key,
+        Err(StackError::Unreadable) => {
+            count(Counter::StackUnreadable, 1);
+            NO_STACK
         }
-        hash = stack_hash_step(hash, stack.pcs[i]);
+        Err(StackError::MapFull) => {
+            count(Counter::StackMapFull, 1);
+            NO_STACK
+        }
     }
-    let key = if hash == NO_STACK { 1 } else { hash };
-    // SAFETY: read-only lookup of a plain value.
-    if unsafe { STACKS.get(&key) }.is_some() {
-        return key;
-    }
-    if STACKS.insert(&key, stack, BPF_NOEXIST as u64).is_err()
-        // SAFETY: as above.
-        && unsafe { STACKS.get(&key) }.is_none()
-    {
-        count(Counter::StackMapFull, 1);
-        return NO_STACK;
-    }
-    key
 }
 
 #[inline(always)]
