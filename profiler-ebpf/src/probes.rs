@@ -48,7 +48,7 @@ pub(crate) fn read_u64(addr: u64) -> Option<u64> {
 /// Goroutine id of the current user goroutine: `g.goid`, or `g.m.curg.goid` when the
 /// runtime is on the system stack (g0, whose goid is 0).
 #[inline(always)]
-pub(crate) fn current_goid(g: u64, cfg: &ProcessConfig) -> Option<(u64, u64)> {
+fn current_goid(g: u64, cfg: &ProcessConfig) -> Option<(u64, u64)> {
     if g == 0 {
         return None;
     }
@@ -105,10 +105,25 @@ fn try_alloc_entry(ctx: &ProbeContext) -> Result<(), ()> {
         count(Counter::ZeroSize, 1);
         return Ok(());
     }
+    record_allocation(ctx, tgid, &cfg, regs.rbx, size)?;
+    Ok(())
+}
+
+/// Counts one allocation event of `size` bytes of type `typ` under its goroutine, user
+/// stack and direct caller, and returns the key it was aggregated under.
+#[inline(always)]
+pub(crate) fn record_allocation(
+    ctx: &ProbeContext,
+    tgid: u32,
+    cfg: &ProcessConfig,
+    typ: u64,
+    size: u64,
+) -> Result<AllocKey, ()> {
+    // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
+    let regs = unsafe { &*ctx.regs };
     count(Counter::Events, 1);
     count(Counter::EventBytes, size);
-
-    let (g, goid) = match current_goid(regs.r14, &cfg) {
+    let (g, goid) = match current_goid(regs.r14, cfg) {
         Some(found) => found,
         None => {
             count(Counter::GoidUnreadable, 1);
@@ -120,20 +135,20 @@ fn try_alloc_entry(ctx: &ProbeContext) -> Result<(), ()> {
         _pad: 0,
         stack: record_stack(ctx),
         goid,
-        typ: regs.rbx,
+        typ,
         caller_pc: read_u64(regs.rsp).unwrap_or(0),
     };
     // A goroutine's first allocation always makes a new key (the goid is part of it), so
     // its start function is looked up only then, not on every event.
     if add(&key, size)? == Added::NewKey && goid != 0 {
-        remember_goroutine(tgid, g, goid, &cfg);
+        remember_goroutine(tgid, g, goid, cfg);
     }
-    Ok(())
+    Ok(key)
 }
 
 /// Whether [`add`] created the key.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Added {
+enum Added {
     Existing,
     NewKey,
 }
@@ -155,7 +170,7 @@ pub(crate) unsafe fn add_stats(stats: *mut AllocStats, size: u64) {
 }
 
 #[inline(always)]
-pub(crate) fn add(key: &AllocKey, size: u64) -> Result<Added, ()> {
+fn add(key: &AllocKey, size: u64) -> Result<Added, ()> {
     if let Some(stats) = ALLOCS.get_ptr_mut(key) {
         // SAFETY: the pointer is to a live map value.
         unsafe { add_stats(stats, size) };
@@ -184,7 +199,7 @@ pub(crate) fn add(key: &AllocKey, size: u64) -> Result<Added, ()> {
 
 /// The user stack's key in [`STACKS`], or [`NO_STACK`] (counted) when it cannot be had.
 #[inline(always)]
-pub(crate) fn record_stack(ctx: &ProbeContext) -> u64 {
+fn record_stack(ctx: &ProbeContext) -> u64 {
     match record_user_stack(ctx, &STACKS) {
         Ok(key) => key,
         Err(StackError::Unreadable) => {
@@ -199,7 +214,7 @@ pub(crate) fn record_stack(ctx: &ProbeContext) -> u64 {
 }
 
 #[inline(always)]
-pub(crate) fn remember_goroutine(tgid: u32, g: u64, goid: u64, cfg: &ProcessConfig) {
+fn remember_goroutine(tgid: u32, g: u64, goid: u64, cfg: &ProcessConfig) {
     let key = GoroutineKey {
         tgid,
         _pad: 0,

@@ -22,9 +22,7 @@ use gomemtrace_common::{
     MAX_PROCESSES, TYPE_NOT_RECORDED,
 };
 
-use crate::probes::{
-    Added, CONFIG, add, add_stats, count, current_goid, read_u64, record_stack, remember_goroutine,
-};
+use crate::probes::{CONFIG, add_stats, count, read_u64, record_allocation};
 
 #[map(name = "LIVE")]
 static LIVE: HashMap<LiveKey, LiveObject> =
@@ -58,29 +56,10 @@ fn try_set_profile_bucket(ctx: &ProbeContext) -> Result<(), ()> {
         count(Counter::DropSampleUnreadable, 1);
         return Err(());
     };
-    count(Counter::Events, 1);
-    count(Counter::EventBytes, size);
     if let Some(rate) = read_u64(cfg.mem_profile_rate_addr) {
         let _ = RATES.insert(&tgid, &rate, 0);
     }
-    let (g, goid) = match current_goid(regs.r14, &cfg) {
-        Some(found) => found,
-        None => {
-            count(Counter::GoidUnreadable, 1);
-            (0, 0)
-        }
-    };
-    let key = AllocKey {
-        tgid,
-        _pad: 0,
-        stack: record_stack(ctx),
-        goid,
-        typ: TYPE_NOT_RECORDED,
-        caller_pc: read_u64(regs.rsp).unwrap_or(0),
-    };
-    if add(&key, size)? == Added::NewKey && goid != 0 {
-        remember_goroutine(tgid, g, goid, &cfg);
-    }
+    let key = record_allocation(ctx, tgid, &cfg, TYPE_NOT_RECORDED, size)?;
     let live = LiveKey {
         tgid,
         _pad: 0,
