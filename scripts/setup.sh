@@ -15,7 +15,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 install_apt() {
     local missing=()
-    for pkg in golang-1.19-go gcc pkg-config python3-venv; do
+    # bpftrace: the reference tracer of `cargo xtask bench`.
+    for pkg in golang-1.19-go gcc pkg-config python3-venv bpftrace; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then

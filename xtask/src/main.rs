@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 struct Xtask {
     #[command(subcommand)]
@@ -28,15 +30,23 @@ enum Task {
     },
     /// Formatting, clippy (host and eBPF crates), and every test.
     Test,
-    /// Cost of one allocation event in exact mode against an empty uprobe at the same
-    /// offset, measured side by side (interleaved rounds, medians).
+    /// Overhead of every mode on the benchmark workloads, side by side with unprofiled
+    /// runs, an empty uprobe and bpftrace (interleaved rounds, medians).
     Bench {
+        /// Go release to build the workloads with.
         #[arg(long, default_value = "1.25")]
         go: String,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        #[arg(long, default_value_t = 2_000_000)]
-        allocations: u64,
+        /// How long each workload run lasts.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Workloads of tests/fixtures/benchload to run.
+        #[arg(long, value_delimiter = ',', default_value = "alloc,json,pool")]
+        workloads: Vec<String>,
+        /// Also write the markdown report here.
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -47,8 +57,19 @@ fn main() -> anyhow::Result<()> {
         Task::Bench {
             go,
             rounds,
-            allocations,
-        } => bench(&go, rounds, allocations),
+            seconds,
+            workloads,
+            output,
+        } => bench::bench(
+            &bench::BenchArgs {
+                go,
+                rounds,
+                seconds,
+                workloads,
+                output,
+            },
+            &release_binary()?,
+        ),
     }
 }
 
@@ -127,69 +148,6 @@ fn demo(go_release: &str) -> anyhow::Result<()> {
     let gomemtrace = release_binary()?;
     let demo = build_go_program("demo", go_release)?;
     run(Command::new(gomemtrace).arg("--exact").arg("--").arg(demo))
-}
-
-fn bench(go_release: &str, rounds: usize, allocations: u64) -> anyhow::Result<()> {
-    let gomemtrace = release_binary()?;
-    let workload = build_go_program("bench", go_release)?;
-    let n = allocations.to_string();
-    let variants: [(&str, Vec<&str>); 3] = [
-        ("unprofiled", vec![]),
-        ("empty uprobe", vec!["--empty-probe"]),
-        ("gomemtrace --exact", vec!["--exact"]),
-    ];
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-    // Interleave the variants so that machine noise hits all of them alike.
-    for round in 0..rounds {
-        for (i, (name, flags)) in variants.iter().enumerate() {
-            let output = if flags.is_empty() {
-                Command::new(&workload).arg(&n).output()?
-            } else {
-                Command::new(&gomemtrace)
-                    .args(flags)
-                    .args(["-q", "-o", "/dev/null", "--"])
-                    .arg(&workload)
-                    .arg(&n)
-                    .output()?
-            };
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            let rate: f64 = stdout
-                .lines()
-                .find_map(|l| l.strip_prefix("allocs_per_sec "))
-                .with_context(|| {
-                    format!(
-                        "{name}: no rate in output: {stdout} {}",
-                        String::from_utf8_lossy(&output.stderr)
-                    )
-                })?
-                .trim()
-                .parse()?;
-            eprintln!("round {round}: {name}: {rate:.0} allocations/s");
-            rates[i].push(rate);
-        }
-    }
-    let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
-    let per_event_ns = |rate: f64| 1e9 / rate - 1e9 / medians[0];
-    println!("| variant | allocations/s (median of {rounds}) | added ns per allocation |");
-    println!("|---|---|---|");
-    for (i, (name, _)) in variants.iter().enumerate() {
-        let added = if i == 0 {
-            "—".to_string()
-        } else {
-            format!("{:.0}", per_event_ns(medians[i]))
-        };
-        println!("| {name} | {:.0} | {added} |", medians[i]);
-    }
-    println!(
-        "\nexact-mode event cost / empty-uprobe cost = {:.2}",
-        per_event_ns(medians[2]) / per_event_ns(medians[1])
-    );
-    Ok(())
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn test() -> anyhow::Result<()> {
