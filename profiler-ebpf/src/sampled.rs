@@ -132,3 +132,16 @@ fn try_free_special(ctx: &ProbeContext) -> Result<(), ()> {
     }
     Ok(())
 }
+
+/// `--enable-runtime-sampling` at launch: on `runtime.main`'s entry (after `schedinit`,
+/// which resets `MemProfileRate` when the sampler is compiled out; before any user code)
+/// the launched target stops itself, so gomemtrace, its ptrace tracer, writes the rate and
+/// resumes it with the stop suppressed. Attached to that one process only, and detached
+/// once it fired.
+#[uprobe]
+pub fn stop_at_main(_ctx: ProbeContext) -> u32 {
+    const SIGSTOP: u32 = 19;
+    // SAFETY: the helper signals the current thread only; it takes no pointers.
+    unsafe { aya_ebpf::helpers::generated::bpf_send_signal_thread(SIGSTOP) };
+    0
+}

@@ -213,6 +213,19 @@ impl AllocProbes {
         Ok(())
     }
 
+    /// Detaches every link of `program_name`.
+    pub fn detach_program(&mut self, program_name: &'static str) -> anyhow::Result<()> {
+        let (detach, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|(name, _)| *name == program_name);
+        self.links = keep;
+        for (name, link) in detach {
+            drop(program(&mut self.ebpf, name)?.take_link(link)?);
+            self.attached -= 1;
+        }
+        Ok(())
+    }
+
     /// The allocation map alone (cheaper than [`AllocProbes::snapshot`]).
     pub fn allocs(&self) -> anyhow::Result<Vec<(AllocKey, AllocStats)>> {
         let allocs: BpfHashMap<&MapData, AllocKey, AllocStats> =

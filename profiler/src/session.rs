@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context as _;
 use gomemtrace_common::{
     ALLOC_PROGRAM, Counter, EMPTY_PROGRAM, FREE_SPECIAL_PROGRAM, ProcessConfig,
-    SET_PROFILE_BUCKET_PROGRAM,
+    SET_PROFILE_BUCKET_PROGRAM, STOP_AT_MAIN_PROGRAM,
 };
 use gomemtrace_gobin::GoBinary;
 use gomemtrace_report::model::{AllocProfile, Mode, TargetInfo};
@@ -59,11 +59,23 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     // The one write into the target, opt-in: after the probes are attached, so the first
     // samples are seen.
     let mut rate_write = match cli.enable_runtime_sampling {
-        Some(rate) => Some(enable::RateWrite::set(
-            target.pid,
-            config.mem_profile_rate_addr,
-            rate,
-        )?),
+        Some(rate) => {
+            if let Some(offset) = analysed.stop_at_main {
+                probes.attach(
+                    STOP_AT_MAIN_PROGRAM,
+                    &target.exe_link,
+                    &[offset],
+                    target.pid,
+                )?;
+                target.run_until_self_stop(Duration::from_secs(30))?;
+                probes.detach_program(STOP_AT_MAIN_PROGRAM)?;
+            }
+            Some(enable::RateWrite::set(
+                target.pid,
+                config.mem_profile_rate_addr,
+                rate,
+            )?)
+        }
         None => None,
     };
     status_line(&format!(
@@ -170,6 +182,8 @@ struct Analysed {
     probes: Vec<(&'static str, u64, String)>,
     /// Runtime-sampled mode: file address of `runtime.MemProfileRate`.
     rate_vaddr: Option<u64>,
+    /// `--enable-runtime-sampling` at launch: file offset of the probe on `runtime.main`.
+    stop_at_main: Option<u64>,
 }
 
 fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
@@ -183,6 +197,7 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
         g_startpc: go.offsets.g_startpc,
         ..ProcessConfig::default()
     };
+    let mut stop_at_main = None;
     let sampler = match cli.enable_runtime_sampling {
         None => go.sampler(),
         Some(_) => {
@@ -195,10 +210,13 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
                     ))
                     .into());
             }
-            if cli.pid.is_none() {
-                return Err(go
-                    .refuse("--enable-runtime-sampling needs -p PID: at launch the runtime's schedinit would overwrite the rate".into())
-                    .into());
+            if target.child.is_some() {
+                // At launch the rate is written when runtime.main starts: schedinit, before
+                // it, resets the rate of binaries whose sampler is compiled out.
+                let main = go.binary.function("runtime.main").ok_or_else(|| {
+                    go.refuse("--enable-runtime-sampling at launch: runtime.main not found".into())
+                })?;
+                stop_at_main = Some(go.probe_file_offset(main)?);
             }
             if !matches!(cli.mode(), ModeArg::Auto | ModeArg::Runtime) || cli.empty_probe {
                 return Err(go
@@ -271,6 +289,7 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
         mode,
         probes,
         rate_vaddr,
+        stop_at_main,
     })
 }
 

@@ -5,13 +5,14 @@ use std::{
     os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command},
+    time::{Duration, Instant},
 };
 
 use nix::{
     sys::{
         ptrace,
         signal::Signal,
-        wait::{WaitStatus, waitpid},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
     },
     unistd::Pid,
 };
@@ -93,6 +94,38 @@ impl Target {
         target.child = Some(child);
         target.stopped = true;
         Ok(target)
+    }
+
+    /// Launch mode: lets the stopped target run until it stops itself with SIGSTOP (the
+    /// `stop_at_main` probe), passing any other signal on. The target stays under ptrace,
+    /// stopped, for [`Target::release`], which suppresses the SIGSTOP. A target that does
+    /// not get there within `timeout` is killed (on drop), one that exits is an error.
+    pub fn run_until_self_stop(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        anyhow::ensure!(self.stopped, "the target is not stopped under ptrace");
+        let pid = Pid::from_raw(self.pid as i32);
+        ptrace::cont(pid, None)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG))? {
+                WaitStatus::StillAlive if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                WaitStatus::StillAlive => {
+                    anyhow::bail!("the target did not reach runtime.main within {timeout:?}")
+                }
+                WaitStatus::Stopped(_, Signal::SIGSTOP) => return Ok(()),
+                WaitStatus::Stopped(_, signal) => ptrace::cont(pid, Some(signal))?,
+                WaitStatus::Exited(_, code) => {
+                    self.stopped = false;
+                    anyhow::bail!("the target exited (status {code}) before runtime.main")
+                }
+                WaitStatus::Signaled(_, signal, _) => {
+                    self.stopped = false;
+                    anyhow::bail!("the target was killed by {signal} before runtime.main")
+                }
+                _ => ptrace::cont(pid, None)?,
+            }
+        }
     }
 
     /// Lets a launched target run.

@@ -1,6 +1,6 @@
 //! `--enable-runtime-sampling`: the one opt-in write into the target. On every Go release,
 //! on a binary whose heap sampler the linker compiled out (fixture `nopprof`): with the flag,
-//! `-p` traces in runtime-sampled mode, estimates agree with the fixture's arithmetic, and
+//! `-p` and launch mode trace in runtime-sampled mode, estimates agree with the fixture's arithmetic, and
 //! `runtime.MemProfileRate` is back to its old value after gomemtrace exits; without it,
 //! `auto` falls back to duty and the target's memory is never written.
 
@@ -152,6 +152,11 @@ fn check_enabled(version: &str, variant: Variant) -> Result<String> {
         "Go {version}: mode {}",
         report.mode
     );
+    check_sites(version, &report)
+}
+
+/// Each site's estimate against the fixture's arithmetic.
+fn check_sites(version: &str, report: &Report) -> Result<String> {
     let sites = report.by_site();
     let mut summary = format!("Go {version}:");
     for (site, expected) in SITES {
@@ -209,22 +214,43 @@ fn without_the_flag_the_target_is_never_written() {
     });
 }
 
-/// Launch mode is refused (the runtime's schedinit would overwrite the rate), with one
-/// clear line and exit code 4, before anything runs.
+/// Launch mode: the rate is written when runtime.main starts. The old value gomemtrace
+/// reports is 0 — the default rate schedinit found compiled out and reset — which shows the
+/// write came after schedinit (written before it, the old value would be the static
+/// default and schedinit would reset the write); the estimates show it took effect.
 #[test]
-fn enable_runtime_sampling_refuses_launch_mode() {
+fn enable_runtime_sampling_at_launch_every_go_version() {
     if !require_root() {
         return;
     }
-    let bin = fixture("nopprof", &gomemtrace_tests::latest_go(), Variant::Normal).unwrap();
-    let mut cmd = gomemtrace_command().unwrap();
-    cmd.args(["--enable-runtime-sampling", "--"]).arg(&bin);
-    let out = gomemtrace_tests::run(cmd, Duration::from_secs(60)).unwrap();
-    assert_eq!(out.code(), 4, "{}", out.stderr);
-    assert!(out.stderr.contains("needs -p PID"), "{}", out.stderr);
-    assert!(
-        !out.stdout.contains("done"),
-        "the target ran: {}",
-        out.stdout
-    );
+    for_every_version(|version| {
+        let bin = fixture("nopprof", version, Variant::Normal)?;
+        let tmp = TempDir::new("enable-launch")?;
+        let report = tmp.join("r.json");
+        let mut cmd = gomemtrace_command()?;
+        cmd.args(["--enable-runtime-sampling", "--format", "json", "-o"])
+            .arg(&report)
+            .arg("--")
+            .arg(&bin)
+            .env("GOMAXPROCS", PROCS.to_string());
+        let out = gomemtrace_tests::run(cmd, Duration::from_secs(120))?;
+        ensure!(
+            out.code() == 0,
+            "Go {version}: gomemtrace failed: {}",
+            out.stderr
+        );
+        ensure!(
+            out.stderr.contains(&format!(": 0 -> {RATE} (restored")),
+            "Go {version}: the write did not find the rate schedinit reset: {}",
+            out.stderr
+        );
+        ensure!(out.stdout.contains("done"), "Go {version}: {}", out.stdout);
+        let report = Report::read(&report)?;
+        ensure!(
+            report.mode == "runtime",
+            "Go {version}: mode {}",
+            report.mode
+        );
+        check_sites(version, &report)
+    });
 }

@@ -221,6 +221,9 @@ pub const SET_PROFILE_BUCKET_PROGRAM: &str = "set_profile_bucket";
 pub const FREE_SPECIAL_PROGRAM: &str = "free_special";
 /// Name of the empty uprobe program, the benchmark's floor.
 pub const EMPTY_PROGRAM: &str = "empty_entry";
+/// Name of the program on `runtime.main` that stops a launched target once, after
+/// `schedinit` (`--enable-runtime-sampling` in launch mode).
+pub const STOP_AT_MAIN_PROGRAM: &str = "stop_at_main";
 
 /// Map capacities. Overflow is counted ([`Counter::DropAllocMapFull`]) and reported.
 pub const MAX_PROCESSES: u32 = 1024;
