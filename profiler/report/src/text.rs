@@ -19,10 +19,15 @@ fn is_runtime(function: &str) -> bool {
     function.starts_with("runtime.") || function.starts_with("internal/runtime/")
 }
 
-/// Runtime entry points that only forward an allocation (`runtime.` prefix stripped).
+/// Runtime entry points that only forward an allocation (`runtime.` prefix stripped), and
+/// the heap sampler's frames above them (runtime-sampled mode probes `setprofilebucket`).
 /// Used only for stacks that never leave the runtime, to name the runtime function that
 /// asked for the memory rather than the allocator itself.
 const ALLOCATOR_HELPERS: &[&str] = &[
+    "setprofilebucket",
+    "mProf_Malloc",
+    "systemstack",
+    "profilealloc",
     "mallocgc",
     "newobject",
     "newarray",
@@ -577,5 +582,53 @@ fn estimates_section(out: &mut String, p: &AllocProfile, top: usize) {
             bv.sqrt(),
             ov.sqrt()
         );
+    }
+}
+
+#[cfg(test)]
+mod site_tests {
+    use super::*;
+
+    fn frames(names: &[&str]) -> Vec<Frame> {
+        names
+            .iter()
+            .map(|n| Frame {
+                function: n.to_string(),
+                file: None,
+                line: 0,
+            })
+            .collect()
+    }
+
+    /// A runtime-sampled stack of the runtime's own allocation (seen from Go 1.25's
+    /// runtime.main): the sampler and allocator frames are skipped, the asker is the site.
+    #[test]
+    fn runtime_allocation_seen_by_the_sampler_goes_to_the_asker() {
+        let stack = frames(&[
+            "runtime.setprofilebucket",
+            "runtime.mProf_Malloc.func1",
+            "runtime.systemstack",
+            "runtime.mProf_Malloc",
+            "runtime.profilealloc",
+            "runtime.mallocgcSmallNoscan",
+            "runtime.mallocgc",
+            "runtime.makechan",
+            "runtime.main",
+            "runtime.goexit",
+        ]);
+        let refs: Vec<&Frame> = stack.iter().collect();
+        assert_eq!(site(&refs), Some(8));
+    }
+
+    #[test]
+    fn user_frame_is_the_site() {
+        let stack = frames(&[
+            "runtime.mallocgc",
+            "runtime.newobject",
+            "main.f",
+            "main.main",
+        ]);
+        let refs: Vec<&Frame> = stack.iter().collect();
+        assert_eq!(site(&refs), Some(2));
     }
 }
