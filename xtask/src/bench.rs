@@ -77,6 +77,11 @@ const VARIANTS: &[Variant] = &[
         runner: Runner::Unprofiled,
     },
     Variant {
+        name: "unprofiled again (A/A: the noise)",
+        build: Build::Sampler,
+        runner: Runner::Unprofiled,
+    },
+    Variant {
         name: "gomemtrace (auto)",
         build: Build::Sampler,
         runner: Runner::Gomemtrace(&[]),
@@ -111,6 +116,9 @@ const VARIANTS: &[Variant] = &[
 /// What one run measured.
 struct Measured {
     ops_per_sec: f64,
+    /// The workload's own CPU time per operation: what the probes cost the target (the
+    /// uprobe traps run on its threads), less sensitive than throughput to other load.
+    cpu_ns_per_op: f64,
     /// The tracer's own CPU time over the whole run, start-up and report included (its
     /// rusage with the reaped workload's own CPU taken out).
     tracer_total_cpu_s: Option<f64>,
@@ -193,14 +201,15 @@ pub fn bench(args: &BenchArgs, gomemtrace: &Path) -> anyhow::Result<()> {
 fn render(args: &BenchArgs, results: &[Vec<Vec<Measured>>]) -> String {
     let mut out = String::new();
     let mut auto_costs = Vec::new();
+    let mut noise = Vec::new();
     let mut tracer_core = Vec::new();
     for (w, workload) in args.workloads.iter().enumerate() {
         let _ = writeln!(out, "\n### `{workload}`\n");
         let _ = writeln!(
             out,
-            "| variant | build | mode | ops/s (median) | throughput vs unprofiled (median ratio) | tracer CPU while tracing, % of a core | tracer CPU, whole run incl. start-up and report | tracer peak RSS |"
+            "| variant | build | mode | ops/s (median) | throughput vs unprofiled (median ratio) | target CPU per op vs unprofiled (median ratio) | tracer CPU while tracing, % of a core | tracer CPU, whole run incl. start-up and report | tracer peak RSS |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
         let baseline = |build: Build| {
             VARIANTS
                 .iter()
@@ -216,6 +225,12 @@ fn render(args: &BenchArgs, results: &[Vec<Vec<Measured>>]) -> String {
                 .map(|(r, b)| r.ops_per_sec / b.ops_per_sec)
                 .collect();
             let ratio = median(ratios);
+            let cpu_ratio = median(
+                runs.iter()
+                    .zip(base)
+                    .map(|(r, b)| r.cpu_ns_per_op / b.cpu_ns_per_op)
+                    .collect(),
+            );
             let ops = median(runs.iter().map(|r| r.ops_per_sec).collect());
             let core: Vec<f64> = runs.iter().filter_map(|r| r.tracer_steady_core).collect();
             let total_cpu: Vec<f64> = runs.iter().filter_map(|r| r.tracer_total_cpu_s).collect();
@@ -224,16 +239,21 @@ fn render(args: &BenchArgs, results: &[Vec<Vec<Measured>>]) -> String {
                 .iter()
                 .find_map(|r| r.mode.clone())
                 .unwrap_or_else(|| "—".into());
-            let is_unprofiled = matches!(variant.runner, Runner::Unprofiled);
+            let is_baseline = v == baseline(variant.build);
             let _ = writeln!(
                 out,
-                "| {} | {} | {mode} | {ops:.0} | {} | {} | {} | {} |",
+                "| {} | {} | {mode} | {ops:.0} | {} | {} | {} | {} | {} |",
                 variant.name,
                 variant.build.label(),
-                if is_unprofiled {
+                if is_baseline {
                     "1".into()
                 } else {
                     format!("{ratio:.3}")
+                },
+                if is_baseline {
+                    "1".into()
+                } else {
+                    format!("{cpu_ratio:.3}")
                 },
                 if core.is_empty() {
                     "—".into()
@@ -248,8 +268,16 @@ fn render(args: &BenchArgs, results: &[Vec<Vec<Measured>>]) -> String {
                 rss.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
                     .unwrap_or_else(|| "—".into()),
             );
+            if matches!(variant.runner, Runner::Unprofiled) && !is_baseline {
+                noise.push((workload.clone(), ratio, cpu_ratio));
+            }
             if variant.name == "gomemtrace (auto)" {
-                auto_costs.push((workload.clone(), variant.build, 1.0 - ratio));
+                auto_costs.push((
+                    workload.clone(),
+                    variant.build,
+                    1.0 - ratio,
+                    cpu_ratio - 1.0,
+                ));
                 if !core.is_empty() {
                     tracer_core.push((workload.clone(), variant.build, median(core)));
                 }
@@ -282,13 +310,22 @@ fn render(args: &BenchArgs, results: &[Vec<Vec<Measured>>]) -> String {
         }
     }
     let _ = writeln!(out, "\n### Goals\n");
-    for (workload, build, cost) in auto_costs {
+    for (workload, build, cost, cpu_cost) in auto_costs {
         let _ = writeln!(
             out,
-            "- auto on `{workload}` ({}): throughput cost {:.2}% (goal ≤ 1%): {}",
+            "- auto on `{workload}` ({}): throughput cost {:.2}%, target CPU per op {:+.2}% (goal ≤ 1%): {}",
             build.label(),
             100.0 * cost,
+            100.0 * cpu_cost,
             if cost <= 0.01 { "met" } else { "NOT met" }
+        );
+    }
+    for (workload, ratio, cpu_ratio) in noise {
+        let _ = writeln!(
+            out,
+            "- noise on `{workload}` (A/A, unprofiled against unprofiled): throughput {:+.2}%, CPU per op {:+.2}%",
+            100.0 * (ratio - 1.0),
+            100.0 * (cpu_ratio - 1.0)
         );
     }
     for (workload, build, core) in tracer_core {
@@ -355,6 +392,7 @@ fn measure(cmd: &mut Command, traced: bool, seconds: f64) -> anyhow::Result<Meas
             .with_context(|| format!("parse {name}"))
     };
     let ops_per_sec = field("ops_per_sec ")?;
+    let ops = field("ops ")?;
     let workload_cpu = field("cpu_seconds ")?;
     let mode = stderr.lines().find_map(|l| {
         let rest = l.strip_prefix("gomemtrace: attached ")?;
@@ -363,6 +401,7 @@ fn measure(cmd: &mut Command, traced: bool, seconds: f64) -> anyhow::Result<Meas
     });
     Ok(Measured {
         ops_per_sec,
+        cpu_ns_per_op: workload_cpu * 1e9 / ops.max(1.0),
         tracer_total_cpu_s: traced.then(|| (usage - workload_cpu).max(0.0)),
         tracer_steady_core: if traced {
             steady_state_core(&cpu_series, ended, seconds)
