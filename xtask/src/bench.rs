@@ -31,7 +31,7 @@ pub struct BenchArgs {
 
 /// Which build of the workload a variant runs.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-enum Build {
+pub(crate) enum Build {
     /// The heap sampler is compiled out (most third-party binaries).
     NoSampler,
     /// Links `runtime.MemProfile` (programs importing net/http/pprof).
@@ -461,7 +461,7 @@ fn steady_state_core(series: &[(Instant, u64)], ended: Instant, seconds: f64) ->
 
 /// On-CPU time of every thread of `pid`, in ns (schedstat: finer than the tick counts of
 /// /proc/PID/stat).
-fn process_cpu_ns(pid: u32) -> Option<u64> {
+pub(crate) fn process_cpu_ns(pid: u32) -> Option<u64> {
     let mut total = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let schedstat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
@@ -496,7 +496,7 @@ fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// Builds `tests/fixtures/benchload` with Go `go_release`, with or without the sampler.
-fn build_benchload(go_release: &str, build: Build) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_benchload(go_release: &str, build: Build) -> anyhow::Result<PathBuf> {
     let go = go_cache().join("go").join(go_release).join("bin/go");
     ensure!(
         go.exists(),

@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_agent;
 
 #[derive(Parser)]
 struct Xtask {
@@ -27,6 +28,18 @@ enum Task {
         /// Go release to build the demo with (a directory under the Go cache).
         #[arg(long, default_value = "1.25")]
         go: String,
+    },
+    /// The agent's own CPU and RSS while it covers many busy Go processes.
+    BenchAgent {
+        #[arg(long, default_value = "1.25")]
+        go: String,
+        #[arg(long, default_value_t = 20)]
+        processes: usize,
+        /// Length of the measurement window.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 19470)]
+        port: u16,
     },
     /// Formatting, clippy (host and eBPF crates), and every test.
     Test,
@@ -54,6 +67,20 @@ fn main() -> anyhow::Result<()> {
     match Xtask::parse().task {
         Task::Demo { go } => demo(&go),
         Task::Test => test(),
+        Task::BenchAgent {
+            go,
+            processes,
+            seconds,
+            port,
+        } => bench_agent::bench_agent(
+            &bench_agent::AgentBenchArgs {
+                go,
+                processes,
+                seconds,
+                port,
+            },
+            &release_binary()?,
+        ),
         Task::Bench {
             go,
             rounds,
