@@ -12,6 +12,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod deploy;
+mod static_build;
+
 #[derive(Parser)]
 struct Xtask {
     #[command(subcommand)]
@@ -38,6 +41,9 @@ enum Task {
         #[arg(long, default_value_t = 2_000_000)]
         allocations: u64,
     },
+    /// Validate deploy/ without a cluster: lint and schema-check the manifests and the Helm
+    /// chart, and build and inspect the agent's OCI image (buildah, no Docker daemon).
+    DeployCheck,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +55,7 @@ fn main() -> anyhow::Result<()> {
             rounds,
             allocations,
         } => bench(&go, rounds, allocations),
+        Task::DeployCheck => deploy::deploy_check(),
     }
 }
 
@@ -218,6 +225,7 @@ fn test() -> anyhow::Result<()> {
         ])
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_TARGET_DIR", target_dir().join("ebpf-clippy")))?;
+    deploy::deploy_check()?;
     // The end-to-end tests run gomemtrace as a separate program: build it first.
     run(cargo().args(["build", "-p", "gomemtrace"]))?;
     run(cargo().args(["test", "--workspace", "--no-fail-fast"]))
