@@ -25,14 +25,10 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 install_apt() {
     local missing=()
-<<<<<<< HEAD
-    # bpftrace: the reference tracer of `cargo xtask bench`.
-    for pkg in golang-1.19-go gcc pkg-config python3-venv bpftrace; do
-=======
-    # musl-tools: the static agent image; buildah: builds it without a Docker daemon;
-    # unzip: helm comes inside a zip (see install_helm).
-    for pkg in golang-1.19-go gcc pkg-config python3-venv musl-tools buildah unzip file; do
->>>>>>> deploy
+    # bpftrace: the reference tracer of `cargo xtask bench`; musl-tools: the static agent
+    # image; buildah: builds it without a Docker daemon; unzip: helm comes inside a zip
+    # (see install_helm).
+    for pkg in golang-1.19-go gcc pkg-config python3-venv bpftrace musl-tools buildah unzip file; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
