@@ -1,6 +1,9 @@
 //! The static (musl) gomemtrace binary that the agent image ships `FROM scratch`.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail, ensure};
 
@@ -10,7 +13,7 @@ use crate::{cargo, run, target_dir};
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// Builds `gomemtrace` for [`STATIC_TARGET`] in release mode (incremental in the cargo target
-/// directory), checks that it is static and runs, and returns its path.
+/// directory), checks that it is static and runs (`--version`), and returns its path.
 pub fn static_gomemtrace() -> anyhow::Result<PathBuf> {
     run(cargo().args([
         "build",
@@ -22,6 +25,16 @@ pub fn static_gomemtrace() -> anyhow::Result<PathBuf> {
     ]))?;
     let binary = target_dir().join(STATIC_TARGET).join("release/gomemtrace");
     ensure_static(&binary)?;
+    let version = Command::new(&binary)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("run {}", binary.display()))?;
+    ensure!(
+        version.status.success() && version.stdout.starts_with(b"gomemtrace "),
+        "{} --version failed: {}",
+        binary.display(),
+        String::from_utf8_lossy(&version.stderr)
+    );
     Ok(binary)
 }
 
