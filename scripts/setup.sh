@@ -15,7 +15,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 install_apt() {
     local missing=()
-    for pkg in golang-1.19-go gcc pkg-config python3-venv; do
+    for pkg in golang-1.19-go gcc pkg-config python3-venv prometheus; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
