@@ -443,6 +443,8 @@ pub struct GcProbes {
     ebpf: Ebpf,
     events: aya::maps::RingBuf<MapData>,
     attached: usize,
+    /// The links attached now and the process each is for.
+    links: Vec<(String, u32, aya::programs::uprobe::UProbeLinkId)>,
 }
 
 impl GcProbes {
@@ -472,7 +474,64 @@ impl GcProbes {
             ebpf,
             events,
             attached: 0,
+            links: Vec::new(),
         })
+    }
+
+    /// Removes `tgid`'s uprobes and its entries of the GC maps (the agent, when the
+    /// process exited).
+    pub fn forget_pid(&mut self, tgid: u32) -> anyhow::Result<()> {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|(_, pid, _)| *pid == tgid);
+        self.links = kept;
+        let mut links = Vec::new();
+        for (name, _, link) in gone {
+            links.push(program(&mut self.ebpf, &name)?.take_link(link)?);
+        }
+        self.attached = self.attached.saturating_sub(links.len());
+        // Each close waits for an RCU grace period: overlapped on threads.
+        std::thread::scope(|scope| {
+            for link in links {
+                scope.spawn(move || drop(link));
+            }
+        });
+        remove_keys::<u32, GcConfig>(&mut self.ebpf, GC_CONFIG_MAP, |p| *p == tgid)?;
+        remove_keys::<u32, gomemtrace_common::GcState>(
+            &mut self.ebpf,
+            gomemtrace_common::GC_STATE_MAP,
+            |p| *p == tgid,
+        )?;
+        remove_keys::<gomemtrace_common::GcCallerKey, gomemtrace_common::GcCaller>(
+            &mut self.ebpf,
+            gomemtrace_common::GC_CALLERS_MAP,
+            |k| k.tgid == tgid,
+        )?;
+        Ok(())
+    }
+
+    /// Uprobe links held now.
+    pub fn links(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Entries of the per-process GC maps.
+    pub fn map_entries(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            (
+                GC_CONFIG_MAP,
+                count_keys::<u32, GcConfig>(&self.ebpf, GC_CONFIG_MAP, |_| true).unwrap_or(0),
+            ),
+            (
+                gomemtrace_common::GC_STATE_MAP,
+                count_keys::<u32, gomemtrace_common::GcState>(
+                    &self.ebpf,
+                    gomemtrace_common::GC_STATE_MAP,
+                    |_| true,
+                )
+                .unwrap_or(0),
+            ),
+        ]
     }
 
     /// Registers `pid`'s settings; GC probe hits of other processes are ignored.
@@ -495,7 +554,7 @@ impl GcProbes {
     ) -> anyhow::Result<()> {
         let pid = NonZeroU32::new(pid).context("pid 0")?;
         let program: &mut UProbe = program(&mut self.ebpf, program_name)?;
-        program
+        let link = program
             .attach(
                 [UProbeAttachLocation::AbsoluteOffset(file_offset)],
                 binary,
@@ -507,6 +566,7 @@ impl GcProbes {
                     binary.display()
                 )
             })?;
+        self.links.push((program_name.to_string(), pid.get(), link));
         self.attached += 1;
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! `gomemtrace agent` end to end: the agent on a loopback port, a real Prometheus server
 //! scraping it every second, Go fixtures of two releases allocating a known amount.
 //! Checked: each fixture's allocated bytes and objects reach Prometheus under its exe
-//! label within the sampler's statistical bound of the fixture's arithmetic; the series go
+//! label within the sampler's statistical bound of the fixture's arithmetic, and its GC
+//! cycles exactly as the runtime counts them (MemStats.NumGC); the series go
 //! stale when the fixture exits; `go tool pprof` reads every pprof endpoint; `promtool
 //! check metrics` accepts /metrics; after processes came and went, the agent holds no
 //! more uprobe links, perf-event fds or map entries than before they came.
@@ -318,8 +319,19 @@ fn allocations_reach_prometheus_series_go_stale_and_pprof_reads_the_endpoints() 
     for f in &fixtures {
         f.signal(libc::SIGUSR1)?;
     }
+    // GC cycles between "ready" (before the agent attached) and "done", as the runtime
+    // counts them.
+    let mut cycles = Vec::new();
     for f in &fixtures {
-        f.wait_stdout("done", Duration::from_secs(20))?;
+        let numgc = |line: String| -> Result<f64> {
+            line.rsplit("numgc=")
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+                .with_context(|| format!("numgc in {line}"))
+        };
+        let ready = numgc(f.wait_stdout("ready", Duration::from_secs(1))?)?;
+        let done = numgc(f.wait_stdout("done", Duration::from_secs(20))?)?;
+        cycles.push(done - ready);
     }
 
     // The estimate counts the sampler's samples n ~ Poisson(λ), λ = COUNT·p with
@@ -335,8 +347,23 @@ fn allocations_reach_prometheus_series_go_stale_and_pprof_reads_the_endpoints() 
         expected_bytes * (1.0 + 5.0 * sigma) + 8.0 * RATE,
     );
     let mut report = Vec::new();
-    for exe in &exes {
+    for (exe, cycles) in exes.iter().zip(&cycles) {
         let exe = exe.display().to_string();
+        let gc = poll(
+            &format!("Prometheus to see {exe}'s {cycles} GC cycles"),
+            Duration::from_secs(15),
+            || {
+                let v =
+                    prometheus.query(&format!("gomemtrace_gc_cycles_total{{exe=\"{exe}\"}}"))?;
+                Ok(v.first().copied().filter(|c| c == cycles))
+            },
+        );
+        gc.with_context(|| {
+            format!(
+                "expected {cycles}; last seen: {:?}",
+                prometheus.query(&format!("gomemtrace_gc_cycles_total{{exe=\"{exe}\"}}"))
+            )
+        })?;
         let bytes = poll(
             &format!("Prometheus to see {exe}'s allocations"),
             Duration::from_secs(15),
@@ -362,7 +389,7 @@ fn allocations_reach_prometheus_series_go_stale_and_pprof_reads_the_endpoints() 
             "{exe}: {objects} objects, expected about {COUNT}"
         );
         report.push(format!(
-            "{exe}: {bytes:.0} bytes (expected {expected_bytes}), {objects:.0} objects"
+            "{exe}: {bytes:.0} bytes (expected {expected_bytes}), {objects:.0} objects, {cycles} GC cycles"
         ));
     }
     println!("{}", report.join("\n"));

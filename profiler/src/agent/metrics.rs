@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use prometheus::{
-    CounterVec, Encoder as _, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    CounterVec, Encoder as _, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::agent::metadata::Labels;
@@ -15,6 +15,11 @@ pub struct Metrics {
     pub allocated_bytes: CounterVec,
     pub allocated_objects: CounterVec,
     pub sampled_inuse_bytes: GaugeVec,
+    pub gc_cycles: CounterVec,
+    pub gc_pause: HistogramVec,
+    pub gc_assist_seconds: CounterVec,
+    pub heap_live: GaugeVec,
+    pub heap_goal: GaugeVec,
     pub processes: GaugeVec,
     pub attached: IntGauge,
     pub skipped: IntCounterVec,
@@ -55,6 +60,42 @@ impl Metrics {
             opts(
                 "gomemtrace_sampled_inuse_bytes",
                 "Runtime-sampled mode: estimated bytes still live of those allocated since the agent attached",
+            ),
+            per_process,
+        )?;
+        let gc_cycles = CounterVec::new(
+            opts(
+                "gomemtrace_gc_cycles_total",
+                "GC cycles completed since the agent attached",
+            ),
+            per_process,
+        )?;
+        let gc_pause = HistogramVec::new(
+            HistogramOpts::new(
+                "gomemtrace_gc_pause_seconds",
+                "Stop-the-world time of each GC cycle (sweep termination + mark termination)",
+            )
+            .buckets(prometheus::exponential_buckets(10e-6, 4.0, 9)?),
+            per_process,
+        )?;
+        let gc_assist_seconds = CounterVec::new(
+            opts(
+                "gomemtrace_gc_mark_assist_seconds_total",
+                "CPU time goroutines spent in GC mark assists (the runtime's gcController.assistTime per cycle)",
+            ),
+            per_process,
+        )?;
+        let heap_live = GaugeVec::new(
+            opts(
+                "gomemtrace_heap_live_bytes",
+                "Heap marked live by the latest GC cycle (the runtime's work.heap2); binaries with symbols only",
+            ),
+            per_process,
+        )?;
+        let heap_goal = GaugeVec::new(
+            opts(
+                "gomemtrace_heap_goal_bytes",
+                "Heap goal of the latest GC cycle (gcController.lastHeapGoal); binaries with symbols only",
             ),
             per_process,
         )?;
@@ -129,6 +170,11 @@ impl Metrics {
             Box::new(allocated_bytes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(allocated_objects.clone()),
             Box::new(sampled_inuse_bytes.clone()),
+            Box::new(gc_cycles.clone()),
+            Box::new(gc_pause.clone()),
+            Box::new(gc_assist_seconds.clone()),
+            Box::new(heap_live.clone()),
+            Box::new(heap_goal.clone()),
             Box::new(processes.clone()),
             Box::new(attached.clone()),
             Box::new(skipped.clone()),
@@ -148,6 +194,11 @@ impl Metrics {
             allocated_bytes,
             allocated_objects,
             sampled_inuse_bytes,
+            gc_cycles,
+            gc_pause,
+            gc_assist_seconds,
+            heap_live,
+            heap_goal,
             processes,
             attached,
             skipped,
@@ -168,6 +219,7 @@ impl Metrics {
         let values = labels.values();
         self.allocated_bytes.with_label_values(&values);
         self.allocated_objects.with_label_values(&values);
+        self.gc_cycles.with_label_values(&values);
         self.processes.with_label_values(&with(&values, mode)).inc();
     }
 
@@ -190,6 +242,11 @@ impl Metrics {
             let _ = self.allocated_bytes.remove_label_values(&values);
             let _ = self.allocated_objects.remove_label_values(&values);
             let _ = self.sampled_inuse_bytes.remove_label_values(&values);
+            let _ = self.gc_cycles.remove_label_values(&values);
+            let _ = self.gc_pause.remove_label_values(&values);
+            let _ = self.gc_assist_seconds.remove_label_values(&values);
+            let _ = self.heap_live.remove_label_values(&values);
+            let _ = self.heap_goal.remove_label_values(&values);
         }
     }
 

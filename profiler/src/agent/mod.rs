@@ -4,6 +4,7 @@
 pub mod args;
 mod attachments;
 mod discovery;
+mod gc;
 mod http;
 mod metadata;
 mod metrics;
@@ -106,7 +107,8 @@ pub fn run(args: &args::AgentArgs) -> anyhow::Result<ExitCode> {
         listener.local_addr().unwrap_or(args.listen),
         args.mode
     );
-    let tracer = tracer::Tracer::new(attachments, events, filter, shared.clone());
+    let gc = gc::GcTracker::new()?;
+    let tracer = tracer::Tracer::new(attachments, gc, events, filter, shared.clone());
     let tracer = std::thread::Builder::new()
         .name("gomemtrace-agent".into())
         .spawn(move || tracer.run())?;

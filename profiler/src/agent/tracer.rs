@@ -15,6 +15,7 @@ use crate::{
         Shared,
         attachments::{Attachments, Skip},
         discovery::{self, Exe, Filter},
+        gc::GcTracker,
         metadata,
         metrics::{self, Metrics},
         profiles::Totals,
@@ -27,6 +28,7 @@ const HARVEST_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Tracer {
     pub attachments: Attachments,
+    pub gc: GcTracker,
     pub events: ProcEvents,
     pub filter: Filter,
     pub shared: Arc<Shared>,
@@ -49,12 +51,14 @@ const DROPS: [(&str, Counter); 6] = [
 impl Tracer {
     pub fn new(
         attachments: Attachments,
+        gc: GcTracker,
         events: ProcEvents,
         filter: Filter,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
             attachments,
+            gc,
             events,
             filter,
             shared,
@@ -86,6 +90,14 @@ impl Tracer {
                     Lifecycle::Exit(pid) => self.forget(pid),
                     Lifecycle::Exec(_) => {}
                 }
+            }
+            {
+                let metrics = self
+                    .shared
+                    .metrics
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                self.gc.drain(&metrics);
             }
             if last_harvest.elapsed() >= HARVEST_EVERY {
                 last_harvest = Instant::now();
@@ -127,7 +139,11 @@ impl Tracer {
         }
         match self.attachments.attach(pid, exe, labels) {
             Ok(process) => {
+                let gc_attached = self.gc.attach(&process);
                 let mut metrics = self.metrics();
+                if !gc_attached {
+                    metrics.skipped.with_label_values(&["gc_probes"]).inc();
+                }
                 metrics.add_process(&process.labels, mode_name(&process));
                 metrics
                     .attached
@@ -151,7 +167,12 @@ impl Tracer {
             return;
         };
         self.counted.remove(&pid);
-        let mut metrics = self.metrics();
+        let mut metrics = self
+            .shared
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.gc.detach(pid, &metrics);
         metrics.remove_process(&process.labels, mode_name(&process));
         metrics
             .attached
@@ -237,8 +258,19 @@ impl Tracer {
                 c[ProcCounter::DropRingFull as usize],
             );
         }
-        metrics.links.set(self.attachments.probes.links() as i64);
-        for (map, entries) in self.attachments.probes.map_entries() {
+        metrics
+            .links
+            .set((self.attachments.probes.links() + self.gc.probes.links()) as i64);
+        let (ring_full, state_full) = self.gc.lost();
+        for (reason, now) in [
+            ("gc_ring_full", ring_full),
+            ("gc_state_map_full", state_full),
+        ] {
+            let last = self.last_global.entry(reason).or_default();
+            Metrics::advance(&metrics.drops.with_label_values(&[reason]), last, now);
+        }
+        let entries = self.attachments.probes.map_entries();
+        for (map, entries) in entries.into_iter().chain(self.gc.probes.map_entries()) {
             metrics
                 .map_entries
                 .with_label_values(&[map])
