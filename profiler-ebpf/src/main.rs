@@ -16,6 +16,8 @@ mod gc;
 #[cfg(target_arch = "bpf")]
 mod probes;
 #[cfg(target_arch = "bpf")]
+mod procevents;
+#[cfg(target_arch = "bpf")]
 mod sampled;
 #[cfg(target_arch = "bpf")]
 mod stacks;

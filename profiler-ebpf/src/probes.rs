@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use gomemtrace_common::{
     AllocKey, AllocStats, Counter, GoroutineInfo, GoroutineKey, MAX_ALLOC_KEYS, MAX_GOROUTINES,
-    MAX_PROCESSES, MAX_STACKS, NO_STACK, ProcessConfig, UserStack,
+    MAX_PROCESSES, MAX_STACKS, NO_STACK, PROCESS_FLAG_NO_GOID, ProcessConfig, UserStack,
 };
 
 #[map(name = "CONFIG")]
@@ -123,11 +123,15 @@ pub(crate) fn record_allocation(
     let regs = unsafe { &*ctx.regs };
     count(Counter::Events, 1);
     count(Counter::EventBytes, size);
-    let (g, goid) = match current_goid(regs.r14, cfg) {
-        Some(found) => found,
-        None => {
-            count(Counter::GoidUnreadable, 1);
-            (0, 0)
+    let (g, goid) = if cfg.flags & PROCESS_FLAG_NO_GOID != 0 {
+        (0, 0)
+    } else {
+        match current_goid(regs.r14, cfg) {
+            Some(found) => found,
+            None => {
+                count(Counter::GoidUnreadable, 1);
+                (0, 0)
+            }
         }
     };
     let key = AllocKey {

@@ -63,6 +63,17 @@ impl GoTarget {
             .ok_or_else(|| self.refuse(format!("{} is outside any loadable segment", f.name)))
     }
 
+    /// The allocation probes' settings common to every mode: the goroutine offsets.
+    pub fn process_config(&self) -> gomemtrace_common::ProcessConfig {
+        gomemtrace_common::ProcessConfig {
+            g_goid: self.offsets.g_goid,
+            g_m: self.offsets.g_m,
+            m_curg: self.offsets.m_curg,
+            g_startpc: self.offsets.g_startpc,
+            ..Default::default()
+        }
+    }
+
     pub fn refuse(&self, reason: String) -> UserError {
         not_supported(&self.exe_path, reason)
     }

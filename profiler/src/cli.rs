@@ -109,6 +109,13 @@ pub enum View {
         sudo gomemtrace stackgrowth --format pprof -o growth.pb.gz -- ./server"
     )]
     Stackgrowth(crate::rt::stackgrowth::StackgrowthArgs),
+    /// Every Go process on the node: Prometheus metrics on /metrics and pprof profiles over
+    /// HTTP (docs/AGENT.md).
+    #[command(
+        after_help = "Examples:\n  sudo gomemtrace agent --listen 127.0.0.1:9470\n  \
+        curl -s localhost:9470/metrics | grep gomemtrace_alloc"
+    )]
+    Agent(crate::agent::args::AgentArgs),
     /// Goroutine creation and exit: live goroutines by creation site with creation
     /// stacks, ages, a count timeline and leak suspects (docs/STACKS-GOROUTINES.md).
     #[command(

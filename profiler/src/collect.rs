@@ -102,7 +102,7 @@ pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -
 /// (`scaleHeapSample`): an object of size s is sampled with probability
 /// 1 − exp(−s/rate), so each sample stands for 1/(1 − exp(−avg/rate)) objects of the
 /// key's average size. A rate of 1 samples everything.
-fn unbias(objects: u64, bytes: u64, rate: u64) -> (u64, u64) {
+pub(crate) fn unbias(objects: u64, bytes: u64, rate: u64) -> (u64, u64) {
     if objects == 0 || bytes == 0 || rate <= 1 {
         return (objects, bytes);
     }

@@ -15,6 +15,10 @@ pub enum UserError {
     KernelUnsupported { what: String, why: String },
     #[error("cannot launch {command}: {reason}")]
     Launch { command: String, reason: String },
+    #[error("{what}: {reason}")]
+    BadArgument { what: String, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
 }
 
 impl UserError {
@@ -25,6 +29,9 @@ impl UserError {
             UserError::NotPermitted { .. } => 5,
             UserError::KernelUnsupported { .. } => 6,
             UserError::Launch { .. } => 1,
+            // As clap's own usage errors.
+            UserError::BadArgument { .. } => 2,
+            UserError::Listen { .. } => 7,
         })
     }
 }

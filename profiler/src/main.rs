@@ -1,5 +1,6 @@
 //! gomemtrace: where a Go program's memory goes, traced from outside the process.
 
+mod agent;
 mod alloc_points;
 mod analysis;
 mod cli;
@@ -11,6 +12,7 @@ mod gc;
 mod output;
 mod preflight;
 mod probes;
+mod procevents;
 mod procmaps;
 mod rt;
 mod rtprobes;
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         Some(cli::View::Gctrace(args)) => gc::run(args),
         Some(cli::View::Stackgrowth(args)) => rt::stackgrowth::run(args),
         Some(cli::View::Goroutines(args)) => rt::goroutines::run(args),
+        Some(cli::View::Agent(args)) => agent::run(args),
         None => session::run(&cli),
     };
     match result {

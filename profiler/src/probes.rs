@@ -17,8 +17,8 @@ use gomemtrace_common::{
     GC_COUNTERS_MAP, GC_EVENTS_MAP, GC_FINISH_TRANSITION_PROGRAM, GC_MARK_DONE_PROGRAM,
     GC_MARK_TERMINATION_PROGRAM, GC_START_PROGRAM, GC_START_THE_WORLD_PROGRAM,
     GC_START_TRANSITION_PROGRAM, GC_STOP_THE_WORLD_PROGRAM, GOROUTINES_MAP, GcConfig, GcCounter,
-    GcEvent, GoroutineInfo, GoroutineKey, NO_STACK, ProcessConfig, RATES_MAP, STACKS_MAP,
-    UserStack,
+    GcEvent, GoroutineInfo, GoroutineKey, LIVE_MAP, LiveKey, LiveObject, NO_STACK, ProcessConfig,
+    RATES_MAP, STACKS_MAP, UserStack,
 };
 
 use crate::error::UserError;
@@ -52,8 +52,9 @@ pub struct AllocProbes {
     ebpf: Ebpf,
     loaded: Vec<&'static str>,
     attached: usize,
-    /// The uprobe links attached now, for [`AllocProbes::detach_all`] (duty-cycled mode).
-    links: Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>,
+    /// The uprobe links attached now and the process each is for, for
+    /// [`AllocProbes::detach_all`] (duty-cycled mode) and [`AllocProbes::detach_pid`].
+    links: Vec<(&'static str, u32, aya::programs::uprobe::UProbeLinkId)>,
 }
 
 impl AllocProbes {
@@ -103,9 +104,9 @@ impl AllocProbes {
         program_name: &'static str,
         binary: &Path,
         file_offsets: &[u64],
-        pid: u32,
+        tgid: u32,
     ) -> anyhow::Result<()> {
-        let pid = NonZeroU32::new(pid).context("pid 0")?;
+        let pid = NonZeroU32::new(tgid).context("pid 0")?;
         let program: &mut UProbe = program(&mut self.ebpf, program_name)?;
         if !self.loaded.contains(&program_name) {
             program
@@ -121,7 +122,7 @@ impl AllocProbes {
                     UProbeScope::OneProcess(pid),
                 )
                 .with_context(|| format!("attach uprobe at {}+{offset:#x}", binary.display()))?;
-            self.links.push((program_name, link));
+            self.links.push((program_name, tgid, link));
             self.attached += 1;
         }
         Ok(())
@@ -134,9 +135,9 @@ impl AllocProbes {
         &mut self,
         binary: &Path,
         file_offsets: &[u64],
-        pid: u32,
+        tgid: u32,
     ) -> anyhow::Result<()> {
-        let pid = NonZeroU32::new(pid).context("pid 0")?;
+        let pid = NonZeroU32::new(tgid).context("pid 0")?;
         let program: &mut UProbe = program(&mut self.ebpf, ALLOC_MULTI_PROGRAM)?;
         if !self.loaded.contains(&ALLOC_MULTI_PROGRAM) {
             program
@@ -153,7 +154,7 @@ impl AllocProbes {
                 UProbeScope::OneProcess(pid),
             )
             .with_context(|| format!("attach multi-uprobe on {}", binary.display()))?;
-        self.links.push((ALLOC_MULTI_PROGRAM, link));
+        self.links.push((ALLOC_MULTI_PROGRAM, tgid, link));
         self.attached += file_offsets.len();
         Ok(())
     }
@@ -196,15 +197,29 @@ impl AllocProbes {
     /// development VM), so the links are closed on parallel threads: the grace periods
     /// overlap.
     pub fn detach_all(&mut self) -> anyhow::Result<()> {
+        self.detach_where(|_, _| true)
+    }
+
+    /// Removes the uprobes attached for `tgid` (the agent, when the process exited).
+    pub fn detach_pid(&mut self, tgid: u32) -> anyhow::Result<()> {
+        self.detach_where(|_, pid| pid == tgid)
+    }
+
+    /// Removes the links for which `which(program name, pid)` holds.
+    fn detach_where(&mut self, which: impl Fn(&str, u32) -> bool) -> anyhow::Result<()> {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|(name, pid, _)| which(name, *pid));
+        self.links = kept;
         let mut links = Vec::new();
-        for (name, link) in std::mem::take(&mut self.links) {
+        for (name, _, link) in gone {
             links.push(
                 program(&mut self.ebpf, name)?
                     .take_link(link)
                     .with_context(|| format!("detach the {name} probe"))?,
             );
         }
-        self.attached = 0;
+        self.attached = self.attached.saturating_sub(links.len());
         std::thread::scope(|scope| {
             for link in links {
                 scope.spawn(move || drop(link));
@@ -215,15 +230,71 @@ impl AllocProbes {
 
     /// Detaches every link of `program_name`.
     pub fn detach_program(&mut self, program_name: &'static str) -> anyhow::Result<()> {
-        let (detach, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
+        self.detach_where(|name, _| name == program_name)
+    }
+
+    /// Uprobe links held now.
+    pub fn links(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Deletes every map entry of `tgid` (settings, aggregated keys, live sampled objects,
+    /// goroutines, sample rate) and the stacks no remaining key refers to: a process that
+    /// exited leaves nothing behind in the kernel.
+    pub fn forget_pid(&mut self, tgid: u32) -> anyhow::Result<()> {
+        let _ = self.unconfigure(tgid);
+        remove_keys::<u32, u64>(&mut self.ebpf, RATES_MAP, |pid| *pid == tgid)?;
+        remove_keys::<AllocKey, AllocStats>(&mut self.ebpf, ALLOCS_MAP, |k| k.tgid == tgid)?;
+        remove_keys::<AllocKey, AllocStats>(&mut self.ebpf, FREES_MAP, |k| k.tgid == tgid)?;
+        remove_keys::<GoroutineKey, GoroutineInfo>(&mut self.ebpf, GOROUTINES_MAP, |k| {
+            k.tgid == tgid
+        })?;
+        remove_keys::<LiveKey, LiveObject>(&mut self.ebpf, LIVE_MAP, |k| k.tgid == tgid)?;
+        let referenced: std::collections::HashSet<u64> = [ALLOCS_MAP, FREES_MAP]
             .into_iter()
-            .partition(|(name, _)| *name == program_name);
-        self.links = keep;
-        for (name, link) in detach {
-            drop(program(&mut self.ebpf, name)?.take_link(link)?);
-            self.attached -= 1;
-        }
+            .filter_map(|name| self.ebpf.map(name))
+            .filter_map(|map| BpfHashMap::<&MapData, AllocKey, AllocStats>::try_from(map).ok())
+            .flat_map(|map| map.keys().filter_map(Result::ok).collect::<Vec<_>>())
+            .map(|k| k.stack)
+            .collect();
+        remove_keys::<u64, UserStack>(&mut self.ebpf, STACKS_MAP, |k| !referenced.contains(k))?;
         Ok(())
+    }
+
+    /// Entries of each map that holds per-process data (the agent exposes them, so a
+    /// leak after processes exit shows).
+    pub fn map_entries(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            (
+                CONFIG_MAP,
+                count_keys::<u32, ProcessConfig>(&self.ebpf, CONFIG_MAP, |_| true).unwrap_or(0),
+            ),
+            (
+                RATES_MAP,
+                count_keys::<u32, u64>(&self.ebpf, RATES_MAP, |_| true).unwrap_or(0),
+            ),
+            (
+                ALLOCS_MAP,
+                count_keys::<AllocKey, AllocStats>(&self.ebpf, ALLOCS_MAP, |_| true).unwrap_or(0),
+            ),
+            (
+                FREES_MAP,
+                count_keys::<AllocKey, AllocStats>(&self.ebpf, FREES_MAP, |_| true).unwrap_or(0),
+            ),
+            (
+                GOROUTINES_MAP,
+                count_keys::<GoroutineKey, GoroutineInfo>(&self.ebpf, GOROUTINES_MAP, |_| true)
+                    .unwrap_or(0),
+            ),
+            (
+                LIVE_MAP,
+                count_keys::<LiveKey, LiveObject>(&self.ebpf, LIVE_MAP, |_| true).unwrap_or(0),
+            ),
+            (
+                STACKS_MAP,
+                count_keys::<u64, UserStack>(&self.ebpf, STACKS_MAP, |_| true).unwrap_or(0),
+            ),
+        ]
     }
 
     /// The allocation map alone (cheaper than [`AllocProbes::snapshot`]).
@@ -231,6 +302,27 @@ impl AllocProbes {
         let allocs: BpfHashMap<&MapData, AllocKey, AllocStats> =
             BpfHashMap::try_from(self.ebpf.map(ALLOCS_MAP).context("ALLOCS map")?)?;
         Ok(allocs.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Runtime-sampled mode: frees of sampled objects per key.
+    pub fn frees(&self) -> anyhow::Result<Vec<(AllocKey, AllocStats)>> {
+        let frees: BpfHashMap<&MapData, AllocKey, AllocStats> =
+            BpfHashMap::try_from(self.ebpf.map(FREES_MAP).context("FREES map")?)?;
+        Ok(frees.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Runtime-sampled mode: `MemProfileRate` per process, as read at its latest sample.
+    pub fn sample_rates(&self) -> anyhow::Result<HashMap<u32, u64>> {
+        let rates: BpfHashMap<&MapData, u32, u64> =
+            BpfHashMap::try_from(self.ebpf.map(RATES_MAP).context("RATES map")?)?;
+        Ok(rates.iter().filter_map(Result::ok).collect())
+    }
+
+    /// The PCs of stack `key`, leaf first, if stored.
+    pub fn stack(&self, key: u64) -> Option<Vec<u64>> {
+        let map: BpfHashMap<&MapData, u64, UserStack> =
+            BpfHashMap::try_from(self.ebpf.map(STACKS_MAP)?).ok()?;
+        map.get(&key, 0).ok().map(|s| s.pcs().to_vec())
     }
 
     pub fn attached(&self) -> usize {
@@ -302,6 +394,41 @@ pub extern "C" fn gomemtrace_trap_calibration(x: u64) -> u64 {
 /// The multi-uprobe twin of [`gomemtrace_common::ALLOC_PROGRAM`].
 const ALLOC_MULTI_PROGRAM: &str = "alloc_entry_multi";
 
+/// Deletes the keys of map `name` that `which` selects.
+fn remove_keys<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    which: impl Fn(&K) -> bool,
+) -> anyhow::Result<()> {
+    let mut map: BpfHashMap<&mut MapData, K, V> =
+        BpfHashMap::try_from(ebpf.map_mut(name).with_context(|| format!("{name} map"))?)?;
+    // Collected first: deleting while walking the keys restarts the kernel's iteration.
+    let doomed: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| which(k))
+        .collect();
+    for key in doomed {
+        // Already gone (the kernel or a concurrent delete) is fine.
+        let _ = map.remove(&key);
+    }
+    Ok(())
+}
+
+fn count_keys<K: aya::Pod, V: aya::Pod>(
+    ebpf: &Ebpf,
+    name: &str,
+    which: impl Fn(&K) -> bool,
+) -> anyhow::Result<usize> {
+    let map: BpfHashMap<&MapData, K, V> =
+        BpfHashMap::try_from(ebpf.map(name).with_context(|| format!("{name} map"))?)?;
+    Ok(map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| which(k))
+        .count())
+}
+
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> {
     Ok(ebpf
         .program_mut(name)
@@ -322,6 +449,8 @@ pub struct GcProbes {
     ebpf: Ebpf,
     events: aya::maps::RingBuf<MapData>,
     attached: usize,
+    /// The links attached now and the process each is for.
+    links: Vec<(String, u32, aya::programs::uprobe::UProbeLinkId)>,
 }
 
 impl GcProbes {
@@ -351,7 +480,64 @@ impl GcProbes {
             ebpf,
             events,
             attached: 0,
+            links: Vec::new(),
         })
+    }
+
+    /// Removes `tgid`'s uprobes and its entries of the GC maps (the agent, when the
+    /// process exited).
+    pub fn forget_pid(&mut self, tgid: u32) -> anyhow::Result<()> {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|(_, pid, _)| *pid == tgid);
+        self.links = kept;
+        let mut links = Vec::new();
+        for (name, _, link) in gone {
+            links.push(program(&mut self.ebpf, &name)?.take_link(link)?);
+        }
+        self.attached = self.attached.saturating_sub(links.len());
+        // Each close waits for an RCU grace period: overlapped on threads.
+        std::thread::scope(|scope| {
+            for link in links {
+                scope.spawn(move || drop(link));
+            }
+        });
+        remove_keys::<u32, GcConfig>(&mut self.ebpf, GC_CONFIG_MAP, |p| *p == tgid)?;
+        remove_keys::<u32, gomemtrace_common::GcState>(
+            &mut self.ebpf,
+            gomemtrace_common::GC_STATE_MAP,
+            |p| *p == tgid,
+        )?;
+        remove_keys::<gomemtrace_common::GcCallerKey, gomemtrace_common::GcCaller>(
+            &mut self.ebpf,
+            gomemtrace_common::GC_CALLERS_MAP,
+            |k| k.tgid == tgid,
+        )?;
+        Ok(())
+    }
+
+    /// Uprobe links held now.
+    pub fn links(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Entries of the per-process GC maps.
+    pub fn map_entries(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            (
+                GC_CONFIG_MAP,
+                count_keys::<u32, GcConfig>(&self.ebpf, GC_CONFIG_MAP, |_| true).unwrap_or(0),
+            ),
+            (
+                gomemtrace_common::GC_STATE_MAP,
+                count_keys::<u32, gomemtrace_common::GcState>(
+                    &self.ebpf,
+                    gomemtrace_common::GC_STATE_MAP,
+                    |_| true,
+                )
+                .unwrap_or(0),
+            ),
+        ]
     }
 
     /// Registers `pid`'s settings; GC probe hits of other processes are ignored.
@@ -374,7 +560,7 @@ impl GcProbes {
     ) -> anyhow::Result<()> {
         let pid = NonZeroU32::new(pid).context("pid 0")?;
         let program: &mut UProbe = program(&mut self.ebpf, program_name)?;
-        program
+        let link = program
             .attach(
                 [UProbeAttachLocation::AbsoluteOffset(file_offset)],
                 binary,
@@ -386,6 +572,7 @@ impl GcProbes {
                     binary.display()
                 )
             })?;
+        self.links.push((program_name.to_string(), pid.get(), link));
         self.attached += 1;
         Ok(())
     }

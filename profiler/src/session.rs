@@ -174,29 +174,25 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// What the binary tells us before anything is attached.
-struct Analysed {
-    binary: GoBinary,
-    config: ProcessConfig,
-    mode: Mode,
+pub(crate) struct Analysed {
+    pub binary: GoBinary,
+    pub config: ProcessConfig,
+    pub mode: Mode,
     /// (program, file offset, probed function) per probe.
-    probes: Vec<(&'static str, u64, String)>,
+    pub probes: Vec<(&'static str, u64, String)>,
     /// Runtime-sampled mode: file address of `runtime.MemProfileRate`.
-    rate_vaddr: Option<u64>,
+    pub rate_vaddr: Option<u64>,
+    /// Mode auto fell back to duty-cycled: why the runtime's sampler cannot be used.
+    pub auto_duty_reason: Option<String>,
     /// `--enable-runtime-sampling` at launch: file offset of the probe on `runtime.main`.
-    stop_at_main: Option<u64>,
+    pub stop_at_main: Option<u64>,
 }
 
 fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
     let data =
         std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
     let go = GoTarget::from_file_bytes(&data, &target.exe_path)?;
-    let mut config = ProcessConfig {
-        g_goid: go.offsets.g_goid,
-        g_m: go.offsets.g_m,
-        m_curg: go.offsets.m_curg,
-        g_startpc: go.offsets.g_startpc,
-        ..ProcessConfig::default()
-    };
+    let config = go.process_config();
     let mut stop_at_main = None;
     let sampler = match cli.enable_runtime_sampling {
         None => go.sampler(),
@@ -235,9 +231,30 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
             }
         }
     };
-    let mode = match (cli.mode(), &sampler) {
+    let mut analysed = plan(go, config, sampler, cli.mode(), cli.empty_probe)?;
+    analysed.stop_at_main = stop_at_main;
+    if let Some(why) = &analysed.auto_duty_reason {
+        status_line(&format!(
+            "mode auto: duty (exact probes in short windows under a {}% CPU overhead budget; counts are estimates), because {why}",
+            cli.overhead_budget
+        ));
+    }
+    Ok(analysed)
+}
+
+/// The mode and the probes for `go`, given the sampler's availability and the mode asked
+/// for: shared by the one-shot CLI and the agent.
+pub(crate) fn plan(
+    go: GoTarget,
+    mut config: ProcessConfig,
+    sampler: Result<crate::analysis::Sampler, String>,
+    mode_arg: ModeArg,
+    empty_probe: bool,
+) -> anyhow::Result<Analysed> {
+    let mut auto_duty_reason = None;
+    let mode = match (mode_arg, &sampler) {
         // The benchmark's floor replaces the exact probe.
-        _ if cli.empty_probe => Mode::Exact,
+        _ if empty_probe => Mode::Exact,
         (ModeArg::Exact, _) => Mode::Exact,
         (ModeArg::Duty, _) => Mode::Duty,
         (ModeArg::Runtime | ModeArg::Auto, Ok(_)) => Mode::Runtime,
@@ -247,10 +264,7 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
                 .into());
         }
         (ModeArg::Auto, Err(why)) => {
-            status_line(&format!(
-                "mode auto: duty (exact probes in short windows under a {}% CPU overhead budget; counts are estimates), because {why}",
-                cli.overhead_budget
-            ));
+            auto_duty_reason = Some(why.clone());
             Mode::Duty
         }
     };
@@ -270,7 +284,7 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
             }
         }
         _ => {
-            let program = if cli.empty_probe {
+            let program = if empty_probe {
                 EMPTY_PROGRAM
             } else {
                 ALLOC_PROGRAM
@@ -289,7 +303,8 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
         mode,
         probes,
         rate_vaddr,
-        stop_at_main,
+        auto_duty_reason,
+        stop_at_main: None,
     })
 }
 

@@ -25,11 +25,16 @@ pub struct ProcessConfig {
     /// Runtime-sampled mode: the `special.kind` of a heap-profile record
     /// (`_KindSpecialProfile`).
     pub special_kind_profile: u32,
-    pub _pad: u32,
+    /// `PROCESS_FLAG_*`.
+    pub flags: u32,
     /// Runtime-sampled mode: address of `runtime.MemProfileRate` in the process, read at
     /// each sample into [`RATES_MAP`] (the program may change the rate at any time).
     pub mem_profile_rate_addr: u64,
 }
+
+/// [`ProcessConfig::flags`]: aggregate every goroutine under goid 0 (the agent: keys
+/// stay bounded by the program's allocation sites however many goroutines it runs).
+pub const PROCESS_FLAG_NO_GOID: u32 = 1;
 
 /// [`AllocKey::typ`] of an allocation seen through the runtime's sampler, which is not told
 /// the type. Odd, so never the address of a type descriptor; distinct from 0, the runtime's
@@ -518,6 +523,8 @@ mod gc_tests {
 // Stack growth and goroutine lifecycle (`gomemtrace stackgrowth`, `gomemtrace goroutines`).
 mod rt;
 pub use rt::*;
+mod procevents;
+pub use procevents::*;
 
 // ---------------------------------------------------------------------------------------
 // Mark assists and background mark workers (`gomemtrace gctrace --assists`).

@@ -49,6 +49,15 @@ impl GoBinary {
         Self::parse(data, &path.display().to_string())
     }
 
+    /// Whether `data` is an ELF file with Go build information: a cheap test before
+    /// [`GoBinary::from_bytes`] (the agent meets mostly other programs).
+    pub fn has_buildinfo(data: &[u8]) -> bool {
+        let Ok(elf) = ElfImage::parse(data, "<memory>") else {
+            return false;
+        };
+        elf.section(".go.buildinfo").is_some() || find_aligned(data, buildinfo::MAGIC, 16).is_some()
+    }
+
     pub fn from_bytes(data: Vec<u8>) -> Result<Self, Error> {
         Self::parse(data, "<memory>")
     }

@@ -7,7 +7,7 @@
 //! end of the cycle — when the binary has `.symtab` and DWARF to find them ([`layout`]).
 //! What cannot be measured prints as `?` (docs/GCTRACE.md).
 
-mod layout;
+pub mod layout;
 mod line;
 mod mark;
 
@@ -177,67 +177,103 @@ struct Analysed {
 fn analyse(target: &Target, assists: bool) -> anyhow::Result<Analysed> {
     let data =
         std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
-    let structs = offsets::struct_offsets_from_dwarf(&data, &layout::STRUCTS)
-        .ok()
-        .flatten();
-    let go = GoTarget::from_file_bytes(&data, &target.exe_path)?;
+    let (plan, go) = Plan::of_exe(&data, &target.exe_path)?;
     drop(data);
-    let version = go.binary.version();
-    let mut attach = Vec::with_capacity(PROBES.len());
-    let minor = version.release().1;
-    let worldstop_args = version.major > 1 || minor >= 22;
-    for (name, program, required) in PROBES {
-        if program == GC_STOP_THE_WORLD_PROGRAM && worldstop_args {
-            // The start of the world carries the stop's reason and start time; a probe
-            // on the stop would only add its own cost to the pause the runtime measures.
-            continue;
-        }
-        let Some(f) = go.binary.function(name) else {
-            if required {
-                return Err(go.refuse(format!("no {name} in the binary")).into());
-            }
-            continue;
-        };
-        attach.push((go.probe_file_offset(f)?, program));
-    }
     let mark = if assists {
         Some(mark::plan(&go)?)
     } else {
         None
     };
-    let globals = Globals::locate(&go.binary, structs.as_ref());
-    // PIE: globals are read at their runtime addresses.
-    let bias = if go.binary.is_pie() && globals.any() {
-        let inode =
-            std::fs::metadata(&target.exe_link).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
-        let mappings = procmaps::executable_mappings(target.pid).unwrap_or_default();
-        ExeLayout::find(&go.binary, inode, &mappings)
-            .context("the executable's text mapping was not found in /proc/PID/maps")?
-            .bias
-    } else {
-        0
-    };
-    let mut flags = 0;
-    if version.major > 1 || minor >= 21 {
-        flags |= GC_FLAG_STW_REASON;
-    }
-    if worldstop_args {
-        flags |= GC_FLAG_START_HAS_WORLDSTOP;
-    }
-    let config = GcConfig {
-        flags,
-        g_m: go.offsets.g_m,
-        m_curg: go.offsets.m_curg,
-        _pad: 0,
-        slots: globals.runtime_addrs(bias),
-    };
+    let config = plan.config(&go.binary, &target.exe_link, target.pid)?;
     Ok(Analysed {
         binary: go.binary,
         config,
-        attach,
-        globals,
+        attach: plan.attach,
+        globals: plan.globals,
         mark,
     })
+}
+
+/// What an executable needs for the GC probes, whichever process runs it: shared by the
+/// one-process `gctrace` and the agent.
+pub struct Plan {
+    /// (file offset, program) per probe.
+    pub attach: Vec<(u64, &'static str)>,
+    pub globals: Globals,
+    flags: u32,
+    g_m: u32,
+    m_curg: u32,
+}
+
+impl Plan {
+    /// The plan for the executable `data` (named `exe_path` in errors).
+    pub fn of_exe(data: &[u8], exe_path: &str) -> anyhow::Result<(Plan, GoTarget)> {
+        let structs = offsets::struct_offsets_from_dwarf(data, &layout::STRUCTS)
+            .ok()
+            .flatten();
+        let go = GoTarget::from_file_bytes(data, exe_path)?;
+        let version = go.binary.version();
+        let mut attach = Vec::with_capacity(PROBES.len());
+        let minor = version.release().1;
+        let worldstop_args = version.major > 1 || minor >= 22;
+        for (name, program, required) in PROBES {
+            if program == GC_STOP_THE_WORLD_PROGRAM && worldstop_args {
+                // The start of the world carries the stop's reason and start time; a probe
+                // on the stop would only add its own cost to the pause the runtime measures.
+                continue;
+            }
+            let Some(f) = go.binary.function(name) else {
+                if required {
+                    return Err(go.refuse(format!("no {name} in the binary")).into());
+                }
+                continue;
+            };
+            attach.push((go.probe_file_offset(f)?, program));
+        }
+        let globals = Globals::locate(&go.binary, structs.as_ref());
+        let mut flags = 0;
+        if version.major > 1 || minor >= 21 {
+            flags |= GC_FLAG_STW_REASON;
+        }
+        if worldstop_args {
+            flags |= GC_FLAG_START_HAS_WORLDSTOP;
+        }
+        let plan = Plan {
+            attach,
+            globals,
+            flags,
+            g_m: go.offsets.g_m,
+            m_curg: go.offsets.m_curg,
+        };
+        Ok((plan, go))
+    }
+
+    /// The probes' settings for process `pid` running `binary` (opened at `exe_link`).
+    pub fn config(
+        &self,
+        binary: &GoBinary,
+        exe_link: &std::path::Path,
+        pid: u32,
+    ) -> anyhow::Result<GcConfig> {
+        // PIE: globals are read at their runtime addresses.
+        let bias = if binary.is_pie() && self.globals.any() {
+            let inode =
+                std::fs::metadata(exe_link).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
+            let mappings = procmaps::executable_mappings(pid).unwrap_or_default();
+            ExeLayout::find(binary, inode, &mappings)
+                .context("the executable's text mapping was not found in /proc/PID/maps")?
+                .bias
+        } else {
+            0
+        };
+        Ok(GcConfig {
+            flags: self.flags,
+            g_m: self.g_m,
+            m_curg: self.m_curg,
+            _pad: 0,
+            slots: self.globals.runtime_addrs(bias),
+        })
+    }
 }
 
 /// Turns probe events into lines.

@@ -1,0 +1,125 @@
+//! `gomemtrace agent`'s options (the contract the DaemonSet manifests are written against).
+
+use std::net::SocketAddr;
+
+use clap::{Args, ValueEnum};
+
+use crate::cli::ModeArg;
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Address of the HTTP server (/metrics, /healthz, /readyz, /debug/pprof/...).
+    #[arg(long, default_value = "0.0.0.0:9470", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+
+    /// How allocations are collected, as for the one-process profiler.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
+
+    /// Trace only executables whose path matches one of these globs (default: all).
+    #[arg(long, value_name = "GLOB")]
+    pub include_exe: Vec<String>,
+
+    /// Never trace executables whose path matches one of these globs.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude_exe: Vec<String>,
+
+    /// Trace only processes of pods in these Kubernetes namespaces.
+    #[arg(long, value_name = "NS")]
+    pub include_namespace: Vec<String>,
+
+    /// Never trace processes of pods in these Kubernetes namespaces.
+    #[arg(long, value_name = "NS")]
+    pub exclude_namespace: Vec<String>,
+
+    /// Trace only processes of pods with all these labels.
+    #[arg(long, value_name = "KEY=VALUE[,KEY=VALUE]", value_parser = parse_selector)]
+    pub pod_selector: Option<PodSelector>,
+
+    /// This node's name (Kubernetes: from the downward API).
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// Label processes with their pod: `auto` when KUBERNETES_SERVICE_HOST is set.
+    #[arg(long, value_enum, default_value_t = KubernetesArg::Auto)]
+    pub kubernetes: KubernetesArg,
+
+    /// Most processes traced at once; more are counted and left alone.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_processes: usize,
+
+    /// Push profiles to this Pyroscope ingest endpoint.
+    #[arg(long, value_name = "URL")]
+    pub pyroscope_url: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KubernetesArg {
+    Auto,
+    Always,
+    Never,
+}
+
+/// `key=value[,key=value]`: every label must match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSelector(pub Vec<(String, String)>);
+
+fn parse_selector(s: &str) -> Result<PodSelector, String> {
+    s.split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().into(), v.trim().into())),
+            _ => Err(format!("{pair}: expected key=value")),
+        })
+        .collect::<Result<_, _>>()
+        .map(PodSelector)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::cli::{Cli, View};
+
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let cli = Cli::try_parse_from(["gomemtrace", "agent"]).unwrap();
+        let Some(View::Agent(args)) = cli.view else {
+            panic!("no agent view");
+        };
+        assert_eq!(args.listen.to_string(), "0.0.0.0:9470");
+        assert_eq!(args.mode, ModeArg::Auto);
+        assert_eq!(args.kubernetes, KubernetesArg::Auto);
+        assert_eq!(args.max_processes, 256);
+    }
+
+    #[test]
+    fn repeatable_filters_and_selector() {
+        let cli = Cli::try_parse_from([
+            "gomemtrace",
+            "agent",
+            "--include-exe",
+            "/usr/bin/*",
+            "--include-exe",
+            "**/server",
+            "--pod-selector",
+            "app=web,tier=front",
+            "--mode",
+            "exact",
+        ])
+        .unwrap();
+        let Some(View::Agent(args)) = cli.view else {
+            panic!("no agent view");
+        };
+        assert_eq!(args.include_exe.len(), 2);
+        assert_eq!(
+            args.pod_selector.unwrap().0,
+            vec![
+                ("app".into(), "web".into()),
+                ("tier".into(), "front".into())
+            ]
+        );
+        assert!(Cli::try_parse_from(["gomemtrace", "agent", "--pod-selector", "app"]).is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! The processes traced now: one loaded probe object serves them all (its maps are keyed
+//! by pid), each process has its own uprobe links and map entries, removed when it exits.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use gomemtrace_common::PROCESS_FLAG_NO_GOID;
+use gomemtrace_gobin::GoBinary;
+use gomemtrace_report::model::Mode;
+
+use crate::{
+    agent::{
+        discovery::{Exe, ExeId},
+        metadata::Labels,
+    },
+    analysis::GoTarget,
+    cli::ModeArg,
+    probes::AllocProbes,
+    procmaps,
+    session::{self, Analysed},
+    symbolizer::ExeLayout,
+};
+
+/// A traced process.
+pub struct Process {
+    pub pid: u32,
+    pub exe: Exe,
+    pub labels: Labels,
+    pub analysis: Arc<Analysed>,
+    pub attached_at: Instant,
+}
+
+impl Process {
+    pub fn binary(&self) -> &GoBinary {
+        &self.analysis.binary
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.analysis.mode
+    }
+}
+
+/// Why a process is not traced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Not a Go program (or not one gomemtrace traces): not counted, most processes.
+    NotGo,
+    /// A Go program this agent cannot trace in the asked mode; the label of its count.
+    Unsupported(&'static str),
+    /// --max-processes reached.
+    Cap,
+    /// The uprobes could not be attached (it may have exited meanwhile).
+    AttachFailed,
+}
+
+pub struct Attachments {
+    pub probes: AllocProbes,
+    pub processes: HashMap<u32, Arc<Process>>,
+    /// Per executable: its analysis, or why it is skipped. Bounded by the executables
+    /// seen on the host.
+    verdicts: HashMap<ExeId, Result<Arc<Analysed>, Skip>>,
+    mode: ModeArg,
+    max_processes: usize,
+}
+
+impl Attachments {
+    pub fn new(mode: ModeArg, max_processes: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            probes: AllocProbes::load()?,
+            processes: HashMap::new(),
+            verdicts: HashMap::new(),
+            mode,
+            max_processes,
+        })
+    }
+
+    /// Attaches to `pid` (its executable `exe`, filtered already) unless skipped.
+    pub fn attach(&mut self, pid: u32, exe: Exe, labels: Labels) -> Result<Arc<Process>, Skip> {
+        if let Some(process) = self.processes.get(&pid) {
+            return Ok(process.clone());
+        }
+        if self.processes.len() >= self.max_processes {
+            return Err(Skip::Cap);
+        }
+        let analysis = match self.verdicts.get(&exe.id) {
+            Some(verdict) => verdict.clone()?,
+            None => {
+                let verdict = analyse(&exe, self.mode).map(Arc::new);
+                self.verdicts.insert(exe.id, verdict.clone());
+                verdict?
+            }
+        };
+        let mut config = analysis.config;
+        config.flags |= PROCESS_FLAG_NO_GOID;
+        if let Some(vaddr) = analysis.rate_vaddr {
+            // PIE: the probe reads the rate at its relocated address in this process.
+            let mappings = procmaps::executable_mappings(pid).unwrap_or_default();
+            let layout = ExeLayout::find(&analysis.binary, exe.id.ino, &mappings)
+                .ok_or(Skip::AttachFailed)?;
+            config.mem_profile_rate_addr = vaddr.wrapping_add(layout.bias);
+        }
+        let attached = self.probes.configure(pid, config).and_then(|()| {
+            for (program, offset, _) in &analysis.probes {
+                self.probes.attach(program, &exe.link, &[*offset], pid)?;
+            }
+            Ok(())
+        });
+        if attached.is_err() {
+            self.forget(pid);
+            return Err(Skip::AttachFailed);
+        }
+        let process = Arc::new(Process {
+            pid,
+            exe,
+            labels,
+            analysis,
+            attached_at: Instant::now(),
+        });
+        self.processes.insert(pid, process.clone());
+        Ok(process)
+    }
+
+    /// Detaches from `pid` and deletes its map entries; returns it if it was traced.
+    pub fn detach(&mut self, pid: u32) -> Option<Arc<Process>> {
+        let process = self.processes.remove(&pid)?;
+        self.forget(pid);
+        Some(process)
+    }
+
+    fn forget(&mut self, pid: u32) {
+        let _ = self.probes.detach_pid(pid);
+        let _ = self.probes.forget_pid(pid);
+    }
+}
+
+/// What gomemtrace would attach to `exe` in `mode`, or why it will not.
+fn analyse(exe: &Exe, mode: ModeArg) -> Result<Analysed, Skip> {
+    let data = std::fs::read(&exe.link).map_err(|_| Skip::NotGo)?;
+    // Cheap refusal first: most executables on a node are not Go programs.
+    if !GoBinary::has_buildinfo(&data) {
+        return Err(Skip::NotGo);
+    }
+    let go = GoTarget::from_file_bytes(&data, &exe.path).map_err(|_| Skip::NotGo)?;
+    drop(data);
+    let config = go.process_config();
+    let sampler = go.sampler();
+    let analysed = session::plan(go, config, sampler, mode, false)
+        .map_err(|_| Skip::Unsupported("no_sampler"))?;
+    if analysed.mode == Mode::Duty {
+        // Duty-cycled windows per process are not implemented in the agent yet.
+        return Err(Skip::Unsupported("duty_mode"));
+    }
+    Ok(analysed)
+}

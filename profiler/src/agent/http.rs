@@ -1,0 +1,282 @@
+//! The HTTP endpoints of the contract: /metrics, /healthz, /readyz and the pprof
+//! profiles under /debug/pprof/.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use crate::agent::{Shared, profiles};
+
+/// Longest `seconds=` window.
+const MAX_SECONDS: u64 = 600;
+const DEFAULT_SECONDS: u64 = 30;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/debug/pprof/allocs", get(allocs))
+        .route("/debug/pprof/heap", get(heap))
+        .route("/debug/pprof/goroutines", get(goroutines))
+        .route("/debug/pprof/stackgrowth", get(stackgrowth))
+        .with_state(shared)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let text = shared
+        .metrics
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.beating() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "agent loop stalled\n").into_response()
+    }
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.ready.load(std::sync::atomic::Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "probes loading or first /proc scan running\n",
+        )
+            .into_response()
+    }
+}
+
+/// A refused request: status and one line.
+type Refusal = (StatusCode, String);
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
+    let mut text = message.into();
+    text.push('\n');
+    (status, text)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    refuse(status, message).into_response()
+}
+
+/// The traced process a query names: `pid=`, or `pod=` + `namespace=`.
+fn select(shared: &Shared, query: &HashMap<String, String>) -> Result<u32, Refusal> {
+    let tables = shared.tables.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(pid) = query.get("pid") {
+        let pid: u32 = pid
+            .parse()
+            .map_err(|_| refuse(StatusCode::BAD_REQUEST, format!("pid={pid}: not a pid")))?;
+        return if tables.by_pid.contains_key(&pid) {
+            Ok(pid)
+        } else {
+            Err(refuse(
+                StatusCode::NOT_FOUND,
+                format!("pid {pid} is not traced"),
+            ))
+        };
+    }
+    let (Some(pod), Some(namespace)) = (query.get("pod"), query.get("namespace")) else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "name the process: pid=PID, or pod=NAME&namespace=NS",
+        ));
+    };
+    let mut pids: Vec<u32> = tables
+        .by_pid
+        .iter()
+        .filter(|(_, t)| &t.process.labels.pod == pod && &t.process.labels.namespace == namespace)
+        .map(|(&pid, _)| pid)
+        .collect();
+    pids.sort_unstable();
+    match pids.as_slice() {
+        [] => Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("no traced process in pod {namespace}/{pod}"),
+        )),
+        [pid] => Ok(*pid),
+        many => Err(refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "pod {namespace}/{pod} has {} traced processes (pids {many:?}): add pid=",
+                many.len()
+            ),
+        )),
+    }
+}
+
+fn seconds(query: &HashMap<String, String>) -> Result<Duration, Refusal> {
+    let Some(text) = query.get("seconds") else {
+        return Ok(Duration::from_secs(DEFAULT_SECONDS));
+    };
+    match text.parse::<u64>() {
+        Ok(s) if (1..=MAX_SECONDS).contains(&s) => Ok(Duration::from_secs(s)),
+        _ => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("seconds={text}: a whole number from 1 to {MAX_SECONDS}"),
+        )),
+    }
+}
+
+fn pprof_response(bytes: Vec<u8>, name: &str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}.pb.gz\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+/// Allocations during the next `seconds`.
+async fn allocs(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let (pid, duration) = match select(&shared, &query).and_then(|p| Ok((p, seconds(&query)?))) {
+        Ok(v) => v,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let table_of = |shared: &Shared| {
+        shared
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_pid
+            .get(&pid)
+            .cloned()
+    };
+    let Some(start) = table_of(&shared) else {
+        return error(StatusCode::GONE, format!("pid {pid} exited"));
+    };
+    tokio::time::sleep(duration).await;
+    let Some(end) = table_of(&shared) else {
+        return error(
+            StatusCode::GONE,
+            format!("pid {pid} exited during the window"),
+        );
+    };
+    let shared2 = shared.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let stacks = shared2
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stacks
+            .clone();
+        profiles::pprof(Some(&start), &end, &stacks, duration)
+    })
+    .await;
+    match built {
+        Ok(Ok(bytes)) => pprof_response(bytes, "allocs"),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Runtime-sampled mode: of the objects allocated since the agent attached, those still
+/// live (inuse_*), with what was allocated (alloc_*).
+async fn heap(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let pid = match select(&shared, &query) {
+        Ok(pid) => pid,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let built = tokio::task::spawn_blocking(move || {
+        let tables = shared.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let table = tables.by_pid.get(&pid)?;
+        if table.process.mode() != gomemtrace_report::model::Mode::Runtime {
+            return Some(Err(anyhow::anyhow!(
+                "pid {pid}: in-use heap needs runtime-sampled mode (the heap sampler's frees); this process is traced in exact mode"
+            )));
+        }
+        let since = table.process.attached_at.elapsed();
+        Some(profiles::pprof(None, table, &tables.stacks, since))
+    })
+    .await;
+    match built {
+        Ok(Some(Ok(bytes))) => pprof_response(bytes, "heap"),
+        Ok(Some(Err(e))) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+        Ok(None) => error(StatusCode::GONE, format!("pid {pid} exited")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn goroutines(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    subcommand(shared, query, "goroutines").await
+}
+
+async fn stackgrowth(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    subcommand(shared, query, "stackgrowth").await
+}
+
+/// The goroutine and stack-growth views need their own probes for the window: the
+/// one-process subcommand runs for `seconds` and hands its pprof over a pipe.
+async fn subcommand(
+    shared: Arc<Shared>,
+    query: HashMap<String, String>,
+    view: &'static str,
+) -> Response {
+    let (pid, duration) = match select(&shared, &query).and_then(|p| Ok((p, seconds(&query)?))) {
+        Ok(v) => v,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let output = tokio::process::Command::new(&shared.self_exe)
+        .args([
+            view,
+            "-p",
+            &pid.to_string(),
+            "-d",
+            &format!("{}s", duration.as_secs()),
+            "--format",
+            "pprof",
+            "-q",
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await;
+    match output {
+        Ok(out) if out.status.success() => pprof_response(out.stdout, view),
+        Ok(out) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "gomemtrace {view}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("run gomemtrace {view}: {e}"),
+        ),
+    }
+}

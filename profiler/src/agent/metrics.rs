@@ -1,0 +1,320 @@
+//! The agent's Prometheus metrics: per process group (namespace, pod, container, exe,
+//! comm) what the probes measured, and the agent's own health. Base units throughout.
+
+use std::collections::HashMap;
+
+use prometheus::{
+    CounterVec, Encoder as _, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::agent::metadata::Labels;
+
+pub struct Metrics {
+    registry: Registry,
+    pub allocated_bytes: CounterVec,
+    pub allocated_objects: CounterVec,
+    pub sampled_inuse_bytes: GaugeVec,
+    pub gc_cycles: CounterVec,
+    pub gc_pause: HistogramVec,
+    pub gc_assist_seconds: CounterVec,
+    pub heap_live: GaugeVec,
+    pub heap_goal: GaugeVec,
+    pub processes: GaugeVec,
+    pub attached: IntGauge,
+    pub skipped: IntCounterVec,
+    pub probe_events: IntCounter,
+    pub drops: IntCounterVec,
+    pub process_events: IntCounterVec,
+    pub cpu_seconds: prometheus::Counter,
+    pub resident_bytes: Gauge,
+    pub links: IntGauge,
+    pub map_entries: IntGaugeVec,
+    /// Processes per label set: a set's series go when its last process exits.
+    label_users: HashMap<Labels, usize>,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let per_process = &Labels::NAMES;
+        let allocated_bytes = CounterVec::new(
+            opts(
+                "gomemtrace_allocated_bytes_total",
+                "Bytes allocated on the Go heap since the agent attached; an unbiased estimate in runtime-sampled mode (gomemtrace_mode)",
+            ),
+            per_process,
+        )?;
+        let allocated_objects = CounterVec::new(
+            opts(
+                "gomemtrace_allocated_objects_total",
+                "Heap objects allocated since the agent attached; an unbiased estimate in runtime-sampled mode",
+            ),
+            per_process,
+        )?;
+        let sampled_inuse_bytes = GaugeVec::new(
+            opts(
+                "gomemtrace_sampled_inuse_bytes",
+                "Runtime-sampled mode: estimated bytes still live of those allocated since the agent attached",
+            ),
+            per_process,
+        )?;
+        let gc_cycles = CounterVec::new(
+            opts(
+                "gomemtrace_gc_cycles_total",
+                "GC cycles completed since the agent attached",
+            ),
+            per_process,
+        )?;
+        let gc_pause = HistogramVec::new(
+            HistogramOpts::new(
+                "gomemtrace_gc_pause_seconds",
+                "Stop-the-world time of each GC cycle (sweep termination + mark termination)",
+            )
+            .buckets(prometheus::exponential_buckets(10e-6, 4.0, 9)?),
+            per_process,
+        )?;
+        let gc_assist_seconds = CounterVec::new(
+            opts(
+                "gomemtrace_gc_mark_assist_seconds_total",
+                "CPU time goroutines spent in GC mark assists (the runtime's gcController.assistTime per cycle)",
+            ),
+            per_process,
+        )?;
+        let heap_live = GaugeVec::new(
+            opts(
+                "gomemtrace_heap_live_bytes",
+                "Heap marked live by the latest GC cycle (the runtime's work.heap2); binaries with symbols only",
+            ),
+            per_process,
+        )?;
+        let heap_goal = GaugeVec::new(
+            opts(
+                "gomemtrace_heap_goal_bytes",
+                "Heap goal of the latest GC cycle (gcController.lastHeapGoal); binaries with symbols only",
+            ),
+            per_process,
+        )?;
+        let mut with_mode: Vec<&str> = per_process.to_vec();
+        with_mode.push("mode");
+        let processes = GaugeVec::new(
+            opts(
+                "gomemtrace_processes",
+                "Go processes traced, by label set and collection mode (exact or runtime)",
+            ),
+            &with_mode,
+        )?;
+        let attached = IntGauge::new(
+            "gomemtrace_agent_attached_processes",
+            "Processes the agent traces now",
+        )?;
+        let skipped = IntCounterVec::new(
+            opts(
+                "gomemtrace_agent_skipped_processes_total",
+                "Go processes not traced, by reason (max_processes, no_sampler, duty_mode, attach_failed)",
+            ),
+            &["reason"],
+        )?;
+        let probe_events = IntCounter::new(
+            "gomemtrace_agent_probe_events_total",
+            "Allocation probe hits of traced processes",
+        )?;
+        let drops = IntCounterVec::new(
+            opts(
+                "gomemtrace_agent_drops_total",
+                "Events lost or degraded, by reason",
+            ),
+            &["reason"],
+        )?;
+        let process_events = IntCounterVec::new(
+            opts(
+                "gomemtrace_agent_process_events_total",
+                "Process execs and exits seen by the scheduler tracepoints",
+            ),
+            &["kind"],
+        )?;
+        let cpu_seconds = prometheus::Counter::new(
+            "gomemtrace_agent_cpu_seconds_total",
+            "CPU time (user + system) the agent used",
+        )?;
+        let resident_bytes = Gauge::new(
+            "gomemtrace_agent_resident_memory_bytes",
+            "The agent's resident set size",
+        )?;
+        let links = IntGauge::new(
+            "gomemtrace_agent_uprobe_links",
+            "Uprobe links the agent holds for traced processes",
+        )?;
+        let map_entries = IntGaugeVec::new(
+            opts(
+                "gomemtrace_agent_map_entries",
+                "Entries in the BPF maps that hold per-process data",
+            ),
+            &["map"],
+        )?;
+        let build_info = GaugeVec::new(
+            opts(
+                "gomemtrace_agent_build_info",
+                "The agent's version; always 1",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
+        for collector in [
+            Box::new(allocated_bytes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(allocated_objects.clone()),
+            Box::new(sampled_inuse_bytes.clone()),
+            Box::new(gc_cycles.clone()),
+            Box::new(gc_pause.clone()),
+            Box::new(gc_assist_seconds.clone()),
+            Box::new(heap_live.clone()),
+            Box::new(heap_goal.clone()),
+            Box::new(processes.clone()),
+            Box::new(attached.clone()),
+            Box::new(skipped.clone()),
+            Box::new(probe_events.clone()),
+            Box::new(drops.clone()),
+            Box::new(process_events.clone()),
+            Box::new(cpu_seconds.clone()),
+            Box::new(resident_bytes.clone()),
+            Box::new(links.clone()),
+            Box::new(map_entries.clone()),
+            Box::new(build_info),
+        ] {
+            registry.register(collector)?;
+        }
+        Ok(Self {
+            registry,
+            allocated_bytes,
+            allocated_objects,
+            sampled_inuse_bytes,
+            gc_cycles,
+            gc_pause,
+            gc_assist_seconds,
+            heap_live,
+            heap_goal,
+            processes,
+            attached,
+            skipped,
+            probe_events,
+            drops,
+            process_events,
+            cpu_seconds,
+            resident_bytes,
+            links,
+            map_entries,
+            label_users: HashMap::new(),
+        })
+    }
+
+    /// A process with `labels` was attached: its series exist from now, at 0.
+    pub fn add_process(&mut self, labels: &Labels, mode: &str) {
+        *self.label_users.entry(labels.clone()).or_default() += 1;
+        let values = labels.values();
+        self.allocated_bytes.with_label_values(&values);
+        self.allocated_objects.with_label_values(&values);
+        self.gc_cycles.with_label_values(&values);
+        self.processes.with_label_values(&with(&values, mode)).inc();
+    }
+
+    /// A process with `labels` is gone: the label set's series go with its last process.
+    pub fn remove_process(&mut self, labels: &Labels, mode: &str) {
+        let values = labels.values();
+        let mode_values = with(&values, mode);
+        if let Ok(g) = self.processes.get_metric_with_label_values(&mode_values) {
+            g.dec();
+            if g.get() <= 0.0 {
+                let _ = self.processes.remove_label_values(&mode_values);
+            }
+        }
+        let Some(users) = self.label_users.get_mut(labels) else {
+            return;
+        };
+        *users -= 1;
+        if *users == 0 {
+            self.label_users.remove(labels);
+            let _ = self.allocated_bytes.remove_label_values(&values);
+            let _ = self.allocated_objects.remove_label_values(&values);
+            let _ = self.sampled_inuse_bytes.remove_label_values(&values);
+            let _ = self.gc_cycles.remove_label_values(&values);
+            let _ = self.gc_pause.remove_label_values(&values);
+            let _ = self.gc_assist_seconds.remove_label_values(&values);
+            let _ = self.heap_live.remove_label_values(&values);
+            let _ = self.heap_goal.remove_label_values(&values);
+        }
+    }
+
+    /// Adds the increase of a monotonic total read from elsewhere (`now` − `*last`).
+    pub fn advance(counter: &IntCounter, last: &mut u64, now: u64) {
+        if now > *last {
+            counter.inc_by(now - *last);
+            *last = now;
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into memory fails only on an invalid metric, which register() refused.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn with<'a>(values: &[&'a str; 5], extra: &'a str) -> [&'a str; 6] {
+    [values[0], values[1], values[2], values[3], values[4], extra]
+}
+
+/// This process's CPU seconds (user + system) and resident bytes, from /proc/self.
+pub fn own_usage() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the command: state is field 3; utime 14, stime 15, rss 24 (in pages).
+    let ticks = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+    Some(((ticks(14)? + ticks(15)?) / hz.max(1.0), ticks(24)? * page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(exe: &str) -> Labels {
+        Labels {
+            exe: exe.into(),
+            comm: "app".into(),
+            ..Labels::default()
+        }
+    }
+
+    #[test]
+    fn series_go_with_the_last_process_of_their_label_set() {
+        let mut m = Metrics::new().unwrap();
+        let a = labels("/srv/a");
+        m.add_process(&a, "runtime");
+        m.add_process(&a, "runtime");
+        m.allocated_bytes
+            .with_label_values(&a.values())
+            .inc_by(10.0);
+        m.remove_process(&a, "runtime");
+        assert!(m.render().contains("exe=\"/srv/a\""), "{}", m.render());
+        m.remove_process(&a, "runtime");
+        assert!(!m.render().contains("exe=\"/srv/a\""), "{}", m.render());
+    }
+
+    #[test]
+    fn own_usage_is_plausible() {
+        let (cpu, rss) = own_usage().unwrap();
+        assert!(cpu >= 0.0);
+        assert!(rss > 1_000_000.0, "rss {rss}");
+    }
+}

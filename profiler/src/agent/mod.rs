@@ -1,0 +1,137 @@
+//! `gomemtrace agent`: every Go process on the node, traced by one set of probes;
+//! Prometheus metrics on /metrics and pprof profiles over HTTP (docs/AGENT.md).
+
+pub mod args;
+mod attachments;
+mod discovery;
+mod gc;
+mod http;
+mod metadata;
+mod metrics;
+mod profiles;
+mod tracer;
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    agent::{args::KubernetesArg, attachments::Attachments, discovery::Filter},
+    error::UserError,
+    preflight,
+    procevents::ProcEvents,
+};
+
+/// State shared by the agent's loop and the HTTP handlers.
+pub struct Shared {
+    pub metrics: Mutex<metrics::Metrics>,
+    pub tables: Mutex<profiles::Tables>,
+    /// The probes are loaded and the first /proc scan finished.
+    pub ready: AtomicBool,
+    /// Unix seconds of the loop's latest iteration.
+    heartbeat: AtomicU64,
+    pub stop: AtomicBool,
+    /// This executable, for the views that run as a subcommand.
+    pub self_exe: PathBuf,
+}
+
+/// The loop is alive if it went round within this many seconds.
+const STALLED_AFTER_S: u64 = 10;
+
+impl Shared {
+    fn beat(&self) {
+        self.heartbeat.store(unix_seconds(), Ordering::Release);
+    }
+
+    fn beating(&self) -> bool {
+        unix_seconds().saturating_sub(self.heartbeat.load(Ordering::Acquire)) <= STALLED_AFTER_S
+    }
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn run(args: &args::AgentArgs) -> anyhow::Result<ExitCode> {
+    preflight::check()?;
+    let filter = Filter::new(args)?;
+    let kubernetes = match args.kubernetes {
+        KubernetesArg::Always => true,
+        KubernetesArg::Never => false,
+        KubernetesArg::Auto => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+    };
+    if kubernetes {
+        eprintln!(
+            "gomemtrace: agent: the Kubernetes pod watch is not implemented yet: labels are exe and comm only, namespace and pod filters match nothing"
+        );
+    }
+    if args.pyroscope_url.is_some() {
+        eprintln!(
+            "gomemtrace: agent: --pyroscope-url: pushing to Pyroscope is not implemented yet; ignored"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .map_err(|e| UserError::Listen {
+            addr: args.listen.to_string(),
+            reason: e.to_string(),
+        })?;
+    let shared = Arc::new(Shared {
+        metrics: Mutex::new(metrics::Metrics::new()?),
+        tables: Mutex::new(profiles::Tables::default()),
+        ready: AtomicBool::new(false),
+        heartbeat: AtomicU64::new(unix_seconds()),
+        stop: AtomicBool::new(false),
+        self_exe: std::env::current_exe().context("this executable's path")?,
+    });
+    let attachments = Attachments::new(args.mode, args.max_processes)?;
+    // Before the /proc scan: a process exec'd during the scan is seen either way.
+    let events = ProcEvents::attach()?;
+    eprintln!(
+        "gomemtrace: agent: listening on {}, mode {:?}",
+        listener.local_addr().unwrap_or(args.listen),
+        args.mode
+    );
+    let gc = gc::GcTracker::new()?;
+    let tracer = tracer::Tracer::new(attachments, gc, events, filter, shared.clone());
+    let tracer = std::thread::Builder::new()
+        .name("gomemtrace-agent".into())
+        .spawn(move || tracer.run())?;
+    let served = runtime.block_on(async {
+        let stop = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        axum::serve(listener, http::router(shared.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = stop.await;
+            })
+            .await
+    });
+    shared.stop.store(true, Ordering::Release);
+    let _ = tracer.join();
+    // Handlers still waiting out a window are dropped with the runtime.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served.context("HTTP server")?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,295 @@
+//! The agent's loop, on its own thread: it owns the probes. Applies exec and exit events,
+//! checks that traced processes still run, and every second copies the maps into the
+//! shared tables and the metrics.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use gomemtrace_common::{Counter, ProcCounter};
+
+use crate::{
+    agent::{
+        Shared,
+        attachments::{Attachments, Skip},
+        discovery::{self, Exe, Filter},
+        gc::GcTracker,
+        metadata,
+        metrics::{self, Metrics},
+        profiles::Totals,
+    },
+    procevents::{Lifecycle, ProcEvents},
+};
+
+const TICK: Duration = Duration::from_millis(100);
+const HARVEST_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Tracer {
+    pub attachments: Attachments,
+    pub gc: GcTracker,
+    pub events: ProcEvents,
+    pub filter: Filter,
+    pub shared: Arc<Shared>,
+    /// Per pid: the totals already added to the counters.
+    counted: HashMap<u32, Totals>,
+    /// Global probe counters already added, by metric.
+    last_global: HashMap<&'static str, u64>,
+}
+
+/// The drop counters of the probes, by the `reason` label.
+const DROPS: [(&str, Counter); 6] = [
+    ("alloc_map_full", Counter::DropAllocMapFull),
+    ("stack_map_full", Counter::StackMapFull),
+    ("stack_unreadable", Counter::StackUnreadable),
+    ("goroutine_map_full", Counter::DropGoroutineMapFull),
+    ("live_map_full", Counter::DropLiveMapFull),
+    ("sample_unreadable", Counter::DropSampleUnreadable),
+];
+
+impl Tracer {
+    pub fn new(
+        attachments: Attachments,
+        gc: GcTracker,
+        events: ProcEvents,
+        filter: Filter,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            attachments,
+            gc,
+            events,
+            filter,
+            shared,
+            counted: HashMap::new(),
+            last_global: HashMap::new(),
+        }
+    }
+
+    /// Scans /proc, then follows events until `shared.stop`.
+    pub fn run(mut self) {
+        let own_pid = std::process::id();
+        for pid in discovery::scan_proc() {
+            if pid != own_pid {
+                self.consider(pid);
+            }
+        }
+        self.harvest();
+        self.shared.ready.store(true, Ordering::Release);
+        let mut last_harvest = Instant::now();
+        while !self.shared.stop.load(Ordering::Acquire) {
+            self.shared.beat();
+            for event in self.events.drain() {
+                match event {
+                    Lifecycle::Exec(pid) if pid != own_pid => {
+                        // The image was replaced: what was attached is for the old one.
+                        self.forget(pid);
+                        self.consider(pid);
+                    }
+                    Lifecycle::Exit(pid) => self.forget(pid),
+                    Lifecycle::Exec(_) => {}
+                }
+            }
+            {
+                let metrics = self
+                    .shared
+                    .metrics
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                self.gc.drain(&metrics);
+            }
+            if last_harvest.elapsed() >= HARVEST_EVERY {
+                last_harvest = Instant::now();
+                // Exit events can be lost (ring buffer full): the dead go here too.
+                let dead: Vec<u32> = self
+                    .attachments
+                    .processes
+                    .keys()
+                    .copied()
+                    .filter(|&pid| !discovery::is_alive(pid))
+                    .collect();
+                for pid in dead {
+                    self.forget(pid);
+                }
+                self.harvest();
+            }
+            std::thread::sleep(TICK);
+        }
+        // Dropping the probes detaches every uprobe.
+    }
+
+    fn metrics(&self) -> std::sync::MutexGuard<'_, Metrics> {
+        self.shared
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn consider(&mut self, pid: u32) {
+        let Some(exe) = Exe::of(pid) else {
+            return;
+        };
+        if !self.filter.allows_exe(&exe.path) {
+            return;
+        }
+        let (labels, pod) = metadata::labels(pid, &exe.path, None);
+        if !self.filter.allows_pod(pod.as_ref()) {
+            return;
+        }
+        match self.attachments.attach(pid, exe, labels) {
+            Ok(process) => {
+                let gc_attached = self.gc.attach(&process);
+                let mut metrics = self.metrics();
+                if !gc_attached {
+                    metrics.skipped.with_label_values(&["gc_probes"]).inc();
+                }
+                metrics.add_process(&process.labels, mode_name(&process));
+                metrics
+                    .attached
+                    .set(self.attachments.processes.len() as i64);
+            }
+            Err(Skip::NotGo) => {}
+            Err(skip) => {
+                let reason = match skip {
+                    Skip::Cap => "max_processes",
+                    Skip::AttachFailed => "attach_failed",
+                    Skip::Unsupported(why) => why,
+                    Skip::NotGo => unreachable!(),
+                };
+                self.metrics().skipped.with_label_values(&[reason]).inc();
+            }
+        }
+    }
+
+    fn forget(&mut self, pid: u32) {
+        let Some(process) = self.attachments.detach(pid) else {
+            return;
+        };
+        self.counted.remove(&pid);
+        let mut metrics = self
+            .shared
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.gc.detach(pid, &metrics);
+        metrics.remove_process(&process.labels, mode_name(&process));
+        metrics
+            .attached
+            .set(self.attachments.processes.len() as i64);
+    }
+
+    fn harvest(&mut self) {
+        let mut tables = self.shared.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = tables.harvest(&self.attachments.probes, &self.attachments.processes) {
+            eprintln!("gomemtrace: agent: reading the probe maps: {e:#}");
+            return;
+        }
+        let metrics = self
+            .shared
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (pid, table) in &tables.by_pid {
+            let now = table.allocated();
+            let counted = self.counted.entry(*pid).or_default();
+            let values = table.process.labels.values();
+            // Per-key unbiasing can move a total down a little as a key's average size
+            // changes: counters only go up.
+            if now.bytes > counted.bytes {
+                metrics
+                    .allocated_bytes
+                    .with_label_values(&values)
+                    .inc_by(now.bytes - counted.bytes);
+                counted.bytes = now.bytes;
+            }
+            if now.objects > counted.objects {
+                metrics
+                    .allocated_objects
+                    .with_label_values(&values)
+                    .inc_by(now.objects - counted.objects);
+                counted.objects = now.objects;
+            }
+        }
+        // In-use gauges: summed over the processes of each label set.
+        let mut inuse: HashMap<_, f64> = HashMap::new();
+        for table in tables.by_pid.values() {
+            if let Some(bytes) = table.sampled_inuse() {
+                *inuse.entry(table.process.labels.clone()).or_default() += bytes;
+            }
+        }
+        for (labels, bytes) in inuse {
+            metrics
+                .sampled_inuse_bytes
+                .with_label_values(&labels.values())
+                .set(bytes);
+        }
+        drop(tables);
+        if let Ok(c) = self.attachments.probes.counters() {
+            let last = self.last_global.entry("events").or_default();
+            Metrics::advance(&metrics.probe_events, last, c.get(Counter::Events));
+            for (reason, counter) in DROPS {
+                let last = self.last_global.entry(reason).or_default();
+                Metrics::advance(
+                    &metrics.drops.with_label_values(&[reason]),
+                    last,
+                    c.get(counter),
+                );
+            }
+        }
+        if let Ok(c) = self.events.counters() {
+            for (kind, counter) in [("exec", ProcCounter::Execs), ("exit", ProcCounter::Exits)] {
+                let last = self.last_global.entry(kind).or_default();
+                Metrics::advance(
+                    &metrics.process_events.with_label_values(&[kind]),
+                    last,
+                    c[counter as usize],
+                );
+            }
+            let last = self
+                .last_global
+                .entry("process_events_ring_full")
+                .or_default();
+            Metrics::advance(
+                &metrics
+                    .drops
+                    .with_label_values(&["process_events_ring_full"]),
+                last,
+                c[ProcCounter::DropRingFull as usize],
+            );
+        }
+        metrics
+            .links
+            .set((self.attachments.probes.links() + self.gc.probes.links()) as i64);
+        let (ring_full, state_full) = self.gc.lost();
+        for (reason, now) in [
+            ("gc_ring_full", ring_full),
+            ("gc_state_map_full", state_full),
+        ] {
+            let last = self.last_global.entry(reason).or_default();
+            Metrics::advance(&metrics.drops.with_label_values(&[reason]), last, now);
+        }
+        let entries = self.attachments.probes.map_entries();
+        for (map, entries) in entries.into_iter().chain(self.gc.probes.map_entries()) {
+            metrics
+                .map_entries
+                .with_label_values(&[map])
+                .set(entries as i64);
+        }
+        if let Some((cpu, rss)) = metrics::own_usage() {
+            let counted = metrics.cpu_seconds.get();
+            if cpu > counted {
+                metrics.cpu_seconds.inc_by(cpu - counted);
+            }
+            metrics.resident_bytes.set(rss);
+        }
+    }
+}
+
+fn mode_name(process: &crate::agent::attachments::Process) -> &'static str {
+    match process.mode() {
+        gomemtrace_report::model::Mode::Runtime => "runtime",
+        gomemtrace_report::model::Mode::Exact => "exact",
+        gomemtrace_report::model::Mode::Duty => "duty",
+    }
+}

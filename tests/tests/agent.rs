@@ -1,0 +1,543 @@
+//! `gomemtrace agent` end to end: the agent on a loopback port, a real Prometheus server
+//! scraping it every second, Go fixtures of two releases allocating a known amount.
+//! Checked: each fixture's allocated bytes and objects reach Prometheus under its exe
+//! label within the sampler's statistical bound of the fixture's arithmetic, and its GC
+//! cycles exactly as the runtime counts them (MemStats.NumGC); the series go
+//! stale when the fixture exits; `go tool pprof` reads every pprof endpoint; `promtool
+//! check metrics` accepts /metrics; after processes came and went, the agent holds no
+//! more uprobe links, perf-event fds or map entries than before they came.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use gomemtrace_tests::{
+    Proc, TempDir, Variant, fixture, go_tool, go_versions, gomemtrace_command, latest_go,
+    require_root,
+};
+
+/// The fixture's allocation: COUNT buffers of SIZE bytes at one site.
+const COUNT: u64 = 100_000;
+const SIZE: u64 = 4096;
+/// Go's default `MemProfileRate`.
+const RATE: f64 = 512.0 * 1024.0;
+
+/// A GET over a fresh loopback connection: (status, body).
+fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    // HTTP/1.0: the server closes the connection after the body, no chunking.
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("read GET {path}"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("status line of {head}"))?;
+    Ok((status, raw[split + 4..].to_vec()))
+}
+
+fn get_text(addr: &str, path: &str) -> Result<String> {
+    let (status, body) = http_get(addr, path, Duration::from_secs(10))?;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    ensure!(status == 200, "GET {path}: {status} {text}");
+    Ok(text)
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `timeout`.
+fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sample values of `name` in Prometheus text whose labels include every `labels` pair.
+fn samples(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse().ok())
+            .flatten()
+        })
+        .collect()
+}
+
+struct Agent {
+    proc: Proc,
+    addr: String,
+}
+
+impl Agent {
+    fn start(include_exe: &str) -> Result<Agent> {
+        let mut cmd = gomemtrace_command()?;
+        cmd.args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--include-exe",
+            include_exe,
+        ]);
+        let proc = Proc::spawn(cmd)?;
+        let line = proc.wait_stderr("listening on", Duration::from_secs(20))?;
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .context("listen address")?
+            .to_string();
+        let agent = Agent { proc, addr };
+        poll("/readyz", Duration::from_secs(20), || {
+            Ok((http_get(&agent.addr, "/readyz", Duration::from_secs(5))?.0 == 200).then_some(()))
+        })?;
+        Ok(agent)
+    }
+
+    fn metrics(&self) -> Result<String> {
+        get_text(&self.addr, "/metrics")
+    }
+
+    /// The agent's BPF link and perf-event fds (one per uprobe or tracepoint attachment),
+    /// from the kernel's fd table: an oracle independent of the agent's own gauges.
+    fn link_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.proc.pid()))
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter(|e| {
+                        std::fs::read_link(e.path()).is_ok_and(|t| {
+                            let t = t.to_string_lossy();
+                            t.contains("bpf_link") || t.contains("perf_event")
+                        })
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// (uprobe links, entries of every per-process map) as the agent reports them.
+    fn holdings(&self) -> Result<(f64, f64)> {
+        let text = self.metrics()?;
+        let links = samples(&text, "gomemtrace_agent_uprobe_links", &[]);
+        let entries: f64 = samples(&text, "gomemtrace_agent_map_entries", &[])
+            .iter()
+            .sum();
+        ensure!(links.len() == 1, "no uprobe link gauge in\n{text}");
+        Ok((links[0], entries))
+    }
+}
+
+struct Prometheus {
+    _proc: Proc,
+    addr: String,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target: &str) -> Result<Prometheus> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: agent\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )?;
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"));
+        let proc = Proc::spawn(cmd).context("start prometheus (scripts/setup.sh installs it)")?;
+        let prometheus = Prometheus { _proc: proc, addr };
+        poll("Prometheus ready", Duration::from_secs(30), || {
+            Ok(
+                http_get(&prometheus.addr, "/-/ready", Duration::from_secs(5))
+                    .is_ok_and(|(s, _)| s == 200)
+                    .then_some(()),
+            )
+        })?;
+        Ok(prometheus)
+    }
+
+    /// An instant query: one value per series.
+    fn query(&self, promql: &str) -> Result<Vec<f64>> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let body = get_text(&self.addr, &format!("/api/v1/query?query={encoded}"))?;
+        let json: serde_json::Value = serde_json::from_str(&body)?;
+        ensure!(json["status"] == "success", "query {promql}: {body}");
+        json["data"]["result"]
+            .as_array()
+            .context("result array")?
+            .iter()
+            .map(|r| {
+                r["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("value in {r}"))
+            })
+            .collect()
+    }
+}
+
+/// The fixture of Go `version`, copied under `dir` so that only this test's agent
+/// matches it (other tests run the same cached binary).
+fn own_fixture(dir: &Path, version: &str) -> Result<PathBuf> {
+    let built = fixture("agentload", version, Variant::Normal)?;
+    let copy = dir.join(format!("agentload-go{version}"));
+    std::fs::copy(&built, &copy)?;
+    Ok(copy)
+}
+
+fn spawn_fixture(exe: &Path, count: u64) -> Result<Proc> {
+    let mut cmd = Command::new(exe);
+    cmd.args(["-count", &count.to_string(), "-size", &SIZE.to_string()]);
+    let proc = Proc::spawn(cmd)?;
+    proc.wait_stdout("ready", Duration::from_secs(10))?;
+    Ok(proc)
+}
+
+/// Waits until the agent exposes series for `exe` (it attached).
+fn wait_attached(agent: &Agent, exe: &Path) -> Result<()> {
+    let exe = exe.display().to_string();
+    poll(
+        &format!("the agent to attach to {exe}"),
+        Duration::from_secs(10),
+        || {
+            let text = agent.metrics()?;
+            Ok(
+                (!samples(&text, "gomemtrace_allocated_bytes_total", &[("exe", &exe)]).is_empty())
+                    .then_some(()),
+            )
+        },
+    )
+}
+
+/// `go tool pprof -raw` of a profile: fails unless pprof parses it. pprof's own
+/// symbolization is off: the agent's profiles are symbolized.
+fn pprof_raw(dir: &Path, name: &str, bytes: &[u8]) -> Result<String> {
+    let path = dir.join(format!("{name}.pb.gz"));
+    std::fs::write(&path, bytes)?;
+    let path = path.display().to_string();
+    go_tool(
+        &latest_go(),
+        &["tool", "pprof", "-raw", "-symbolize=none", &path],
+    )
+}
+
+/// Two releases: the oldest and the newest supported.
+fn two_versions() -> Vec<String> {
+    let all = go_versions();
+    let mut two = vec![all[0].clone(), all[all.len() - 1].clone()];
+    two.dedup();
+    two
+}
+
+#[test]
+fn allocations_reach_prometheus_series_go_stale_and_pprof_reads_the_endpoints() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let step = |what: &str| println!("{:>6.1}s {what}", started.elapsed().as_secs_f64());
+    let tmp = TempDir::new("agent")?;
+    let exes: Vec<PathBuf> = two_versions()
+        .iter()
+        .map(|v| own_fixture(tmp.path(), v))
+        .collect::<Result<_>>()?;
+    let agent = Agent::start(&format!("{}/agentload-*", tmp.path().display()))?;
+    step("agent ready");
+    let prometheus = Prometheus::start(tmp.path(), &agent.addr)?;
+    step("prometheus ready");
+    let baseline_fds = agent.link_fds();
+    ensure!(
+        agent.holdings()? == (0.0, 0.0),
+        "holdings before any fixture"
+    );
+
+    let mut fixtures = Vec::new();
+    for exe in &exes {
+        let proc = spawn_fixture(exe, COUNT)?;
+        wait_attached(&agent, exe)?;
+        fixtures.push(proc);
+    }
+    step("fixtures attached");
+    // A window over the allocation of the first fixture.
+    let window = {
+        let addr = agent.addr.clone();
+        let pid = fixtures[0].pid();
+        std::thread::spawn(move || {
+            http_get(
+                &addr,
+                &format!("/debug/pprof/allocs?pid={pid}&seconds=4"),
+                Duration::from_secs(20),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    for f in &fixtures {
+        f.signal(libc::SIGUSR1)?;
+    }
+    // GC cycles between "ready" (before the agent attached) and "done", as the runtime
+    // counts them.
+    let mut cycles = Vec::new();
+    for f in &fixtures {
+        let numgc = |line: String| -> Result<f64> {
+            line.rsplit("numgc=")
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+                .with_context(|| format!("numgc in {line}"))
+        };
+        let ready = numgc(f.wait_stdout("ready", Duration::from_secs(1))?)?;
+        let done = numgc(f.wait_stdout("done", Duration::from_secs(20))?)?;
+        cycles.push(done - ready);
+    }
+
+    // The estimate counts the sampler's samples n ~ Poisson(λ), λ = COUNT·p with
+    // p = 1 − exp(−SIZE/RATE), and scales each by SIZE/p: relative σ = 1/√λ. 5σ either way;
+    // above, room for a few samples of the runtime's own small allocations, each of which
+    // stands for about RATE bytes.
+    let p = 1.0 - (-(SIZE as f64) / RATE).exp();
+    let lambda = COUNT as f64 * p;
+    let sigma = 1.0 / lambda.sqrt();
+    let expected_bytes = (COUNT * SIZE) as f64;
+    let (low, high) = (
+        expected_bytes * (1.0 - 5.0 * sigma),
+        expected_bytes * (1.0 + 5.0 * sigma) + 8.0 * RATE,
+    );
+    let mut report = Vec::new();
+    for (exe, cycles) in exes.iter().zip(&cycles) {
+        let exe = exe.display().to_string();
+        let gc = poll(
+            &format!("Prometheus to see {exe}'s {cycles} GC cycles"),
+            Duration::from_secs(15),
+            || {
+                let v =
+                    prometheus.query(&format!("gomemtrace_gc_cycles_total{{exe=\"{exe}\"}}"))?;
+                Ok(v.first().copied().filter(|c| c == cycles))
+            },
+        );
+        gc.with_context(|| {
+            format!(
+                "expected {cycles}; last seen: {:?}",
+                prometheus.query(&format!("gomemtrace_gc_cycles_total{{exe=\"{exe}\"}}"))
+            )
+        })?;
+        let bytes = poll(
+            &format!("Prometheus to see {exe}'s allocations"),
+            Duration::from_secs(15),
+            || {
+                let v = prometheus.query(&format!(
+                    "gomemtrace_allocated_bytes_total{{exe=\"{exe}\"}}"
+                ))?;
+                Ok(v.first().copied().filter(|&b| b >= low))
+            },
+        )
+        .with_context(|| format!("bounds [{low:.0}, {high:.0}]"))?;
+        ensure!(
+            bytes <= high,
+            "{exe}: {bytes} bytes allocated, above {high:.0} (expected {expected_bytes})"
+        );
+        let objects = prometheus.query(&format!(
+            "gomemtrace_allocated_objects_total{{exe=\"{exe}\"}}"
+        ))?;
+        let objects = objects.first().copied().unwrap_or(0.0);
+        ensure!(
+            objects >= COUNT as f64 * (1.0 - 5.0 * sigma)
+                && objects <= COUNT as f64 * (1.0 + 5.0 * sigma) + 8.0 * RATE / 16.0,
+            "{exe}: {objects} objects, expected about {COUNT}"
+        );
+        report.push(format!(
+            "{exe}: {bytes:.0} bytes (expected {expected_bytes}), {objects:.0} objects, {cycles} GC cycles"
+        ));
+    }
+    println!("{}", report.join("\n"));
+    step("prometheus saw the allocations");
+
+    // promtool accepts the exposition while series of live fixtures are in it.
+    let text = agent.metrics()?;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run promtool (scripts/setup.sh installs it)")?;
+    promtool
+        .stdin
+        .take()
+        .context("promtool stdin")?
+        .write_all(text.as_bytes())?;
+    let checked = promtool.wait_with_output()?;
+    ensure!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // pprof: the window saw the fixture's allocation site.
+    let (status, allocs) = window.join().expect("window thread")?;
+    ensure!(
+        status == 200,
+        "allocs: {status} {}",
+        String::from_utf8_lossy(&allocs)
+    );
+    let raw = pprof_raw(tmp.path(), "allocs", &allocs)?;
+    ensure!(
+        raw.contains("main.allocBuffers"),
+        "allocs profile lacks main.allocBuffers:\n{raw}"
+    );
+    let pid = fixtures[1].pid();
+    for (endpoint, seconds) in [("heap", 1), ("goroutines", 1), ("stackgrowth", 1)] {
+        let (status, body) = http_get(
+            &agent.addr,
+            &format!("/debug/pprof/{endpoint}?pid={pid}&seconds={seconds}"),
+            Duration::from_secs(30),
+        )?;
+        ensure!(
+            status == 200,
+            "{endpoint}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        pprof_raw(tmp.path(), endpoint, &body)?;
+    }
+    let (status, _) = http_get(
+        &agent.addr,
+        "/debug/pprof/allocs?pid=1&seconds=1",
+        Duration::from_secs(5),
+    )?;
+    ensure!(status == 404, "a pid that is not traced: {status}");
+
+    step("pprof endpoints read");
+    // Exit: the series go stale in Prometheus, the agent holds what it held before.
+    for f in &fixtures {
+        f.signal(libc::SIGUSR1)?;
+    }
+    for f in &mut fixtures {
+        f.wait(Duration::from_secs(10))?;
+    }
+    for exe in &exes {
+        let exe = exe.display().to_string();
+        poll(
+            &format!("{exe}'s series to go stale"),
+            Duration::from_secs(15),
+            || {
+                Ok(prometheus
+                    .query(&format!(
+                        "gomemtrace_allocated_bytes_total{{exe=\"{exe}\"}}"
+                    ))?
+                    .is_empty()
+                    .then_some(()))
+            },
+        )?;
+    }
+    step("series stale");
+    poll("the agent to let go", Duration::from_secs(10), || {
+        Ok((agent.holdings()? == (0.0, 0.0) && agent.link_fds() == baseline_fds).then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn nothing_is_left_behind_after_processes_come_and_go() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let tmp = TempDir::new("agent-leak")?;
+    let exe = own_fixture(tmp.path(), &latest_go())?;
+    let agent = Agent::start(&format!("{}/agentload-*", tmp.path().display()))?;
+    let baseline_fds = agent.link_fds();
+    let baseline = agent.holdings()?;
+    const ROUNDS: usize = 6;
+    let mut attached_counts = BTreeMap::new();
+    for round in 0..ROUNDS {
+        // Two at a time: attachments of different processes of one executable coexist.
+        let mut procs = vec![spawn_fixture(&exe, 2000)?, spawn_fixture(&exe, 2000)?];
+        poll("both attached", Duration::from_secs(10), || {
+            let text = agent.metrics()?;
+            let n = samples(&text, "gomemtrace_agent_attached_processes", &[]);
+            Ok((n.first() == Some(&2.0)).then_some(()))
+        })?;
+        // The link gauge follows at the agent's next harvest (every second).
+        let links = poll("the link gauge", Duration::from_secs(5), || {
+            let (links, _) = agent.holdings()?;
+            Ok((links > baseline.0).then_some(links))
+        })?;
+        attached_counts.insert(round, (links, agent.link_fds()));
+        for p in &procs {
+            p.signal(libc::SIGUSR1)?;
+        }
+        for p in &procs {
+            p.wait_stdout("done", Duration::from_secs(10))?;
+            p.signal(libc::SIGUSR1)?;
+        }
+        for p in &mut procs {
+            p.wait(Duration::from_secs(10))?;
+        }
+    }
+    // While attached, each round held links and fds beyond the baseline.
+    for (round, (links, fds)) in &attached_counts {
+        ensure!(
+            *links > baseline.0 && *fds > baseline_fds,
+            "round {round}: {links} links, {fds} perf fds while two processes were traced"
+        );
+    }
+    poll(
+        "links, fds and map entries back to the baseline",
+        Duration::from_secs(10),
+        || Ok((agent.holdings()? == baseline && agent.link_fds() == baseline_fds).then_some(())),
+    )
+    .with_context(|| {
+        format!(
+            "baseline {baseline:?} / {baseline_fds} fds; now {:?} / {} fds",
+            agent.holdings().ok(),
+            agent.link_fds()
+        )
+    })?;
+    println!(
+        "{ROUNDS} rounds of 2 processes: {attached_counts:?} while attached; baseline {baseline:?}, {baseline_fds} perf fds"
+    );
+    Ok(())
+}
