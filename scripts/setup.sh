@@ -15,7 +15,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 install_apt() {
     local missing=()
-    for pkg in golang-1.19-go gcc pkg-config python3-venv; do
+    # qemu-system-x86 and musl-tools: the two-node NUMA guest of `cargo xtask vm`.
+    for pkg in golang-1.19-go gcc pkg-config python3-venv qemu-system-x86 musl-tools; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
@@ -32,6 +33,11 @@ install_rust() {
         rustup toolchain install "$RUST_TOOLCHAIN" --profile minimal -c rust-src,clippy,rustfmt
     fi
     rustup component add --toolchain "$RUST_TOOLCHAIN" rust-src clippy rustfmt >/dev/null 2>&1
+    # A static gomemtrace for the NUMA guest (`cargo xtask vm`).
+    if ! rustup target list --toolchain "$RUST_TOOLCHAIN" --installed | grep -q x86_64-unknown-linux-musl; then
+        log "rustup target add x86_64-unknown-linux-musl"
+        rustup target add --toolchain "$RUST_TOOLCHAIN" x86_64-unknown-linux-musl
+    fi
     if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
         log "cargo install bpf-linker@$BPF_LINKER_VERSION"
         cargo "+$RUST_TOOLCHAIN" install "bpf-linker@$BPF_LINKER_VERSION" --locked

@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod vm;
+
 #[derive(Parser)]
 struct Xtask {
     #[command(subcommand)]
@@ -38,6 +40,8 @@ enum Task {
         #[arg(long, default_value_t = 2_000_000)]
         allocations: u64,
     },
+    /// A two-node NUMA guest (QEMU) that runs `gomemtrace numa` on a fixture.
+    Vm(vm::VmArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
             rounds,
             allocations,
         } => bench(&go, rounds, allocations),
+        Task::Vm(args) => vm::main(args),
     }
 }
 
