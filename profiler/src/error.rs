@@ -15,6 +15,9 @@ pub enum UserError {
     KernelUnsupported { what: String, why: String },
     #[error("cannot launch {command}: {reason}")]
     Launch { command: String, reason: String },
+    /// `gomemtrace numa` on a machine where no access can be measured as remote.
+    #[error("NUMA: not available ({why})")]
+    NumaUnavailable { why: String },
 }
 
 impl UserError {
@@ -25,6 +28,7 @@ impl UserError {
             UserError::NotPermitted { .. } => 5,
             UserError::KernelUnsupported { .. } => 6,
             UserError::Launch { .. } => 1,
+            UserError::NumaUnavailable { .. } => 7,
         })
     }
 }

@@ -8,6 +8,7 @@ mod duty;
 mod enable;
 mod error;
 mod gc;
+mod numa;
 mod output;
 mod preflight;
 mod probes;
@@ -28,12 +29,17 @@ fn main() -> ExitCode {
         Some(cli::View::Gctrace(args)) => gc::run(args),
         Some(cli::View::Stackgrowth(args)) => rt::stackgrowth::run(args),
         Some(cli::View::Goroutines(args)) => rt::goroutines::run(args),
+        Some(cli::View::Numa(args)) => numa::run(args),
         None => session::run(&cli),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("gomemtrace: {err:#}");
+            match err.downcast_ref::<error::UserError>() {
+                // Stated as a fact about the machine, not as gomemtrace failing.
+                Some(user @ error::UserError::NumaUnavailable { .. }) => eprintln!("{user}"),
+                _ => eprintln!("gomemtrace: {err:#}"),
+            }
             match err.downcast_ref::<error::UserError>() {
                 Some(user) => user.exit_code(),
                 None => ExitCode::FAILURE,

@@ -4,7 +4,7 @@
 //! (profiler-ebpf/src/rt.rs, docs/STACKS-GOROUTINES.md).
 
 pub mod goroutines;
-mod pprof;
+pub mod pprof;
 pub mod stackgrowth;
 
 use std::{path::PathBuf, time::Duration};
