@@ -35,11 +35,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            match err.downcast_ref::<error::UserError>() {
-                // Stated as a fact about the machine, not as gomemtrace failing.
-                Some(user @ error::UserError::NumaUnavailable { .. }) => eprintln!("{user}"),
-                _ => eprintln!("gomemtrace: {err:#}"),
-            }
+            eprintln!("gomemtrace: {err:#}");
             match err.downcast_ref::<error::UserError>() {
                 Some(user) => user.exit_code(),
                 None => ExitCode::FAILURE,
