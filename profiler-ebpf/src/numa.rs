@@ -2,8 +2,10 @@
 //! (`gomemtrace numa`, docs/NUMA.md).
 //!
 //! - tracepoint `exceptions:page_fault_user` (`address` at offset 8, `ip` at 16): the last
-//!   fault address of each thread of a traced process, so the hint fault knows its data
-//!   address.
+//!   user-mode fault of each thread of a traced process, so the hint fault knows its data
+//!   address. Only used when its `ip` is the faulting task's user `ip`: a hint fault taken
+//!   in kernel mode (a syscall touching a hinted page, e.g. a futex word) must not inherit
+//!   the address of the thread's previous user fault.
 //! - fentry `task_numa_fault(int last_cpupid, int mem_node, int pages, int flags)`, which
 //!   the kernel calls in the faulting task once a hint fault is resolved: local iff
 //!   `flags & TNF_FAULT_LOCAL`. The goroutine is R14 of the task's user registers
@@ -22,8 +24,9 @@ use aya_ebpf::{
     programs::{FEntryContext, TracePointContext},
 };
 use gomemtrace_common::{
-    GoidSource, MAX_FAULTING_THREADS, MAX_NUMA_STACKS, MAX_PROCESSES, NO_STACK, NUMA_EVENTS_BYTES,
-    NumaConfig, NumaCounter, NumaFaultEvent, UserStack,
+    CachedGoroutine, GoidSource, MAX_CACHED_GOROUTINES, MAX_FAULTING_THREADS, MAX_NUMA_STACKS,
+    MAX_PROCESSES, NO_STACK, NUMA_EVENTS_BYTES, NumaConfig, NumaCounter, NumaFaultEvent, RtGKey,
+    UserStack,
 };
 
 use crate::stacks::{StackError, record_user_stack};
@@ -38,9 +41,15 @@ static NUMA_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NumaCount
 static NUMA_STACKS: HashMap<u64, UserStack> =
     HashMap::with_max_entries(MAX_NUMA_STACKS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
-/// Last user page-fault address per thread of a traced process.
+/// Last user page fault per thread of a traced process: `[address, ip]`.
 #[map(name = "FAULT_ADDRS")]
-static FAULT_ADDRS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_FAULTING_THREADS, 0);
+static FAULT_ADDRS: LruHashMap<u32, [u64; 2]> =
+    LruHashMap::with_max_entries(MAX_FAULTING_THREADS, 0);
+
+/// The goroutine of each `g` address seen, for faults where the `g` is unreadable.
+#[map(name = "NUMA_GOROUTINES")]
+static NUMA_GOROUTINES: LruHashMap<RtGKey, CachedGoroutine> =
+    LruHashMap::with_max_entries(MAX_CACHED_GOROUTINES, 0);
 
 #[map(name = "NUMA_EVENTS")]
 static NUMA_EVENTS: RingBuf = RingBuf::with_byte_size(NUMA_EVENTS_BYTES, 0);
@@ -79,27 +88,55 @@ pub fn page_fault_user(ctx: TracePointContext) -> u32 {
     let Ok(addr) = (unsafe { ctx.read_at::<u64>(8) }) else {
         return 0;
     };
-    let _ = FAULT_ADDRS.insert(&(pid_tgid as u32), &addr, 0);
+    // SAFETY: as above; `ip` follows `address`.
+    let Ok(ip) = (unsafe { ctx.read_at::<u64>(16) }) else {
+        return 0;
+    };
+    let _ = FAULT_ADDRS.insert(&(pid_tgid as u32), &[addr, ip], 0);
     0
 }
 
-/// The goroutine running in user mode: `(goid, gopc, startpc, source)`.
+/// The goroutine running in user mode: `(goid, gopc, startpc, source)`. A read `g` is
+/// remembered; a `g` that cannot be read (NUMA balancing unmaps the runtime's own pages
+/// too, and a BPF program cannot fault them in) is looked up among those remembered.
 #[inline(always)]
-fn goroutine(cfg: &NumaConfig, r14: u64, task: u64) -> (u64, u64, u64, GoidSource) {
+fn goroutine(cfg: &NumaConfig, tgid: u32, r14: u64, task: u64) -> (u64, u64, u64, GoidSource) {
+    let key = RtGKey {
+        tgid,
+        _pad: 0,
+        g: r14,
+    };
     let m = read_user(r14.wrapping_add(cfg.g_m as u64));
     if m != 0 {
         let curg = read_user(m.wrapping_add(cfg.m_curg as u64));
         if curg == r14 {
-            return (
-                read_user(r14 + cfg.g_goid as u64),
-                read_user(r14 + cfg.g_gopc as u64),
-                read_user(r14 + cfg.g_startpc as u64),
-                GoidSource::R14,
-            );
+            let found = CachedGoroutine {
+                goid: read_user(r14 + cfg.g_goid as u64),
+                gopc: read_user(r14 + cfg.g_gopc as u64),
+                start_pc: read_user(r14 + cfg.g_startpc as u64),
+                source: GoidSource::R14 as u32,
+                _pad: 0,
+            };
+            if found.goid != 0 {
+                let _ = NUMA_GOROUTINES.insert(&key, &found, 0);
+                return (found.goid, found.gopc, found.start_pc, GoidSource::R14);
+            }
         }
         if read_user(m) == r14 {
+            let g0 = CachedGoroutine {
+                source: GoidSource::SystemStack as u32,
+                ..CachedGoroutine::default()
+            };
+            let _ = NUMA_GOROUTINES.insert(&key, &g0, 0);
             return (0, 0, 0, GoidSource::SystemStack);
         }
+    }
+    // SAFETY: read-only copy of a plain value.
+    if let Some(c) = unsafe { NUMA_GOROUTINES.get(&key) } {
+        if c.source == GoidSource::SystemStack as u32 {
+            return (0, 0, 0, GoidSource::SystemStack);
+        }
+        return (c.goid, c.gopc, c.start_pc, GoidSource::Cached);
     }
     if cfg.task_fsbase != 0 {
         let fsbase = read_kernel(task + cfg.task_fsbase as u64);
@@ -146,15 +183,19 @@ pub fn task_numa_fault(ctx: FEntryContext) -> u32 {
             bpf_probe_read_kernel(&raw const (*regs).rip).unwrap_or(0),
         )
     };
-    let (goid, gopc, start_pc, source) = goroutine(&cfg, r14, task);
+    let (goid, gopc, start_pc, source) = goroutine(&cfg, tgid, r14, task);
     if matches!(source, GoidSource::Unknown) {
         count(NumaCounter::GoidUnknown);
     }
     let tid = pid_tgid as u32;
     // SAFETY: read-only copy of a plain value.
     let addr = match unsafe { FAULT_ADDRS.get(&tid) } {
-        Some(a) => *a,
-        None => {
+        Some(&[addr, fault_ip]) if fault_ip == ip => {
+            // Used once: the thread's next hint fault comes with its own user fault.
+            let _ = FAULT_ADDRS.remove(&tid);
+            addr
+        }
+        _ => {
             count(NumaCounter::NoFaultAddress);
             0
         }

@@ -73,7 +73,9 @@ pub fn main(args: VmArgs) -> anyhow::Result<()> {
 const MARK: &str = "===gomemtrace-vm:";
 
 /// The scenario, as the guest's `/init`. NUMA balancing's scan delay and period are
-/// shortened (debugfs) so hint faults arrive within a second of the workers starting.
+/// shortened (debugfs) so hint faults arrive within a second of the workers starting;
+/// transparent huge pages are off so every buffer page stays where the fixture put it
+/// until a hint fault migrates it.
 const INIT: &str = r#"#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc
@@ -82,16 +84,21 @@ mount -t devtmpfs devtmpfs /dev
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tracefs tracefs /sys/kernel/tracing
 mkdir -p /tmp
-section() { echo "===gomemtrace-vm:$1:begin==="; cat "$2"; echo "===gomemtrace-vm:$1:end==="; }
+# Files leave gzipped and base64-encoded: every byte through the emulated serial port is
+# slow under TCG.
+section() { echo "===gomemtrace-vm:$1:begin==="; gzip -c "$2" | base64; echo "===gomemtrace-vm:$1:end==="; }
 echo "vm: kernel $(uname -r), nodes online $(cat /sys/devices/system/node/online)"
 B=/sys/kernel/debug/sched/numa_balancing
 echo 1 > /proc/sys/kernel/numa_balancing
+# No transparent huge pages: a huge page built behind the fixture's back (khugepaged)
+# may land on the other node and turn a "local" buffer partly remote.
+echo never > /sys/kernel/mm/transparent_hugepage/enabled
 echo 100 > $B/scan_delay_ms
 echo 100 > $B/scan_period_min_ms
 echo 400 > $B/scan_period_max_ms
-/gomemtrace numa -q --format json -o /tmp/numa.json -- /numa -duration 10s > /tmp/fixture.txt 2> /tmp/stderr.txt
+/gomemtrace numa -q --format json -o /tmp/numa.json -- /numa -duration 8s -mib 8 > /tmp/fixture.txt 2> /tmp/stderr.txt
 echo "$?" > /tmp/rc.txt
-/gomemtrace numa -q --format text -o /tmp/numa.txt -- /numa -duration 5s -mib 16 > /tmp/fixture-text.txt 2>> /tmp/stderr.txt
+/gomemtrace numa -q --format text -o /tmp/numa.txt -- /numa -duration 4s -mib 8 > /tmp/fixture-text.txt 2>> /tmp/stderr.txt
 echo "$?" >> /tmp/rc.txt
 grep numa_ /proc/vmstat > /tmp/vmstat.txt
 for f in rc.txt fixture.txt numa.json stderr.txt fixture-text.txt numa.txt vmstat.txt; do
@@ -116,7 +123,8 @@ fn boot_numa_scenario(out: &Path, go_release: &str, timeout_s: u64) -> anyhow::R
     }
     initramfs.file("/bin/busybox", 0o755, &read(&busybox)?);
     for applet in [
-        "sh", "mount", "mkdir", "cat", "echo", "grep", "poweroff", "uname", "sleep",
+        "sh", "mount", "mkdir", "cat", "echo", "grep", "poweroff", "uname", "sleep", "gzip",
+        "base64",
     ] {
         initramfs.symlink(&format!("/bin/{applet}"), "busybox");
     }
@@ -146,7 +154,9 @@ fn boot_numa_scenario(out: &Path, go_release: &str, timeout_s: u64) -> anyhow::R
     );
     let mut names = Vec::new();
     for (name, body) in sections {
-        std::fs::write(out.join(&name), body)?;
+        let bytes = gunzip(&base64_decode(&body)?)
+            .with_context(|| format!("{name}: not gzip+base64 as /init sends it"))?;
+        std::fs::write(out.join(&name), bytes)?;
         names.push(name);
     }
     Ok(names)
@@ -227,6 +237,41 @@ fn sections(console: &str) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// Standard base64 (RFC 4648, `=` padding, line breaks ignored), as busybox `base64` writes.
+fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
+    let value = |c: u8| -> anyhow::Result<u32> {
+        Ok(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => bail!("not base64: {:?}", c as char),
+        } as u32)
+    };
+    let symbols: Vec<u8> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(symbols.len() * 3 / 4);
+    for chunk in symbols.chunks(4) {
+        let mut word = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            word |= value(c)? << (18 - 6 * i);
+        }
+        let bytes = word.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Ok(out)
+}
+
+fn gunzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -362,6 +407,27 @@ fn static_go_fixture(name: &str, go_release: &str) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_and_gzip_round_trip_like_busybox_sends_them() {
+        // RFC 4648 test vectors.
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9v\nYmFy\n"),
+        ] {
+            assert_eq!(base64_decode(encoded).unwrap(), plain.as_bytes());
+        }
+        assert!(base64_decode("Zm9v!").is_err());
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"numa").unwrap();
+        assert_eq!(gunzip(&gz.finish().unwrap()).unwrap(), b"numa");
+    }
 
     #[test]
     fn sections_are_cut_at_the_markers_and_kernel_noise_outside_is_ignored() {

@@ -27,6 +27,9 @@ pub enum GoidSource {
     SystemStack = 2,
     /// R14 was not a `g`; the TLS copy (`fsbase - 8`) led to `m.curg`.
     Tls = 3,
+    /// R14's `g` could not be read (its page was unmapped by NUMA balancing itself, and a
+    /// BPF program cannot fault it in): the goroutine last seen with that `g` and thread.
+    Cached = 4,
 }
 
 impl GoidSource {
@@ -35,6 +38,7 @@ impl GoidSource {
             1 => Self::R14,
             2 => Self::SystemStack,
             3 => Self::Tls,
+            4 => Self::Cached,
             _ => Self::Unknown,
         }
     }
@@ -45,6 +49,7 @@ impl GoidSource {
             Self::R14 => "r14",
             Self::SystemStack => "system_stack",
             Self::Tls => "tls",
+            Self::Cached => "cached",
         }
     }
 }
@@ -53,6 +58,19 @@ impl GoidSource {
 pub const TNF_FAULT_LOCAL: u32 = 0x08;
 /// `task_numa_fault`'s `flags`: the page was migrated to the faulting CPU's node.
 pub const TNF_MIGRATED: u32 = 0x01;
+
+/// The goroutine last read through a `g`, kept per (tgid, `g`) for faults where that `g`
+/// cannot be read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedGoroutine {
+    pub goid: u64,
+    pub gopc: u64,
+    pub start_pc: u64,
+    /// [`GoidSource`] of the read that filled it.
+    pub source: u32,
+    pub _pad: u32,
+}
 
 /// One NUMA-balancing hint fault of a traced process, sent through [`NUMA_EVENTS_MAP`].
 #[repr(C)]
@@ -75,7 +93,8 @@ pub struct NumaFaultEvent {
     /// The goroutine's creation PC (`g.gopc`) and start function (`g.startpc`); 0 for none.
     pub gopc: u64,
     pub start_pc: u64,
-    /// The faulting data address (tracepoint `exceptions:page_fault_user`); 0 if not seen.
+    /// The faulting data address (tracepoint `exceptions:page_fault_user`); 0 if not seen
+    /// (a fault taken in kernel mode).
     pub addr: u64,
     /// The faulting instruction.
     pub ip: u64,
@@ -106,7 +125,8 @@ pub enum NumaCounter {
     /// The user stack could not be read, or the stack map was full.
     StackUnreadable = 3,
     StackMapFull = 4,
-    /// No `page_fault_user` seen for the faulting thread: no data address.
+    /// No data address: no `page_fault_user` of this fault (a hint fault taken in kernel
+    /// mode, inside a syscall).
     NoFaultAddress = 5,
     /// No goroutine found for the fault.
     GoidUnknown = 6,
@@ -148,6 +168,8 @@ pub const PAGE_FAULT_USER_PROGRAM: &str = "page_fault_user";
 pub const MAX_NUMA_STACKS: u32 = 16_384;
 /// Last fault address per thread.
 pub const MAX_FAULTING_THREADS: u32 = 16_384;
+/// Goroutines remembered by `g` address.
+pub const MAX_CACHED_GOROUTINES: u32 = 65_536;
 /// ~40k events of headroom; userspace drains it every 100 ms.
 pub const NUMA_EVENTS_BYTES: u32 = 1 << 22;
 
@@ -159,6 +181,8 @@ mod numa_user {
     unsafe impl aya::Pod for NumaConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for NumaFaultEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CachedGoroutine {}
 }
 
 #[cfg(test)]
@@ -169,6 +193,7 @@ mod numa_tests {
     fn numa_layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<NumaConfig>(), 24);
         assert_eq!(core::mem::size_of::<NumaFaultEvent>(), 8 * 4 + 7 * 8);
+        assert_eq!(core::mem::size_of::<CachedGoroutine>(), 32);
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct NumaArgs {
     pub common: RtArgs,
 }
 
+/// Faults listed one by one in the json report (all are counted).
+const MAX_EVENTS: usize = 200_000;
+
 /// How often `/proc/PID/numa_maps` is read (it walks the page tables: not every tick).
 const PLACEMENT_EVERY_TICKS: u32 = 10;
 
@@ -83,6 +86,13 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     };
     probes.configure(target.pid, &config)?;
     let mut mappings = Mappings::read(&target)?;
+    let heap = mappings
+        .layout(&analysed.go.binary)
+        .ok_or_else(|| "the executable's mapping was not found".to_string())
+        .and_then(|layout| {
+            let elf = std::fs::read(&target.exe_link).map_err(|e| e.to_string())?;
+            placement::HeapArenas::locate(&analysed.go.binary, &elf, layout.bias)
+        });
     if !args.quiet {
         eprintln!(
             "gomemtrace: tracing NUMA hint faults of pid {} ({}, nodes {:?})",
@@ -93,16 +103,33 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     }
     let started = monotonic_ns();
     target.release()?;
-    let numa_maps = format!("/proc/{}/numa_maps", target.pid);
+    let pid = target.pid;
+    let numa_maps = format!("/proc/{pid}/numa_maps");
     let mut events = Vec::new();
     let mut placement = None;
     let mut ticks = 0u32;
-    let snapshot = |placement: &mut Option<_>| {
+    let mut heap_error = heap.as_ref().err().cloned();
+    let mut snapshot = |placement: &mut Option<_>| {
         if let Ok(text) = std::fs::read_to_string(&numa_maps)
             && !text.is_empty()
         {
+            // The error, if any, of the snapshot reported (the last one).
+            let arenas = match heap.as_ref().map(|h| h.read(pid)) {
+                Ok(Ok(arenas)) => {
+                    heap_error = None;
+                    arenas
+                }
+                Ok(Err(e)) => {
+                    heap_error = Some(e);
+                    Vec::new()
+                }
+                Err(e) => {
+                    heap_error = Some(e.clone());
+                    Vec::new()
+                }
+            };
             *placement = Some((
-                placement::parse_numa_maps(&text),
+                placement::parse_numa_maps(&text, &arenas),
                 monotonic_ns().saturating_sub(started),
             ));
         }
@@ -147,9 +174,13 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             name: "placement",
             active: placement.is_some(),
             detail: format!(
-                "/proc/{}/numa_maps, every {} ms",
+                "/proc/{}/numa_maps every {} ms; Go heap from runtime.mheap_.heapArenas{}",
                 target.pid,
-                PLACEMENT_EVERY_TICKS * 100
+                PLACEMENT_EVERY_TICKS * 100,
+                match &heap_error {
+                    Some(e) => format!(" unavailable ({e}): heap counted as other anon"),
+                    None => String::new(),
+                }
             ),
         },
         match &hardware {
@@ -187,6 +218,12 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|&c| (c.name(), counters[c as usize]))
             .collect::<BTreeMap<_, _>>(),
+        events: events
+            .iter()
+            .take(MAX_EVENTS)
+            .map(|e| report::EventJson::new(e, started))
+            .collect(),
+        events_not_listed: events.len().saturating_sub(MAX_EVENTS) as u64,
     };
     let bytes = match args.format {
         RtFormat::Json => {

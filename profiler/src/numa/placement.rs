@@ -1,11 +1,79 @@
 //! Where a process's memory is resident, per node, from `/proc/PID/numa_maps`: Go heap
-//! arenas (the runtime's arena hints put them at `0x00c0 << 32 | i << 40` on amd64),
-//! other anonymous memory (goroutine stacks outside the heap, mmap'd buffers, C heap) and
-//! file-backed pages.
+//! arenas (from the runtime's own list, `runtime.mheap_.heapArenas` — `allArenas` before
+//! Go 1.25 — read through
+//! `/proc/PID/mem` — arena addresses are randomized from Go 1.26), other anonymous memory
+//! (mmap'd buffers, C heap, thread stacks) and file-backed pages.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, os::unix::fs::FileExt as _};
 
+use gomemtrace_gobin::{GoBinary, offsets};
 use serde::Serialize;
+
+/// Bytes per heap arena and the arena index base on linux/amd64 (runtime/malloc.go:
+/// `heapArenaBytes`, `arenaBaseOffset`).
+const HEAP_ARENA_BYTES: u64 = 64 << 20;
+const ARENA_BASE_OFFSET: u64 = 0xffff_8000_0000_0000;
+
+/// Reads the Go heap's arenas out of a running process.
+pub struct HeapArenas {
+    /// Runtime address of the `mheap_.heapArenas` slice header.
+    all_arenas: u64,
+}
+
+impl HeapArenas {
+    /// From the binary's DWARF (`runtime.mheap` layout) and symbol table
+    /// (`runtime.mheap_`); `bias` is the PIE load bias.
+    pub fn locate(binary: &GoBinary, elf: &[u8], bias: u64) -> Result<Self, String> {
+        let mheap = binary
+            .symbol("runtime.mheap_")
+            .ok_or("no runtime.mheap_ symbol (stripped binary)")?;
+        let structs = offsets::struct_offsets_from_dwarf(elf, &["runtime.mheap"])
+            .ok()
+            .flatten()
+            .ok_or("no DWARF for runtime.mheap")?;
+        let mheap_fields = structs
+            .get("runtime.mheap")
+            .ok_or("no runtime.mheap in DWARF")?;
+        let field = mheap_fields
+            .get("heapArenas")
+            .or_else(|| mheap_fields.get("allArenas"))
+            .ok_or("runtime.mheap has neither heapArenas nor allArenas")?;
+        Ok(Self {
+            all_arenas: mheap.wrapping_add(bias) + *field as u64,
+        })
+    }
+
+    /// `[start, end)` of every arena, sorted.
+    pub fn read(&self, pid: u32) -> Result<Vec<(u64, u64)>, String> {
+        let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(|e| e.to_string())?;
+        let word = |addr: u64| -> Result<u64, String> {
+            let mut b = [0u8; 8];
+            mem.read_exact_at(&mut b, addr).map_err(|e| e.to_string())?;
+            Ok(u64::from_le_bytes(b))
+        };
+        let (ptr, len) = (word(self.all_arenas)?, word(self.all_arenas + 8)?);
+        if len > 1 << 20 {
+            return Err(format!("implausible allArenas length {len}"));
+        }
+        let mut raw = vec![0u8; len as usize * 8];
+        mem.read_exact_at(&mut raw, ptr)
+            .map_err(|e| e.to_string())?;
+        let mut arenas: Vec<(u64, u64)> = raw
+            .chunks_exact(8)
+            .map(|c| arena_range(u64::from_le_bytes(c.try_into().expect("8 bytes"))))
+            .collect();
+        arenas.sort_unstable();
+        Ok(arenas)
+    }
+}
+
+/// The address range of arena index `index` (runtime `arenaBase`).
+fn arena_range(index: u64) -> (u64, u64) {
+    let start = index
+        .wrapping_mul(HEAP_ARENA_BYTES)
+        .wrapping_add(ARENA_BASE_OFFSET);
+    (start, start + HEAP_ARENA_BYTES)
+}
 
 /// Resident bytes on one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -16,13 +84,13 @@ pub struct NodeResidency {
     pub file_bytes: u64,
 }
 
-/// Whether `start` lies in an amd64 Go heap arena: bits 32..40 are 0xc0.
-fn is_go_arena(start: u64) -> bool {
-    (start >> 32) & 0xff == 0xc0
+fn in_arenas(addr: u64, arenas: &[(u64, u64)]) -> bool {
+    arenas.iter().any(|&(lo, hi)| (lo..hi).contains(&addr))
 }
 
-/// Per-node residency from the text of a `numa_maps` file, by node.
-pub fn parse_numa_maps(text: &str) -> Vec<NodeResidency> {
+/// Per-node residency from the text of a `numa_maps` file, by node; mappings that start
+/// inside one of `arenas` count as Go heap.
+pub fn parse_numa_maps(text: &str, arenas: &[(u64, u64)]) -> Vec<NodeResidency> {
     let mut nodes: BTreeMap<u32, NodeResidency> = BTreeMap::new();
     for line in text.lines() {
         let mut fields = line.split_whitespace();
@@ -56,7 +124,7 @@ pub fn parse_numa_maps(text: &str) -> Vec<NodeResidency> {
             let bytes = pages * page_size;
             if file && !anon {
                 entry.file_bytes += bytes;
-            } else if is_go_arena(start) {
+            } else if in_arenas(start, arenas) {
                 entry.go_heap_bytes += bytes;
             } else {
                 entry.other_anon_bytes += bytes;
@@ -80,7 +148,7 @@ c000000000 default anon=1024 dirty=1024 N0=1000 N1=24 kernelpagesize_kB=4
 7f1000000000 default anon=2 dirty=2 N1=2 kernelpagesize_kB=2048
 7ffd00000000 default stack anon=3 dirty=3 N0=3 kernelpagesize_kB=4
 ";
-        let nodes = parse_numa_maps(text);
+        let nodes = parse_numa_maps(text, &[(0xc0_0000_0000, 0xc0_0400_0000)]);
         assert_eq!(
             nodes,
             vec![
@@ -98,5 +166,13 @@ c000000000 default anon=1024 dirty=1024 N0=1000 N1=24 kernelpagesize_kB=4
                 },
             ]
         );
+    }
+
+    #[test]
+    fn arena_indexes_map_to_the_runtimes_addresses() {
+        // Go's first arena hint before 1.26, 0x00c0 << 32, is arena index
+        // (0xc000000000 + 2^47) / 2^26 = 0x3000 + 0x200000.
+        assert_eq!(arena_range(0x20_3000), (0xc0_0000_0000, 0xc0_0400_0000));
+        assert_eq!(arena_range(0x20_3001).0, 0xc0_0400_0000);
     }
 }

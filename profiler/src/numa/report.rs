@@ -80,6 +80,40 @@ pub struct StackRow {
     pub stack: Vec<FrameJson>,
 }
 
+/// One hint fault, as listed in the json report.
+#[derive(Debug, Serialize)]
+pub struct EventJson {
+    /// ns since tracing started.
+    pub t_ns: u64,
+    pub goid: u64,
+    pub tid: u32,
+    /// The data address (0: not seen) and the faulting instruction.
+    pub addr: u64,
+    pub ip: u64,
+    pub local: bool,
+    pub migrated: bool,
+    pub pages: u32,
+    pub cpu_node: u32,
+    pub mem_node: i32,
+}
+
+impl EventJson {
+    pub fn new(e: &NumaFaultEvent, started_ns: u64) -> Self {
+        Self {
+            t_ns: e.t_ns.saturating_sub(started_ns),
+            goid: e.goid,
+            tid: e.tid,
+            addr: e.addr,
+            ip: e.ip,
+            local: e.is_local(),
+            migrated: e.migrated(),
+            pages: e.pages,
+            cpu_node: e.cpu_node,
+            mem_node: e.mem_node,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub schema: &'static str,
@@ -96,6 +130,9 @@ pub struct Report {
     /// When that snapshot was taken, ns since tracing started.
     pub placement_at_ns: Option<u64>,
     pub counters: BTreeMap<&'static str, u64>,
+    /// Every fault, oldest first, up to a cap; the rest are in the totals only.
+    pub events: Vec<EventJson>,
+    pub events_not_listed: u64,
 }
 
 /// Aggregates the events (symbolizing stacks, creation sites) and the pprof samples.

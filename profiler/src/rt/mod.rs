@@ -231,6 +231,11 @@ impl Mappings {
         }
     }
 
+    /// Where the executable is loaded (its PIE bias), if its text mapping is found.
+    pub fn layout(&self, binary: &GoBinary) -> Option<ExeLayout> {
+        ExeLayout::find(binary, self.inode, &self.mappings)
+    }
+
     pub fn symbolizer<'a>(
         &self,
         binary: &'a GoBinary,
