@@ -59,8 +59,10 @@ impl HeapArenas {
         mem.read_exact_at(&mut raw, ptr)
             .map_err(|e| e.to_string())?;
         let mut arenas: Vec<(u64, u64)> = raw
-            .chunks_exact(8)
-            .map(|c| arena_range(u64::from_le_bytes(c.try_into().expect("8 bytes"))))
+            .as_chunks::<8>()
+            .0
+            .iter()
+            .map(|c| arena_range(u64::from_le_bytes(*c)))
             .collect();
         arenas.sort_unstable();
         Ok(arenas)

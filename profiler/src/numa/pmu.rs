@@ -377,29 +377,30 @@ mod tests {
         let regs_mask = (1 << 6) | (1 << 7) | (1 << 8) | (1 << PERF_REG_X86_R14);
         let ds = data_src(MEM_LVL_MISS_REM_RAM1, MEM_LVLNUM_RAM, true);
         let rec = record(&[
-            &7u64.to_le_bytes(),                // identifier
-            &0x4a1234u64.to_le_bytes(),         // ip
-            &100u32.to_le_bytes(),              // pid
-            &101u32.to_le_bytes(),              // tid
-            &5_000u64.to_le_bytes(),            // time
-            &0x7f00_0000_1040u64.to_le_bytes(), // addr
-            &1u32.to_le_bytes(),                // cpu
-            &0u32.to_le_bytes(),                // res
-            &1000u64.to_le_bytes(),             // period
-            &2u64.to_le_bytes(),                // abi: PERF_SAMPLE_REGS_ABI_64
-            &0x7ffc_0000_0100u64.to_le_bytes(), // bp
-            &0x7ffc_0000_00f0u64.to_le_bytes(), // sp
-            &0x4a1234u64.to_le_bytes(),         // ip
-            &0xc000_0021_c0u64.to_le_bytes(),   // r14 = g
-            &312u64.to_le_bytes(),              // weight (cycles)
-            &ds.to_le_bytes(),                  // data_src
+            &7u64.to_le_bytes(),                 // identifier
+            &0x4a1234u64.to_le_bytes(),          // ip
+            &100u32.to_le_bytes(),               // pid
+            &101u32.to_le_bytes(),               // tid
+            &5_000u64.to_le_bytes(),             // time
+            &0x7f00_0000_1040u64.to_le_bytes(),  // addr
+            &1u32.to_le_bytes(),                 // cpu
+            &0u32.to_le_bytes(),                 // res
+            &1000u64.to_le_bytes(),              // period
+            &2u64.to_le_bytes(),                 // abi: PERF_SAMPLE_REGS_ABI_64
+            &0x7ffc_0000_0100u64.to_le_bytes(),  // bp
+            &0x7ffc_0000_00f0u64.to_le_bytes(),  // sp
+            &0x4a1234u64.to_le_bytes(),          // ip
+            &0x00c0_0000_21c0_u64.to_le_bytes(), // r14 = g
+            &312u64.to_le_bytes(),               // weight (cycles)
+            &ds.to_le_bytes(),                   // data_src
         ]);
         let s = decode_sample(&rec, sample_type, regs_mask).unwrap();
         assert_eq!((s.ip, s.pid, s.tid, s.cpu), (0x4a1234, 100, 101, 1));
         assert_eq!(s.addr, 0x7f00_0000_1040);
-        assert_eq!(s.r14, Some(0xc000_0021_c0));
+        assert_eq!(s.r14, Some(0x00c0_0000_21c0));
         assert_eq!(s.weight, 312);
         assert_eq!(classify_data_src(s.data_src), Served::RemoteDram);
+        assert!(Served::RemoteDram.is_remote() && !Served::LocalDram.is_remote());
         // One byte short: refused, not misread.
         assert!(decode_sample(&rec[..rec.len() - 1], sample_type, regs_mask).is_err());
         // A field the decoder does not walk: refused.
@@ -442,15 +443,15 @@ mod tests {
                 &0u64.to_le_bytes(),         // op data: rip valid
                 &data2.to_le_bytes(),
                 &data3.to_le_bytes(),
-                &0xc000_1000_08u64.to_le_bytes(), // dc linaddr
-                &0x1_2345_6000u64.to_le_bytes(),  // dc physaddr
+                &0x00c0_0010_0008_u64.to_le_bytes(), // dc linaddr
+                &0x1_2345_6000u64.to_le_bytes(),     // dc physaddr
             ]
             .concat()
         };
         let load_with_addr = 1 | (1 << 17);
         let op = decode_ibs_op(&raw(3 | (1 << 4), load_with_addr)).unwrap();
         assert_eq!(op.served, Served::RemoteDram);
-        assert_eq!(op.addr, Some(0xc000_1000_08));
+        assert_eq!(op.addr, Some(0x00c0_0010_0008));
         assert_eq!(op.rip, Some(0x4a2000));
         assert_eq!(
             decode_ibs_op(&raw(3, load_with_addr)).unwrap().served,

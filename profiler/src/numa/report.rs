@@ -59,8 +59,9 @@ impl Counts {
 pub struct GoroutineRow {
     /// 0: faults on the system stack or with no goroutine found.
     pub goid: u64,
-    /// How the goroutine was found (`r14`, `tls`, `system_stack`, `unknown`).
-    pub goid_source: &'static str,
+    /// Samples by how the goroutine was found (`r14`, `cached`, `tls`, `system_stack`,
+    /// `unknown`).
+    pub goid_sources: BTreeMap<&'static str, u64>,
     /// The `go` statement that created it (`g.gopc`), `function (file:line)`.
     pub created_at: Option<String>,
     /// Its start function (`g.startpc`).
@@ -151,7 +152,7 @@ pub fn aggregate(
             (
                 GoroutineRow {
                     goid: e.goid,
-                    goid_source: GoidSource::from_u32(e.goid_source).name(),
+                    goid_sources: BTreeMap::new(),
                     created_at: None,
                     start_function: None,
                     counts: Counts::default(),
@@ -162,6 +163,9 @@ pub fn aggregate(
             )
         });
         row.counts.add(e);
+        *row.goid_sources
+            .entry(GoidSource::from_u32(e.goid_source).name())
+            .or_default() += 1;
         *row.cpu_nodes.entry(e.cpu_node).or_default() += 1;
         let (counts, goids) = by_stack.entry(e.stack).or_default();
         counts.add(e);
