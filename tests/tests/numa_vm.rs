@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 
-use gomemtrace_tests::{Finished, Proc, workspace_root};
+use gomemtrace_tests::{Finished, Proc, go_tool, latest_go, workspace_root};
 use serde_json::Value;
 
 /// The static build, the fixture and the boot (the boot itself is bounded at 150 s).
@@ -86,7 +86,7 @@ fn remote_goroutines_get_remote_samples_and_local_ones_none() {
     let stderr = read("stderr.txt");
     assert_eq!(
         rc.split_whitespace().collect::<Vec<_>>(),
-        ["0", "0"],
+        ["0", "0", "0"],
         "gomemtrace numa exit codes in the guest; stderr:\n{stderr}\nfixture:\n{fixture}"
     );
     let workers = parse_workers(&fixture);
@@ -221,4 +221,55 @@ fn remote_goroutines_get_remote_samples_and_local_ones_none() {
             .any(|l| l.split_whitespace().next() == Some(&remote_goid.to_string())),
         "goroutine {remote_goid} missing:\n{text}"
     );
+    // The pprof run: weighted by remote samples, read by Go's own pprof. Its total is the
+    // count gomemtrace printed for that run, and the remote readers carry more of it than
+    // the local ones.
+    let stderr = read("stderr-pprof.txt");
+    let remote_total: u64 = stderr
+        .lines()
+        .find_map(|l| {
+            l.rsplit_once(": ")?
+                .1
+                .split_once(" remote, ")?
+                .0
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no sample count on stderr:\n{stderr}"));
+    let profile = out.join("numa.pb.gz");
+    let top = go_tool(
+        &latest_go(),
+        &[
+            "tool",
+            "pprof",
+            "-top",
+            "-cum",
+            "-symbolize=none",
+            "-sample_index=remote_samples",
+            "-nodecount=10000",
+            "-nodefraction=0",
+            "-edgefraction=0",
+            profile.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let total = top
+        .lines()
+        .find_map(|l| {
+            l.split_once("% of ")?
+                .1
+                .split_once(" total")?
+                .0
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no total in:\n{top}"));
+    assert_eq!(total, remote_total, "{top}");
+    let cum = |function: &str| -> u64 {
+        top.lines()
+            .find(|l| l.split_whitespace().nth(5) == Some(function))
+            .map_or(0, |l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
+    };
+    let (remote, local) = (cum("main.remoteReader"), cum("main.localReader"));
+    assert!(remote > local && remote > 0, "{top}");
 }

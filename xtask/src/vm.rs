@@ -100,8 +100,10 @@ echo 400 > $B/scan_period_max_ms
 echo "$?" > /tmp/rc.txt
 /gomemtrace numa -q --format text -o /tmp/numa.txt -- /numa -duration 4s -mib 8 > /tmp/fixture-text.txt 2>> /tmp/stderr.txt
 echo "$?" >> /tmp/rc.txt
+/gomemtrace numa --format pprof -o /tmp/numa.pb.gz -- /numa -duration 3s -mib 4 > /tmp/fixture-pprof.txt 2> /tmp/stderr-pprof.txt
+echo "$?" >> /tmp/rc.txt
 grep numa_ /proc/vmstat > /tmp/vmstat.txt
-for f in rc.txt fixture.txt numa.json stderr.txt fixture-text.txt numa.txt vmstat.txt; do
+for f in rc.txt fixture.txt numa.json stderr.txt fixture-text.txt numa.txt fixture-pprof.txt stderr-pprof.txt numa.pb.gz vmstat.txt; do
   section $f /tmp/$f
 done
 poweroff -f
