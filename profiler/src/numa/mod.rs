@@ -93,6 +93,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             let elf = std::fs::read(&target.exe_link).map_err(|e| e.to_string())?;
             placement::HeapArenas::locate(&analysed.go.binary, &elf, layout.bias)
         });
+    let mut placement = placement::Placement::new(target.pid, heap);
     if !args.quiet {
         eprintln!(
             "gomemtrace: tracing NUMA hint faults of pid {} ({}, nodes {:?})",
@@ -103,37 +104,8 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     }
     let started = monotonic_ns();
     target.release()?;
-    let pid = target.pid;
-    let numa_maps = format!("/proc/{pid}/numa_maps");
     let mut events = Vec::new();
-    let mut placement = None;
     let mut ticks = 0u32;
-    let mut heap_error = heap.as_ref().err().cloned();
-    let mut snapshot = |placement: &mut Option<_>| {
-        if let Ok(text) = std::fs::read_to_string(&numa_maps)
-            && !text.is_empty()
-        {
-            // The error, if any, of the snapshot reported (the last one).
-            let arenas = match heap.as_ref().map(|h| h.read(pid)) {
-                Ok(Ok(arenas)) => {
-                    heap_error = None;
-                    arenas
-                }
-                Ok(Err(e)) => {
-                    heap_error = Some(e);
-                    Vec::new()
-                }
-                Err(e) => {
-                    heap_error = Some(e.clone());
-                    Vec::new()
-                }
-            };
-            *placement = Some((
-                placement::parse_numa_maps(&text, &arenas),
-                monotonic_ns().saturating_sub(started),
-            ));
-        }
-    };
     let end = wait_for_end(
         args.duration,
         &mut target,
@@ -142,13 +114,13 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             events.extend(probes.drain());
             mappings.refresh(t.pid);
             if ticks.is_multiple_of(PLACEMENT_EVERY_TICKS) {
-                snapshot(&mut placement);
+                placement.snapshot(monotonic_ns().saturating_sub(started));
             }
             ticks += 1;
             Ok(())
         },
     )?;
-    snapshot(&mut placement);
+    placement.snapshot(monotonic_ns().saturating_sub(started));
     events.extend(probes.drain());
     let counters = probes.counters()?;
     let stacks = probes.stacks(events.iter().map(|e| e.stack))?;
@@ -172,15 +144,12 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
         },
         Method {
             name: "placement",
-            active: placement.is_some(),
+            active: placement.last.is_some(),
             detail: format!(
-                "/proc/{}/numa_maps every {} ms; Go heap from runtime.mheap_.heapArenas{}",
+                "/proc/{}/numa_maps every {} ms; {}",
                 target.pid,
                 PLACEMENT_EVERY_TICKS * 100,
-                match &heap_error {
-                    Some(e) => format!(" unavailable ({e}): heap counted as other anon"),
-                    None => String::new(),
-                }
+                placement.heap_detail()
             ),
         },
         match &hardware {
@@ -198,7 +167,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             },
         },
     ];
-    let (placement, placement_at_ns) = match placement {
+    let (placement, placement_at_ns) = match placement.last {
         Some((p, at)) => (p, Some(at)),
         None => (Vec::new(), None),
     };

@@ -69,6 +69,61 @@ impl HeapArenas {
     }
 }
 
+/// Snapshots of a process's residency per node; the last one is reported.
+pub struct Placement {
+    pid: u32,
+    heap: Result<HeapArenas, String>,
+    /// Why the last snapshot has no Go heap split, if it has none.
+    heap_error: Option<String>,
+    /// Residency per node, and when it was read (ns since tracing started).
+    pub last: Option<(Vec<NodeResidency>, u64)>,
+}
+
+impl Placement {
+    pub fn new(pid: u32, heap: Result<HeapArenas, String>) -> Self {
+        Self {
+            pid,
+            heap_error: heap.as_ref().err().cloned(),
+            heap,
+            last: None,
+        }
+    }
+
+    /// Reads `/proc/PID/numa_maps` (and the heap's arenas); keeps the old snapshot when the
+    /// process is gone.
+    pub fn snapshot(&mut self, at_ns: u64) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{}/numa_maps", self.pid)) else {
+            return;
+        };
+        if text.is_empty() {
+            return;
+        }
+        let arenas = match self.heap.as_ref().map(|h| h.read(self.pid)) {
+            Ok(Ok(arenas)) => {
+                self.heap_error = None;
+                arenas
+            }
+            Ok(Err(e)) => {
+                self.heap_error = Some(e);
+                Vec::new()
+            }
+            Err(e) => {
+                self.heap_error = Some(e.clone());
+                Vec::new()
+            }
+        };
+        self.last = Some((parse_numa_maps(&text, &arenas), at_ns));
+    }
+
+    /// Where the Go heap split comes from, or why there is none.
+    pub fn heap_detail(&self) -> String {
+        match &self.heap_error {
+            None => "Go heap from runtime.mheap_.heapArenas".into(),
+            Some(e) => format!("no Go heap split ({e}): the heap counts as other anon"),
+        }
+    }
+}
+
 /// The address range of arena index `index` (runtime `arenaBase`).
 fn arena_range(index: u64) -> (u64, u64) {
     let start = index
