@@ -2,7 +2,8 @@
 //!
 //! `cargo xtask demo` builds gomemtrace and a bundled Go workload, traces it, and prints
 //! the report. `cargo xtask test` runs formatting and lint checks and every test (the
-//! end-to-end ones need root and BPF, which CI has).
+//! end-to-end ones need root and BPF, which CI has; the NUMA one boots `cargo xtask vm`).
+//! `cargo xtask vm run` boots a two-node QEMU guest that runs `gomemtrace numa`.
 
 use std::{
     path::{Path, PathBuf},
