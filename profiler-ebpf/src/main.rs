@@ -32,3 +32,6 @@ mod rt;
 
 #[cfg(target_arch = "bpf")]
 mod mark;
+
+#[cfg(target_arch = "bpf")]
+mod numa;

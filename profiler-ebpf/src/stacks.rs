@@ -5,12 +5,11 @@
 //! and refuses colliding stacks, which with a few hundred distinct stacks is near certain.
 
 use aya_ebpf::{
-    EbpfContext as _,
+    EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::bpf_get_stack,
     macros::map,
     maps::{HashMap, PerCpuArray},
-    programs::ProbeContext,
 };
 use gomemtrace_common::{MAX_STACK_DEPTH, NO_STACK, STACK_HASH_SEED, UserStack, stack_hash_step};
 
@@ -31,7 +30,7 @@ pub(crate) enum StackError {
 /// unless already there, and returns its key.
 #[inline(always)]
 pub(crate) fn record_user_stack(
-    ctx: &ProbeContext,
+    ctx: &impl EbpfContext,
     stacks: &HashMap<u64, UserStack>,
 ) -> Result<u64, StackError> {
     let scratch = STACK_SCRATCH.get_ptr_mut(0).ok_or(StackError::Unreadable)?;

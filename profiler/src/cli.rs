@@ -123,6 +123,12 @@ pub enum View {
         sudo gomemtrace goroutines --format json -- ./server"
     )]
     Goroutines(crate::rt::goroutines::GoroutinesArgs),
+    /// Remote NUMA accesses per goroutine and stack, from NUMA-balancing hint faults
+    /// (fentry on task_numa_fault), with resident memory per node (docs/NUMA.md). Where
+    /// the machine cannot measure them: `NUMA: not available (<why>)`, exit code 7.
+    #[command(after_help = "Examples:\n  sudo gomemtrace numa -p 1234 -d 30s\n  \
+        sudo gomemtrace numa --format pprof -o remote.pb.gz -- ./server")]
+    Numa(crate::numa::NumaArgs),
 }
 
 #[derive(Debug, Args)]

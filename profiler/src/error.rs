@@ -19,6 +19,9 @@ pub enum UserError {
     BadArgument { what: String, reason: String },
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
+    /// `gomemtrace numa` on a machine where no access can be measured as remote.
+    #[error("NUMA: not available ({why})")]
+    NumaUnavailable { why: String },
 }
 
 impl UserError {
@@ -31,7 +34,8 @@ impl UserError {
             UserError::Launch { .. } => 1,
             // As clap's own usage errors.
             UserError::BadArgument { .. } => 2,
-            UserError::Listen { .. } => 7,
+            UserError::Listen { .. } => 8,
+            UserError::NumaUnavailable { .. } => 7,
         })
     }
 }

@@ -9,6 +9,7 @@ mod duty;
 mod enable;
 mod error;
 mod gc;
+mod numa;
 mod output;
 mod preflight;
 mod probes;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         Some(cli::View::Stackgrowth(args)) => rt::stackgrowth::run(args),
         Some(cli::View::Goroutines(args)) => rt::goroutines::run(args),
         Some(cli::View::Agent(args)) => agent::run(args),
+        Some(cli::View::Numa(args)) => numa::run(args),
         None => session::run(&cli),
     };
     match result {

@@ -2,7 +2,8 @@
 //!
 //! `cargo xtask demo` builds gomemtrace and a bundled Go workload, traces it, and prints
 //! the report. `cargo xtask test` runs formatting and lint checks and every test (the
-//! end-to-end ones need root and BPF, which CI has).
+//! end-to-end ones need root and BPF, which CI has; the NUMA one boots `cargo xtask vm`).
+//! `cargo xtask vm run` boots a two-node QEMU guest that runs `gomemtrace numa`.
 
 use std::{
     path::{Path, PathBuf},
@@ -16,6 +17,7 @@ mod bench;
 mod bench_agent;
 mod deploy;
 mod static_build;
+mod vm;
 
 #[derive(Parser)]
 struct Xtask {
@@ -66,6 +68,8 @@ enum Task {
     /// Validate deploy/ without a cluster: lint and schema-check the manifests and the Helm
     /// chart, and build and inspect the agent's OCI image (buildah, no Docker daemon).
     DeployCheck,
+    /// A two-node NUMA guest (QEMU) that runs `gomemtrace numa` on a fixture.
+    Vm(vm::VmArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,6 +107,7 @@ fn main() -> anyhow::Result<()> {
             &release_binary()?,
         ),
         Task::DeployCheck => deploy::deploy_check(),
+        Task::Vm(args) => vm::main(args),
     }
 }
 

@@ -772,3 +772,6 @@ mod mark_tests {
         assert_eq!(core::mem::size_of::<MarkCycleEvent>(), 16 + 8 * 13);
     }
 }
+
+mod numa;
+pub use numa::*;

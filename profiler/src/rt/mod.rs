@@ -4,7 +4,7 @@
 //! (profiler-ebpf/src/rt.rs, docs/STACKS-GOROUTINES.md).
 
 pub mod goroutines;
-mod pprof;
+pub mod pprof;
 pub mod stackgrowth;
 
 use std::{path::PathBuf, time::Duration};
@@ -229,6 +229,11 @@ impl Mappings {
         {
             self.mappings = fresh;
         }
+    }
+
+    /// Where the executable is loaded (its PIE bias), if its text mapping is found.
+    pub fn layout(&self, binary: &GoBinary) -> Option<ExeLayout> {
+        ExeLayout::find(binary, self.inode, &self.mappings)
     }
 
     pub fn symbolizer<'a>(

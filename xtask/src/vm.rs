@@ -1,0 +1,447 @@
+//! `cargo xtask vm`: a two-node NUMA machine, emulated by QEMU (TCG: no KVM needed), that
+//! runs `gomemtrace numa` on the `numa` fixture and brings back what it printed.
+//!
+//! The guest is Debian's cloud kernel (the package `linux-image-cloud-amd64` depends on)
+//! and busybox-static, fetched with `apt-get download` (nothing is installed on the host)
+//! and cached under `$GOMEMTRACE_CACHE/vm`; a static (musl) gomemtrace and the static Go
+//! fixture go into an initramfs whose `/init` runs the scenario, prints each result file
+//! between markers on the serial console and powers off. The recipe and its timings are
+//! in docs/NUMA.md.
+
+mod cpio;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::{Args, Subcommand};
+
+use crate::{cargo, go_cache, run, target_dir, workspace_root};
+
+#[derive(Args)]
+pub struct VmArgs {
+    #[command(subcommand)]
+    action: VmAction,
+}
+
+#[derive(Subcommand)]
+enum VmAction {
+    /// Build the guest, boot it, run the NUMA scenario and save its results.
+    Run {
+        /// Where the console log and result files go (default: target/vm/results).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Go release that builds the fixture.
+        #[arg(long, default_value = "1.27")]
+        go: String,
+        /// Wall-clock limit of the boot, in seconds.
+        #[arg(long, default_value_t = 150)]
+        timeout: u64,
+    },
+    /// The NUMA VM test: `cargo test --test numa_vm` (which calls `vm run`).
+    Test,
+}
+
+pub fn main(args: VmArgs) -> anyhow::Result<()> {
+    match args.action {
+        VmAction::Run { out, go, timeout } => {
+            let out = out.unwrap_or_else(|| target_dir().join("vm/results"));
+            let results = boot_numa_scenario(&out, &go, timeout)?;
+            eprintln!(
+                "xtask vm: results in {}: {}",
+                out.display(),
+                results.join(", ")
+            );
+            Ok(())
+        }
+        VmAction::Test => run(cargo().args([
+            "test",
+            "-p",
+            "gomemtrace-tests",
+            "--test",
+            "numa_vm",
+            "--",
+            "--nocapture",
+        ])),
+    }
+}
+
+/// Marks one result file on the console: `===gomemtrace-vm:NAME:begin===` ... `:end===`.
+const MARK: &str = "===gomemtrace-vm:";
+
+/// The scenario, as the guest's `/init`. NUMA balancing's scan delay and period are
+/// shortened (debugfs) so hint faults arrive within a second of the workers starting;
+/// transparent huge pages are off so every buffer page stays where the fixture put it
+/// until a hint fault migrates it.
+const INIT: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t tracefs tracefs /sys/kernel/tracing
+mkdir -p /tmp
+# Files leave gzipped and base64-encoded: every byte through the emulated serial port is
+# slow under TCG.
+section() { echo "===gomemtrace-vm:$1:begin==="; gzip -c "$2" | base64; echo "===gomemtrace-vm:$1:end==="; }
+echo "vm: kernel $(uname -r), nodes online $(cat /sys/devices/system/node/online)"
+B=/sys/kernel/debug/sched/numa_balancing
+echo 1 > /proc/sys/kernel/numa_balancing
+# No transparent huge pages: a huge page built behind the fixture's back (khugepaged)
+# may land on the other node and turn a "local" buffer partly remote.
+echo never > /sys/kernel/mm/transparent_hugepage/enabled
+echo 100 > $B/scan_delay_ms
+echo 100 > $B/scan_period_min_ms
+echo 400 > $B/scan_period_max_ms
+/gomemtrace numa -q --format json -o /tmp/numa.json -- /numa -duration 8s -mib 8 > /tmp/fixture.txt 2> /tmp/stderr.txt
+echo "$?" > /tmp/rc.txt
+/gomemtrace numa -q --format text -o /tmp/numa.txt -- /numa -duration 4s -mib 8 > /tmp/fixture-text.txt 2>> /tmp/stderr.txt
+echo "$?" >> /tmp/rc.txt
+/gomemtrace numa --format pprof -o /tmp/numa.pb.gz -- /numa -duration 3s -mib 4 > /tmp/fixture-pprof.txt 2> /tmp/stderr-pprof.txt
+echo "$?" >> /tmp/rc.txt
+grep numa_ /proc/vmstat > /tmp/vmstat.txt
+for f in rc.txt fixture.txt numa.json stderr.txt fixture-text.txt numa.txt fixture-pprof.txt stderr-pprof.txt numa.pb.gz vmstat.txt; do
+  section $f /tmp/$f
+done
+poweroff -f
+"#;
+
+/// Builds everything, boots, and writes the console log and each result file into
+/// `out`; returns the names of the result files.
+fn boot_numa_scenario(out: &Path, go_release: &str, timeout_s: u64) -> anyhow::Result<Vec<String>> {
+    let cache = go_cache().join("vm");
+    std::fs::create_dir_all(&cache)?;
+    let kernel = guest_kernel(&cache)?;
+    let busybox = unpacked_package(&cache, "busybox-static")?.join("bin/busybox");
+    let gomemtrace = static_gomemtrace()?;
+    let fixture = static_go_fixture("numa", go_release)?;
+
+    let mut initramfs = cpio::Cpio::new();
+    for dir in ["/bin", "/proc", "/sys", "/dev", "/tmp"] {
+        initramfs.dir(dir);
+    }
+    initramfs.file("/bin/busybox", 0o755, &read(&busybox)?);
+    for applet in [
+        "sh", "mount", "mkdir", "cat", "echo", "grep", "poweroff", "uname", "sleep", "gzip",
+        "base64",
+    ] {
+        initramfs.symlink(&format!("/bin/{applet}"), "busybox");
+    }
+    initramfs.file("/gomemtrace", 0o755, &read(&gomemtrace)?);
+    initramfs.file("/numa", 0o755, &read(&fixture)?);
+    initramfs.file("/init", 0o755, INIT.as_bytes());
+    let vm_dir = target_dir().join("vm");
+    std::fs::create_dir_all(&vm_dir)?;
+    let initrd = vm_dir.join("initramfs.cpio");
+    std::fs::write(&initrd, initramfs.finish())?;
+
+    let started = Instant::now();
+    let console = boot(&kernel, &initrd, timeout_s)?;
+    eprintln!(
+        "xtask vm: guest ran {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("console.log"), &console)?;
+    let sections = sections(&console);
+    ensure!(
+        !sections.is_empty(),
+        "the guest printed no results (console log in {}):\n{}",
+        out.join("console.log").display(),
+        tail(&console, 40)
+    );
+    let mut names = Vec::new();
+    for (name, body) in sections {
+        let bytes = gunzip(&base64_decode(&body)?)
+            .with_context(|| format!("{name}: not gzip+base64 as /init sends it"))?;
+        std::fs::write(out.join(&name), bytes)?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Runs the recipe's QEMU line under `timeout`; returns the serial console's text.
+fn boot(kernel: &Path, initrd: &Path, timeout_s: u64) -> anyhow::Result<String> {
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "--kill-after=5",
+        &timeout_s.to_string(),
+        "qemu-system-x86_64",
+    ])
+    .args(["-accel", "tcg,thread=multi", "-cpu", "max"])
+    .args(["-smp", "2,sockets=2", "-m", "2048M"])
+    .args(["-object", "memory-backend-ram,id=m0,size=1024M"])
+    .args(["-object", "memory-backend-ram,id=m1,size=1024M"])
+    .args(["-numa", "node,nodeid=0,cpus=0,memdev=m0"])
+    .args(["-numa", "node,nodeid=1,cpus=1,memdev=m1"])
+    .args(["-numa", "dist,src=0,dst=1,val=21"])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd)
+    .args([
+        "-append",
+        "console=ttyS0 rdinit=/init panic=-1 loglevel=1",
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+    ])
+    .stdin(std::process::Stdio::null());
+    eprintln!("xtask: {cmd:?}");
+    let output = cmd
+        .output()
+        .context("run qemu-system-x86_64 (scripts/setup.sh installs it)")?;
+    let console = String::from_utf8_lossy(&output.stdout).replace('\r', "");
+    if output.status.code() == Some(124) || output.status.code() == Some(137) {
+        bail!(
+            "the guest did not power off within {timeout_s} s; console:\n{}",
+            tail(&console, 40)
+        );
+    }
+    ensure!(
+        output.status.success(),
+        "qemu failed ({}): {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        tail(&console, 40)
+    );
+    Ok(console)
+}
+
+/// The result files between the markers, by name.
+fn sections(console: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in console.lines() {
+        if let Some(rest) = line.strip_prefix(MARK).and_then(|r| r.strip_suffix("===")) {
+            if let Some(name) = rest.strip_suffix(":begin") {
+                current = Some((name.to_string(), String::new()));
+                continue;
+            }
+            if rest.ends_with(":end")
+                && let Some(done) = current.take()
+            {
+                out.push(done);
+                continue;
+            }
+        }
+        if let Some((_, body)) = &mut current {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    out
+}
+
+/// Standard base64 (RFC 4648, `=` padding, line breaks ignored), as busybox `base64` writes.
+fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
+    let value = |c: u8| -> anyhow::Result<u32> {
+        Ok(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => bail!("not base64: {:?}", c as char),
+        } as u32)
+    };
+    let symbols: Vec<u8> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(symbols.len() * 3 / 4);
+    for chunk in symbols.chunks(4) {
+        let mut word = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            word |= value(c)? << (18 - 6 * i);
+        }
+        let bytes = word.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Ok(out)
+}
+
+fn gunzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("read {}", path.display()))
+}
+
+/// The cloud kernel's vmlinuz, unpacked from the package `linux-image-cloud-amd64` depends
+/// on.
+fn guest_kernel(cache: &Path) -> anyhow::Result<PathBuf> {
+    let package = kernel_package(cache)?;
+    let root = unpacked_package(cache, &package)?;
+    let boot = root.join("boot");
+    let vmlinuz = std::fs::read_dir(&boot)
+        .with_context(|| format!("read {}", boot.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .with_context(|| format!("no vmlinuz-* in {}", boot.display()))?;
+    Ok(vmlinuz)
+}
+
+/// The versioned kernel package name, remembered in the cache once resolved so that later
+/// runs need no apt metadata.
+fn kernel_package(cache: &Path) -> anyhow::Result<String> {
+    let remembered = cache.join("kernel-package");
+    if let Ok(name) = std::fs::read_to_string(&remembered) {
+        return Ok(name.trim().to_string());
+    }
+    let name = match cloud_kernel_dependency()? {
+        Some(name) => name,
+        None => {
+            run(Command::new("apt-get").args(["update", "-q"]))?;
+            cloud_kernel_dependency()?
+                .context("apt-cache: linux-image-cloud-amd64 has no linux-image dependency")?
+        }
+    };
+    std::fs::write(&remembered, &name)?;
+    Ok(name)
+}
+
+fn cloud_kernel_dependency() -> anyhow::Result<Option<String>> {
+    let output = Command::new("apt-cache")
+        .args(["depends", "linux-image-cloud-amd64"])
+        .output()
+        .context("run apt-cache")?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Depends: "))
+        .filter(|p| p.starts_with("linux-image-"))
+        .map(str::to_string))
+}
+
+/// `apt-get download`s `package` into the cache (once) and unpacks it there with
+/// `dpkg-deb -x`; returns the unpacked root.
+fn unpacked_package(cache: &Path, package: &str) -> anyhow::Result<PathBuf> {
+    let root = cache.join(format!("{package}.root"));
+    if root.join(".unpacked").exists() {
+        return Ok(root);
+    }
+    let find_deb = || -> Option<PathBuf> {
+        std::fs::read_dir(cache)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.starts_with(&format!("{package}_")) && n.ends_with(".deb")
+                })
+            })
+    };
+    let deb = match find_deb() {
+        Some(deb) => deb,
+        None => {
+            run(Command::new("apt-get")
+                .args(["download", "-q", package])
+                .current_dir(cache))?;
+            find_deb().with_context(|| format!("apt-get download {package} left no .deb"))?
+        }
+    };
+    let _ = std::fs::remove_dir_all(&root);
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    std::fs::write(root.join(".unpacked"), "")?;
+    Ok(root)
+}
+
+/// gomemtrace linked statically against musl, to run in a guest without libc.
+fn static_gomemtrace() -> anyhow::Result<PathBuf> {
+    const TARGET: &str = "x86_64-unknown-linux-musl";
+    run(cargo().args(["build", "-p", "gomemtrace", "--release", "--target", TARGET]))?;
+    Ok(target_dir().join(TARGET).join("release/gomemtrace"))
+}
+
+/// `tests/fixtures/<name>/main.go` built with Go `go_release`, CGO_ENABLED=0 (static).
+fn static_go_fixture(name: &str, go_release: &str) -> anyhow::Result<PathBuf> {
+    let go = go_cache().join("go").join(go_release).join("bin/go");
+    ensure!(
+        go.exists(),
+        "Go {go_release} is not installed at {} (run scripts/setup.sh)",
+        go.display()
+    );
+    let work = target_dir()
+        .join("vm/go")
+        .join(format!("{name}-{go_release}"));
+    std::fs::create_dir_all(&work)?;
+    std::fs::copy(
+        workspace_root()
+            .join("tests/fixtures")
+            .join(name)
+            .join("main.go"),
+        work.join("main.go"),
+    )?;
+    std::fs::write(work.join("go.mod"), format!("module {name}\n\ngo 1.19\n"))?;
+    run(Command::new(&go)
+        .args(["build", "-o", name, "."])
+        .current_dir(&work)
+        .env("CGO_ENABLED", "0")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .env("GOCACHE", go_cache().join("gocache").join(go_release)))?;
+    Ok(work.join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_and_gzip_round_trip_like_busybox_sends_them() {
+        // RFC 4648 test vectors.
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9v\nYmFy\n"),
+        ] {
+            assert_eq!(base64_decode(encoded).unwrap(), plain.as_bytes());
+        }
+        assert!(base64_decode("Zm9v!").is_err());
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"numa").unwrap();
+        assert_eq!(gunzip(&gz.finish().unwrap()).unwrap(), b"numa");
+    }
+
+    #[test]
+    fn sections_are_cut_at_the_markers_and_kernel_noise_outside_is_ignored() {
+        let console = "[ 1.0] booting\n===gomemtrace-vm:a.txt:begin===\nline 1\nline 2\n\
+            ===gomemtrace-vm:a.txt:end===\n[ 2.0] noise\n===gomemtrace-vm:b:begin===\n\
+            ===gomemtrace-vm:b:end===\n===gomemtrace-vm:cut:begin===\npartial\n";
+        assert_eq!(
+            sections(console),
+            vec![
+                ("a.txt".to_string(), "line 1\nline 2\n".to_string()),
+                ("b".to_string(), String::new()),
+            ]
+        );
+    }
+}
