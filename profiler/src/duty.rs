@@ -71,6 +71,10 @@ impl Default for Costs {
 }
 /// How long the probes stay attached per window.
 pub const WINDOW: Duration = Duration::from_millis(150);
+/// The first window, opened before any event rate is known: short, so that on an
+/// allocation-heavy target it does not spend many seconds of budget at once (150 ms of
+/// exact probing costs a CPU-bound target ~150 ms of work, 15 s of a 1% budget).
+pub const FIRST_WINDOW: Duration = Duration::from_millis(20);
 /// How often the loop checks the deadline, the target and Ctrl-C.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -359,7 +363,12 @@ pub fn run(
         let mut window_start = started;
         loop {
             let cpu_before = cpu_last;
-            let ended = wait_until!(window_start + WINDOW);
+            let length = if record.windows.is_empty() {
+                FIRST_WINDOW
+            } else {
+                WINDOW
+            };
+            let ended = wait_until!(window_start + length);
             // The window ends when the program stops counting; detaching takes a while
             // (RCU grace periods), and hits meanwhile are ignored (counted as NoConfig).
             probes.unconfigure(pid)?;

@@ -27,7 +27,14 @@ pub struct BenchArgs {
     pub seconds: f64,
     pub workloads: Vec<String>,
     pub output: Option<PathBuf>,
+    /// Variant keys to run (the unprofiled baselines always run).
+    pub variants: Vec<String>,
 }
+
+/// Keys of every variant, for `--variants`.
+pub const VARIANT_KEYS: [&str; 7] = [
+    "auto", "aa", "runtime", "duty", "exact", "empty", "bpftrace",
+];
 
 /// Which build of the workload a variant runs.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -55,6 +62,8 @@ enum Runner {
 }
 
 struct Variant {
+    /// Selects the variant in `--variants`.
+    key: &'static str,
     name: &'static str,
     build: Build,
     runner: Runner,
@@ -62,51 +71,61 @@ struct Variant {
 
 const VARIANTS: &[Variant] = &[
     Variant {
+        key: "unprofiled",
         name: "unprofiled",
         build: Build::NoSampler,
         runner: Runner::Unprofiled,
     },
     Variant {
+        key: "auto",
         name: "gomemtrace (auto)",
         build: Build::NoSampler,
         runner: Runner::Gomemtrace(&[]),
     },
     Variant {
+        key: "unprofiled",
         name: "unprofiled",
         build: Build::Sampler,
         runner: Runner::Unprofiled,
     },
     Variant {
+        key: "aa",
         name: "unprofiled again (A/A: the noise)",
         build: Build::Sampler,
         runner: Runner::Unprofiled,
     },
     Variant {
+        key: "auto",
         name: "gomemtrace (auto)",
         build: Build::Sampler,
         runner: Runner::Gomemtrace(&[]),
     },
     Variant {
+        key: "runtime",
         name: "gomemtrace --mode runtime",
         build: Build::Sampler,
         runner: Runner::Gomemtrace(&["--mode", "runtime"]),
     },
     Variant {
+        key: "duty",
         name: "gomemtrace --mode duty",
         build: Build::Sampler,
         runner: Runner::Gomemtrace(&["--mode", "duty"]),
     },
     Variant {
+        key: "exact",
         name: "gomemtrace --mode exact",
         build: Build::Sampler,
         runner: Runner::Gomemtrace(&["--mode", "exact"]),
     },
     Variant {
+        key: "empty",
         name: "empty uprobe (floor)",
         build: Build::Sampler,
         runner: Runner::Gomemtrace(&["--empty-probe"]),
     },
     Variant {
+        key: "bpftrace",
         name: "bpftrace mallocgc ustack",
         build: Build::Sampler,
         runner: Runner::Bpftrace,
@@ -131,6 +150,12 @@ struct Measured {
 
 pub fn bench(args: &BenchArgs, gomemtrace: &Path) -> anyhow::Result<()> {
     ensure!(args.rounds > 0, "--rounds must be at least 1");
+    for key in &args.variants {
+        ensure!(
+            VARIANT_KEYS.contains(&key.as_str()),
+            "unknown variant {key:?}: one of {VARIANT_KEYS:?}"
+        );
+    }
     let bpftrace = which("bpftrace").context("bpftrace is not installed (run scripts/setup.sh)")?;
     let builds: BTreeMap<Build, PathBuf> = [Build::NoSampler, Build::Sampler]
         .into_iter()
@@ -146,6 +171,9 @@ pub fn bench(args: &BenchArgs, gomemtrace: &Path) -> anyhow::Result<()> {
     for round in 0..args.rounds {
         for (w, workload) in args.workloads.iter().enumerate() {
             for (v, variant) in VARIANTS.iter().enumerate() {
+                if variant.key != "unprofiled" && !args.variants.iter().any(|k| k == variant.key) {
+                    continue;
+                }
                 let binary = &builds[&variant.build];
                 let workload_cmd = [binary.as_os_str(), workload.as_ref(), seconds.as_ref()];
                 let mut cmd = match variant.runner {
@@ -218,6 +246,9 @@ fn render(args: &BenchArgs, results: &[Vec<Vec<Measured>>]) -> String {
         };
         for (v, variant) in VARIANTS.iter().enumerate() {
             let runs = &results[w][v];
+            if runs.is_empty() {
+                continue;
+            }
             let base = &results[w][baseline(variant.build)];
             let ratios: Vec<f64> = runs
                 .iter()
@@ -283,7 +314,13 @@ fn render(args: &BenchArgs, results: &[Vec<Vec<Measured>>]) -> String {
                 }
             }
         }
-        if workload == "alloc" {
+        let ran = |key: &str| {
+            VARIANTS
+                .iter()
+                .position(|v| v.key == key)
+                .is_some_and(|v| !results[w][v].is_empty())
+        };
+        if workload == "alloc" && ran("exact") && ran("empty") {
             // Each alloc-workload op is one allocation, so the added time per op is the
             // cost of one probe event.
             let added_ns = |name: &str| {

@@ -64,6 +64,10 @@ enum Task {
         /// Also write the markdown report here.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Variants to run beside the unprofiled baselines: auto, aa (a second unprofiled
+        /// run: the noise), runtime, duty, exact, empty (the empty-uprobe floor), bpftrace.
+        #[arg(long, value_delimiter = ',', default_values_t = bench::VARIANT_KEYS.map(String::from))]
+        variants: Vec<String>,
     },
     /// Validate deploy/ without a cluster: lint and schema-check the manifests and the Helm
     /// chart, and build and inspect the agent's OCI image (buildah, no Docker daemon).
@@ -96,6 +100,7 @@ fn main() -> anyhow::Result<()> {
             seconds,
             workloads,
             output,
+            variants,
         } => bench::bench(
             &bench::BenchArgs {
                 go,
@@ -103,6 +108,7 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 workloads,
                 output,
+                variants,
             },
             &release_binary()?,
         ),
