@@ -116,7 +116,7 @@ fn boot_numa_scenario(out: &Path, go_release: &str, timeout_s: u64) -> anyhow::R
     std::fs::create_dir_all(&cache)?;
     let kernel = guest_kernel(&cache)?;
     let busybox = unpacked_package(&cache, "busybox-static")?.join("bin/busybox");
-    let gomemtrace = static_gomemtrace()?;
+    let gomemtrace = crate::static_build::static_gomemtrace()?;
     let fixture = static_go_fixture("numa", go_release)?;
 
     let mut initramfs = cpio::Cpio::new();
@@ -366,13 +366,6 @@ fn unpacked_package(cache: &Path, package: &str) -> anyhow::Result<PathBuf> {
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
     std::fs::write(root.join(".unpacked"), "")?;
     Ok(root)
-}
-
-/// gomemtrace linked statically against musl, to run in a guest without libc.
-fn static_gomemtrace() -> anyhow::Result<PathBuf> {
-    const TARGET: &str = "x86_64-unknown-linux-musl";
-    run(cargo().args(["build", "-p", "gomemtrace", "--release", "--target", TARGET]))?;
-    Ok(target_dir().join(TARGET).join("release/gomemtrace"))
 }
 
 /// `tests/fixtures/<name>/main.go` built with Go `go_release`, CGO_ENABLED=0 (static).
