@@ -4,6 +4,7 @@
 pub mod args;
 mod attachments;
 mod discovery;
+mod duty;
 mod gc;
 mod http;
 mod metadata;

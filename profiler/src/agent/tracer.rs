@@ -15,6 +15,7 @@ use crate::{
         Shared,
         attachments::{Attachments, Skip},
         discovery::{self, Exe, Filter},
+        duty::DutyCycler,
         gc::GcTracker,
         metadata,
         metrics::{self, Metrics},
@@ -28,6 +29,7 @@ const HARVEST_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Tracer {
     pub attachments: Attachments,
+    duty: DutyCycler,
     pub gc: GcTracker,
     pub events: ProcEvents,
     pub filter: Filter,
@@ -58,6 +60,7 @@ impl Tracer {
     ) -> Self {
         Self {
             attachments,
+            duty: DutyCycler::default(),
             gc,
             events,
             filter,
@@ -91,6 +94,7 @@ impl Tracer {
                     Lifecycle::Exec(_) => {}
                 }
             }
+            self.duty.tick(&mut self.attachments.probes);
             {
                 let metrics = self
                     .shared
@@ -139,6 +143,9 @@ impl Tracer {
         }
         match self.attachments.attach(pid, exe, labels) {
             Ok(process) => {
+                if process.mode() == gomemtrace_report::model::Mode::Duty {
+                    self.duty.add(&process, &mut self.attachments.probes);
+                }
                 let gc_attached = self.gc.attach(&process);
                 let mut metrics = self.metrics();
                 if !gc_attached {
@@ -167,6 +174,7 @@ impl Tracer {
             return;
         };
         self.counted.remove(&pid);
+        self.duty.remove(pid);
         let mut metrics = self
             .shared
             .metrics
@@ -191,7 +199,11 @@ impl Tracer {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         for (pid, table) in &tables.by_pid {
-            let now = table.allocated();
+            // Duty-cycled: the windows' scaled estimate; else the (unbiased) tables.
+            let now = self
+                .duty
+                .estimate(*pid)
+                .unwrap_or_else(|| table.allocated());
             let counted = self.counted.entry(*pid).or_default();
             let values = table.process.labels.values();
             // Per-key unbiasing can move a total down a little as a key's average size
