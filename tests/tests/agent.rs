@@ -100,6 +100,10 @@ struct Agent {
 
 impl Agent {
     fn start(include_exe: &str) -> Result<Agent> {
+        Self::start_with(include_exe, &[])
+    }
+
+    fn start_with(include_exe: &str, extra: &[&str]) -> Result<Agent> {
         let mut cmd = gomemtrace_command()?;
         cmd.args([
             "agent",
@@ -108,6 +112,7 @@ impl Agent {
             "--include-exe",
             include_exe,
         ]);
+        cmd.args(extra);
         let proc = Proc::spawn(cmd)?;
         let line = proc.wait_stderr("listening on", Duration::from_secs(20))?;
         let addr = line
@@ -616,5 +621,37 @@ fn duty_cycled_estimates_where_the_sampler_is_compiled_out() -> Result<()> {
     poll("the agent to let go", Duration::from_secs(10), || {
         Ok((agent.holdings()? == (0.0, 0.0)).then_some(()))
     })?;
+    Ok(())
+}
+
+#[test]
+fn max_processes_caps_and_counts() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let tmp = TempDir::new("agent-cap")?;
+    let exe = own_fixture(tmp.path(), &latest_go())?;
+    let agent = Agent::start_with(
+        &format!("{}/agentload-*", tmp.path().display()),
+        &["--max-processes", "1"],
+    )?;
+    let first = spawn_fixture(&exe, 10)?;
+    wait_attached(&agent, &exe)?;
+    let second = spawn_fixture(&exe, 10)?;
+    let skipped = poll("the cap to be counted", Duration::from_secs(10), || {
+        let text = agent.metrics()?;
+        let n = samples(
+            &text,
+            "gomemtrace_agent_skipped_processes_total",
+            &[("reason", "max_processes")],
+        );
+        Ok((n == [1.0]).then_some(text))
+    })?;
+    let attached = samples(&skipped, "gomemtrace_agent_attached_processes", &[]);
+    ensure!(
+        attached == [1.0],
+        "attached {attached:?} with --max-processes 1"
+    );
+    drop((first, second));
     Ok(())
 }

@@ -26,6 +26,9 @@ use crate::{
 
 const TICK: Duration = Duration::from_millis(100);
 const HARVEST_EVERY: Duration = Duration::from_secs(1);
+/// Counting every map's entries walks maps that can be large (live sampled objects):
+/// less often than the harvest.
+const COUNT_ENTRIES_EVERY: u32 = 5;
 
 pub struct Tracer {
     pub attachments: Attachments,
@@ -38,6 +41,7 @@ pub struct Tracer {
     counted: HashMap<u32, Totals>,
     /// Global probe counters already added, by metric.
     last_global: HashMap<&'static str, u64>,
+    harvests: u32,
 }
 
 /// The drop counters of the probes, by the `reason` label.
@@ -67,6 +71,7 @@ impl Tracer {
             shared,
             counted: HashMap::new(),
             last_global: HashMap::new(),
+            harvests: 0,
         }
     }
 
@@ -281,13 +286,16 @@ impl Tracer {
             let last = self.last_global.entry(reason).or_default();
             Metrics::advance(&metrics.drops.with_label_values(&[reason]), last, now);
         }
-        let entries = self.attachments.probes.map_entries();
-        for (map, entries) in entries.into_iter().chain(self.gc.probes.map_entries()) {
-            metrics
-                .map_entries
-                .with_label_values(&[map])
-                .set(entries as i64);
+        if self.harvests % COUNT_ENTRIES_EVERY == 0 {
+            let entries = self.attachments.probes.map_entries();
+            for (map, entries) in entries.into_iter().chain(self.gc.probes.map_entries()) {
+                metrics
+                    .map_entries
+                    .with_label_values(&[map])
+                    .set(entries as i64);
+            }
         }
+        self.harvests = self.harvests.wrapping_add(1);
         if let Some((cpu, rss)) = metrics::own_usage() {
             let counted = metrics.cpu_seconds.get();
             if cpu > counted {
