@@ -286,7 +286,7 @@ impl Tracer {
             let last = self.last_global.entry(reason).or_default();
             Metrics::advance(&metrics.drops.with_label_values(&[reason]), last, now);
         }
-        if self.harvests % COUNT_ENTRIES_EVERY == 0 {
+        if self.harvests.is_multiple_of(COUNT_ENTRIES_EVERY) {
             let entries = self.attachments.probes.map_entries();
             for (map, entries) in entries.into_iter().chain(self.gc.probes.map_entries()) {
                 metrics
