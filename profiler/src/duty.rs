@@ -250,7 +250,7 @@ pub fn small_sample_factor(dof: f64) -> f64 {
 }
 
 /// The target's CPU time so far (utime + stime of all its threads), nanoseconds.
-fn cpu_ns(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ns(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     // After the command: state is field 3; utime and stime are fields 14 and 15.

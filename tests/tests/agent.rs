@@ -100,6 +100,10 @@ struct Agent {
 
 impl Agent {
     fn start(include_exe: &str) -> Result<Agent> {
+        Self::start_with(include_exe, &[])
+    }
+
+    fn start_with(include_exe: &str, extra: &[&str]) -> Result<Agent> {
         let mut cmd = gomemtrace_command()?;
         cmd.args([
             "agent",
@@ -108,6 +112,7 @@ impl Agent {
             "--include-exe",
             include_exe,
         ]);
+        cmd.args(extra);
         let proc = Proc::spawn(cmd)?;
         let line = proc.wait_stderr("listening on", Duration::from_secs(20))?;
         let addr = line
@@ -539,5 +544,114 @@ fn nothing_is_left_behind_after_processes_come_and_go() -> Result<()> {
     println!(
         "{ROUNDS} rounds of 2 processes: {attached_counts:?} while attached; baseline {baseline:?}, {baseline_fds} perf fds"
     );
+    Ok(())
+}
+
+#[test]
+fn duty_cycled_estimates_where_the_sampler_is_compiled_out() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let tmp = TempDir::new("agent-duty")?;
+    let built = fixture("agentduty", &latest_go(), Variant::Normal)?;
+    let exe = tmp.join("agentduty");
+    std::fs::copy(&built, &exe)?;
+    let agent = Agent::start(&format!("{}/agentduty", tmp.path().display()))?;
+    const DUTY_COUNT: u64 = 8000;
+    const DUTY_SIZE: u64 = 512;
+    let mut cmd = Command::new(&exe);
+    cmd.args([
+        "-count",
+        &DUTY_COUNT.to_string(),
+        "-size",
+        &DUTY_SIZE.to_string(),
+    ]);
+    let mut proc = Proc::spawn(cmd)?;
+    proc.wait_stdout("ready", Duration::from_secs(10))?;
+    let exe_label = exe.display().to_string();
+    poll(
+        "the agent to attach in duty mode",
+        Duration::from_secs(10),
+        || {
+            let text = agent.metrics()?;
+            Ok((samples(
+                &text,
+                "gomemtrace_processes",
+                &[("exe", &exe_label), ("mode", "duty")],
+            ) == [1.0])
+            .then_some(()))
+        },
+    )?;
+    proc.signal(libc::SIGUSR1)?;
+    proc.wait_stdout("done", Duration::from_secs(60))?;
+    // The windows after the last allocation add nothing; wait for them to close.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = agent.metrics()?;
+    let objects = samples(
+        &text,
+        "gomemtrace_allocated_objects_total",
+        &[("exe", &exe_label)],
+    );
+    let bytes = samples(
+        &text,
+        "gomemtrace_allocated_bytes_total",
+        &[("exe", &exe_label)],
+    );
+    // Each window's count stands for the time since the previous window closed: the
+    // estimate misses or doubles at most about one gap at each end of the run, and the
+    // target's pace varies on a shared machine. Half to one and a half times the
+    // fixture's arithmetic; a broken scale (0, or counts unscaled at a 1% budget) is far
+    // outside.
+    let expected = DUTY_COUNT as f64;
+    ensure!(
+        objects.len() == 1 && objects[0] >= 0.5 * expected && objects[0] <= 1.5 * expected,
+        "duty estimate {objects:?} objects, fixture allocated {expected}"
+    );
+    ensure!(
+        bytes.len() == 1
+            && (bytes[0] / objects[0] - DUTY_SIZE as f64).abs() < 0.05 * DUTY_SIZE as f64,
+        "duty estimate {bytes:?} bytes for {objects:?} objects of {DUTY_SIZE} B"
+    );
+    println!(
+        "duty: {:.0} objects, {:.0} bytes estimated for {DUTY_COUNT} × {DUTY_SIZE} B",
+        objects[0], bytes[0]
+    );
+    proc.signal(libc::SIGUSR1)?;
+    proc.wait(Duration::from_secs(10))?;
+    poll("the agent to let go", Duration::from_secs(10), || {
+        Ok((agent.holdings()? == (0.0, 0.0)).then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn max_processes_caps_and_counts() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let tmp = TempDir::new("agent-cap")?;
+    let exe = own_fixture(tmp.path(), &latest_go())?;
+    let agent = Agent::start_with(
+        &format!("{}/agentload-*", tmp.path().display()),
+        &["--max-processes", "1"],
+    )?;
+    let first = spawn_fixture(&exe, 10)?;
+    wait_attached(&agent, &exe)?;
+    let second = spawn_fixture(&exe, 10)?;
+    let skipped = poll("the cap to be counted", Duration::from_secs(10), || {
+        let text = agent.metrics()?;
+        let n = samples(
+            &text,
+            "gomemtrace_agent_skipped_processes_total",
+            &[("reason", "max_processes")],
+        );
+        Ok((n == [1.0]).then_some(text))
+    })?;
+    let attached = samples(&skipped, "gomemtrace_agent_attached_processes", &[]);
+    ensure!(
+        attached == [1.0],
+        "attached {attached:?} with --max-processes 1"
+    );
+    drop((first, second));
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Bad input gets its documented exit code and one stderr line starting `gomemtrace: `:
-//! 1 other error, 2 usage, 3 no such process, 4 not a Go binary, 5 not root.
+//! 1 other error, 2 usage, 3 no such process, 4 not a Go binary, 5 not root, 7 the agent
+//! cannot listen.
 //! Usage errors (2) come from the argument parser, so only their code is checked.
 
 use std::process::Command;
@@ -133,4 +134,19 @@ fn no_target_exits_2() {
 fn pid_and_command_exit_2() {
     let out = gomemtrace_run(&["-p", "1", "--", "/bin/true"]);
     assert_eq!(out.code(), 2, "stderr:\n{}", out.stderr);
+}
+
+#[test]
+fn agent_bad_glob_exits_2_and_taken_port_exits_7() {
+    if !require_root() {
+        return;
+    }
+    let out = gomemtrace_run(&["agent", "--listen", "127.0.0.1:0", "--include-exe", "a[b"]);
+    assert_eq!(out.code(), 2, "stderr:\n{}", out.stderr);
+    assert_one_error_line("agent with a bad glob", &out);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = gomemtrace_run(&["agent", "--listen", &addr]);
+    assert_eq!(out.code(), 7, "stderr:\n{}", out.stderr);
+    assert_one_error_line("agent on a taken port", &out);
 }

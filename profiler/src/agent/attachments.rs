@@ -98,9 +98,12 @@ impl Attachments {
                 .ok_or(Skip::AttachFailed)?;
             config.mem_profile_rate_addr = vaddr.wrapping_add(layout.bias);
         }
+        // Duty-cycled processes get their probes window by window (agent::duty).
         let attached = self.probes.configure(pid, config).and_then(|()| {
-            for (program, offset, _) in &analysis.probes {
-                self.probes.attach(program, &exe.link, &[*offset], pid)?;
+            if analysis.mode != Mode::Duty {
+                for (program, offset, _) in &analysis.probes {
+                    self.probes.attach(program, &exe.link, &[*offset], pid)?;
+                }
             }
             Ok(())
         });
@@ -143,11 +146,5 @@ fn analyse(exe: &Exe, mode: ModeArg) -> Result<Analysed, Skip> {
     drop(data);
     let config = go.process_config();
     let sampler = go.sampler();
-    let analysed = session::plan(go, config, sampler, mode, false)
-        .map_err(|_| Skip::Unsupported("no_sampler"))?;
-    if analysed.mode == Mode::Duty {
-        // Duty-cycled windows per process are not implemented in the agent yet.
-        return Err(Skip::Unsupported("duty_mode"));
-    }
-    Ok(analysed)
+    session::plan(go, config, sampler, mode, false).map_err(|_| Skip::Unsupported("no_sampler"))
 }

@@ -207,15 +207,18 @@ async fn heap(
         Err(refusal) => return refusal.into_response(),
     };
     let built = tokio::task::spawn_blocking(move || {
-        let tables = shared.tables.lock().unwrap_or_else(|e| e.into_inner());
-        let table = tables.by_pid.get(&pid)?;
+        // Copied out: symbolizing must not hold up the agent's loop.
+        let (table, stacks) = {
+            let tables = shared.tables.lock().unwrap_or_else(|e| e.into_inner());
+            (tables.by_pid.get(&pid)?.clone(), tables.stacks.clone())
+        };
         if table.process.mode() != gomemtrace_report::model::Mode::Runtime {
             return Some(Err(anyhow::anyhow!(
                 "pid {pid}: in-use heap needs runtime-sampled mode (the heap sampler's frees); this process is traced in exact mode"
             )));
         }
         let since = table.process.attached_at.elapsed();
-        Some(profiles::pprof(None, table, &tables.stacks, since))
+        Some(profiles::pprof(None, &table, &stacks, since))
     })
     .await;
     match built {

@@ -104,7 +104,7 @@ impl Metrics {
         let processes = GaugeVec::new(
             opts(
                 "gomemtrace_processes",
-                "Go processes traced, by label set and collection mode (exact or runtime)",
+                "Go processes traced, by label set and collection mode (runtime, duty or exact)",
             ),
             &with_mode,
         )?;
@@ -115,7 +115,7 @@ impl Metrics {
         let skipped = IntCounterVec::new(
             opts(
                 "gomemtrace_agent_skipped_processes_total",
-                "Go processes not traced, by reason (max_processes, no_sampler, duty_mode, attach_failed)",
+                "Go processes not traced, by reason (max_processes, no_sampler, attach_failed; gc_probes: traced without GC metrics)",
             ),
             &["reason"],
         )?;

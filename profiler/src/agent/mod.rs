@@ -4,6 +4,7 @@
 pub mod args;
 mod attachments;
 mod discovery;
+mod duty;
 mod gc;
 mod http;
 mod metadata;
@@ -66,6 +67,17 @@ fn unix_seconds() -> u64 {
 pub fn run(args: &args::AgentArgs) -> anyhow::Result<ExitCode> {
     preflight::check()?;
     let filter = Filter::new(args)?;
+    // Every traced process needs a slot in the probes' per-process maps.
+    if args.max_processes > gomemtrace_common::MAX_PROCESSES as usize {
+        return Err(UserError::BadArgument {
+            what: format!("--max-processes {}", args.max_processes),
+            reason: format!(
+                "at most {} (the probes' per-process map size)",
+                gomemtrace_common::MAX_PROCESSES
+            ),
+        }
+        .into());
+    }
     let kubernetes = match args.kubernetes {
         KubernetesArg::Always => true,
         KubernetesArg::Never => false,

@@ -15,6 +15,7 @@ use crate::{
         Shared,
         attachments::{Attachments, Skip},
         discovery::{self, Exe, Filter},
+        duty::DutyCycler,
         gc::GcTracker,
         metadata,
         metrics::{self, Metrics},
@@ -25,9 +26,13 @@ use crate::{
 
 const TICK: Duration = Duration::from_millis(100);
 const HARVEST_EVERY: Duration = Duration::from_secs(1);
+/// Counting every map's entries walks maps that can be large (live sampled objects):
+/// less often than the harvest.
+const COUNT_ENTRIES_EVERY: u32 = 5;
 
 pub struct Tracer {
     pub attachments: Attachments,
+    duty: DutyCycler,
     pub gc: GcTracker,
     pub events: ProcEvents,
     pub filter: Filter,
@@ -36,6 +41,7 @@ pub struct Tracer {
     counted: HashMap<u32, Totals>,
     /// Global probe counters already added, by metric.
     last_global: HashMap<&'static str, u64>,
+    harvests: u32,
 }
 
 /// The drop counters of the probes, by the `reason` label.
@@ -58,12 +64,14 @@ impl Tracer {
     ) -> Self {
         Self {
             attachments,
+            duty: DutyCycler::default(),
             gc,
             events,
             filter,
             shared,
             counted: HashMap::new(),
             last_global: HashMap::new(),
+            harvests: 0,
         }
     }
 
@@ -91,6 +99,7 @@ impl Tracer {
                     Lifecycle::Exec(_) => {}
                 }
             }
+            self.duty.tick(&mut self.attachments.probes);
             {
                 let metrics = self
                     .shared
@@ -139,6 +148,9 @@ impl Tracer {
         }
         match self.attachments.attach(pid, exe, labels) {
             Ok(process) => {
+                if process.mode() == gomemtrace_report::model::Mode::Duty {
+                    self.duty.add(&process, &mut self.attachments.probes);
+                }
                 let gc_attached = self.gc.attach(&process);
                 let mut metrics = self.metrics();
                 if !gc_attached {
@@ -167,6 +179,7 @@ impl Tracer {
             return;
         };
         self.counted.remove(&pid);
+        self.duty.remove(pid);
         let mut metrics = self
             .shared
             .metrics
@@ -191,7 +204,11 @@ impl Tracer {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         for (pid, table) in &tables.by_pid {
-            let now = table.allocated();
+            // Duty-cycled: the windows' scaled estimate; else the (unbiased) tables.
+            let now = self
+                .duty
+                .estimate(*pid)
+                .unwrap_or_else(|| table.allocated());
             let counted = self.counted.entry(*pid).or_default();
             let values = table.process.labels.values();
             // Per-key unbiasing can move a total down a little as a key's average size
@@ -269,13 +286,16 @@ impl Tracer {
             let last = self.last_global.entry(reason).or_default();
             Metrics::advance(&metrics.drops.with_label_values(&[reason]), last, now);
         }
-        let entries = self.attachments.probes.map_entries();
-        for (map, entries) in entries.into_iter().chain(self.gc.probes.map_entries()) {
-            metrics
-                .map_entries
-                .with_label_values(&[map])
-                .set(entries as i64);
+        if self.harvests.is_multiple_of(COUNT_ENTRIES_EVERY) {
+            let entries = self.attachments.probes.map_entries();
+            for (map, entries) in entries.into_iter().chain(self.gc.probes.map_entries()) {
+                metrics
+                    .map_entries
+                    .with_label_values(&[map])
+                    .set(entries as i64);
+            }
         }
+        self.harvests = self.harvests.wrapping_add(1);
         if let Some((cpu, rss)) = metrics::own_usage() {
             let counted = metrics.cpu_seconds.get();
             if cpu > counted {
