@@ -137,7 +137,7 @@ fn pid_and_command_exit_2() {
 }
 
 #[test]
-fn agent_bad_glob_exits_2_and_taken_port_exits_7() {
+fn agent_bad_glob_exits_2_and_taken_port_exits_8() {
     if !require_root() {
         return;
     }
@@ -147,6 +147,6 @@ fn agent_bad_glob_exits_2_and_taken_port_exits_7() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = gomemtrace_run(&["agent", "--listen", &addr]);
-    assert_eq!(out.code(), 7, "stderr:\n{}", out.stderr);
+    assert_eq!(out.code(), 8, "stderr:\n{}", out.stderr);
     assert_one_error_line("agent on a taken port", &out);
 }
