@@ -50,6 +50,8 @@ pub struct Tracer {
     harvests: u32,
     /// Processes in containers the pod watch does not know yet, and since when.
     pending: HashMap<u32, Instant>,
+    /// Process events lost so far, as of the latest rescan.
+    events_lost_seen: u64,
 }
 
 /// The drop counters of the probes, by the `reason` label.
@@ -83,6 +85,7 @@ impl Tracer {
             last_global: HashMap::new(),
             harvests: 0,
             pending: HashMap::new(),
+            events_lost_seen: 0,
         }
     }
 
@@ -142,6 +145,19 @@ impl Tracer {
                     .collect();
                 for pid in dead {
                     self.forget(pid);
+                }
+                // Exec events lost to a full ring buffer: a /proc scan finds those processes.
+                let lost = self
+                    .events
+                    .counters()
+                    .map_or(0, |c| c[ProcCounter::DropRingFull as usize]);
+                if lost > self.events_lost_seen {
+                    self.events_lost_seen = lost;
+                    for pid in discovery::scan_proc() {
+                        if pid != own_pid && !self.attachments.processes.contains_key(&pid) {
+                            self.consider(pid);
+                        }
+                    }
                 }
                 let retry: Vec<u32> = self.pending.keys().copied().collect();
                 for pid in retry {
