@@ -73,6 +73,22 @@ impl Attachments {
         })
     }
 
+    /// Whether `exe` is a Go program (analysed once per executable).
+    pub fn is_go(&mut self, exe: &Exe) -> bool {
+        !matches!(self.verdict(exe), Err(Skip::NotGo))
+    }
+
+    fn verdict(&mut self, exe: &Exe) -> Result<Arc<Analysed>, Skip> {
+        match self.verdicts.get(&exe.id) {
+            Some(verdict) => verdict.clone(),
+            None => {
+                let verdict = analyse(exe, self.mode).map(Arc::new);
+                self.verdicts.insert(exe.id, verdict.clone());
+                verdict
+            }
+        }
+    }
+
     /// Attaches to `pid` (its executable `exe`, filtered already) unless skipped.
     pub fn attach(&mut self, pid: u32, exe: Exe, labels: Labels) -> Result<Arc<Process>, Skip> {
         if let Some(process) = self.processes.get(&pid) {
@@ -81,14 +97,7 @@ impl Attachments {
         if self.processes.len() >= self.max_processes {
             return Err(Skip::Cap);
         }
-        let analysis = match self.verdicts.get(&exe.id) {
-            Some(verdict) => verdict.clone()?,
-            None => {
-                let verdict = analyse(&exe, self.mode).map(Arc::new);
-                self.verdicts.insert(exe.id, verdict.clone());
-                verdict?
-            }
-        };
+        let analysis = self.verdict(&exe)?;
         let mut config = analysis.config;
         config.flags |= PROCESS_FLAG_NO_GOID;
         if let Some(vaddr) = analysis.rate_vaddr {

@@ -54,8 +54,6 @@ pub fn container_id(cgroup: &str) -> Option<String> {
 }
 
 /// A pod as the node's pod watch sees it.
-// Filled by the pod watch, which is not implemented yet (docs/AGENT.md); unit-tested.
-#[allow(dead_code)]
 #[derive(Clone, Debug, Default)]
 pub struct PodInfo {
     pub namespace: String,
@@ -70,11 +68,14 @@ pub struct PodInfo {
 #[derive(Debug, Default)]
 pub struct PodIndex {
     by_container: HashMap<String, (std::sync::Arc<PodInfo>, String)>,
+    /// The watch listed every pod once: a container missing now is not a pod's.
+    pub synced: bool,
 }
 
-#[allow(dead_code)]
 impl PodIndex {
+    /// Adds `pod`, replacing what was known of it (its containers may have restarted).
     pub fn insert(&mut self, pod: PodInfo) {
+        self.remove(&pod.namespace, &pod.name);
         let pod = std::sync::Arc::new(pod);
         for (name, uri) in &pod.containers {
             if let Some((_, id)) = uri.split_once("://")
@@ -98,6 +99,11 @@ impl PodIndex {
     }
 }
 
+/// The container id of `pid`, if it runs in a container.
+pub fn container_of(pid: u32) -> Option<String> {
+    container_id(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
 /// The labels of `pid`: exe and comm always; namespace, pod and container from `pods`.
 pub fn labels(pid: u32, exe: &str, pods: Option<&PodIndex>) -> (Labels, Option<PodInfo>) {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -109,8 +115,7 @@ pub fn labels(pid: u32, exe: &str, pods: Option<&PodIndex>) -> (Labels, Option<P
         ..Labels::default()
     };
     let pod = pods.and_then(|pods| {
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let (pod, container) = pods.lookup(&container_id(&cgroup)?)?;
+        let (pod, container) = pods.lookup(&container_of(pid)?)?;
         labels.namespace = pod.namespace.clone();
         labels.pod = pod.name.clone();
         labels.container = container.to_string();
@@ -195,6 +200,15 @@ mod tests {
         assert_eq!(container, "server");
         assert_eq!(index.lookup("abc").unwrap().1, "sidecar");
         assert!(index.lookup("").is_none());
+        // The pod again, its server restarted under a new container id.
+        index.insert(PodInfo {
+            namespace: "shop".into(),
+            name: "web-7d9f".into(),
+            labels: HashMap::new(),
+            containers: vec![("server".into(), "containerd://def".into())],
+        });
+        assert!(index.lookup(ID).is_none());
+        assert_eq!(index.lookup("def").unwrap().1, "server");
         index.remove("shop", "web-7d9f");
         assert!(index.lookup(ID).is_none());
     }

@@ -7,6 +7,7 @@ mod discovery;
 mod duty;
 mod gc;
 mod http;
+mod kubernetes;
 mod metadata;
 mod metrics;
 mod profiles;
@@ -83,11 +84,17 @@ pub fn run(args: &args::AgentArgs) -> anyhow::Result<ExitCode> {
         KubernetesArg::Never => false,
         KubernetesArg::Auto => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
     };
-    if kubernetes {
-        eprintln!(
-            "gomemtrace: agent: the Kubernetes pod watch is not implemented yet: labels are exe and comm only, namespace and pod filters match nothing"
-        );
-    }
+    let node = match (kubernetes, &args.node_name) {
+        (false, _) => None,
+        (true, Some(node)) => Some(node.clone()),
+        (true, None) => {
+            return Err(UserError::BadArgument {
+                what: "--kubernetes".into(),
+                reason: "the pod watch needs this node's name: --node-name or NODE_NAME".into(),
+            }
+            .into());
+        }
+    };
     if args.pyroscope_url.is_some() {
         eprintln!(
             "gomemtrace: agent: --pyroscope-url: pushing to Pyroscope is not implemented yet; ignored"
@@ -120,7 +127,12 @@ pub fn run(args: &args::AgentArgs) -> anyhow::Result<ExitCode> {
         args.mode
     );
     let gc = gc::GcTracker::new()?;
-    let tracer = tracer::Tracer::new(attachments, gc, events, filter, shared.clone());
+    let pods = node.map(|node| {
+        let index = kubernetes::SharedIndex::default();
+        runtime.spawn(kubernetes::watch(node, index.clone()));
+        index
+    });
+    let tracer = tracer::Tracer::new(attachments, gc, events, filter, shared.clone(), pods);
     let tracer = std::thread::Builder::new()
         .name("gomemtrace-agent".into())
         .spawn(move || tracer.run())?;

@@ -17,6 +17,7 @@ use crate::{
         discovery::{self, Exe, Filter},
         duty::DutyCycler,
         gc::GcTracker,
+        kubernetes::SharedIndex,
         metadata,
         metrics::{self, Metrics},
         profiles::Totals,
@@ -26,6 +27,9 @@ use crate::{
 
 const TICK: Duration = Duration::from_millis(100);
 const HARVEST_EVERY: Duration = Duration::from_secs(1);
+/// How long a container's process waits for its pod to appear in the watch (a pod's status
+/// names a container shortly after the container started).
+const POD_WAIT: Duration = Duration::from_secs(30);
 /// Counting every map's entries walks maps that can be large (live sampled objects):
 /// less often than the harvest.
 const COUNT_ENTRIES_EVERY: u32 = 5;
@@ -37,11 +41,17 @@ pub struct Tracer {
     pub events: ProcEvents,
     pub filter: Filter,
     pub shared: Arc<Shared>,
+    /// The node's pods, where the agent watches Kubernetes.
+    pods: Option<SharedIndex>,
     /// Per pid: the totals already added to the counters.
     counted: HashMap<u32, Totals>,
     /// Global probe counters already added, by metric.
     last_global: HashMap<&'static str, u64>,
     harvests: u32,
+    /// Processes in containers the pod watch does not know yet, and since when.
+    pending: HashMap<u32, Instant>,
+    /// Process events lost so far, as of the latest rescan.
+    events_lost_seen: u64,
 }
 
 /// The drop counters of the probes, by the `reason` label.
@@ -61,6 +71,7 @@ impl Tracer {
         events: ProcEvents,
         filter: Filter,
         shared: Arc<Shared>,
+        pods: Option<SharedIndex>,
     ) -> Self {
         Self {
             attachments,
@@ -69,15 +80,29 @@ impl Tracer {
             events,
             filter,
             shared,
+            pods,
             counted: HashMap::new(),
             last_global: HashMap::new(),
             harvests: 0,
+            pending: HashMap::new(),
+            events_lost_seen: 0,
         }
     }
 
     /// Scans /proc, then follows events until `shared.stop`.
     pub fn run(mut self) {
         let own_pid = std::process::id();
+        // Pod labels and filters need the pod list first (readiness waits for it).
+        if let Some(pods) = &self.pods {
+            let deadline = Instant::now() + POD_WAIT;
+            while !pods.lock().unwrap_or_else(|e| e.into_inner()).synced
+                && Instant::now() < deadline
+                && !self.shared.stop.load(Ordering::Acquire)
+            {
+                self.shared.beat();
+                std::thread::sleep(TICK);
+            }
+        }
         for pid in discovery::scan_proc() {
             if pid != own_pid {
                 self.consider(pid);
@@ -121,6 +146,23 @@ impl Tracer {
                 for pid in dead {
                     self.forget(pid);
                 }
+                // Exec events lost to a full ring buffer: a /proc scan finds those processes.
+                let lost = self
+                    .events
+                    .counters()
+                    .map_or(0, |c| c[ProcCounter::DropRingFull as usize]);
+                if lost > self.events_lost_seen {
+                    self.events_lost_seen = lost;
+                    for pid in discovery::scan_proc() {
+                        if pid != own_pid && !self.attachments.processes.contains_key(&pid) {
+                            self.consider(pid);
+                        }
+                    }
+                }
+                let retry: Vec<u32> = self.pending.keys().copied().collect();
+                for pid in retry {
+                    self.consider(pid);
+                }
                 self.harvest();
             }
             std::thread::sleep(TICK);
@@ -137,12 +179,28 @@ impl Tracer {
 
     fn consider(&mut self, pid: u32) {
         let Some(exe) = Exe::of(pid) else {
+            self.pending.remove(&pid);
             return;
         };
-        if !self.filter.allows_exe(&exe.path) {
+        if !self.filter.allows_exe(&exe.path) || !self.attachments.is_go(&exe) {
             return;
         }
-        let (labels, pod) = metadata::labels(pid, &exe.path, None);
+        let (labels, pod) = match &self.pods {
+            Some(pods) => {
+                let pods = pods.lock().unwrap_or_else(|e| e.into_inner());
+                let found = metadata::labels(pid, &exe.path, Some(&pods));
+                // A container whose pod the watch has not reported yet: try again later.
+                if found.1.is_none() && metadata::container_of(pid).is_some() {
+                    let since = *self.pending.entry(pid).or_insert_with(Instant::now);
+                    if since.elapsed() < POD_WAIT {
+                        return;
+                    }
+                }
+                found
+            }
+            None => metadata::labels(pid, &exe.path, None),
+        };
+        self.pending.remove(&pid);
         if !self.filter.allows_pod(pod.as_ref()) {
             return;
         }
@@ -175,6 +233,7 @@ impl Tracer {
     }
 
     fn forget(&mut self, pid: u32) {
+        self.pending.remove(&pid);
         let Some(process) = self.attachments.detach(pid) else {
             return;
         };
