@@ -179,13 +179,20 @@ fn check(version: &str) -> Result<String> {
     let mut totals = [(0f64, 0f64, 0f64); 3];
     let mut compared = 0;
     let mut with_assists = 0;
+    let last_cycle = r.cycles.iter().filter_map(|c| c["number"].as_u64()).max();
     for c in &r.cycles {
         let Some(n) = c["number"].as_u64() else {
             problems.push(format!("cycle without number: {c}"));
             continue;
         };
         let Some(theirs) = r.runtime.get(&n) else {
-            problems.push(format!("cycle {n} not printed by the runtime"));
+            // The runtime prints a cycle's line after the world restarts; a program that
+            // exits right then never prints its last one (seen once on Go 1.22 under load).
+            let exited_before_printing =
+                Some(n) == last_cycle && n > 1 && r.runtime.contains_key(&(n - 1));
+            if !exited_before_printing {
+                problems.push(format!("cycle {n} not printed by the runtime"));
+            }
             continue;
         };
         let m = &c["mark"];
