@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
-use crate::{go_cache, run, target_dir, workspace_root};
+use crate::{GoBuild, target_dir, workspace_root};
 
 pub struct BenchArgs {
     pub go: String,
@@ -534,39 +534,19 @@ fn which(program: &str) -> Option<PathBuf> {
 
 /// Builds `tests/fixtures/benchload` with Go `go_release`, with or without the sampler.
 pub(crate) fn build_benchload(go_release: &str, build: Build) -> anyhow::Result<PathBuf> {
-    let go = go_cache().join("go").join(go_release).join("bin/go");
-    ensure!(
-        go.exists(),
-        "Go {go_release} is not installed at {} (run scripts/setup.sh)",
-        go.display()
-    );
-    let source = workspace_root().join("tests/fixtures/benchload");
-    let work = target_dir()
-        .join("xtask-go")
-        .join(format!("benchload-{go_release}"));
-    std::fs::create_dir_all(&work)?;
-    for entry in std::fs::read_dir(&source)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "go") {
-            std::fs::copy(&path, work.join(path.file_name().expect("file name")))?;
-        }
-    }
-    std::fs::write(work.join("go.mod"), "module benchload\n\ngo 1.19\n")?;
-    let name = match build {
-        Build::NoSampler => "benchload",
-        Build::Sampler => "benchload-sampler",
+    let (output, flags): (&str, &[&str]) = match build {
+        Build::NoSampler => ("benchload", &[]),
+        Build::Sampler => ("benchload-sampler", &["-tags", "sampler"]),
     };
-    let mut cmd = Command::new(&go);
-    cmd.arg("build");
-    if build == Build::Sampler {
-        cmd.args(["-tags", "sampler"]);
+    GoBuild {
+        source: workspace_root().join("tests/fixtures/benchload"),
+        work: target_dir()
+            .join("xtask-go")
+            .join(format!("benchload-{go_release}")),
+        output,
+        go_release,
+        flags,
+        env: &[],
     }
-    run(cmd
-        .args(["-o", name, "."])
-        .current_dir(&work)
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOPROXY", "off")
-        .env("GOCACHE", go_cache().join("gocache")))?;
-    Ok(work.join(name))
+    .run()
 }

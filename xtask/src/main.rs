@@ -148,33 +148,80 @@ fn cargo() -> Command {
     cmd
 }
 
-/// Builds the Go program in `xtask/<name>/main.go` with Go `go_release`; returns its path.
-fn build_go_program(name: &str, go_release: &str) -> anyhow::Result<PathBuf> {
-    let root = workspace_root();
-    let go = go_cache().join("go").join(go_release).join("bin/go");
-    if !go.exists() {
-        bail!(
-            "Go {go_release} is not installed at {} (run scripts/setup.sh)",
-            go.display()
-        );
+/// One `go build`, standard library only, shared by the demo, the benchmark and the VM.
+struct GoBuild<'a> {
+    /// Directory whose `.go` files make the program (one module, package main).
+    source: PathBuf,
+    /// Build directory under the cargo target directory.
+    work: PathBuf,
+    /// Name of the binary written in `work`.
+    output: &'a str,
+    go_release: &'a str,
+    /// Extra `go build` flags (e.g. `-tags`).
+    flags: &'a [&'a str],
+    /// Extra environment for the toolchain; overrides the defaults below.
+    env: &'a [(&'a str, std::ffi::OsString)],
+}
+
+impl GoBuild<'_> {
+    /// Copies the sources into `work`, builds, and returns the binary's path.
+    fn run(&self) -> anyhow::Result<PathBuf> {
+        let go = go_cache().join("go").join(self.go_release).join("bin/go");
+        if !go.exists() {
+            bail!(
+                "Go {} is not installed at {} (run scripts/setup.sh)",
+                self.go_release,
+                go.display()
+            );
+        }
+        std::fs::create_dir_all(&self.work)?;
+        for entry in std::fs::read_dir(&self.source)
+            .with_context(|| format!("read {}", self.source.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "go") {
+                std::fs::copy(&path, self.work.join(path.file_name().expect("file name")))?;
+            }
+        }
+        let module = self
+            .source
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("source directory name")?;
+        std::fs::write(
+            self.work.join("go.mod"),
+            format!("module {module}\n\ngo 1.19\n"),
+        )?;
+        let mut cmd = Command::new(&go);
+        cmd.arg("build")
+            .args(self.flags)
+            .args(["-o", self.output, "."])
+            .current_dir(&self.work)
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPROXY", "off")
+            .env("GOCACHE", go_cache().join("gocache"));
+        for (key, value) in self.env {
+            cmd.env(key, value);
+        }
+        run(&mut cmd)?;
+        Ok(self.work.join(self.output))
     }
-    let work = target_dir()
-        .join("xtask-go")
-        .join(format!("{name}-{go_release}"));
-    std::fs::create_dir_all(&work)?;
-    std::fs::copy(
-        root.join("xtask").join(name).join("main.go"),
-        work.join("main.go"),
-    )?;
-    std::fs::write(work.join("go.mod"), format!("module {name}\n\ngo 1.19\n"))?;
-    run(Command::new(&go)
-        .args(["build", "-o", name, "."])
-        .current_dir(&work)
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOPROXY", "off")
-        .env("GOCACHE", go_cache().join("gocache")))?;
-    Ok(work.join(name))
+}
+
+/// Builds the Go program in `xtask/<name>/` with Go `go_release`; returns its path.
+fn build_go_program(name: &str, go_release: &str) -> anyhow::Result<PathBuf> {
+    GoBuild {
+        source: workspace_root().join("xtask").join(name),
+        work: target_dir()
+            .join("xtask-go")
+            .join(format!("{name}-{go_release}")),
+        output: name,
+        go_release,
+        flags: &[],
+        env: &[],
+    }
+    .run()
 }
 
 fn target_dir() -> PathBuf {

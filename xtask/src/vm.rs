@@ -370,33 +370,23 @@ fn unpacked_package(cache: &Path, package: &str) -> anyhow::Result<PathBuf> {
 
 /// `tests/fixtures/<name>/main.go` built with Go `go_release`, CGO_ENABLED=0 (static).
 fn static_go_fixture(name: &str, go_release: &str) -> anyhow::Result<PathBuf> {
-    let go = go_cache().join("go").join(go_release).join("bin/go");
-    ensure!(
-        go.exists(),
-        "Go {go_release} is not installed at {} (run scripts/setup.sh)",
-        go.display()
-    );
-    let work = target_dir()
-        .join("vm/go")
-        .join(format!("{name}-{go_release}"));
-    std::fs::create_dir_all(&work)?;
-    std::fs::copy(
-        workspace_root()
-            .join("tests/fixtures")
-            .join(name)
-            .join("main.go"),
-        work.join("main.go"),
-    )?;
-    std::fs::write(work.join("go.mod"), format!("module {name}\n\ngo 1.19\n"))?;
-    run(Command::new(&go)
-        .args(["build", "-o", name, "."])
-        .current_dir(&work)
-        .env("CGO_ENABLED", "0")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOPROXY", "off")
-        .env("GOCACHE", go_cache().join("gocache").join(go_release)))?;
-    Ok(work.join(name))
+    crate::GoBuild {
+        source: workspace_root().join("tests/fixtures").join(name),
+        work: target_dir()
+            .join("vm/go")
+            .join(format!("{name}-{go_release}")),
+        output: name,
+        go_release,
+        flags: &[],
+        env: &[
+            ("CGO_ENABLED", "0".into()),
+            (
+                "GOCACHE",
+                go_cache().join("gocache").join(go_release).into(),
+            ),
+        ],
+    }
+    .run()
 }
 
 #[cfg(test)]
