@@ -60,16 +60,7 @@ pub struct AllocProbes {
 impl AllocProbes {
     /// Loads the eBPF object; programs are verified when first attached.
     pub fn load() -> anyhow::Result<Self> {
-        let bytecode = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gomemtrace-probes"));
-        let ebpf = Ebpf::load(bytecode).map_err(|e| {
-            if is_permission_error(&e) {
-                anyhow::Error::new(UserError::NotPermitted {
-                    what: "loading eBPF programs".into(),
-                })
-            } else {
-                anyhow::Error::new(e).context("load eBPF probes")
-            }
-        })?;
+        let ebpf = load_object()?;
         Ok(Self {
             ebpf,
             loaded: Vec::new(),
@@ -436,6 +427,21 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe>
         .try_into()?)
 }
 
+/// Loads gomemtrace's eBPF object (programs are verified when each is loaded); a refusal
+/// for lack of privileges becomes [`UserError::NotPermitted`]. Every loader starts here.
+pub(crate) fn load_object() -> anyhow::Result<Ebpf> {
+    let bytecode = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gomemtrace-probes"));
+    Ebpf::load(bytecode).map_err(|e| {
+        if is_permission_error(&e) {
+            anyhow::Error::new(UserError::NotPermitted {
+                what: "loading eBPF programs".into(),
+            })
+        } else {
+            anyhow::Error::new(e).context("load eBPF probes")
+        }
+    })
+}
+
 fn is_permission_error(e: &aya::EbpfError) -> bool {
     let text = format!("{e:?}");
     text.contains("EPERM")
@@ -456,16 +462,7 @@ pub struct GcProbes {
 impl GcProbes {
     /// Loads and verifies every GC program.
     pub fn load() -> anyhow::Result<Self> {
-        let bytecode = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gomemtrace-probes"));
-        let mut ebpf = Ebpf::load(bytecode).map_err(|e| {
-            if is_permission_error(&e) {
-                anyhow::Error::new(UserError::NotPermitted {
-                    what: "loading eBPF programs".into(),
-                })
-            } else {
-                anyhow::Error::new(e).context("load eBPF probes")
-            }
-        })?;
+        let mut ebpf = load_object()?;
         for name in GC_PROGRAMS {
             let program: &mut UProbe = program(&mut ebpf, name)?;
             program

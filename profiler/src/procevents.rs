@@ -13,8 +13,6 @@ use gomemtrace_common::{
     ProcCounter, ProcEvent,
 };
 
-use crate::error::UserError;
-
 /// What happened to a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lifecycle {
@@ -31,17 +29,7 @@ pub struct ProcEvents {
 impl ProcEvents {
     /// Loads both programs and attaches them to the scheduler's raw tracepoints.
     pub fn attach() -> anyhow::Result<Self> {
-        let bytecode = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gomemtrace-probes"));
-        let mut ebpf = Ebpf::load(bytecode).map_err(|e| {
-            let text = format!("{e:?}");
-            if text.contains("EPERM") || text.contains("Operation not permitted") {
-                anyhow::Error::new(UserError::NotPermitted {
-                    what: "loading eBPF programs".into(),
-                })
-            } else {
-                anyhow::Error::new(e).context("load eBPF probes")
-            }
-        })?;
+        let mut ebpf = crate::probes::load_object()?;
         for (name, tracepoint) in [
             (PROC_EXEC_PROGRAM, "sched_process_exec"),
             (PROC_EXIT_PROGRAM, "sched_process_exit"),

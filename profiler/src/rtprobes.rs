@@ -18,8 +18,6 @@ use gomemtrace_common::{
     SiteStats, StackGrowthEvent,
 };
 
-use crate::error::UserError;
-
 pub type RtCounters = [u64; RtCounter::COUNT as usize];
 
 pub struct RtProbes {
@@ -30,17 +28,7 @@ pub struct RtProbes {
 impl RtProbes {
     /// Loads and verifies `programs` (`*_PROGRAM` names of gomemtrace-common's rt module).
     pub fn load(programs: &[&str]) -> anyhow::Result<Self> {
-        let bytecode = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gomemtrace-probes"));
-        let mut ebpf = Ebpf::load(bytecode).map_err(|e| {
-            let text = format!("{e:?}");
-            if text.contains("EPERM") || text.contains("Operation not permitted") {
-                anyhow::Error::new(UserError::NotPermitted {
-                    what: "loading eBPF programs".into(),
-                })
-            } else {
-                anyhow::Error::new(e).context("load eBPF probes")
-            }
-        })?;
+        let mut ebpf = crate::probes::load_object()?;
         for name in programs {
             let program: &mut UProbe = ebpf
                 .program_mut(name)
