@@ -44,7 +44,11 @@ fn ms_field(s: &str) -> Result<(f64, f64)> {
 /// `gc N ...: ... ms clock, a+b/c/d+e ms cpu, ...` → (N, b/c/d).
 fn runtime_lines(stderr: &str) -> Result<BTreeMap<u64, RuntimeCpu>> {
     let mut out = BTreeMap::new();
-    for line in stderr.lines().filter(|l| l.starts_with("gc ")) {
+    // gomemtrace shares the target's stderr in launch mode: a runtime killed by exit while
+    // printing its last line leaves "gc " joined to gomemtrace's own next line. That line is
+    // no runtime record (the cycle then counts as not printed, see the caller).
+    let torn = |l: &str| l.contains("gomemtrace: ");
+    for line in stderr.lines().filter(|l| l.starts_with("gc ") && !torn(l)) {
         let bad = || format!("not a gctrace line: {line}");
         let n: u64 = line[3..]
             .split(' ')
