@@ -147,12 +147,16 @@ fn goroutine(cfg: &NumaConfig, tgid: u32, r14: u64, task: u64) -> (u64, u64, u64
             if curg != g {
                 return (0, 0, 0, GoidSource::SystemStack);
             }
-            return (
-                read_user(g + cfg.g_goid as u64),
-                read_user(g + cfg.g_gopc as u64),
-                read_user(g + cfg.g_startpc as u64),
-                GoidSource::Tls,
-            );
+            // A g spans two pages: its goid may be unreadable though its m is not.
+            let goid = read_user(g + cfg.g_goid as u64);
+            if goid != 0 {
+                return (
+                    goid,
+                    read_user(g + cfg.g_gopc as u64),
+                    read_user(g + cfg.g_startpc as u64),
+                    GoidSource::Tls,
+                );
+            }
         }
     }
     (0, 0, 0, GoidSource::Unknown)

@@ -158,12 +158,39 @@ fn remote_goroutines_get_remote_samples_and_local_ones_none() {
             local_sites.insert(r["created_at"].as_str().unwrap_or("").to_string());
         }
     }
-    // Nobody else's samples land in a worker's buffer.
+    // Nobody else's samples land in a worker's buffer. A sample whose goroutine could not
+    // be read (its g and m on pages NUMA balancing had just unmapped, and not remembered)
+    // says so: goid 0, source "unknown", counted in goid_unknown; a few are allowed.
     for w in &workers {
-        let others = events
-            .iter()
-            .filter(|e| e["goid"] != w.goid && addr_in(e, w.buffer));
-        assert_eq!(others.count(), 0, "{w:?}");
+        let mut others: std::collections::BTreeMap<(u64, String), u64> = Default::default();
+        let mut own = 0u64;
+        for e in events.iter().filter(|e| addr_in(e, w.buffer)) {
+            if e["goid"] == w.goid {
+                own += 1;
+            } else {
+                let source = e["goid_source"].as_str().unwrap().to_string();
+                *others
+                    .entry((e["goid"].as_u64().unwrap(), source))
+                    .or_default() += 1;
+            }
+        }
+        let unknown = others
+            .get(&(0, "unknown".to_string()))
+            .copied()
+            .unwrap_or(0);
+        println!("goid {}: others' samples in its buffer: {others:?}", w.goid);
+        assert!(
+            others.len() == usize::from(unknown > 0),
+            "samples of other goroutines (goid, source) in {w:?}: {others:?}"
+        );
+        assert!(
+            unknown * 100 <= own,
+            "{unknown} unattributed samples in {w:?}, {own} attributed: {others:?}"
+        );
+        assert!(
+            unknown <= report["counters"]["goid_unknown"].as_u64().unwrap(),
+            "unattributed samples not counted"
+        );
     }
     // Both remote workers come from one `go` statement in main.main; local workers from
     // another.

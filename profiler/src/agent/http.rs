@@ -16,6 +16,9 @@ use crate::agent::{Shared, profiles};
 /// Longest `seconds=` window.
 const MAX_SECONDS: u64 = 600;
 const DEFAULT_SECONDS: u64 = 30;
+/// A window's start waits at most this long for a just-attached process's first harvest
+/// (the tracer harvests every second).
+const HARVEST_WAIT: Duration = Duration::from_secs(5);
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -168,9 +171,23 @@ async fn allocs(
             .get(&pid)
             .cloned()
     };
-    let Some(start) = table_of(&shared) else {
+    // A process attached since the last harvest has an empty table: the window starts
+    // at the next harvest, not at attach.
+    let mut start = table_of(&shared);
+    let deadline = tokio::time::Instant::now() + HARVEST_WAIT;
+    while start.as_ref().is_some_and(|t| !t.harvested) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        start = table_of(&shared);
+    }
+    let Some(start) = start else {
         return error(StatusCode::GONE, format!("pid {pid} exited"));
     };
+    if !start.harvested {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("pid {pid}: its probe maps were not read within {HARVEST_WAIT:?}"),
+        );
+    }
     tokio::time::sleep(duration).await;
     let Some(end) = table_of(&shared) else {
         return error(

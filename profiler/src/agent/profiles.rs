@@ -28,6 +28,8 @@ pub struct Table {
     pub frees: HashMap<AllocKey, AllocStats>,
     /// Runtime-sampled mode: the process's `MemProfileRate` at its latest sample.
     pub rate: Option<u64>,
+    /// Copied from the maps; false between attach and the next harvest.
+    pub harvested: bool,
 }
 
 /// (objects, bytes) estimates.
@@ -38,6 +40,17 @@ pub struct Totals {
 }
 
 impl Table {
+    /// A process just attached: nothing harvested yet.
+    pub fn empty(process: Arc<Process>) -> Self {
+        Table {
+            process,
+            allocs: HashMap::new(),
+            frees: HashMap::new(),
+            rate: None,
+            harvested: false,
+        }
+    }
+
     fn rate(&self) -> u64 {
         match self.process.mode() {
             Mode::Runtime => self.rate.unwrap_or(1),
@@ -99,15 +112,9 @@ impl Tables {
         let mut by_pid: HashMap<u32, Table> = processes
             .iter()
             .map(|(&pid, process)| {
-                (
-                    pid,
-                    Table {
-                        process: process.clone(),
-                        allocs: HashMap::new(),
-                        frees: HashMap::new(),
-                        rate: None,
-                    },
-                )
+                let mut table = Table::empty(process.clone());
+                table.harvested = true;
+                (pid, table)
             })
             .collect();
         for (key, stats) in probes.allocs()? {
@@ -142,6 +149,17 @@ impl Tables {
         }
         self.by_pid = by_pid;
         Ok(())
+    }
+
+    /// A process attached: the endpoints know it at once, not from the next harvest
+    /// (its metric series already exist).
+    pub fn attached(&mut self, pid: u32, process: Arc<Process>) {
+        self.by_pid.insert(pid, Table::empty(process));
+    }
+
+    /// A process detached: its table goes with its metric series.
+    pub fn detached(&mut self, pid: u32) {
+        self.by_pid.remove(&pid);
     }
 }
 

@@ -209,6 +209,11 @@ impl Tracer {
                 if process.mode() == gomemtrace_report::model::Mode::Duty {
                     self.duty.add(&process, &mut self.attachments.probes);
                 }
+                self.shared
+                    .tables
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .attached(pid, process.clone());
                 let gc_attached = self.gc.attach(&process);
                 let mut metrics = self.metrics();
                 if !gc_attached {
@@ -239,6 +244,11 @@ impl Tracer {
         };
         self.counted.remove(&pid);
         self.duty.remove(pid);
+        self.shared
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .detached(pid);
         let mut metrics = self
             .shared
             .metrics

@@ -87,6 +87,8 @@ pub struct EventJson {
     /// ns since tracing started.
     pub t_ns: u64,
     pub goid: u64,
+    /// How the goroutine was found (r14, cached, tls, system_stack, unknown).
+    pub goid_source: &'static str,
     pub tid: u32,
     /// The data address (0: not seen) and the faulting instruction.
     pub addr: u64,
@@ -103,6 +105,7 @@ impl EventJson {
         Self {
             t_ns: e.t_ns.saturating_sub(started_ns),
             goid: e.goid,
+            goid_source: GoidSource::from_u32(e.goid_source).name(),
             tid: e.tid,
             addr: e.addr,
             ip: e.ip,
