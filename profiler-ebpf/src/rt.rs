@@ -22,9 +22,9 @@ use aya_ebpf::{
 };
 use gomemtrace_common::{
     GoroutineLive, GoroutineLiveKey, MAX_LIVE_GOROUTINES, MAX_PENDING_COPIES, MAX_PROCESSES,
-    MAX_RT_STACKS, MAX_SITES, RT_FLAG_CREATION_STACKS, RT_STACK_DEPTH, RtConfig, RtCounter, RtGKey,
-    RtStack, STACK_EVENTS_BYTES, STACK_HASH_SEED, SiteKey, SiteStats, StackGrowthEvent,
-    stack_hash_step,
+    MAX_RT_STACKS, MAX_SITES, RT_FLAG_CREATION_STACKS, RT_FLAG_TOTALS_ONLY, RT_STACK_DEPTH,
+    RtConfig, RtCounter, RtGKey, RtStack, STACK_EVENTS_BYTES, STACK_HASH_SEED, SiteKey, SiteStats,
+    StackGrowthEvent, StackTotals, stack_hash_step,
 };
 
 #[map(name = "RT_CONFIG")]
@@ -53,6 +53,9 @@ static STACK_EVENTS: RingBuf = RingBuf::with_byte_size(STACK_EVENTS_BYTES, 0);
 #[map(name = "GOROUTINE_SITES")]
 static GOROUTINE_SITES: HashMap<SiteKey, SiteStats> =
     HashMap::with_max_entries(MAX_SITES, BPF_F_NO_PREALLOC);
+
+#[map(name = "STACK_TOTALS")]
+static STACK_TOTALS: HashMap<u32, StackTotals> = HashMap::with_max_entries(MAX_PROCESSES, 0);
 
 #[map(name = "GOROUTINE_LIVE")]
 static GOROUTINE_LIVE: HashMap<GoroutineLiveKey, GoroutineLive> =
@@ -147,6 +150,10 @@ pub fn copystack_entry(ctx: ProbeContext) -> u32 {
     let Some(cfg) = config(tgid) else { return 0 };
     count(RtCounter::StackCopies);
     let (gp, newsize, g0) = regs(&ctx);
+    if cfg.flags & RT_FLAG_TOTALS_ONLY != 0 {
+        add_stack_totals(&cfg, tgid, gp, newsize);
+        return 0;
+    }
     let Some(ev) = GROWTH_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -192,6 +199,38 @@ pub fn copystack_entry(ctx: ProbeContext) -> u32 {
     ev.start_ns = ktime();
     let _ = PENDING_COPIES.insert(&key, ev, 0);
     0
+}
+
+/// Adds one copy of `gp`'s stack to `newsize` bytes to the process's totals.
+#[inline(always)]
+fn add_stack_totals(cfg: &RtConfig, tgid: u32, gp: u64, newsize: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    let field = |off: u32| read_u64(gp + off as u64).unwrap_or(0);
+    let lo = field(cfg.g_stack_lo);
+    let hi = field(cfg.g_stack_hi);
+    let sp = field(cfg.g_sched_sp);
+    let used = if sp >= lo && sp <= hi { hi - sp } else { 0 };
+    let Some(totals) = STACK_TOTALS.get_ptr_mut(&tgid) else {
+        count(RtCounter::NoConfig);
+        return;
+    };
+    // SAFETY: a live map value (entries are only removed with the process's config);
+    // BPF_ATOMIC adds are atomic across CPUs.
+    unsafe {
+        if newsize > hi.wrapping_sub(lo) {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*totals).growths, 1u64);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                &raw mut (*totals).growth_bytes,
+                used,
+            );
+        } else {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*totals).shrinks, 1u64);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                &raw mut (*totals).shrink_bytes,
+                used,
+            );
+        }
+    }
 }
 
 /// A RET of `runtime.copystack`, on the same g0 as its entry.

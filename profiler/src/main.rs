@@ -15,6 +15,7 @@ mod preflight;
 mod probes;
 mod procevents;
 mod procmaps;
+mod remote_memory;
 mod rt;
 mod rtprobes;
 mod session;

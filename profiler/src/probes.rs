@@ -386,7 +386,7 @@ pub extern "C" fn gomemtrace_trap_calibration(x: u64) -> u64 {
 const ALLOC_MULTI_PROGRAM: &str = "alloc_entry_multi";
 
 /// Deletes the keys of map `name` that `which` selects.
-fn remove_keys<K: aya::Pod, V: aya::Pod>(
+pub(crate) fn remove_keys<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &str,
     which: impl Fn(&K) -> bool,
@@ -406,7 +406,7 @@ fn remove_keys<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
-fn count_keys<K: aya::Pod, V: aya::Pod>(
+pub(crate) fn count_keys<K: aya::Pod, V: aya::Pod>(
     ebpf: &Ebpf,
     name: &str,
     which: impl Fn(&K) -> bool,

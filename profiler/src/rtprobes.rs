@@ -14,15 +14,19 @@ use aya::{
 };
 use gomemtrace_common::{
     GOROUTINE_LIVE_MAP, GOROUTINE_SITES_MAP, GoroutineLive, GoroutineLiveKey, RT_CONFIG_MAP,
-    RT_COUNTERS_MAP, RT_STACKS_MAP, RtConfig, RtCounter, RtStack, STACK_EVENTS_MAP, SiteKey,
-    SiteStats, StackGrowthEvent,
+    RT_COUNTERS_MAP, RT_FLAG_TOTALS_ONLY, RT_STACKS_MAP, RtConfig, RtCounter, RtStack,
+    STACK_EVENTS_MAP, STACK_TOTALS_MAP, SiteKey, SiteStats, StackGrowthEvent, StackTotals,
 };
+
+use crate::probes::{count_keys, remove_keys};
 
 pub type RtCounters = [u64; RtCounter::COUNT as usize];
 
 pub struct RtProbes {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
+    /// The uprobe links attached now and the process each is for.
+    links: Vec<(String, u32, aya::programs::uprobe::UProbeLinkId)>,
 }
 
 impl RtProbes {
@@ -42,14 +46,81 @@ impl RtProbes {
             ebpf.take_map(STACK_EVENTS_MAP)
                 .context("STACK_EVENTS map missing from the eBPF object")?,
         )?;
-        Ok(Self { ebpf, events })
+        Ok(Self {
+            ebpf,
+            events,
+            links: Vec::new(),
+        })
     }
 
+    /// Registers `pid`'s settings (and, with [`RT_FLAG_TOTALS_ONLY`], its zeroed totals).
     pub fn configure(&mut self, pid: u32, config: &RtConfig) -> anyhow::Result<()> {
+        if config.flags & RT_FLAG_TOTALS_ONLY != 0 {
+            let mut totals: BpfHashMap<&mut MapData, u32, StackTotals> = BpfHashMap::try_from(
+                self.ebpf
+                    .map_mut(STACK_TOTALS_MAP)
+                    .context("STACK_TOTALS map")?,
+            )?;
+            totals
+                .insert(&pid, &StackTotals::default(), 0)
+                .context("write stack totals")?;
+        }
         let mut map: BpfHashMap<&mut MapData, u32, RtConfig> =
             BpfHashMap::try_from(self.ebpf.map_mut(RT_CONFIG_MAP).context("RT_CONFIG map")?)?;
         map.insert(&pid, config, 0).context("write probe config")?;
         Ok(())
+    }
+
+    /// `pid`'s stack copies since it was configured ([`RT_FLAG_TOTALS_ONLY`]).
+    pub fn stack_totals(&self, pid: u32) -> Option<StackTotals> {
+        let map: BpfHashMap<&MapData, u32, StackTotals> =
+            BpfHashMap::try_from(self.ebpf.map(STACK_TOTALS_MAP)?).ok()?;
+        map.get(&pid, 0).ok()
+    }
+
+    /// Removes `pid`'s uprobes and map entries (the agent, when the process exited).
+    pub fn forget_pid(&mut self, pid: u32) -> anyhow::Result<()> {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|(_, p, _)| *p == pid);
+        self.links = kept;
+        let mut links = Vec::new();
+        for (name, _, link) in gone {
+            let program: &mut UProbe = self
+                .ebpf
+                .program_mut(&name)
+                .with_context(|| format!("probe {name} missing"))?
+                .try_into()?;
+            links.push(program.take_link(link)?);
+        }
+        // Each close waits for an RCU grace period: overlapped on threads.
+        std::thread::scope(|scope| {
+            for link in links {
+                scope.spawn(move || drop(link));
+            }
+        });
+        remove_keys::<u32, RtConfig>(&mut self.ebpf, RT_CONFIG_MAP, |p| *p == pid)?;
+        remove_keys::<u32, StackTotals>(&mut self.ebpf, STACK_TOTALS_MAP, |p| *p == pid)?;
+        Ok(())
+    }
+
+    /// Uprobe links held now.
+    pub fn links(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Entries of the per-process maps.
+    pub fn map_entries(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            (
+                RT_CONFIG_MAP,
+                count_keys::<u32, RtConfig>(&self.ebpf, RT_CONFIG_MAP, |_| true).unwrap_or(0),
+            ),
+            (
+                STACK_TOTALS_MAP,
+                count_keys::<u32, StackTotals>(&self.ebpf, STACK_TOTALS_MAP, |_| true).unwrap_or(0),
+            ),
+        ]
     }
 
     /// Attaches `program_name` at `file_offset` of `binary`, for `pid` only.
@@ -66,7 +137,7 @@ impl RtProbes {
             .program_mut(program_name)
             .with_context(|| format!("probe {program_name} missing"))?
             .try_into()?;
-        program
+        let link = program
             .attach(
                 [UProbeAttachLocation::AbsoluteOffset(file_offset)],
                 binary,
@@ -78,6 +149,7 @@ impl RtProbes {
                     binary.display()
                 )
             })?;
+        self.links.push((program_name.to_string(), pid.get(), link));
         Ok(())
     }
 

@@ -25,6 +25,11 @@ use gomemtrace_tests::{
 /// The fixture's allocation: COUNT buffers of SIZE bytes at one site.
 const COUNT: u64 = 100_000;
 const SIZE: u64 = 4096;
+/// Goroutines each fixture starts and parks, each recursing DEPTH levels of a frame of
+/// 1000–1200 bytes: 40–48 KiB (+ 8 KiB of slack) needs 64 KiB, five doublings from 2 KiB.
+const GOROUTINES: u64 = 200;
+const DEPTH: u64 = 40;
+const GROWTHS_EACH: u64 = 5;
 /// Go's default `MemProfileRate`.
 const RATE: f64 = 512.0 * 1024.0;
 
@@ -237,7 +242,12 @@ fn own_fixture(dir: &Path, version: &str) -> Result<PathBuf> {
 
 fn spawn_fixture(exe: &Path, count: u64) -> Result<Proc> {
     let mut cmd = Command::new(exe);
-    cmd.args(["-count", &count.to_string(), "-size", &SIZE.to_string()]);
+    cmd.args(["-count", &count.to_string(), "-size", &SIZE.to_string()])
+        .args(["-goroutines", &GOROUTINES.to_string()])
+        .args(["-depth", &DEPTH.to_string()])
+        // Every goroutine starts with 2 KiB (not the runtime's running average), so the
+        // stack growths are predictable.
+        .env("GODEBUG", "adaptivestackstart=0");
     let proc = Proc::spawn(cmd)?;
     proc.wait_stdout("ready", Duration::from_secs(10))?;
     Ok(proc)
@@ -269,6 +279,76 @@ fn pprof_raw(dir: &Path, name: &str, bytes: &[u8]) -> Result<String> {
         &latest_go(),
         &["tool", "pprof", "-raw", "-symbolize=none", &path],
     )
+}
+
+/// The goroutine and stack metrics of a fixture whose goroutines are parked: the live
+/// count against the runtime's own `runtime.NumGoroutine`, creations and stack growths
+/// against the fixture's arithmetic.
+fn check_goroutines_and_stacks(
+    prometheus: &Prometheus,
+    exe: &str,
+    numgoroutine: f64,
+) -> Result<String> {
+    let one =
+        |query: String| -> Result<Option<f64>> { Ok(prometheus.query(&query)?.first().copied()) };
+    let user = format!("gomemtrace_goroutines{{exe=\"{exe}\",kind=\"user\"}}");
+    poll(
+        &format!("{exe}: gomemtrace_goroutines{{kind=user}} = NumGoroutine {numgoroutine}"),
+        Duration::from_secs(20),
+        || Ok(one(user.clone())?.filter(|&n| n == numgoroutine)),
+    )
+    .with_context(|| format!("last seen: {:?}", one(user.clone())))?;
+    let runtime = one(format!(
+        "gomemtrace_goroutines{{exe=\"{exe}\",kind=\"runtime\"}}"
+    ))?;
+    ensure!(
+        runtime.is_some_and(|n| n >= 1.0),
+        "{exe}: the runtime's own goroutines: {runtime:?}"
+    );
+    // Ids are handed to each P 16 at a time: the count is within 16 per P either way,
+    // plus the runtime's own goroutines (GC workers) started after attach.
+    let procs = std::thread::available_parallelism()?.get() as f64;
+    let n = GOROUTINES as f64;
+    let created = one(format!(
+        "gomemtrace_goroutines_created_total{{exe=\"{exe}\"}}"
+    ))?
+    .unwrap_or(0.0);
+    ensure!(
+        created >= n - 16.0 * procs && created <= n + 17.0 * procs + 10.0,
+        "{exe}: {created} goroutines created, expected {n} ± 16 per P"
+    );
+    // Each goroutine grows five times; a few growths of the fixture's other goroutines.
+    let growths_query = format!("gomemtrace_stack_growths_total{{exe=\"{exe}\"}}");
+    let low = (GOROUTINES * GROWTHS_EACH) as f64;
+    let growths = poll(
+        &format!("{exe}: at least {low} stack growths"),
+        Duration::from_secs(15),
+        || Ok(one(growths_query.clone())?.filter(|&g| g >= low)),
+    )
+    .with_context(|| format!("last seen: {:?}", one(growths_query.clone())))?;
+    ensure!(
+        growths <= low + 50.0,
+        "{exe}: {growths} stack growths, expected {low} and a few"
+    );
+    // Each growth copies the used part of the old stack: all of it but at most the
+    // overflowing frame and the guard area (< 2200 bytes).
+    let full: u64 = (0..GROWTHS_EACH).map(|i| 2048u64 << i).sum();
+    let (low_bytes, high_bytes) = (
+        (GOROUTINES * (full - GROWTHS_EACH * 2200)) as f64,
+        (GOROUTINES * full) as f64 + 50.0 * 65536.0,
+    );
+    let bytes = one(format!(
+        "gomemtrace_stack_growth_copied_bytes_total{{exe=\"{exe}\"}}"
+    ))?
+    .unwrap_or(0.0);
+    ensure!(
+        (low_bytes..=high_bytes).contains(&bytes),
+        "{exe}: {bytes} bytes copied by stack growths, expected {low_bytes}..{high_bytes}"
+    );
+    Ok(format!(
+        "{exe}: {numgoroutine} goroutines (NumGoroutine), {} runtime's, {created} created, {growths} stack growths copying {bytes} bytes",
+        runtime.unwrap_or(0.0)
+    ))
 }
 
 /// Two releases: the oldest and the newest supported.
@@ -327,6 +407,7 @@ fn allocations_reach_prometheus_series_go_stale_and_pprof_reads_the_endpoints() 
     // GC cycles between "ready" (before the agent attached) and "done", as the runtime
     // counts them.
     let mut cycles = Vec::new();
+    let mut goroutines = Vec::new();
     for f in &fixtures {
         let numgc = |line: String| -> Result<f64> {
             line.rsplit("numgc=")
@@ -335,8 +416,15 @@ fn allocations_reach_prometheus_series_go_stale_and_pprof_reads_the_endpoints() 
                 .with_context(|| format!("numgc in {line}"))
         };
         let ready = numgc(f.wait_stdout("ready", Duration::from_secs(1))?)?;
-        let done = numgc(f.wait_stdout("done", Duration::from_secs(20))?)?;
+        let done_line = f.wait_stdout("done", Duration::from_secs(20))?;
+        let done = numgc(done_line.clone())?;
         cycles.push(done - ready);
+        let g: f64 = done_line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("goroutines="))
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("goroutines in {done_line}"))?;
+        goroutines.push(g);
     }
 
     // The estimate counts the sampler's samples n ~ Poisson(λ), λ = COUNT·p with
@@ -396,6 +484,13 @@ fn allocations_reach_prometheus_series_go_stale_and_pprof_reads_the_endpoints() 
         report.push(format!(
             "{exe}: {bytes:.0} bytes (expected {expected_bytes}), {objects:.0} objects, {cycles} GC cycles"
         ));
+    }
+    for (exe, numgoroutine) in exes.iter().zip(&goroutines) {
+        report.push(check_goroutines_and_stacks(
+            &prometheus,
+            &exe.display().to_string(),
+            *numgoroutine,
+        )?);
     }
     println!("{}", report.join("\n"));
     step("prometheus saw the allocations");

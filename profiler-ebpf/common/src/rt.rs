@@ -29,6 +29,23 @@ pub struct RtConfig {
 /// (else only `gopc`, the creating call).
 pub const RT_FLAG_CREATION_STACKS: u32 = 1;
 
+/// [`RtConfig::flags`]: copystack only adds to the process's [`StackTotals`] (the agent's
+/// metrics): no stack walk, no event, no RET probe.
+pub const RT_FLAG_TOTALS_ONLY: u32 = 2;
+
+/// Stack copies of one process since attach, in [`STACK_TOTALS_MAP`] keyed by tgid (the
+/// entry is created by userspace with the config; the probe only adds to it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackTotals {
+    /// Copies to a larger stack (`newsize` > old size), and the bytes they copied.
+    pub growths: u64,
+    pub growth_bytes: u64,
+    /// Copies to a smaller stack (the GC's shrinking), and the bytes they copied.
+    pub shrinks: u64,
+    pub shrink_bytes: u64,
+}
+
 /// A stack of [`RT_STACK_DEPTH`] PCs, leaf first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,6 +211,7 @@ pub const RT_STACKS_MAP: &str = "RT_STACKS";
 pub const STACK_EVENTS_MAP: &str = "STACK_EVENTS";
 pub const GOROUTINE_SITES_MAP: &str = "GOROUTINE_SITES";
 pub const GOROUTINE_LIVE_MAP: &str = "GOROUTINE_LIVE";
+pub const STACK_TOTALS_MAP: &str = "STACK_TOTALS";
 
 pub const COPYSTACK_ENTRY_PROGRAM: &str = "copystack_entry";
 pub const COPYSTACK_RET_PROGRAM: &str = "copystack_ret";
@@ -227,6 +245,8 @@ mod rt_user {
     unsafe impl aya::Pod for GoroutineLive {}
     // SAFETY: as above.
     unsafe impl aya::Pod for GoroutineLiveKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for StackTotals {}
 }
 
 #[cfg(test)]

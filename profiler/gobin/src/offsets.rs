@@ -309,6 +309,35 @@ pub fn for_version(v: GoVersion) -> Option<RuntimeOffsets> {
     Some(offsets)
 }
 
+/// Where the runtime keeps what a goroutine count needs: `g.atomicstatus` and
+/// `schedt.goidgen` (the last goroutine id handed out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedOffsets {
+    pub g_atomicstatus: u32,
+    pub schedt_goidgen: u32,
+}
+
+/// [`SchedOffsets`] from DWARF; `None` without DWARF or the members.
+pub fn sched_from_dwarf(elf_bytes: &[u8]) -> Option<SchedOffsets> {
+    let structs = struct_offsets_from_dwarf(elf_bytes, &["runtime.g", "runtime.schedt"]).ok()??;
+    let field = |s: &str, f: &str| u32::try_from(*structs.get(s)?.get(f)?).ok();
+    Some(SchedOffsets {
+        g_atomicstatus: field("runtime.g", "atomicstatus")?,
+        schedt_goidgen: field("runtime.schedt", "goidgen")?,
+    })
+}
+
+/// [`SchedOffsets`] of the verified releases (checked against DWARF by
+/// `tests/offsets.rs`): `atomicstatus` and `stackLock` (two 4-byte fields) sit just
+/// before `goid`; `goidgen` is `schedt`'s first field.
+pub fn sched_for_version(v: GoVersion) -> Option<SchedOffsets> {
+    let goid = for_version(v)?.g_goid;
+    Some(SchedOffsets {
+        g_atomicstatus: goid - 8,
+        schedt_goidgen: 0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

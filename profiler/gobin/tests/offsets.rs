@@ -5,7 +5,9 @@ mod dwdump;
 mod support;
 
 use gomemtrace_gobin::GoVersion;
-use gomemtrace_gobin::offsets::{RuntimeOffsets, for_version, from_dwarf};
+use gomemtrace_gobin::offsets::{
+    RuntimeOffsets, for_version, from_dwarf, sched_for_version, sched_from_dwarf,
+};
 use support::{Variant, go_binary, go_versions};
 
 fn version(v: &str) -> GoVersion {
@@ -61,6 +63,21 @@ fn version_table_matches_dwarf_of_every_release() {
             Some(dwarf),
             "go{v}: patch-independent"
         );
+    }
+}
+
+#[test]
+fn sched_table_matches_dwarf_of_every_release() {
+    for v in go_versions() {
+        let bytes = std::fs::read(go_binary(v, Variant::Normal)).expect("read test binary");
+        let dwarf = sched_from_dwarf(&bytes).unwrap_or_else(|| panic!("go{v}: no DWARF"));
+        let go = dwdump::dwdump(&go_binary(v, Variant::Normal));
+        assert_eq!(
+            u64::from(dwarf.g_atomicstatus),
+            go.fields["runtime.g.atomicstatus"],
+            "go{v}: sched_from_dwarf vs Go debug/dwarf"
+        );
+        assert_eq!(sched_for_version(version(v)), Some(dwarf), "go{v}");
     }
 }
 

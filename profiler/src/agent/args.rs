@@ -48,6 +48,11 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub max_processes: usize,
 
+    /// No stack-growth metrics: no uprobe on runtime.copystack (one probe hit per stack
+    /// copy; goroutine counts need no probe).
+    #[arg(long)]
+    pub no_stack_metrics: bool,
+
     /// Push profiles to this Pyroscope ingest endpoint.
     #[arg(long, value_name = "URL")]
     pub pyroscope_url: Option<String>,

@@ -3,13 +3,14 @@
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
-use gomemtrace_common::PROCESS_FLAG_NO_GOID;
-use gomemtrace_gobin::GoBinary;
+use gomemtrace_common::{PROCESS_FLAG_NO_GOID, RT_FLAG_TOTALS_ONLY, RtConfig};
+use gomemtrace_gobin::{GoBinary, offsets};
 use gomemtrace_report::model::Mode;
 
 use crate::{
     agent::{
         discovery::{Exe, ExeId},
+        goroutines::GoroutineLayout,
         metadata::Labels,
     },
     analysis::GoTarget,
@@ -26,7 +27,19 @@ pub struct Process {
     pub exe: Exe,
     pub labels: Labels,
     pub analysis: Arc<Analysed>,
+    pub runtime: Arc<RuntimeLayout>,
+    /// Runtime address − file address of the executable (PIE), where its mapping was
+    /// found.
+    pub bias: Option<u64>,
     pub attached_at: Instant,
+}
+
+/// What the goroutine and stack metrics need of an executable; each part `None` where
+/// the binary does not give it.
+pub struct RuntimeLayout {
+    /// The stack-copy probe: its settings and the file offset of `runtime.copystack`.
+    pub copystack: Option<(RtConfig, u64)>,
+    pub goroutines: Option<GoroutineLayout>,
 }
 
 impl Process {
@@ -38,6 +51,9 @@ impl Process {
         self.analysis.mode
     }
 }
+
+/// What an executable's analysis gives every process of it.
+type Verdict = (Arc<Analysed>, Arc<RuntimeLayout>);
 
 /// Why a process is not traced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +73,7 @@ pub struct Attachments {
     pub processes: HashMap<u32, Arc<Process>>,
     /// Per executable: its analysis, or why it is skipped. Bounded by the executables
     /// seen on the host.
-    verdicts: HashMap<ExeId, Result<Arc<Analysed>, Skip>>,
+    verdicts: HashMap<ExeId, Result<Verdict, Skip>>,
     mode: ModeArg,
     max_processes: usize,
 }
@@ -78,11 +94,11 @@ impl Attachments {
         !matches!(self.verdict(exe), Err(Skip::NotGo))
     }
 
-    fn verdict(&mut self, exe: &Exe) -> Result<Arc<Analysed>, Skip> {
+    fn verdict(&mut self, exe: &Exe) -> Result<Verdict, Skip> {
         match self.verdicts.get(&exe.id) {
             Some(verdict) => verdict.clone(),
             None => {
-                let verdict = analyse(exe, self.mode).map(Arc::new);
+                let verdict = analyse(exe, self.mode).map(|(a, r)| (Arc::new(a), Arc::new(r)));
                 self.verdicts.insert(exe.id, verdict.clone());
                 verdict
             }
@@ -97,15 +113,14 @@ impl Attachments {
         if self.processes.len() >= self.max_processes {
             return Err(Skip::Cap);
         }
-        let analysis = self.verdict(&exe)?;
+        let (analysis, runtime) = self.verdict(&exe)?;
         let mut config = analysis.config;
         config.flags |= PROCESS_FLAG_NO_GOID;
+        let mappings = procmaps::executable_mappings(pid).unwrap_or_default();
+        let bias = ExeLayout::find(&analysis.binary, exe.id.ino, &mappings).map(|l| l.bias);
         if let Some(vaddr) = analysis.rate_vaddr {
             // PIE: the probe reads the rate at its relocated address in this process.
-            let mappings = procmaps::executable_mappings(pid).unwrap_or_default();
-            let layout = ExeLayout::find(&analysis.binary, exe.id.ino, &mappings)
-                .ok_or(Skip::AttachFailed)?;
-            config.mem_profile_rate_addr = vaddr.wrapping_add(layout.bias);
+            config.mem_profile_rate_addr = vaddr.wrapping_add(bias.ok_or(Skip::AttachFailed)?);
         }
         // Duty-cycled processes get their probes window by window (agent::duty).
         let attached = self.probes.configure(pid, config).and_then(|()| {
@@ -125,6 +140,8 @@ impl Attachments {
             exe,
             labels,
             analysis,
+            runtime,
+            bias,
             attached_at: Instant::now(),
         });
         self.processes.insert(pid, process.clone());
@@ -145,15 +162,34 @@ impl Attachments {
 }
 
 /// What gomemtrace would attach to `exe` in `mode`, or why it will not.
-fn analyse(exe: &Exe, mode: ModeArg) -> Result<Analysed, Skip> {
+fn analyse(exe: &Exe, mode: ModeArg) -> Result<(Analysed, RuntimeLayout), Skip> {
     let data = std::fs::read(&exe.link).map_err(|_| Skip::NotGo)?;
     // Cheap refusal first: most executables on a node are not Go programs.
     if !GoBinary::has_buildinfo(&data) {
         return Err(Skip::NotGo);
     }
     let go = GoTarget::from_file_bytes(&data, &exe.path).map_err(|_| Skip::NotGo)?;
+    let runtime = runtime_layout(&go, &data);
     drop(data);
     let config = go.process_config();
     let sampler = go.sampler();
-    session::plan(go, config, sampler, mode, false).map_err(|_| Skip::Unsupported("no_sampler"))
+    let analysed = session::plan(go, config, sampler, mode, false)
+        .map_err(|_| Skip::Unsupported("no_sampler"))?;
+    Ok((analysed, runtime))
+}
+
+fn runtime_layout(go: &GoTarget, data: &[u8]) -> RuntimeLayout {
+    let copystack = crate::rt::config_of(go, data, RT_FLAG_TOTALS_ONLY)
+        .ok()
+        .and_then(|(config, _)| {
+            let f = go.binary.function("runtime.copystack")?;
+            Some((config, go.probe_file_offset(f).ok()?))
+        });
+    let sched =
+        offsets::sched_from_dwarf(data).or_else(|| offsets::sched_for_version(go.binary.version()));
+    let goroutines = sched.and_then(|o| GoroutineLayout::of(&go.binary, o, go.offsets.g_startpc));
+    RuntimeLayout {
+        copystack,
+        goroutines,
+    }
 }

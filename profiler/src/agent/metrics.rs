@@ -20,6 +20,11 @@ pub struct Metrics {
     pub gc_assist_seconds: CounterVec,
     pub heap_live: GaugeVec,
     pub heap_goal: GaugeVec,
+    pub goroutines: GaugeVec,
+    pub goroutines_created: CounterVec,
+    pub stack_growths: CounterVec,
+    pub stack_growth_bytes: CounterVec,
+    pub stack_shrinks: CounterVec,
     pub processes: GaugeVec,
     pub attached: IntGauge,
     pub skipped: IntCounterVec,
@@ -99,6 +104,43 @@ impl Metrics {
             ),
             per_process,
         )?;
+        let mut with_kind: Vec<&str> = per_process.to_vec();
+        with_kind.push("kind");
+        let goroutines = GaugeVec::new(
+            opts(
+                "gomemtrace_goroutines",
+                "Goroutines alive, read from the runtime's allgs: kind=user is what runtime.NumGoroutine counts, kind=runtime the runtime's own; binaries with symbols only",
+            ),
+            &with_kind,
+        )?;
+        let goroutines_created = CounterVec::new(
+            opts(
+                "gomemtrace_goroutines_created_total",
+                "Goroutine ids the runtime handed out since the agent attached (sched.goidgen): goroutines created, give or take the 16 ids per P held in reserve; binaries with symbols only",
+            ),
+            per_process,
+        )?;
+        let stack_growths = CounterVec::new(
+            opts(
+                "gomemtrace_stack_growths_total",
+                "Goroutine stacks copied to a larger stack (runtime.copystack) since the agent attached",
+            ),
+            per_process,
+        )?;
+        let stack_growth_bytes = CounterVec::new(
+            opts(
+                "gomemtrace_stack_growth_copied_bytes_total",
+                "Bytes of used stack those growths copied",
+            ),
+            per_process,
+        )?;
+        let stack_shrinks = CounterVec::new(
+            opts(
+                "gomemtrace_stack_shrinks_total",
+                "Goroutine stacks the GC copied to a smaller stack since the agent attached",
+            ),
+            per_process,
+        )?;
         let mut with_mode: Vec<&str> = per_process.to_vec();
         with_mode.push("mode");
         let processes = GaugeVec::new(
@@ -175,6 +217,11 @@ impl Metrics {
             Box::new(gc_assist_seconds.clone()),
             Box::new(heap_live.clone()),
             Box::new(heap_goal.clone()),
+            Box::new(goroutines.clone()),
+            Box::new(goroutines_created.clone()),
+            Box::new(stack_growths.clone()),
+            Box::new(stack_growth_bytes.clone()),
+            Box::new(stack_shrinks.clone()),
             Box::new(processes.clone()),
             Box::new(attached.clone()),
             Box::new(skipped.clone()),
@@ -199,6 +246,11 @@ impl Metrics {
             gc_assist_seconds,
             heap_live,
             heap_goal,
+            goroutines,
+            goroutines_created,
+            stack_growths,
+            stack_growth_bytes,
+            stack_shrinks,
             processes,
             attached,
             skipped,
@@ -247,6 +299,13 @@ impl Metrics {
             let _ = self.gc_assist_seconds.remove_label_values(&values);
             let _ = self.heap_live.remove_label_values(&values);
             let _ = self.heap_goal.remove_label_values(&values);
+            for kind in ["user", "runtime"] {
+                let _ = self.goroutines.remove_label_values(&with(&values, kind));
+            }
+            let _ = self.goroutines_created.remove_label_values(&values);
+            let _ = self.stack_growths.remove_label_values(&values);
+            let _ = self.stack_growth_bytes.remove_label_values(&values);
+            let _ = self.stack_shrinks.remove_label_values(&values);
         }
     }
 

@@ -6,11 +6,13 @@ mod attachments;
 mod discovery;
 mod duty;
 mod gc;
+mod goroutines;
 mod http;
 mod kubernetes;
 mod metadata;
 mod metrics;
 mod profiles;
+mod stacks;
 mod tracer;
 
 use std::{
@@ -127,12 +129,23 @@ pub fn run(args: &args::AgentArgs) -> anyhow::Result<ExitCode> {
         args.mode
     );
     let gc = gc::GcTracker::new()?;
+    let stacks = (!args.no_stack_metrics)
+        .then(stacks::StackTracker::new)
+        .transpose()?;
     let pods = node.map(|node| {
         let index = kubernetes::SharedIndex::default();
         runtime.spawn(kubernetes::watch(node, index.clone()));
         index
     });
-    let tracer = tracer::Tracer::new(attachments, gc, events, filter, shared.clone(), pods);
+    let tracer = tracer::Tracer::new(
+        attachments,
+        gc,
+        stacks,
+        events,
+        filter,
+        shared.clone(),
+        pods,
+    );
     let tracer = std::thread::Builder::new()
         .name("gomemtrace-agent".into())
         .spawn(move || tracer.run())?;

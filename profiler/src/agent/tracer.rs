@@ -17,10 +17,12 @@ use crate::{
         discovery::{self, Exe, Filter},
         duty::DutyCycler,
         gc::GcTracker,
+        goroutines::GoroutineTracker,
         kubernetes::SharedIndex,
         metadata,
         metrics::{self, Metrics},
         profiles::Totals,
+        stacks::StackTracker,
     },
     procevents::{Lifecycle, ProcEvents},
 };
@@ -38,6 +40,9 @@ pub struct Tracer {
     pub attachments: Attachments,
     duty: DutyCycler,
     pub gc: GcTracker,
+    /// None with --no-stack-metrics.
+    pub stacks: Option<StackTracker>,
+    goroutines: GoroutineTracker,
     pub events: ProcEvents,
     pub filter: Filter,
     pub shared: Arc<Shared>,
@@ -68,6 +73,7 @@ impl Tracer {
     pub fn new(
         attachments: Attachments,
         gc: GcTracker,
+        stacks: Option<StackTracker>,
         events: ProcEvents,
         filter: Filter,
         shared: Arc<Shared>,
@@ -77,6 +83,8 @@ impl Tracer {
             attachments,
             duty: DutyCycler::default(),
             gc,
+            stacks,
+            goroutines: GoroutineTracker::default(),
             events,
             filter,
             shared,
@@ -215,9 +223,14 @@ impl Tracer {
                     .unwrap_or_else(|e| e.into_inner())
                     .attached(pid, process.clone());
                 let gc_attached = self.gc.attach(&process);
+                let stack_attached = self.stacks.as_mut().is_none_or(|s| s.attach(&process));
+                self.goroutines.attached(&process);
                 let mut metrics = self.metrics();
                 if !gc_attached {
                     metrics.skipped.with_label_values(&["gc_probes"]).inc();
+                }
+                if !stack_attached {
+                    metrics.skipped.with_label_values(&["stack_probe"]).inc();
                 }
                 metrics.add_process(&process.labels, mode_name(&process));
                 metrics
@@ -255,6 +268,10 @@ impl Tracer {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         self.gc.detach(pid, &metrics);
+        if let Some(stacks) = &mut self.stacks {
+            stacks.detach(pid, &metrics);
+        }
+        self.goroutines.forget(pid);
         metrics.remove_process(&process.labels, mode_name(&process));
         metrics
             .attached
@@ -344,9 +361,23 @@ impl Tracer {
                 c[ProcCounter::DropRingFull as usize],
             );
         }
-        metrics
-            .links
-            .set((self.attachments.probes.links() + self.gc.probes.links()) as i64);
+        if let Some(stacks) = &mut self.stacks {
+            stacks.harvest(&metrics);
+        }
+        if self.goroutines.due() {
+            let unreadable = self
+                .goroutines
+                .harvest(self.attachments.processes.values(), &metrics);
+            metrics
+                .drops
+                .with_label_values(&["goroutines_unreadable"])
+                .inc_by(unreadable);
+        }
+        metrics.links.set(
+            (self.attachments.probes.links()
+                + self.gc.probes.links()
+                + self.stacks.as_ref().map_or(0, |s| s.probes.links())) as i64,
+        );
         let (ring_full, state_full) = self.gc.lost();
         for (reason, now) in [
             ("gc_ring_full", ring_full),
@@ -357,7 +388,16 @@ impl Tracer {
         }
         if self.harvests.is_multiple_of(COUNT_ENTRIES_EVERY) {
             let entries = self.attachments.probes.map_entries();
-            for (map, entries) in entries.into_iter().chain(self.gc.probes.map_entries()) {
+            for (map, entries) in entries
+                .into_iter()
+                .chain(self.gc.probes.map_entries())
+                .chain(
+                    self.stacks
+                        .as_ref()
+                        .map(|s| s.probes.map_entries())
+                        .unwrap_or_default(),
+                )
+            {
                 metrics
                     .map_entries
                     .with_label_values(&[map])

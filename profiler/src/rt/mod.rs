@@ -117,7 +117,22 @@ pub fn analyse(target: &Target, flags: u32) -> anyhow::Result<Analysed> {
     let data =
         std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
     let go = GoTarget::from_file_bytes(&data, &target.exe_path)?;
-    let (sched, offsets_source) = match sched_offsets_from_dwarf(&data) {
+    let (config, offsets_source) = config_of(&go, &data, flags)?;
+    Ok(Analysed {
+        go,
+        config,
+        offsets_source,
+    })
+}
+
+/// The probes' settings for `go` (whose file bytes are `data`) and where the `g.sched`
+/// offsets came from: `dwarf` or the per-release `table`.
+pub fn config_of(
+    go: &GoTarget,
+    data: &[u8],
+    flags: u32,
+) -> Result<(RtConfig, &'static str), crate::error::UserError> {
+    let (sched, offsets_source) = match sched_offsets_from_dwarf(data) {
         Some(s) => (s, "dwarf"),
         None => (
             sched_offsets_for_version(go.binary.version()).ok_or_else(|| {
@@ -144,11 +159,7 @@ pub fn analyse(target: &Target, flags: u32) -> anyhow::Result<Analysed> {
         flags,
         _pad: 0,
     };
-    Ok(Analysed {
-        go,
-        config,
-        offsets_source,
-    })
+    Ok((config, offsets_source))
 }
 
 impl Analysed {

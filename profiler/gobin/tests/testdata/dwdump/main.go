@@ -23,7 +23,7 @@ import (
 const attrGoRuntimeType = dwarf.Attr(0x2904)
 
 var structs = map[string][]string{
-	"runtime.g":     {"goid", "m", "startpc", "gopc", "stack.lo", "stack.hi"},
+	"runtime.g":     {"goid", "m", "startpc", "gopc", "stack.lo", "stack.hi", "atomicstatus"},
 	"runtime.m":     {"curg"},
 	"runtime.stack": {"lo", "hi"},
 }

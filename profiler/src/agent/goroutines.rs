@@ -1,0 +1,227 @@
+//! Goroutine counts of every traced process, read from the runtime's own memory at each
+//! harvest (`process_vm_readv`): the goroutines alive (`runtime.allgs`, each `g`'s
+//! status) and the goroutine ids handed out (`runtime.sched.goidgen`). No probe: a
+//! goroutine-per-request server pays nothing for these metrics. Binaries with symbols
+//! only (a stripped binary has no `runtime.allgs` symbol).
+
+use std::collections::HashMap;
+
+use gomemtrace_gobin::{GoBinary, offsets::SchedOffsets};
+
+use crate::remote_memory;
+
+/// `g.atomicstatus` values (runtime/runtime2.go); `_Gscan` is a bit on top of them.
+const G_IDLE: u64 = 0;
+const G_DEAD: u64 = 6;
+const G_SCAN: u64 = 0x1000;
+/// Above every status of Go 1.19–1.27: a word that is not a status (a `g` freed and
+/// reused between the reads).
+const G_STATUS_MAX: u64 = 15;
+/// At most this many `g`s are read per process and harvest.
+const MAX_GS: u64 = 4 << 20;
+
+/// Where one executable keeps its goroutines: file virtual addresses and offsets.
+#[derive(Clone, Copy, Debug)]
+pub struct GoroutineLayout {
+    /// `runtime.allgs`, a `[]*g`.
+    allgs: u64,
+    /// `runtime.sched`, whose `goidgen` counts the ids handed out.
+    sched: Option<u64>,
+    offsets: SchedOffsets,
+    g_startpc: u32,
+}
+
+impl GoroutineLayout {
+    /// `None` when the binary has no symbol for `runtime.allgs`.
+    pub fn of(binary: &GoBinary, offsets: SchedOffsets, g_startpc: u32) -> Option<Self> {
+        Some(Self {
+            allgs: binary.symbol("runtime.allgs")?,
+            sched: binary.symbol("runtime.sched"),
+            offsets,
+            g_startpc,
+        })
+    }
+}
+
+/// One reading of a process's goroutines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoroutineCount {
+    /// Alive, started by the program (what `runtime.NumGoroutine` counts) and by the
+    /// runtime itself (GC workers, sweeper, scavenger, finalizers, ...).
+    pub user: u64,
+    pub runtime: u64,
+    /// Goroutine ids handed out since the process started: the goroutines created, plus
+    /// up to 16 ids per P that a P holds in reserve.
+    pub ids_handed_out: Option<u64>,
+}
+
+/// Per executable: which start functions are the runtime's (`isSystemGoroutine`).
+#[derive(Default)]
+pub struct StartClassifier {
+    by_pc: HashMap<u64, bool>,
+}
+
+impl StartClassifier {
+    /// As the runtime decides for `runtime.NumGoroutine`: a goroutine whose start
+    /// function is in package runtime is the runtime's, except `runtime.main` and the
+    /// coroutines of `iter.Pull` (`runtime.corostart`).
+    fn is_runtime(&mut self, binary: &GoBinary, file_pc: u64) -> bool {
+        *self.by_pc.entry(file_pc).or_insert_with(|| {
+            binary.function_at(file_pc).is_some_and(|f| {
+                f.name.starts_with("runtime.")
+                    && f.name != "runtime.main"
+                    && f.name != "runtime.corostart"
+            })
+        })
+    }
+}
+
+/// Counts `pid`'s goroutines; `bias` is its executable's load bias (PIE).
+pub fn count(
+    pid: u32,
+    layout: &GoroutineLayout,
+    bias: u64,
+    binary: &GoBinary,
+    classifier: &mut StartClassifier,
+) -> std::io::Result<GoroutineCount> {
+    let header = remote_memory::read_bytes(pid, layout.allgs.wrapping_add(bias), 16)?;
+    let word =
+        |i: usize| u64::from_le_bytes(header[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+    let (array, len) = (word(0), word(1).min(MAX_GS));
+    let pointers = remote_memory::read_bytes(pid, array, len as usize * 8)?;
+    let gs: Vec<u64> = pointers
+        .as_chunks::<8>()
+        .0
+        .iter()
+        .map(|c| u64::from_le_bytes(*c))
+        .filter(|&g| g != 0)
+        .collect();
+    let status_addrs: Vec<u64> = gs
+        .iter()
+        .map(|g| g + u64::from(layout.offsets.g_atomicstatus))
+        .collect();
+    let statuses = remote_memory::read_words(pid, &status_addrs, 4)?;
+    let alive: Vec<u64> = gs
+        .iter()
+        .zip(statuses)
+        .filter_map(|(&g, status)| {
+            let s = status? & !G_SCAN;
+            (s != G_IDLE && s != G_DEAD && s <= G_STATUS_MAX).then_some(g)
+        })
+        .collect();
+    let start_addrs: Vec<u64> = alive
+        .iter()
+        .map(|g| g + u64::from(layout.g_startpc))
+        .collect();
+    let mut out = GoroutineCount::default();
+    for start in remote_memory::read_words(pid, &start_addrs, 8)?
+        .into_iter()
+        .flatten()
+    {
+        if classifier.is_runtime(binary, start.wrapping_sub(bias)) {
+            out.runtime += 1;
+        } else {
+            out.user += 1;
+        }
+    }
+    out.ids_handed_out = ids_handed_out(pid, layout, bias);
+    Ok(out)
+}
+
+/// `runtime.sched.goidgen` of `pid`.
+fn ids_handed_out(pid: u32, layout: &GoroutineLayout, bias: u64) -> Option<u64> {
+    let addr = layout
+        .sched?
+        .wrapping_add(bias)
+        .wrapping_add(u64::from(layout.offsets.schedt_goidgen));
+    remote_memory::read_words(pid, &[addr], 8).ok()?[0]
+}
+
+/// Goroutine metrics of every traced process, read every [`GoroutineTracker::EVERY`].
+#[derive(Default)]
+pub struct GoroutineTracker {
+    classifiers: HashMap<crate::agent::discovery::ExeId, StartClassifier>,
+    /// Per process: the ids handed out at the previous reading.
+    ids: HashMap<u32, u64>,
+    /// Label sets whose gauges are set now.
+    published: std::collections::HashSet<crate::agent::metadata::Labels>,
+    last: Option<std::time::Instant>,
+}
+
+impl GoroutineTracker {
+    /// Between readings: a reading costs a few system calls per thousand goroutines.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    pub fn due(&self) -> bool {
+        self.last.is_none_or(|t| t.elapsed() >= Self::EVERY)
+    }
+
+    /// Reads every process's goroutines and sets the metrics; returns the processes
+    /// whose memory could not be read.
+    pub fn harvest<'a>(
+        &mut self,
+        processes: impl Iterator<Item = &'a std::sync::Arc<crate::agent::attachments::Process>>,
+        metrics: &crate::agent::metrics::Metrics,
+    ) -> u64 {
+        self.last = Some(std::time::Instant::now());
+        let mut sums: HashMap<crate::agent::metadata::Labels, (u64, u64)> = HashMap::new();
+        let mut unreadable = 0;
+        for process in processes {
+            let (Some(layout), Some(bias)) = (process.runtime.goroutines, process.bias) else {
+                continue;
+            };
+            let classifier = self.classifiers.entry(process.exe.id).or_default();
+            let Ok(count) = count(process.pid, &layout, bias, process.binary(), classifier) else {
+                unreadable += 1;
+                continue;
+            };
+            let sum = sums.entry(process.labels.clone()).or_default();
+            sum.0 += count.user;
+            sum.1 += count.runtime;
+            if let Some(ids) = count.ids_handed_out {
+                // The first reading is the baseline: counted since attach.
+                let last = self.ids.entry(process.pid).or_insert(ids);
+                if ids > *last {
+                    metrics
+                        .goroutines_created
+                        .with_label_values(&process.labels.values())
+                        .inc_by((ids - *last) as f64);
+                    *last = ids;
+                }
+            }
+        }
+        for labels in self.published.difference(&sums.keys().cloned().collect()) {
+            let v = labels.values();
+            for kind in ["user", "runtime"] {
+                let _ = metrics
+                    .goroutines
+                    .remove_label_values(&[v[0], v[1], v[2], v[3], v[4], kind]);
+            }
+        }
+        for (labels, (user, runtime)) in &sums {
+            let v = labels.values();
+            for (kind, n) in [("user", user), ("runtime", runtime)] {
+                metrics
+                    .goroutines
+                    .with_label_values(&[v[0], v[1], v[2], v[3], v[4], kind])
+                    .set(*n as f64);
+            }
+        }
+        self.published = sums.into_keys().collect();
+        unreadable
+    }
+
+    /// A process attached: its ids handed out so far are the baseline of its count.
+    pub fn attached(&mut self, process: &crate::agent::attachments::Process) {
+        let (Some(layout), Some(bias)) = (process.runtime.goroutines, process.bias) else {
+            return;
+        };
+        if let Some(ids) = ids_handed_out(process.pid, &layout, bias) {
+            self.ids.insert(process.pid, ids);
+        }
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.ids.remove(&pid);
+    }
+}
