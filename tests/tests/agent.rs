@@ -780,3 +780,131 @@ fn max_processes_caps_and_counts() -> Result<()> {
     drop((first, second));
     Ok(())
 }
+
+/// The `alloc_space` total of a profile, from `go tool pprof -raw`'s sample table.
+fn alloc_space_total(raw: &str) -> Result<f64> {
+    let mut lines = raw
+        .lines()
+        .skip_while(|l| !l.starts_with("Samples:"))
+        .skip(1);
+    let header = lines.next().context("no sample header")?;
+    let column = header
+        .split_whitespace()
+        .position(|c| c.starts_with("alloc_space"))
+        .with_context(|| format!("no alloc_space in {header}"))?;
+    let mut total = 0.0;
+    for line in lines {
+        let Some((values, _locations)) = line.split_once(':') else {
+            break;
+        };
+        let values: Vec<&str> = values.split_whitespace().collect();
+        let Some(value) = values.get(column).and_then(|v| v.parse::<f64>().ok()) else {
+            break;
+        };
+        total += value;
+    }
+    Ok(total)
+}
+
+/// `--pyroscope-url`: a stand-in for Pyroscope's ingest API, written with Go's own HTTP and
+/// multipart parsers, receives each interval's profile; `go tool pprof` reads every one,
+/// and their allocations add up to the fixture's arithmetic.
+#[test]
+fn each_interval_of_allocations_is_pushed_to_pyroscope() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let tmp = TempDir::new("agent-pyroscope")?;
+    let version = latest_go();
+    let exe = own_fixture(tmp.path(), &version)?;
+    let mut stub_cmd = Command::new(fixture("pyroscopestub", &version, Variant::Normal)?);
+    stub_cmd.arg("-dir").arg(tmp.path());
+    let stub = Proc::spawn(stub_cmd)?;
+    let addr = stub
+        .wait_stdout("listening ", Duration::from_secs(10))?
+        .trim_start_matches("listening ")
+        .trim()
+        .to_string();
+    const INTERVAL_S: u64 = 2;
+    let agent = Agent::start_with(
+        &format!("{}/agentload-*", tmp.path().display()),
+        &[
+            "--pyroscope-url",
+            &format!("http://{addr}"),
+            "--pyroscope-interval",
+            &format!("{INTERVAL_S}s"),
+        ],
+    )?;
+    let proc = spawn_fixture(&exe, COUNT)?;
+    wait_attached(&agent, &exe)?;
+    proc.signal(libc::SIGUSR1)?;
+    proc.wait_stdout("done", Duration::from_secs(20))?;
+    // Two more intervals: the last allocations are pushed.
+    std::thread::sleep(Duration::from_secs(2 * INTERVAL_S + 1));
+    let exe_label = format!("exe={}", exe.display());
+    let mut total = 0.0;
+    let mut pushes = 0;
+    let mut with_site = 0;
+    for line in stub.stdout_text().lines() {
+        ensure!(
+            !line.starts_with("rejected"),
+            "the stub rejected a push: {line}"
+        );
+        let Some(fields) = line.strip_prefix("ingest ") else {
+            continue;
+        };
+        let field = |name: &str| {
+            fields
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap_or("")
+        };
+        if !field("name").contains(&exe_label) {
+            continue;
+        }
+        ensure!(
+            field("format") == "pprof" && field("config") == "OK",
+            "push: {line}"
+        );
+        let (from, until): (u64, u64) = (field("from").parse()?, field("until").parse()?);
+        ensure!(until - from == INTERVAL_S, "push window: {line}");
+        let raw = pprof_raw(
+            tmp.path(),
+            &format!("push-{pushes}"),
+            &std::fs::read(field("file"))?,
+        )?;
+        total += alloc_space_total(&raw)?;
+        with_site += usize::from(raw.contains("main.allocBuffers"));
+        pushes += 1;
+    }
+    ensure!(
+        pushes >= 2 && with_site >= 1,
+        "{pushes} pushes for {exe_label}, {with_site} with main.allocBuffers:\n{}",
+        stub.stdout_text()
+    );
+    // The same bounds as the Prometheus counter's: the pushes partition the allocations.
+    let p = 1.0 - (-(SIZE as f64) / RATE).exp();
+    let sigma = 1.0 / (COUNT as f64 * p).sqrt();
+    let expected = (COUNT * SIZE) as f64;
+    let (low, high) = (
+        expected * (1.0 - 5.0 * sigma),
+        expected * (1.0 + 5.0 * sigma) + 8.0 * RATE,
+    );
+    ensure!(
+        (low..=high).contains(&total),
+        "pushed alloc_space {total:.0} over {pushes} pushes, expected {expected} ({low:.0}..{high:.0})"
+    );
+    let metrics = agent.metrics()?;
+    let ok = samples(
+        &metrics,
+        "gomemtrace_agent_pyroscope_pushes_total",
+        &[("result", "ok")],
+    );
+    ensure!(
+        ok.first().is_some_and(|&n| n >= pushes as f64),
+        "push counter {ok:?}, {pushes} pushes seen"
+    );
+    println!("{pushes} pushes, {total:.0} bytes (expected {expected})");
+    proc.signal(libc::SIGUSR1)?;
+    Ok(())
+}

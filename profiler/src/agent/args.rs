@@ -53,9 +53,13 @@ pub struct AgentArgs {
     #[arg(long)]
     pub no_stack_metrics: bool,
 
-    /// Push profiles to this Pyroscope ingest endpoint.
+    /// Push each process's allocation profile to this Pyroscope server (its /ingest API).
     #[arg(long, value_name = "URL")]
     pub pyroscope_url: Option<String>,
+
+    /// How often to push, each push covering the interval since the previous one.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s", value_name = "DURATION")]
+    pub pyroscope_interval: std::time::Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

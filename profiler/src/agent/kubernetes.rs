@@ -99,6 +99,14 @@ async fn watch_once(node: &str, index: &SharedIndex) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// The API server is reached over TLS: building the client sets up rustls, which
+    /// panics where no crypto provider was compiled in.
+    #[tokio::test]
+    async fn a_tls_client_to_the_api_server_can_be_built() {
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        kube::Client::try_from(config).unwrap();
+    }
+
     use k8s_openapi::{
         api::core::v1::{ContainerStatus, PodStatus},
         apimachinery::pkg::apis::meta::v1::ObjectMeta,

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub probe_events: IntCounter,
     pub drops: IntCounterVec,
     pub process_events: IntCounterVec,
+    pub pyroscope_pushes: IntCounterVec,
     pub cpu_seconds: prometheus::Counter,
     pub resident_bytes: Gauge,
     pub links: IntGauge,
@@ -179,6 +180,13 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let pyroscope_pushes = IntCounterVec::new(
+            opts(
+                "gomemtrace_agent_pyroscope_pushes_total",
+                "Profiles pushed to Pyroscope (--pyroscope-url), by result (ok, error)",
+            ),
+            &["result"],
+        )?;
         let cpu_seconds = prometheus::Counter::new(
             "gomemtrace_agent_cpu_seconds_total",
             "CPU time (user + system) the agent used",
@@ -228,6 +236,7 @@ impl Metrics {
             Box::new(probe_events.clone()),
             Box::new(drops.clone()),
             Box::new(process_events.clone()),
+            Box::new(pyroscope_pushes.clone()),
             Box::new(cpu_seconds.clone()),
             Box::new(resident_bytes.clone()),
             Box::new(links.clone()),
@@ -257,6 +266,7 @@ impl Metrics {
             probe_events,
             drops,
             process_events,
+            pyroscope_pushes,
             cpu_seconds,
             resident_bytes,
             links,

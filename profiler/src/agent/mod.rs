@@ -12,6 +12,7 @@ mod kubernetes;
 mod metadata;
 mod metrics;
 mod profiles;
+mod pyroscope;
 mod stacks;
 mod tracer;
 
@@ -97,11 +98,17 @@ pub fn run(args: &args::AgentArgs) -> anyhow::Result<ExitCode> {
             .into());
         }
     };
-    if args.pyroscope_url.is_some() {
-        eprintln!(
-            "gomemtrace: agent: --pyroscope-url: pushing to Pyroscope is not implemented yet; ignored"
-        );
-    }
+    let pusher = match &args.pyroscope_url {
+        Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            return Err(UserError::BadArgument {
+                what: format!("--pyroscope-url {url}"),
+                reason: "an http:// or https:// URL".into(),
+            }
+            .into());
+        }
+        Some(url) => Some(pyroscope::Pusher::new(url, args.pyroscope_interval)?),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -146,6 +153,9 @@ pub fn run(args: &args::AgentArgs) -> anyhow::Result<ExitCode> {
         shared.clone(),
         pods,
     );
+    if let Some(pusher) = pusher {
+        runtime.spawn(pusher.run(shared.clone()));
+    }
     let tracer = std::thread::Builder::new()
         .name("gomemtrace-agent".into())
         .spawn(move || tracer.run())?;
