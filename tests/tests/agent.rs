@@ -30,6 +30,8 @@ const SIZE: u64 = 4096;
 const GOROUTINES: u64 = 200;
 const DEPTH: u64 = 40;
 const GROWTHS_EACH: u64 = 5;
+/// The duty-cycled test's pprof window: the allocation and the estimate's catch-up.
+const DUTY_WINDOW_S: u64 = 25;
 /// Go's default `MemProfileRate`.
 const RATE: f64 = 512.0 * 1024.0;
 
@@ -677,6 +679,20 @@ fn duty_cycled_estimates_where_the_sampler_is_compiled_out() -> Result<()> {
             .then_some(()))
         },
     )?;
+    // A pprof window over the whole allocation and the estimate's catch-up.
+    let window = {
+        let addr = agent.addr.clone();
+        let pid = proc.pid();
+        std::thread::spawn(move || {
+            http_get(
+                &addr,
+                &format!("/debug/pprof/allocs?pid={pid}&seconds={DUTY_WINDOW_S}"),
+                Duration::from_secs(DUTY_WINDOW_S + 20),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
     proc.signal(libc::SIGUSR1)?;
     proc.wait_stdout("done", Duration::from_secs(60))?;
     // A gap's allocations are counted when the window after it closes: the estimate lags
@@ -741,6 +757,28 @@ fn duty_cycled_estimates_where_the_sampler_is_compiled_out() -> Result<()> {
         "duty: {:.0} objects, {:.0} bytes estimated for {DUTY_COUNT} × {DUTY_SIZE} B",
         objects[0], bytes[0]
     );
+    // The profile is scaled as the counters are: the same bounds, unless the window
+    // closed before the estimate caught up.
+    let caught_up = started.elapsed();
+    let (status, body) = window.join().expect("window thread")?;
+    ensure!(
+        status == 200,
+        "allocs: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    let raw = pprof_raw(tmp.path(), "duty-allocs", &body)?;
+    let space = alloc_space_total(&raw)?;
+    if caught_up < Duration::from_secs(DUTY_WINDOW_S - 2) {
+        ensure!(
+            space >= 0.5 * expected * DUTY_SIZE as f64
+                && space <= 1.5 * expected * DUTY_SIZE as f64,
+            "duty pprof alloc_space {space:.0}, fixture allocated {:.0}:\n{raw}",
+            expected * DUTY_SIZE as f64
+        );
+        println!("duty pprof: {space:.0} bytes");
+    } else {
+        println!("duty pprof not checked: the estimate caught up after {caught_up:?}");
+    }
     proc.signal(libc::SIGUSR1)?;
     proc.wait(Duration::from_secs(10))?;
     poll("the agent to let go", Duration::from_secs(10), || {

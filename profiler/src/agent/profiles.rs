@@ -30,6 +30,9 @@ pub struct Table {
     pub rate: Option<u64>,
     /// Copied from the maps; false between attach and the next harvest.
     pub harvested: bool,
+    /// Duty-cycled mode: the scaled estimate of everything allocated since attach (the
+    /// maps hold only what the windows saw).
+    pub duty_estimate: Option<Totals>,
 }
 
 /// (objects, bytes) estimates.
@@ -48,6 +51,7 @@ impl Table {
             frees: HashMap::new(),
             rate: None,
             harvested: false,
+            duty_estimate: None,
         }
     }
 
@@ -181,6 +185,25 @@ pub fn window(
         .collect()
 }
 
+/// Scales what the duty cycle's windows saw to its estimate of everything allocated
+/// meanwhile: each key keeps its share.
+fn scale_to(allocs: &mut [(AllocKey, AllocStats)], estimate: Totals) {
+    let (objects, bytes) = allocs
+        .iter()
+        .fold((0u64, 0u64), |(o, b), (_, s)| (o + s.objects, b + s.bytes));
+    if objects == 0 || bytes == 0 {
+        return;
+    }
+    let (fo, fb) = (
+        estimate.objects.max(0.0) / objects as f64,
+        estimate.bytes.max(0.0) / bytes as f64,
+    );
+    for (_, stats) in allocs.iter_mut() {
+        stats.objects = (stats.objects as f64 * fo).round() as u64;
+        stats.bytes = (stats.bytes as f64 * fb).round() as u64;
+    }
+}
+
 /// A gzipped pprof profile of what `later` holds beyond `earlier` (`None`: since attach),
 /// symbolized with the process's current mappings.
 pub fn pprof(
@@ -190,7 +213,17 @@ pub fn pprof(
     duration: Duration,
 ) -> anyhow::Result<Vec<u8>> {
     let empty = HashMap::new();
-    let allocs = window(earlier.map_or(&empty, |t| &t.allocs), &later.allocs);
+    let mut allocs = window(earlier.map_or(&empty, |t| &t.allocs), &later.allocs);
+    if let Some(estimate) = later.duty_estimate {
+        let before = earlier.and_then(|t| t.duty_estimate).unwrap_or_default();
+        scale_to(
+            &mut allocs,
+            Totals {
+                objects: estimate.objects - before.objects,
+                bytes: estimate.bytes - before.bytes,
+            },
+        );
+    }
     let frees = window(earlier.map_or(&empty, |t| &t.frees), &later.frees)
         .into_iter()
         .collect();
@@ -253,6 +286,57 @@ mod tests {
             stack,
             ..AllocKey::default()
         }
+    }
+
+    #[test]
+    fn duty_windows_scale_to_the_estimate_keeping_each_keys_share() {
+        let mut allocs = vec![
+            (
+                key(1),
+                AllocStats {
+                    bytes: 300,
+                    objects: 3,
+                },
+            ),
+            (
+                key(2),
+                AllocStats {
+                    bytes: 100,
+                    objects: 1,
+                },
+            ),
+        ];
+        scale_to(
+            &mut allocs,
+            Totals {
+                objects: 400.0,
+                bytes: 40_000.0,
+            },
+        );
+        assert_eq!(
+            allocs[0].1,
+            AllocStats {
+                bytes: 30_000,
+                objects: 300
+            }
+        );
+        assert_eq!(
+            allocs[1].1,
+            AllocStats {
+                bytes: 10_000,
+                objects: 100
+            }
+        );
+        // Nothing seen: nothing to scale.
+        let mut none: Vec<(AllocKey, AllocStats)> = vec![];
+        scale_to(
+            &mut none,
+            Totals {
+                objects: 5.0,
+                bytes: 5.0,
+            },
+        );
+        assert!(none.is_empty());
     }
 
     #[test]

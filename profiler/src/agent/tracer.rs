@@ -289,12 +289,10 @@ impl Tracer {
             .metrics
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        for (pid, table) in &tables.by_pid {
+        for (pid, table) in tables.by_pid.iter_mut() {
+            table.duty_estimate = self.duty.estimate(*pid);
             // Duty-cycled: the windows' scaled estimate; else the (unbiased) tables.
-            let now = self
-                .duty
-                .estimate(*pid)
-                .unwrap_or_else(|| table.allocated());
+            let now = table.duty_estimate.unwrap_or_else(|| table.allocated());
             let counted = self.counted.entry(*pid).or_default();
             let values = table.process.labels.values();
             // Per-key unbiasing can move a total down a little as a key's average size
