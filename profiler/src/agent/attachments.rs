@@ -52,6 +52,17 @@ impl Process {
     }
 }
 
+/// Analyses kept for executables no traced process runs (a restart reuses them).
+const KEPT_UNUSED: usize = 8;
+
+/// Puts `id` last in `unused` (oldest first) and returns what falls off beyond `keep`.
+fn release(unused: &mut std::collections::VecDeque<ExeId>, id: ExeId, keep: usize) -> Vec<ExeId> {
+    unused.retain(|&u| u != id);
+    unused.push_back(id);
+    let excess = unused.len().saturating_sub(keep);
+    unused.drain(..excess).collect()
+}
+
 /// What an executable's analysis gives every process of it.
 type Verdict = (Arc<Analysed>, Arc<RuntimeLayout>);
 
@@ -74,6 +85,10 @@ pub struct Attachments {
     /// Per executable: its analysis, or why it is skipped. Bounded by the executables
     /// seen on the host.
     verdicts: HashMap<ExeId, Result<Verdict, Skip>>,
+    /// Analysed executables no traced process runs now, oldest first: their analyses
+    /// (a copy of the executable each) are kept for [`KEPT_UNUSED`] of them, so that a
+    /// node running ever new binaries does not grow the agent.
+    unused: std::collections::VecDeque<ExeId>,
     mode: ModeArg,
     max_processes: usize,
 }
@@ -84,6 +99,7 @@ impl Attachments {
             probes: AllocProbes::load()?,
             processes: HashMap::new(),
             verdicts: HashMap::new(),
+            unused: std::collections::VecDeque::new(),
             mode,
             max_processes,
         })
@@ -100,6 +116,10 @@ impl Attachments {
             None => {
                 let verdict = analyse(exe, self.mode).map(|(a, r)| (Arc::new(a), Arc::new(r)));
                 self.verdicts.insert(exe.id, verdict.clone());
+                if verdict.is_ok() {
+                    // Unused until a process of it is attached (it may be filtered out).
+                    self.release(exe.id);
+                }
                 verdict
             }
         }
@@ -114,6 +134,7 @@ impl Attachments {
             return Err(Skip::Cap);
         }
         let (analysis, runtime) = self.verdict(&exe)?;
+        self.unused.retain(|&u| u != exe.id);
         let mut config = analysis.config;
         config.flags |= PROCESS_FLAG_NO_GOID;
         let mappings = procmaps::executable_mappings(pid).unwrap_or_default();
@@ -152,7 +173,19 @@ impl Attachments {
     pub fn detach(&mut self, pid: u32) -> Option<Arc<Process>> {
         let process = self.processes.remove(&pid)?;
         self.forget(pid);
+        let id = process.exe.id;
+        if !self.processes.values().any(|p| p.exe.id == id) {
+            self.release(id);
+        }
         Some(process)
+    }
+
+    /// `id`'s analysis is no longer used by a traced process: it joins the kept ones,
+    /// and the oldest beyond [`KEPT_UNUSED`] go.
+    fn release(&mut self, id: ExeId) {
+        for evicted in release(&mut self.unused, id, KEPT_UNUSED) {
+            self.verdicts.remove(&evicted);
+        }
     }
 
     fn forget(&mut self, pid: u32) {
@@ -191,5 +224,30 @@ fn runtime_layout(go: &GoTarget, data: &[u8]) -> RuntimeLayout {
     RuntimeLayout {
         copystack,
         goroutines,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ino: u64) -> ExeId {
+        ExeId {
+            dev: 1,
+            ino,
+            mtime_ns: 0,
+        }
+    }
+
+    #[test]
+    fn unused_analyses_are_kept_up_to_a_bound_oldest_out_first() {
+        let mut unused = std::collections::VecDeque::new();
+        for i in 0..3 {
+            assert!(release(&mut unused, id(i), 3).is_empty());
+        }
+        // Released again: it becomes the newest, nothing falls off.
+        assert!(release(&mut unused, id(0), 3).is_empty());
+        assert_eq!(release(&mut unused, id(3), 3), vec![id(1)]);
+        assert_eq!(unused, [id(2), id(0), id(3)]);
     }
 }
