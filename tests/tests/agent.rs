@@ -283,6 +283,36 @@ fn pprof_raw(dir: &Path, name: &str, bytes: &[u8]) -> Result<String> {
     )
 }
 
+/// The agent measures remote NUMA accesses only where the host has two nodes or more;
+/// with one (these machines) it says why and exposes no series of zeros.
+fn check_numa_availability(agent: &Agent) -> Result<()> {
+    let online = std::fs::read_to_string("/sys/devices/system/node/online").unwrap_or_default();
+    let nodes = online
+        .trim()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('-') {
+            Some((a, b)) => b.parse::<u32>().unwrap_or(0) - a.parse::<u32>().unwrap_or(0) + 1,
+            None => 1,
+        })
+        .sum::<u32>()
+        .max(1);
+    let text = agent.metrics()?;
+    let available = samples(&text, "gomemtrace_agent_numa_available", &[]);
+    if nodes < 2 {
+        ensure!(available == [0.0], "one node, numa_available {available:?}");
+        agent.proc.wait_stderr(
+            "NUMA: not available (1 NUMA node online",
+            Duration::from_secs(1),
+        )?;
+        ensure!(
+            !text.contains("gomemtrace_numa_hint_faults_total{"),
+            "hint-fault series on a one-node host"
+        );
+    }
+    Ok(())
+}
+
 /// The goroutine and stack metrics of a fixture whose goroutines are parked: the live
 /// count against the runtime's own `runtime.NumGoroutine`, creations and stack growths
 /// against the fixture's arithmetic.
@@ -382,6 +412,7 @@ fn allocations_reach_prometheus_series_go_stale_and_pprof_reads_the_endpoints() 
         agent.holdings()? == (0.0, 0.0),
         "holdings before any fixture"
     );
+    check_numa_availability(&agent)?;
 
     let mut fixtures = Vec::new();
     for exe in &exes {

@@ -40,6 +40,8 @@ pub struct RuntimeLayout {
     /// The stack-copy probe: its settings and the file offset of `runtime.copystack`.
     pub copystack: Option<(RtConfig, u64)>,
     pub goroutines: Option<GoroutineLayout>,
+    /// `g`/`m` field offsets (DWARF, else the verified table).
+    pub offsets: offsets::RuntimeOffsets,
 }
 
 impl Process {
@@ -224,6 +226,7 @@ fn runtime_layout(go: &GoTarget, data: &[u8]) -> RuntimeLayout {
     RuntimeLayout {
         copystack,
         goroutines,
+        offsets: go.offsets,
     }
 }
 

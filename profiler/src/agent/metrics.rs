@@ -25,6 +25,8 @@ pub struct Metrics {
     pub stack_growths: CounterVec,
     pub stack_growth_bytes: CounterVec,
     pub stack_shrinks: CounterVec,
+    pub numa_hint_faults: IntCounterVec,
+    pub numa_available: IntGauge,
     pub processes: GaugeVec,
     pub attached: IntGauge,
     pub skipped: IntCounterVec,
@@ -142,6 +144,19 @@ impl Metrics {
             ),
             per_process,
         )?;
+        let mut with_locality: Vec<&str> = per_process.to_vec();
+        with_locality.push("locality");
+        let numa_hint_faults = IntCounterVec::new(
+            opts(
+                "gomemtrace_numa_hint_faults_total",
+                "NUMA-balancing hint faults (sampled memory accesses) by locality: remote = the page was on another node than the CPU; the remote ratio is remote / (remote + local); only where gomemtrace_agent_numa_available is 1",
+            ),
+            &with_locality,
+        )?;
+        let numa_available = IntGauge::new(
+            "gomemtrace_agent_numa_available",
+            "1 if remote NUMA accesses are measured on this node (two or more nodes, NUMA balancing on, the kernel allows the fentry on task_numa_fault); the agent logs why not",
+        )?;
         let mut with_mode: Vec<&str> = per_process.to_vec();
         with_mode.push("mode");
         let processes = GaugeVec::new(
@@ -230,6 +245,8 @@ impl Metrics {
             Box::new(stack_growths.clone()),
             Box::new(stack_growth_bytes.clone()),
             Box::new(stack_shrinks.clone()),
+            Box::new(numa_hint_faults.clone()),
+            Box::new(numa_available.clone()),
             Box::new(processes.clone()),
             Box::new(attached.clone()),
             Box::new(skipped.clone()),
@@ -260,6 +277,8 @@ impl Metrics {
             stack_growths,
             stack_growth_bytes,
             stack_shrinks,
+            numa_hint_faults,
+            numa_available,
             processes,
             attached,
             skipped,
@@ -316,6 +335,11 @@ impl Metrics {
             let _ = self.stack_growths.remove_label_values(&values);
             let _ = self.stack_growth_bytes.remove_label_values(&values);
             let _ = self.stack_shrinks.remove_label_values(&values);
+            for locality in ["local", "remote"] {
+                let _ = self
+                    .numa_hint_faults
+                    .remove_label_values(&with(&values, locality));
+            }
         }
     }
 

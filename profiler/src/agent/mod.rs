@@ -11,6 +11,7 @@ mod http;
 mod kubernetes;
 mod metadata;
 mod metrics;
+mod numa;
 mod profiles;
 mod pyroscope;
 mod stacks;
@@ -139,6 +140,19 @@ pub fn run(args: &args::AgentArgs) -> anyhow::Result<ExitCode> {
     let stacks = (!args.no_stack_metrics)
         .then(stacks::StackTracker::new)
         .transpose()?;
+    let numa = match numa::NumaTracker::new() {
+        Ok(tracker) => Some(tracker),
+        Err(why) => {
+            eprintln!("gomemtrace: agent: NUMA: not available ({why}); no remote-access metrics");
+            None
+        }
+    };
+    shared
+        .metrics
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .numa_available
+        .set(i64::from(numa.is_some()));
     let pods = node.map(|node| {
         let index = kubernetes::SharedIndex::default();
         runtime.spawn(kubernetes::watch(node, index.clone()));
@@ -146,8 +160,7 @@ pub fn run(args: &args::AgentArgs) -> anyhow::Result<ExitCode> {
     });
     let tracer = tracer::Tracer::new(
         attachments,
-        gc,
-        stacks,
+        tracer::Trackers { gc, stacks, numa },
         events,
         filter,
         shared.clone(),

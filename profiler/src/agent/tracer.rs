@@ -21,6 +21,7 @@ use crate::{
         kubernetes::SharedIndex,
         metadata,
         metrics::{self, Metrics},
+        numa::NumaTracker,
         profiles::Totals,
         stacks::StackTracker,
     },
@@ -43,6 +44,8 @@ pub struct Tracer {
     /// None with --no-stack-metrics.
     pub stacks: Option<StackTracker>,
     goroutines: GoroutineTracker,
+    /// None where remote NUMA accesses cannot be measured.
+    numa: Option<NumaTracker>,
     pub events: ProcEvents,
     pub filter: Filter,
     pub shared: Arc<Shared>,
@@ -59,6 +62,14 @@ pub struct Tracer {
     events_lost_seen: u64,
 }
 
+/// The probe sets beside the allocation probes: GC cycles always; stack copies unless
+/// --no-stack-metrics; NUMA hint faults where the machine can measure them.
+pub struct Trackers {
+    pub gc: GcTracker,
+    pub stacks: Option<StackTracker>,
+    pub numa: Option<NumaTracker>,
+}
+
 /// The drop counters of the probes, by the `reason` label.
 const DROPS: [(&str, Counter); 6] = [
     ("alloc_map_full", Counter::DropAllocMapFull),
@@ -72,19 +83,20 @@ const DROPS: [(&str, Counter); 6] = [
 impl Tracer {
     pub fn new(
         attachments: Attachments,
-        gc: GcTracker,
-        stacks: Option<StackTracker>,
+        trackers: Trackers,
         events: ProcEvents,
         filter: Filter,
         shared: Arc<Shared>,
         pods: Option<SharedIndex>,
     ) -> Self {
+        let Trackers { gc, stacks, numa } = trackers;
         Self {
             attachments,
             duty: DutyCycler::default(),
             gc,
             stacks,
             goroutines: GoroutineTracker::default(),
+            numa,
             events,
             filter,
             shared,
@@ -140,6 +152,9 @@ impl Tracer {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
                 self.gc.drain(&metrics);
+                if let Some(numa) = &mut self.numa {
+                    numa.drain(&metrics);
+                }
             }
             if last_harvest.elapsed() >= HARVEST_EVERY {
                 last_harvest = Instant::now();
@@ -225,12 +240,16 @@ impl Tracer {
                 let gc_attached = self.gc.attach(&process);
                 let stack_attached = self.stacks.as_mut().is_none_or(|s| s.attach(&process));
                 self.goroutines.attached(&process);
+                let numa_attached = self.numa.as_mut().is_none_or(|n| n.attach(&process));
                 let mut metrics = self.metrics();
                 if !gc_attached {
                     metrics.skipped.with_label_values(&["gc_probes"]).inc();
                 }
                 if !stack_attached {
                     metrics.skipped.with_label_values(&["stack_probe"]).inc();
+                }
+                if !numa_attached {
+                    metrics.skipped.with_label_values(&["numa"]).inc();
                 }
                 metrics.add_process(&process.labels, mode_name(&process));
                 metrics
@@ -270,6 +289,9 @@ impl Tracer {
         self.gc.detach(pid, &metrics);
         if let Some(stacks) = &mut self.stacks {
             stacks.detach(pid, &metrics);
+        }
+        if let Some(numa) = &mut self.numa {
+            numa.detach(pid, &metrics);
         }
         self.goroutines.forget(pid);
         metrics.remove_process(&process.labels, mode_name(&process));
@@ -395,6 +417,7 @@ impl Tracer {
                         .map(|s| s.probes.map_entries())
                         .unwrap_or_default(),
                 )
+                .chain(self.numa.as_ref().map(|n| n.map_entries()))
             {
                 metrics
                     .map_entries

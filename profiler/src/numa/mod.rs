@@ -13,13 +13,13 @@
 //! program, it prints `NUMA: not available (<why>)` and exits with code 7 — before
 //! launching or touching the target — rather than a report of zeros.
 
-mod availability;
-mod btf;
+pub(crate) mod availability;
+pub(crate) mod btf;
 mod placement;
 // The record decoders wait for the live perf-event path; their tests use them today.
 #[cfg_attr(not(test), allow(dead_code))]
 mod pmu;
-mod probes;
+pub(crate) mod probes;
 mod report;
 
 use std::{collections::BTreeMap, path::Path, process::ExitCode, time::Duration};

@@ -73,6 +73,25 @@ impl NumaProbes {
         Ok(())
     }
 
+    /// Deletes `pid`'s settings: its faults are no longer recorded (the agent, when the
+    /// process exited).
+    pub fn forget_pid(&mut self, pid: u32) -> anyhow::Result<()> {
+        crate::probes::remove_keys::<u32, NumaConfig>(&mut self.ebpf, NUMA_CONFIG_MAP, |p| {
+            *p == pid
+        })
+    }
+
+    /// Deletes every stored stack (the agent counts faults and never reads them).
+    pub fn clear_stacks(&mut self) -> anyhow::Result<()> {
+        crate::probes::remove_keys::<u64, UserStack>(&mut self.ebpf, NUMA_STACKS_MAP, |_| true)
+    }
+
+    /// Processes configured now.
+    pub fn configured(&self) -> usize {
+        crate::probes::count_keys::<u32, NumaConfig>(&self.ebpf, NUMA_CONFIG_MAP, |_| true)
+            .unwrap_or(0)
+    }
+
     /// Hint-fault events sent since the last call, oldest first.
     pub fn drain(&mut self) -> Vec<NumaFaultEvent> {
         let mut events = Vec::new();
