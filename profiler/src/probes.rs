@@ -386,6 +386,33 @@ pub extern "C" fn gomemtrace_trap_calibration(x: u64) -> u64 {
 const ALLOC_MULTI_PROGRAM: &str = "alloc_entry_multi";
 
 /// Deletes the keys of map `name` that `which` selects.
+/// A uprobe link and the process it is for.
+pub(crate) type PidLink = (String, u32, aya::programs::uprobe::UProbeLinkId);
+
+/// Takes `pid`'s links out of `links` and closes them; returns how many. Each close waits
+/// for an RCU grace period in the kernel: they overlap on threads.
+pub(crate) fn close_links_of(
+    ebpf: &mut Ebpf,
+    links: &mut Vec<PidLink>,
+    pid: u32,
+) -> anyhow::Result<usize> {
+    let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(links)
+        .into_iter()
+        .partition(|(_, p, _)| *p == pid);
+    *links = kept;
+    let mut owned = Vec::new();
+    for (name, _, link) in gone {
+        owned.push(program(ebpf, &name)?.take_link(link)?);
+    }
+    let closed = owned.len();
+    std::thread::scope(|scope| {
+        for link in owned {
+            scope.spawn(move || drop(link));
+        }
+    });
+    Ok(closed)
+}
+
 pub(crate) fn remove_keys<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &str,
@@ -456,7 +483,7 @@ pub struct GcProbes {
     events: aya::maps::RingBuf<MapData>,
     attached: usize,
     /// The links attached now and the process each is for.
-    links: Vec<(String, u32, aya::programs::uprobe::UProbeLinkId)>,
+    links: Vec<PidLink>,
 }
 
 impl GcProbes {
@@ -484,21 +511,8 @@ impl GcProbes {
     /// Removes `tgid`'s uprobes and its entries of the GC maps (the agent, when the
     /// process exited).
     pub fn forget_pid(&mut self, tgid: u32) -> anyhow::Result<()> {
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
-            .into_iter()
-            .partition(|(_, pid, _)| *pid == tgid);
-        self.links = kept;
-        let mut links = Vec::new();
-        for (name, _, link) in gone {
-            links.push(program(&mut self.ebpf, &name)?.take_link(link)?);
-        }
-        self.attached = self.attached.saturating_sub(links.len());
-        // Each close waits for an RCU grace period: overlapped on threads.
-        std::thread::scope(|scope| {
-            for link in links {
-                scope.spawn(move || drop(link));
-            }
-        });
+        let closed = close_links_of(&mut self.ebpf, &mut self.links, tgid)?;
+        self.attached = self.attached.saturating_sub(closed);
         remove_keys::<u32, GcConfig>(&mut self.ebpf, GC_CONFIG_MAP, |p| *p == tgid)?;
         remove_keys::<u32, gomemtrace_common::GcState>(
             &mut self.ebpf,

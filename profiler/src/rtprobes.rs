@@ -18,7 +18,7 @@ use gomemtrace_common::{
     STACK_EVENTS_MAP, STACK_TOTALS_MAP, SiteKey, SiteStats, StackGrowthEvent, StackTotals,
 };
 
-use crate::probes::{count_keys, remove_keys};
+use crate::probes::{PidLink, close_links_of, count_keys, remove_keys};
 
 pub type RtCounters = [u64; RtCounter::COUNT as usize];
 
@@ -26,7 +26,7 @@ pub struct RtProbes {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
     /// The uprobe links attached now and the process each is for.
-    links: Vec<(String, u32, aya::programs::uprobe::UProbeLinkId)>,
+    links: Vec<PidLink>,
 }
 
 impl RtProbes {
@@ -80,25 +80,7 @@ impl RtProbes {
 
     /// Removes `pid`'s uprobes and map entries (the agent, when the process exited).
     pub fn forget_pid(&mut self, pid: u32) -> anyhow::Result<()> {
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
-            .into_iter()
-            .partition(|(_, p, _)| *p == pid);
-        self.links = kept;
-        let mut links = Vec::new();
-        for (name, _, link) in gone {
-            let program: &mut UProbe = self
-                .ebpf
-                .program_mut(&name)
-                .with_context(|| format!("probe {name} missing"))?
-                .try_into()?;
-            links.push(program.take_link(link)?);
-        }
-        // Each close waits for an RCU grace period: overlapped on threads.
-        std::thread::scope(|scope| {
-            for link in links {
-                scope.spawn(move || drop(link));
-            }
-        });
+        close_links_of(&mut self.ebpf, &mut self.links, pid)?;
         remove_keys::<u32, RtConfig>(&mut self.ebpf, RT_CONFIG_MAP, |p| *p == pid)?;
         remove_keys::<u32, StackTotals>(&mut self.ebpf, STACK_TOTALS_MAP, |p| *p == pid)?;
         Ok(())
