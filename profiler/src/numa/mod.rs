@@ -232,3 +232,42 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     }
     finish(&mut target, end)
 }
+
+/// `PF_EXITING` in `/proc/PID/stat`'s flags (include/linux/sched.h).
+const PF_EXITING: u64 = 0x4;
+
+/// Whether `pid` is exiting or gone: its memory is being torn down, so what is read of it
+/// now (numa_maps, page nodes) describes no state it ran in, and is not kept.
+fn exiting(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let mut fields = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace())
+        .into_iter()
+        .flatten();
+    let state = fields.next();
+    let flags = fields.nth(5).and_then(|f| f.parse::<u64>().ok());
+    matches!(state, None | Some("Z") | Some("X")) || flags.is_none_or(|f| f & PF_EXITING != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_process_is_not_exiting_a_zombie_or_missing_one_is() {
+        assert!(!exiting(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        // Not reaped yet: a zombie once it has exited.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !exiting(child.id()) {
+            assert!(std::time::Instant::now() < deadline, "child never exited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(exiting(pid), "reaped: gone");
+    }
+}
