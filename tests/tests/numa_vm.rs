@@ -318,18 +318,21 @@ fn check_allocations(report: &Value, sites: &[HeapSite], seen_since: &str, label
         a["unclassified"],
         a["classified_by"],
     );
-    for drop in [
-        "live_map_full",
-        "alloc_map_full",
-        "sample_unreadable",
-        "stack_map_full",
-        "stack_unreadable",
-    ] {
-        assert_eq!(counters[drop], 0, "{label}: {drop}: {counters}");
+    // No map ran full. A probe's read of the target's memory can fail where NUMA balancing
+    // has just made the page PROT_NONE (a BPF program cannot fault it in): a sample whose
+    // bucket is unreadable is lost, one whose stack is unreadable kept without a stack;
+    // both counted, and rare.
+    for full in ["live_map_full", "alloc_map_full", "stack_map_full"] {
+        assert_eq!(counters[full], 0, "{label}: {full}: {counters}");
     }
+    let num = |v: &Value| v.as_u64().unwrap();
+    let unreadable = num(&counters["sample_unreadable"]);
+    assert!(
+        (unreadable + num(&counters["stack_unreadable"])) * 100 <= num(&counters["samples"]),
+        "{label}: more than 1% unreadable: {counters}"
+    );
     // Every live sampled object is in exactly one place: a node, or unclassified (by
     // the error move_pages gave); the stacks add up to the totals.
-    let num = |v: &Value| v.as_u64().unwrap();
     let nodes = a["nodes"].as_array().unwrap();
     let unclassified = &a["unclassified"];
     let by_error: u64 = unclassified["by_error"]
@@ -447,7 +450,8 @@ fn check_allocations(report: &Value, sites: &[HeapSite], seen_since: &str, label
         );
         // The very samples the runtime's own heap profile holds for the site, but for
         // any whose user stack was cut short (a frame on a page NUMA balancing had just
-        // made PROT_NONE): those are under a stack with no frame outside the runtime.
+        // made PROT_NONE): those are under a stack with no frame outside the runtime; and
+        // but for the lost ones, counted as unreadable.
         let siteless: u64 = stacks
             .iter()
             .filter(|s| s["site"].is_null())
@@ -462,8 +466,8 @@ fn check_allocations(report: &Value, sites: &[HeapSite], seen_since: &str, label
             })
             .sum();
         assert!(
-            sampled <= h.runtime_sampled && sampled + siteless >= h.runtime_sampled,
-            "{label}: {}: gomemtrace's {sampled} live samples vs the runtime's own {} ({siteless} without a site)",
+            sampled <= h.runtime_sampled && sampled + siteless + unreadable >= h.runtime_sampled,
+            "{label}: {}: gomemtrace's {sampled} live samples vs the runtime's own {} ({siteless} without a site, {unreadable} lost)",
             h.site,
             h.runtime_sampled
         );
