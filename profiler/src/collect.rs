@@ -117,7 +117,7 @@ pub(crate) fn unbias(objects: u64, bytes: u64, rate: u64) -> (u64, u64) {
 /// At a function's entry the frame-pointer walk starts at the caller's frame, so it misses
 /// the direct caller; the probe read it from `[rsp]`. Kernels that detect a uprobe on the
 /// `push %rbp` of an entry (6.12+) already add it: then it is not added twice.
-fn insert_direct_caller(pcs: &mut Vec<u64>, caller_pc: u64) {
+pub(crate) fn insert_direct_caller(pcs: &mut Vec<u64>, caller_pc: u64) {
     if caller_pc == 0 || pcs.get(1) == Some(&caller_pc) {
         return;
     }

@@ -38,6 +38,17 @@ pub struct Snapshot {
     pub sample_rates: HashMap<u32, u64>,
 }
 
+/// One walk of the live sampled objects.
+#[derive(Debug, Default)]
+pub struct LiveObjects {
+    /// By address.
+    pub objects: HashMap<u64, LiveObject>,
+    /// Entries gone between the key walk and their read: freed meanwhile.
+    pub vanished: u64,
+    /// The walk stopped at its limit (it kept restarting): objects may be missing.
+    pub cut_short: bool,
+}
+
 /// Per-reason event counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters([u64; Counter::COUNT as usize]);
@@ -307,6 +318,33 @@ impl AllocProbes {
         let rates: BpfHashMap<&MapData, u32, u64> =
             BpfHashMap::try_from(self.ebpf.map(RATES_MAP).context("RATES map")?)?;
         Ok(rates.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Runtime-sampled mode: `tgid`'s sampled objects still live (allocated and not yet
+    /// seen freed), by address. The map changes while it is walked: a walk that restarts
+    /// (its previous key was deleted) sees entries again, hence by address, and it stops
+    /// after twice the map's capacity (said in [`LiveObjects::cut_short`]).
+    pub fn live_objects(&self, tgid: u32) -> anyhow::Result<LiveObjects> {
+        let map: BpfHashMap<&MapData, LiveKey, LiveObject> =
+            BpfHashMap::try_from(self.ebpf.map(LIVE_MAP).context("LIVE map")?)?;
+        let mut out = LiveObjects::default();
+        let limit = 2 * gomemtrace_common::MAX_LIVE_OBJECTS as usize;
+        let mut walked = 0;
+        for key in map.keys().take(limit) {
+            walked += 1;
+            let key = key.context("walk the LIVE map")?;
+            if key.tgid != tgid {
+                continue;
+            }
+            match map.get(&key, 0) {
+                Ok(object) => {
+                    out.objects.insert(key.addr, object);
+                }
+                Err(_) => out.vanished += 1,
+            }
+        }
+        out.cut_short = walked == limit;
+        Ok(out)
     }
 
     /// The PCs of stack `key`, leaf first, if stored.

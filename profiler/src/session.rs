@@ -272,16 +272,8 @@ pub(crate) fn plan(
     let mut rate_vaddr = None;
     match (mode, sampler) {
         (Mode::Runtime, Ok(sampler)) => {
-            config.bucket_size_offset = sampler.bucket_size_offset;
-            config.special_kind_offset = sampler.special_kind_offset;
-            config.special_kind_profile = sampler.special_kind_profile;
             rate_vaddr = Some(sampler.rate_vaddr);
-            for (program, f) in [
-                (SET_PROFILE_BUCKET_PROGRAM, &sampler.set_profile_bucket),
-                (FREE_SPECIAL_PROGRAM, &sampler.free_special),
-            ] {
-                probes.push((program, go.probe_file_offset(f)?, f.name.clone()));
-            }
+            probes = sampler_probes(&go, &mut config, &sampler)?;
         }
         _ => {
             let program = if empty_probe {
@@ -306,6 +298,25 @@ pub(crate) fn plan(
         auto_duty_reason,
         stop_at_main: None,
     })
+}
+
+/// Runtime-sampled mode's probes on the heap sampler (program, file offset, function),
+/// and the sampler's fields of `config`: shared by [`plan`] and `gomemtrace numa`.
+pub(crate) fn sampler_probes(
+    go: &GoTarget,
+    config: &mut ProcessConfig,
+    sampler: &crate::analysis::Sampler,
+) -> Result<Vec<(&'static str, u64, String)>, crate::error::UserError> {
+    config.bucket_size_offset = sampler.bucket_size_offset;
+    config.special_kind_offset = sampler.special_kind_offset;
+    config.special_kind_profile = sampler.special_kind_profile;
+    [
+        (SET_PROFILE_BUCKET_PROGRAM, &sampler.set_profile_bucket),
+        (FREE_SPECIAL_PROGRAM, &sampler.free_special),
+    ]
+    .into_iter()
+    .map(|(program, f)| Ok((program, go.probe_file_offset(f)?, f.name.clone())))
+    .collect()
 }
 
 /// Why collection stopped.

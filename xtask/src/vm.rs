@@ -98,12 +98,25 @@ echo 100 > $B/scan_period_min_ms
 echo 400 > $B/scan_period_max_ms
 /gomemtrace numa -q --format json -o /tmp/numa.json -- /numa -duration 8s -mib 8 > /tmp/fixture.txt 2> /tmp/stderr.txt
 echo "$?" > /tmp/rc.txt
-/gomemtrace numa -q --format text -o /tmp/numa.txt -- /numa -duration 4s -mib 8 > /tmp/fixture-text.txt 2>> /tmp/stderr.txt
+/gomemtrace numa -q --format text -o /tmp/numa.txt -- /numa -duration 4s -mib 8 -objects 256 > /tmp/fixture-text.txt 2>> /tmp/stderr.txt
 echo "$?" >> /tmp/rc.txt
-/gomemtrace numa --format pprof -o /tmp/numa.pb.gz -- /numa -duration 3s -mib 4 > /tmp/fixture-pprof.txt 2> /tmp/stderr-pprof.txt
+/gomemtrace numa --format pprof -o /tmp/numa.pb.gz -- /numa -duration 3s -mib 4 -objects 64 > /tmp/fixture-pprof.txt 2> /tmp/stderr-pprof.txt
+echo "$?" >> /tmp/rc.txt
+# Attach mode: the fixture places its buffers and waits; gomemtrace attaches (-p); once it
+# says it is tracing, the workers start, and it stops before the fixture ends.
+/numa -duration 6s -mib 8 -wait-start > /tmp/fixture-pid.txt 2>&1 &
+P=$!
+until grep -q '^ready' /tmp/fixture-pid.txt || ! kill -0 $P 2>/dev/null; do sleep 0.1; done
+/gomemtrace numa -p $P -d 5s --format json -o /tmp/numa-pid.json 2> /tmp/stderr-pid.txt &
+G=$!
+until grep -q 'tracing NUMA' /tmp/stderr-pid.txt || ! kill -0 $G 2>/dev/null; do sleep 0.1; done
+kill -USR1 $P
+wait $G
+echo "$?" >> /tmp/rc.txt
+wait $P
 echo "$?" >> /tmp/rc.txt
 grep numa_ /proc/vmstat > /tmp/vmstat.txt
-for f in rc.txt fixture.txt numa.json stderr.txt fixture-text.txt numa.txt fixture-pprof.txt stderr-pprof.txt numa.pb.gz vmstat.txt; do
+for f in rc.txt fixture.txt numa.json stderr.txt fixture-text.txt numa.txt fixture-pprof.txt stderr-pprof.txt numa.pb.gz fixture-pid.txt numa-pid.json stderr-pid.txt vmstat.txt; do
   section $f /tmp/$f
 done
 poweroff -f
@@ -126,7 +139,7 @@ fn boot_numa_scenario(out: &Path, go_release: &str, timeout_s: u64) -> anyhow::R
     initramfs.file("/bin/busybox", 0o755, &read(&busybox)?);
     for applet in [
         "sh", "mount", "mkdir", "cat", "echo", "grep", "poweroff", "uname", "sleep", "gzip",
-        "base64",
+        "base64", "kill",
     ] {
         initramfs.symlink(&format!("/bin/{applet}"), "busybox");
     }

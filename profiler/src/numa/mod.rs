@@ -6,6 +6,8 @@
 //!   fallback), the data address from `exceptions:page_fault_user`, the user stack, and
 //!   the node of the CPU that faulted;
 //! - placement: resident memory per node from `/proc/PID/numa_maps`;
+//! - allocations per node: the runtime's heap sampler (runtime-sampled mode's probes) and
+//!   `move_pages(2)` on each live sampled object ([`allocations`]);
 //! - PEBS / IBS: detected from the PMUs the kernel exposes; their records are decoded by
 //!   [`pmu`], the live path is not implemented.
 //!
@@ -13,8 +15,10 @@
 //! program, it prints `NUMA: not available (<why>)` and exits with code 7 — before
 //! launching or touching the target — rather than a report of zeros.
 
+mod allocations;
 pub(crate) mod availability;
 pub(crate) mod btf;
+mod pages;
 mod placement;
 // The record decoders wait for the live perf-event path; their tests use them today.
 #[cfg_attr(not(test), allow(dead_code))]
@@ -31,8 +35,8 @@ use crate::{
     error::UserError,
     preflight,
     rt::{
-        Mappings, RtArgs, RtFormat, TargetJson, analyse, end_reason, monotonic_ns, open_target,
-        pprof, wait_for_end, write_output,
+        self, Mappings, RtArgs, RtFormat, TargetJson, analyse, end_reason, monotonic_ns,
+        open_target, pprof, wait_for_end, write_output,
     },
     session::finish,
 };
@@ -94,12 +98,28 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             placement::HeapArenas::locate(&analysed.go.binary, &elf, layout.bias)
         });
     let mut placement = placement::Placement::new(target.pid, heap);
+    // Where the binary links the runtime's heap sampler; otherwise the report says why not.
+    let mut allocs = allocations::Tracker::attach(
+        &analysed.go,
+        &target.exe_link,
+        target.pid,
+        mappings.layout(&analysed.go.binary).map(|l| l.bias),
+    );
+    let seen_since = if target.child.is_some() {
+        "start"
+    } else {
+        "attach"
+    };
     if !args.quiet {
         eprintln!(
-            "gomemtrace: tracing NUMA hint faults of pid {} ({}, nodes {:?})",
+            "gomemtrace: tracing NUMA hint faults of pid {} ({}, nodes {:?}); allocations per node: {}",
             target.pid,
             analysed.go.binary.version_string(),
-            host.nodes
+            host.nodes,
+            match &allocs {
+                Ok(_) => "runtime heap sampler".to_string(),
+                Err(why) => format!("inactive ({why})"),
+            }
         );
     }
     let started = monotonic_ns();
@@ -116,11 +136,16 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             if ticks.is_multiple_of(PLACEMENT_EVERY_TICKS) {
                 placement.snapshot(monotonic_ns().saturating_sub(started));
             }
+            if let Ok(a) = allocs.as_mut() {
+                a.tick(monotonic_ns().saturating_sub(started));
+            }
             ticks += 1;
             Ok(())
         },
     )?;
     placement.snapshot(monotonic_ns().saturating_sub(started));
+    let alive = target.is_alive();
+    let allocs = allocs.map(|a| a.finish(alive, monotonic_ns().saturating_sub(started)));
     events.extend(probes.drain());
     let counters = probes.counters()?;
     let stacks = probes.stacks(events.iter().map(|e| e.stack))?;
@@ -129,6 +154,10 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
 
     let mut sym = mappings.symbolizer(&analysed.go.binary, &target.exe_path)?;
     let (totals, goroutines, stack_rows, samples) = report::aggregate(&events, &stacks, &mut sym);
+    let allocations = allocs
+        .as_ref()
+        .ok()
+        .and_then(|a| a.report(&mut sym, seen_since));
     let methods = vec![
         Method {
             name: "numa-balancing hint faults",
@@ -152,6 +181,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
                 placement.heap_detail()
             ),
         },
+        allocations_method(&allocs, allocations.as_ref(), seen_since),
         match &hardware {
             Ok(p) => Method {
                 name: "hardware sampling (PEBS/IBS)",
@@ -183,6 +213,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
         stacks: stack_rows,
         placement,
         placement_at_ns,
+        allocations,
         counters: NumaCounter::ALL
             .iter()
             .map(|&c| (c.name(), counters[c as usize]))
@@ -231,4 +262,94 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
         );
     }
     finish(&mut target, end)
+}
+
+/// `PF_EXITING` in `/proc/PID/stat`'s flags (include/linux/sched.h).
+const PF_EXITING: u64 = 0x4;
+
+/// Whether `pid` is exiting or gone: its memory is being torn down, so what is read of it
+/// now (numa_maps, page nodes) describes no state it ran in, and is not kept.
+fn exiting(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let mut fields = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace())
+        .into_iter()
+        .flatten();
+    let state = fields.next();
+    let flags = fields.nth(5).and_then(|f| f.parse::<u64>().ok());
+    matches!(state, None | Some("Z") | Some("X")) || flags.is_none_or(|f| f & PF_EXITING != 0)
+}
+
+/// The method line of allocations per node: what ran, or why it did not.
+fn allocations_method(
+    allocs: &Result<allocations::Finished, String>,
+    report: Option<&allocations::Json>,
+    seen_since: &str,
+) -> Method {
+    const NAME: &str = "allocations per node";
+    let why = match (allocs, report) {
+        (Err(why), _) => why.clone(),
+        (Ok(a), None) => a
+            .missing()
+            .unwrap_or_else(|| "no classification".to_string()),
+        (Ok(a), Some(r)) => {
+            return Method {
+                name: NAME,
+                active: true,
+                detail: format!(
+                    "runtime heap sampler (uprobes on runtime.setprofilebucket, runtime.freeSpecial; MemProfileRate {}); the page of each live sampled object{} classified with move_pages(2), {}, every {} ms or more, the last at +{}",
+                    r.sample_rate
+                        .map_or_else(|| "not seen yet".into(), |r| r.to_string()),
+                    if seen_since == "attach" {
+                        " allocated since attach"
+                    } else {
+                        ""
+                    },
+                    match &a.pagemap_unavailable {
+                        None => "pages it calls not present from /proc/PID/pagemap".to_string(),
+                        Some(why) => format!("no pagemap fallback ({why})"),
+                    },
+                    allocations::EVERY.as_millis(),
+                    rt::duration(r.classified_at_ns)
+                ),
+            };
+        }
+    };
+    Method {
+        name: NAME,
+        active: false,
+        detail: why,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_process_is_not_exiting_a_zombie_or_missing_one_is() {
+        assert!(!exiting(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        // Not reaped yet: a zombie once it has exited.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !exiting(child.id()) {
+            assert!(std::time::Instant::now() < deadline, "child never exited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(exiting(pid), "reaped: gone");
+    }
+
+    #[test]
+    fn allocations_not_measured_say_why_and_are_not_active() {
+        let why =
+            "the runtime's heap sampler is compiled out (runtime.memProfileInternal is not linked)";
+        let m = allocations_method(&Err(why.to_string()), None, "start");
+        assert!(!m.active);
+        assert_eq!(m.detail, why);
+    }
 }

@@ -90,7 +90,7 @@ impl Placement {
     }
 
     /// Reads `/proc/PID/numa_maps` (and the heap's arenas); keeps the old snapshot when the
-    /// process is gone.
+    /// process is gone or exiting (its memory half torn down).
     pub fn snapshot(&mut self, at_ns: u64) {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{}/numa_maps", self.pid)) else {
             return;
@@ -98,20 +98,15 @@ impl Placement {
         if text.is_empty() {
             return;
         }
-        let arenas = match self.heap.as_ref().map(|h| h.read(self.pid)) {
-            Ok(Ok(arenas)) => {
-                self.heap_error = None;
-                arenas
-            }
-            Ok(Err(e)) => {
-                self.heap_error = Some(e);
-                Vec::new()
-            }
-            Err(e) => {
-                self.heap_error = Some(e.clone());
-                Vec::new()
-            }
+        let (arenas, heap_error) = match self.heap.as_ref().map(|h| h.read(self.pid)) {
+            Ok(Ok(arenas)) => (arenas, None),
+            Ok(Err(e)) => (Vec::new(), Some(e)),
+            Err(e) => (Vec::new(), Some(e.clone())),
         };
+        if super::exiting(self.pid) {
+            return;
+        }
+        self.heap_error = heap_error;
         self.last = Some((parse_numa_maps(&text, &arenas), at_ns));
     }
 

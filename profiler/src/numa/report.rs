@@ -133,6 +133,9 @@ pub struct Report {
     pub placement: Vec<NodeResidency>,
     /// When that snapshot was taken, ns since tracing started.
     pub placement_at_ns: Option<u64>,
+    /// Live sampled allocations per node and per allocation stack; `null` where not
+    /// measured (the method line says why).
+    pub allocations: Option<super::allocations::Json>,
     pub counters: BTreeMap<&'static str, u64>,
     /// Every fault, oldest first, up to a cap; the rest are in the totals only.
     pub events: Vec<EventJson>,
@@ -375,6 +378,7 @@ pub fn text(r: &Report, top: usize) -> String {
             size(n.file_bytes)
         );
     }
+    super::allocations::text(&mut s, r.allocations.as_ref(), &r.nodes_online, top);
     let lost = r.counters.get("ring_full").copied().unwrap_or(0);
     if lost > 0 {
         let _ = writeln!(s, "\n{lost} samples lost (ring buffer full)");
