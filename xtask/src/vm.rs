@@ -152,7 +152,16 @@ fn boot_numa_scenario(out: &Path, go_release: &str, timeout_s: u64) -> anyhow::R
     std::fs::write(&initrd, initramfs.finish())?;
 
     let started = Instant::now();
-    let console = boot(&kernel, &initrd, timeout_s)?;
+    // TCG guests under load occasionally hang in the kernel (a soft lockup of the guest
+    // CPU, seen about once in 20 boots): that boot says nothing about gomemtrace, so it is
+    // booted once more. Any other failure, or a second lockup, fails.
+    let console = match boot(&kernel, &initrd, timeout_s) {
+        Err(e) if is_guest_lockup(&e.to_string()) => {
+            eprintln!("xtask vm: the guest kernel locked up (TCG); booting once more:\n{e:#}");
+            boot(&kernel, &initrd, timeout_s)?
+        }
+        other => other?,
+    };
     eprintln!(
         "xtask vm: guest ran {:.1} s",
         started.elapsed().as_secs_f64()
@@ -175,6 +184,12 @@ fn boot_numa_scenario(out: &Path, go_release: &str, timeout_s: u64) -> anyhow::R
         names.push(name);
     }
     Ok(names)
+}
+
+/// Whether a failed boot's message shows the guest kernel's soft-lockup watchdog.
+fn is_guest_lockup(message: &str) -> bool {
+    message.contains("did not power off")
+        && (message.contains("soft lockup") || message.contains("stuck for"))
 }
 
 /// Runs the recipe's QEMU line under `timeout`; returns the serial console's text.
@@ -405,6 +420,16 @@ fn static_go_fixture(name: &str, go_release: &str) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_timed_out_boot_with_a_lockup_is_retried() {
+        let lockup = "the guest did not power off within 150 s; console:\nwatchdog: BUG: soft lockup - CPU#0 stuck for 26s! [numa:146]";
+        assert!(is_guest_lockup(lockup));
+        assert!(!is_guest_lockup(
+            "the guest did not power off within 150 s; console:\n..."
+        ));
+        assert!(!is_guest_lockup("qemu failed (exit 1): soft lockup"));
+    }
 
     #[test]
     fn base64_and_gzip_round_trip_like_busybox_sends_them() {
