@@ -115,8 +115,27 @@ wait $G
 echo "$?" >> /tmp/rc.txt
 wait $P
 echo "$?" >> /tmp/rc.txt
+# The agent: remote accesses as Prometheus metrics. The last scrape before the fixture
+# exits (its series go with it) is kept.
+ifconfig lo 127.0.0.1 up
+/gomemtrace agent --listen 127.0.0.1:9470 --include-exe /numa --kubernetes never 2> /tmp/agent-stderr.txt &
+A=$!
+until wget -q -O /dev/null http://127.0.0.1:9470/readyz 2>/dev/null || ! kill -0 $A 2>/dev/null; do sleep 0.2; done
+/numa -duration 6s -mib 8 -wait-start > /tmp/fixture-agent.txt 2>&1 &
+P=$!
+until grep -q '^ready' /tmp/fixture-agent.txt || ! kill -0 $P 2>/dev/null; do sleep 0.1; done
+until wget -q -O /tmp/scrape.txt http://127.0.0.1:9470/metrics 2>/dev/null && grep -q '^gomemtrace_agent_attached_processes 1' /tmp/scrape.txt || ! kill -0 $A 2>/dev/null; do sleep 0.2; done
+kill -USR1 $P
+while kill -0 $P 2>/dev/null; do
+  wget -q -O /tmp/scrape.txt http://127.0.0.1:9470/metrics 2>/dev/null && grep -q 'exe="/numa"' /tmp/scrape.txt && cp /tmp/scrape.txt /tmp/agent-metrics.txt
+  sleep 0.5
+done
+kill $A
+wait $A
+echo "$?" > /tmp/agent-rc.txt
 grep numa_ /proc/vmstat > /tmp/vmstat.txt
-for f in rc.txt fixture.txt numa.json stderr.txt fixture-text.txt numa.txt fixture-pprof.txt stderr-pprof.txt numa.pb.gz fixture-pid.txt numa-pid.json stderr-pid.txt vmstat.txt; do
+for f in rc.txt fixture.txt numa.json stderr.txt fixture-text.txt numa.txt fixture-pprof.txt stderr-pprof.txt numa.pb.gz fixture-pid.txt numa-pid.json stderr-pid.txt fixture-agent.txt agent-metrics.txt agent-stderr.txt agent-rc.txt vmstat.txt; do
+  [ -f /tmp/$f ] || : > /tmp/$f
   section $f /tmp/$f
 done
 poweroff -f
@@ -139,7 +158,7 @@ fn boot_numa_scenario(out: &Path, go_release: &str, timeout_s: u64) -> anyhow::R
     initramfs.file("/bin/busybox", 0o755, &read(&busybox)?);
     for applet in [
         "sh", "mount", "mkdir", "cat", "echo", "grep", "poweroff", "uname", "sleep", "gzip",
-        "base64", "kill",
+        "base64", "kill", "wget", "ifconfig", "cp",
     ] {
         initramfs.symlink(&format!("/bin/{applet}"), "busybox");
     }
