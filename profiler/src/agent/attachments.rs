@@ -34,14 +34,17 @@ pub struct Process {
     pub attached_at: Instant,
 }
 
-/// What the goroutine and stack metrics need of an executable; each part `None` where
-/// the binary does not give it.
+/// What the GC, goroutine, stack and NUMA metrics need of an executable, worked out from
+/// the same read of it as the allocation probes; each part `None` where the binary does
+/// not give it.
 pub struct RuntimeLayout {
     /// The stack-copy probe: its settings and the file offset of `runtime.copystack`.
     pub copystack: Option<(RtConfig, u64)>,
     pub goroutines: Option<GoroutineLayout>,
     /// `g`/`m` field offsets (DWARF, else the verified table).
     pub offsets: offsets::RuntimeOffsets,
+    /// The GC probes' plan, `None` where they cannot be placed.
+    pub gc: Option<Arc<crate::gc::Plan>>,
 }
 
 impl Process {
@@ -227,6 +230,7 @@ fn runtime_layout(go: &GoTarget, data: &[u8]) -> RuntimeLayout {
         copystack,
         goroutines,
         offsets: go.offsets,
+        gc: crate::gc::Plan::of_target(go, data).ok().map(Arc::new),
     }
 }
 

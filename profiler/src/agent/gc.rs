@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use gomemtrace_common::{GcCounter, GcEvent};
 
 use crate::{
-    agent::{attachments::Process, discovery::ExeId, metadata::Labels, metrics::Metrics},
+    agent::{attachments::Process, metadata::Labels, metrics::Metrics},
     gc::{
         Plan,
         layout::{Slot, Values},
@@ -26,8 +26,6 @@ struct Traced {
 
 pub struct GcTracker {
     pub probes: GcProbes,
-    /// Per executable: its plan, or `None` where the GC probes cannot be placed.
-    plans: HashMap<ExeId, Option<Arc<Plan>>>,
     traced: HashMap<u32, Traced>,
 }
 
@@ -35,24 +33,13 @@ impl GcTracker {
     pub fn new() -> anyhow::Result<Self> {
         Ok(Self {
             probes: GcProbes::load()?,
-            plans: HashMap::new(),
             traced: HashMap::new(),
         })
     }
 
     /// Attaches the GC probes to `process`; false where they cannot be.
     pub fn attach(&mut self, process: &Process) -> bool {
-        let plan = self
-            .plans
-            .entry(process.exe.id)
-            .or_insert_with(|| {
-                let data = std::fs::read(&process.exe.link).ok()?;
-                Plan::of_exe(&data, &process.exe.path)
-                    .ok()
-                    .map(|(plan, _)| Arc::new(plan))
-            })
-            .clone();
-        let Some(plan) = plan else {
+        let Some(plan) = process.runtime.gc.clone() else {
             return false;
         };
         let pid = process.pid;

@@ -208,10 +208,16 @@ pub struct Plan {
 impl Plan {
     /// The plan for the executable `data` (named `exe_path` in errors).
     pub fn of_exe(data: &[u8], exe_path: &str) -> anyhow::Result<(Plan, GoTarget)> {
+        let go = GoTarget::from_file_bytes(data, exe_path)?;
+        let plan = Self::of_target(&go, data)?;
+        Ok((plan, go))
+    }
+
+    /// The plan for `go`, whose executable's bytes are `data`.
+    pub fn of_target(go: &GoTarget, data: &[u8]) -> anyhow::Result<Plan> {
         let structs = offsets::struct_offsets_from_dwarf(data, &layout::STRUCTS)
             .ok()
             .flatten();
-        let go = GoTarget::from_file_bytes(data, exe_path)?;
         let version = go.binary.version();
         let mut attach = Vec::with_capacity(PROBES.len());
         let minor = version.release().1;
@@ -245,7 +251,7 @@ impl Plan {
             g_m: go.offsets.g_m,
             m_curg: go.offsets.m_curg,
         };
-        Ok((plan, go))
+        Ok(plan)
     }
 
     /// The probes' settings for process `pid` running `binary` (opened at `exe_link`).
