@@ -31,6 +31,23 @@ pub fn read_bytes(pid: u32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
     }
 }
 
+/// A Go slice header at `addr` in `pid`: (array pointer, length).
+pub fn slice_header(pid: u32, addr: u64) -> io::Result<(u64, u64)> {
+    let words = read_u64s(pid, addr, 2)?;
+    Ok((words[0], words[1]))
+}
+
+/// `n` little-endian u64s at `addr` in `pid`.
+pub fn read_u64s(pid: u32, addr: u64, n: usize) -> io::Result<Vec<u64>> {
+    let bytes = read_bytes(pid, addr, n * 8)?;
+    Ok(bytes
+        .as_chunks::<8>()
+        .0
+        .iter()
+        .map(|c| u64::from_le_bytes(*c))
+        .collect())
+}
+
 /// The little-endian `width`-byte (4 or 8) words at `addrs` in `pid`; `None` where a
 /// word could not be read. Err only when nothing can be read at all (the process is gone,
 /// or no permission).
@@ -121,6 +138,12 @@ mod tests {
         assert_eq!(read, vec![Some(0xdead_beef)]);
         let bytes = read_bytes(pid, words.as_ptr() as u64, 16).unwrap();
         assert_eq!(bytes[..8], 1u64.to_le_bytes());
+        assert_eq!(read_u64s(pid, words.as_ptr() as u64, 3).unwrap(), [1, 4, 7]);
+        let slice = [words.as_ptr() as u64, 1500];
+        assert_eq!(
+            slice_header(pid, slice.as_ptr() as u64).unwrap(),
+            (words.as_ptr() as u64, 1500)
+        );
         assert!(read_bytes(pid, 8, 8).is_err());
     }
 

@@ -34,17 +34,20 @@ struct Worker {
     buffer: (u64, u64),
 }
 
+/// The value of `name=VALUE` among a fixture line's space-separated fields.
+fn field(line: &str, name: &str) -> String {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        .to_string()
+}
+
 fn parse_workers(fixture_out: &str) -> Vec<Worker> {
     fixture_out
         .lines()
         .filter_map(|l| l.strip_prefix("worker "))
         .map(|l| {
-            let field = |name: &str| {
-                l.split_whitespace()
-                    .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-                    .unwrap_or_else(|| panic!("no {name} in {l}"))
-                    .to_string()
-            };
+            let field = |name: &str| field(l, name);
             let num = |name: &str| field(name).parse::<u64>().unwrap();
             let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
             let buffer = field("buffer");
@@ -86,12 +89,7 @@ fn parse_heap(fixture_out: &str) -> Vec<HeapSite> {
         .lines()
         .filter_map(|l| l.strip_prefix("heap "))
         .map(|l| {
-            let field = |name: &str| {
-                l.split_whitespace()
-                    .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-                    .unwrap_or_else(|| panic!("no {name} in {l}"))
-                    .to_string()
-            };
+            let field = |name: &str| field(l, name);
             let num = |name: &str| field(name).parse::<u64>().unwrap();
             HeapSite {
                 site: field("site"),

@@ -84,16 +84,9 @@ pub fn count(
     binary: &GoBinary,
     classifier: &mut StartClassifier,
 ) -> std::io::Result<GoroutineCount> {
-    let header = remote_memory::read_bytes(pid, layout.allgs.wrapping_add(bias), 16)?;
-    let word =
-        |i: usize| u64::from_le_bytes(header[i * 8..i * 8 + 8].try_into().unwrap_or_default());
-    let (array, len) = (word(0), word(1).min(MAX_GS));
-    let pointers = remote_memory::read_bytes(pid, array, len as usize * 8)?;
-    let gs: Vec<u64> = pointers
-        .as_chunks::<8>()
-        .0
-        .iter()
-        .map(|c| u64::from_le_bytes(*c))
+    let (array, len) = remote_memory::slice_header(pid, layout.allgs.wrapping_add(bias))?;
+    let gs: Vec<u64> = remote_memory::read_u64s(pid, array, len.min(MAX_GS) as usize)?
+        .into_iter()
         .filter(|&g| g != 0)
         .collect();
     let status_addrs: Vec<u64> = gs
@@ -195,7 +188,7 @@ impl GoroutineTracker {
             for kind in ["user", "runtime"] {
                 let _ = metrics
                     .goroutines
-                    .remove_label_values(&[v[0], v[1], v[2], v[3], v[4], kind]);
+                    .remove_label_values(&crate::agent::metrics::with(&v, kind));
             }
         }
         for (labels, (user, runtime)) in &sums {
@@ -203,7 +196,7 @@ impl GoroutineTracker {
             for (kind, n) in [("user", user), ("runtime", runtime)] {
                 metrics
                     .goroutines
-                    .with_label_values(&[v[0], v[1], v[2], v[3], v[4], kind])
+                    .with_label_values(&crate::agent::metrics::with(&v, kind))
                     .set(*n as f64);
             }
         }

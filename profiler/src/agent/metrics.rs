@@ -360,7 +360,8 @@ impl Metrics {
     }
 }
 
-fn with<'a>(values: &[&'a str; 5], extra: &'a str) -> [&'a str; 6] {
+/// A label set's values and one more label's value.
+pub fn with<'a>(values: &[&'a str; 5], extra: &'a str) -> [&'a str; 6] {
     [values[0], values[1], values[2], values[3], values[4], extra]
 }
 

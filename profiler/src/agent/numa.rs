@@ -6,11 +6,15 @@
 
 use std::{collections::HashMap, path::Path};
 
-use gomemtrace_common::{NumaConfig, NumaCounter};
+use gomemtrace_common::NumaCounter;
 
 use crate::{
     agent::{attachments::Process, metadata::Labels, metrics::Metrics},
-    numa::{availability::NumaHost, btf, probes::NumaProbes},
+    numa::{
+        availability::NumaHost,
+        btf,
+        probes::{self, NumaProbes},
+    },
 };
 
 pub struct NumaTracker {
@@ -46,15 +50,7 @@ impl NumaTracker {
     }
 
     pub fn attach(&mut self, process: &Process) -> bool {
-        let o = process.runtime.offsets;
-        let config = NumaConfig {
-            g_goid: o.g_goid,
-            g_m: o.g_m,
-            m_curg: o.m_curg,
-            g_gopc: o.g_gopc,
-            g_startpc: o.g_startpc,
-            task_fsbase: self.task_fsbase,
-        };
+        let config = probes::config(&process.runtime.offsets, self.task_fsbase);
         if self.probes.configure(process.pid, &config).is_err() {
             return false;
         }
@@ -79,7 +75,7 @@ impl NumaTracker {
             let locality = if event.is_local() { "local" } else { "remote" };
             metrics
                 .numa_hint_faults
-                .with_label_values(&[v[0], v[1], v[2], v[3], v[4], locality])
+                .with_label_values(&crate::agent::metrics::with(&v, locality))
                 .inc();
         }
         let _ = self.probes.clear_stacks();

@@ -29,7 +29,7 @@ mod report;
 use std::{collections::BTreeMap, path::Path, process::ExitCode, time::Duration};
 
 use clap::Args;
-use gomemtrace_common::{NumaConfig, NumaCounter};
+use gomemtrace_common::NumaCounter;
 
 use crate::{
     error::UserError,
@@ -78,16 +78,8 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
 
     let mut target = open_target(args.target())?;
     let analysed = analyse(&target, 0)?;
-    let o = analysed.go.offsets;
     let task_fsbase = btf::task_fsbase_offset(Path::new("/sys/kernel/btf/vmlinux"));
-    let config = NumaConfig {
-        g_goid: o.g_goid,
-        g_m: o.g_m,
-        m_curg: o.m_curg,
-        g_gopc: o.g_gopc,
-        g_startpc: o.g_startpc,
-        task_fsbase: *task_fsbase.as_ref().unwrap_or(&0),
-    };
+    let config = probes::config(&analysed.go.offsets, *task_fsbase.as_ref().unwrap_or(&0));
     probes.configure(target.pid, &config)?;
     let mut mappings = Mappings::read(&target)?;
     let heap = mappings

@@ -1,13 +1,14 @@
 //! Where a process's memory is resident, per node, from `/proc/PID/numa_maps`: Go heap
 //! arenas (from the runtime's own list, `runtime.mheap_.heapArenas` — `allArenas` before
-//! Go 1.25 — read through
-//! `/proc/PID/mem` — arena addresses are randomized from Go 1.26), other anonymous memory
-//! (mmap'd buffers, C heap, thread stacks) and file-backed pages.
+//! Go 1.25 — read with `process_vm_readv`: arena addresses are randomized from Go 1.26),
+//! other anonymous memory (mmap'd buffers, C heap, thread stacks) and file-backed pages.
 
-use std::{collections::BTreeMap, os::unix::fs::FileExt as _};
+use std::collections::BTreeMap;
 
 use gomemtrace_gobin::{GoBinary, offsets};
 use serde::Serialize;
+
+use crate::remote_memory;
 
 /// Bytes per heap arena and the arena index base on linux/amd64 (runtime/malloc.go:
 /// `heapArenaBytes`, `arenaBaseOffset`).
@@ -45,24 +46,15 @@ impl HeapArenas {
 
     /// `[start, end)` of every arena, sorted.
     pub fn read(&self, pid: u32) -> Result<Vec<(u64, u64)>, String> {
-        let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(|e| e.to_string())?;
-        let word = |addr: u64| -> Result<u64, String> {
-            let mut b = [0u8; 8];
-            mem.read_exact_at(&mut b, addr).map_err(|e| e.to_string())?;
-            Ok(u64::from_le_bytes(b))
-        };
-        let (ptr, len) = (word(self.all_arenas)?, word(self.all_arenas + 8)?);
+        let (ptr, len) =
+            remote_memory::slice_header(pid, self.all_arenas).map_err(|e| e.to_string())?;
         if len > 1 << 20 {
             return Err(format!("implausible allArenas length {len}"));
         }
-        let mut raw = vec![0u8; len as usize * 8];
-        mem.read_exact_at(&mut raw, ptr)
-            .map_err(|e| e.to_string())?;
-        let mut arenas: Vec<(u64, u64)> = raw
-            .as_chunks::<8>()
-            .0
-            .iter()
-            .map(|c| arena_range(u64::from_le_bytes(*c)))
+        let mut arenas: Vec<(u64, u64)> = remote_memory::read_u64s(pid, ptr, len as usize)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(arena_range)
             .collect();
         arenas.sort_unstable();
         Ok(arenas)

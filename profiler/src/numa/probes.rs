@@ -21,6 +21,19 @@ pub type NumaCounters = [u64; NumaCounter::COUNT as usize];
 /// The kernel function whose calls are the hint faults.
 pub const HINT_FAULT_FUNCTION: &str = "task_numa_fault";
 
+/// The probe's settings for a process whose runtime has offsets `o`; `task_fsbase` is
+/// `task_struct.thread.fsbase` (0: no TLS fallback).
+pub fn config(o: &gomemtrace_gobin::offsets::RuntimeOffsets, task_fsbase: u32) -> NumaConfig {
+    NumaConfig {
+        g_goid: o.g_goid,
+        g_m: o.g_m,
+        m_curg: o.m_curg,
+        g_gopc: o.g_gopc,
+        g_startpc: o.g_startpc,
+        task_fsbase,
+    }
+}
+
 pub struct NumaProbes {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
