@@ -6,8 +6,9 @@
 //!   RAX = gp = R14): remember the goroutine's user stack, its drafting allocator (`[rsp]`)
 //!   and the time, keyed by `g` — the assist may park in `gcParkAssist` and resume on
 //!   another thread. At each RET (R14 = gp) the assist ends: wall time, parking included.
-//! - `gcAssistAlloc1(gp, scanWork)` entry and RETs, on the M's `g0` (R14 = g0): the time
-//!   the runtime itself counts as assist time (`gcController.assistTime`, gctrace's `b`).
+//! - `gcAssistAlloc1(gp, scanWork)`, on the M's `g0` (R14 = g0), at its two clock reads
+//!   (the `CALL`s of `nanotime`): the interval the runtime itself counts as assist time
+//!   (`gcController.assistTime`, gctrace's `b`).
 //!   Keyed by g0: a system-stack call neither parks nor changes M.
 //! - `gcDrainN` RETs (g0): RAX = the scan work an assist did.
 //! - `gcDrain(gcw, flags)` entry (g0; RBX = flags) and RETs: a background mark worker's
@@ -290,19 +291,23 @@ fn end_span(tgid: u32, g0: u64) -> Option<(G0Span, u64)> {
     Some((span, now.saturating_sub(span.start_ns)))
 }
 
-/// `gcAssistAlloc1(gp, scanWork)` entry, on g0.
+/// `gcAssistAlloc1(gp, scanWork)`, on g0: at its `startTime := nanotime()` call (or its
+/// entry, where that call is not found). The assisting goroutine is `g0.m.curg`: the
+/// runtime switched stacks with `systemstack`, which leaves `curg` alone.
 #[uprobe]
 pub fn mark_assist_work_entry(ctx: ProbeContext) -> u32 {
     let tgid = tgid();
-    if config(tgid).is_none() {
-        return 0;
-    }
-    let (gp, _, _, r14) = regs(&ctx);
-    begin_span(tgid, r14, MARK_SPAN_ASSIST, gp);
+    let Some(cfg) = config(tgid) else { return 0 };
+    let (_, _, _, g0) = regs(&ctx);
+    let gp = read_u64(g0 + cfg.g_m as u64)
+        .and_then(|m| read_u64(m + cfg.m_curg as u64))
+        .unwrap_or(0);
+    begin_span(tgid, g0, MARK_SPAN_ASSIST, gp);
     0
 }
 
-/// A RET of `gcAssistAlloc1`, on g0.
+/// `gcAssistAlloc1`'s `now := nanotime()` call (or each RET, where that call is not
+/// found), on g0.
 #[uprobe]
 pub fn mark_assist_work_ret(ctx: ProbeContext) -> u32 {
     let tgid = tgid();

@@ -538,6 +538,10 @@ pub struct MarkConfig {
     pub g_goid: u32,
     /// Offset of `g.startpc`.
     pub g_startpc: u32,
+    /// Offset of `g.m`.
+    pub g_m: u32,
+    /// Offset of `m.curg`.
+    pub m_curg: u32,
 }
 
 /// A goroutine (`g` pointer, or `g0` for work on an M's system stack) of a process: the

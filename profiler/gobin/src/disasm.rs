@@ -312,6 +312,42 @@ pub fn rip_relative_loads(code: &[u8], entry: u64) -> Vec<u64> {
     targets
 }
 
+/// Every direct near `CALL rel32` in `code` loaded at `entry`, in order: (address of the
+/// `CALL`, address it calls). Used to find where a function reads the clock, so that probes
+/// can bracket exactly the interval the runtime itself times. A direct `CALL` is emulated
+/// by the kernel's uprobe code, so a probe on one is as cheap as an entry probe.
+pub fn direct_calls(code: &[u8], entry: u64) -> Vec<(u64, u64)> {
+    let mut decoder = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
+    let mut instruction = Instruction::default();
+    let mut calls = Vec::new();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instruction);
+        if instruction.code() == Code::Call_rel32_64 {
+            calls.push((instruction.ip(), instruction.near_branch64()));
+        }
+    }
+    calls
+}
+
+#[cfg(test)]
+mod direct_call_tests {
+    use super::*;
+
+    #[test]
+    fn finds_direct_calls_and_their_targets() {
+        // call +0x10; ret; call -0x0a (back to the entry)
+        let code = [
+            0xe8, 0x10, 0x00, 0x00, 0x00, 0xc3, 0xe8, 0xf6, 0xff, 0xff, 0xff,
+        ];
+        let entry = 0x40_1000;
+        assert_eq!(
+            direct_calls(&code, entry),
+            [(entry, entry + 5 + 0x10), (entry + 6, entry + 11 - 0x0a)]
+        );
+        assert!(direct_calls(&[0xc3], entry).is_empty());
+    }
+}
+
 #[cfg(test)]
 mod rip_relative_tests {
     use super::*;
