@@ -282,6 +282,27 @@ pub fn next_start(
     (spent_ns + next_cost) / allowance_per_s - window
 }
 
+/// Whether a window may open now, decided on the target's CPU read fresh (the agent's
+/// controller): the trap cost so far plus the next window's expected cost stays within
+/// `budget` (a fraction) of the target's own CPU time so far.
+///
+/// The next window's events are expected in proportion to the CPU the target burns in it:
+/// allocation needs CPU, so events per CPU-second (`events_per_cpu_ns`, from the latest
+/// window) is steadier than events per wall-second, and a target that went idle
+/// (`recent_cpu_rate` near 0) gets its next window at once. That window closes the gap
+/// before it, which is only counted when a window follows it.
+pub fn may_open(
+    spent_ns: f64,
+    events_per_cpu_ns: f64,
+    recent_cpu_rate: f64,
+    event_ns: f64,
+    own_cpu_ns: f64,
+    budget: f64,
+) -> bool {
+    let next_cost = events_per_cpu_ns * recent_cpu_rate * WINDOW.as_nanos() as f64 * event_ns;
+    spent_ns + next_cost <= budget * own_cpu_ns
+}
+
 /// Attaches the allocation probes for a window: one multi-uprobe link for every entry
 /// point where the kernel has them (one RCU grace period to detach, instead of one per
 /// probe: ~0.1 s against ~1.5 s for Go 1.27's 18 entry points on the development VM),
@@ -479,5 +500,18 @@ mod tests {
         let spent = 10_000.0 * 0.15 * EVENT_COST_NS;
         let at = next_start(spent, 10_000.0, EVENT_COST_NS, 1.0, 0.01, 0.15);
         assert!((at - (0.9 - 0.15)).abs() < 1e-9, "{at}");
+    }
+
+    #[test]
+    fn a_busy_target_waits_for_its_budget_and_an_idle_one_does_not() {
+        // 3,000 events per CPU-second at 10 µs: a 150-ms window of one busy core costs
+        // 4.5 ms; with 4.5 ms spent, 1% allows it once the target has burned 0.9 s.
+        let per_cpu_ns = 3000.0 / 1e9;
+        assert!(!may_open(4.5e6, per_cpu_ns, 1.0, 10e3, 0.5e9, 0.01));
+        assert!(may_open(4.5e6, per_cpu_ns, 1.0, 10e3, 0.9e9, 0.01));
+        // The same target gone idle: its next window costs nothing and opens at once.
+        assert!(may_open(4.5e6, per_cpu_ns, 0.0, 10e3, 0.5e9, 0.01));
+        // Over budget already: not even an idle target's window opens.
+        assert!(!may_open(6e6, per_cpu_ns, 0.0, 10e3, 0.5e9, 0.01));
     }
 }

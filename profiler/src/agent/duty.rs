@@ -1,15 +1,12 @@
 //! Duty-cycled exact mode in the agent (auto's choice where the runtime's heap sampler is
 //! compiled out): per process, the exact allocation probes are attached for a short window
-//! and detached, and the next window opens when the estimated trap cost so far stays
-//! within 1% of the process's own CPU time (the one-process profiler's default budget,
-//! [`crate::duty::next_start`]). Each window's counts stand for the time since the
-//! previous window closed: they are scaled by (that time / the window's length).
+//! and detached, and the next window opens as soon as the estimated trap cost so far plus
+//! the next window's stays within 1% of the process's own CPU time (the one-process
+//! profiler's default budget), decided at every tick on the process's CPU read then
+//! ([`crate::duty::may_open`]). Each window's counts stand for the time since the previous
+//! window closed: they are scaled by (that time / the window's length).
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, path::PathBuf, time::Instant};
 
 use crate::{
     agent::{attachments::Process, profiles::Totals},
@@ -23,12 +20,18 @@ const BUDGET: f64 = 0.01;
 struct State {
     exe_link: PathBuf,
     points: Vec<(&'static str, u64, String)>,
-    start: Instant,
     cpu_start_ns: Option<u64>,
-    /// The open window: when it opened and the pid's (objects, bytes) then.
-    open: Option<(Instant, (u64, u64))>,
+    /// The open window: when it opened, the pid's (objects, bytes) then, and its CPU then.
+    open: Option<(Instant, (u64, u64), Option<u64>)>,
     last_close: Instant,
-    next_open: Instant,
+    /// The latest window's opening and the process's CPU then: the reference of the
+    /// recent CPU rate (never shorter than a window, so a busy process does not look idle
+    /// right after a close).
+    last_open: (Instant, Option<u64>),
+    /// Events per ns of the process's own CPU in the latest window, and that window's
+    /// estimated trap cost.
+    events_per_cpu_ns: f64,
+    last_cost_ns: f64,
     /// Estimated trap cost so far, ns of the process's CPU.
     spent_ns: f64,
     estimate: Totals,
@@ -51,11 +54,12 @@ impl DutyCycler {
             State {
                 exe_link: process.exe.link.clone(),
                 points: process.analysis.probes.clone(),
-                start: now,
                 cpu_start_ns: cpu_ns(process.pid),
                 open: None,
                 last_close: now,
-                next_open: now,
+                last_open: (now, cpu_ns(process.pid)),
+                events_per_cpu_ns: 0.0,
+                last_cost_ns: 0.0,
                 spent_ns: 0.0,
                 estimate: Totals::default(),
             },
@@ -77,20 +81,21 @@ impl DutyCycler {
         let now = Instant::now();
         for (&pid, state) in &mut self.states {
             match state.open {
-                None if now >= state.next_open => {
+                None if state.may_open(pid, now, costs.event_ns) => {
                     let before = observed(probes, pid);
+                    let cpu = cpu_ns(pid);
                     if duty::attach(probes, &state.points, &state.exe_link, pid).is_ok() {
-                        state.open = Some((Instant::now(), before));
+                        state.open = Some((Instant::now(), before, cpu));
                     } else {
                         let _ = probes.detach_pid(pid);
-                        state.next_open = now + duty::WINDOW;
                     }
                 }
-                Some((opened, before)) if now >= opened + duty::WINDOW => {
+                Some((opened, before, cpu_opened)) if now >= opened + duty::WINDOW => {
                     // The breakpoints go at the start of the detach; the rest of it is the
                     // kernel's RCU grace period, with the probes already gone.
                     let closed = Instant::now();
                     let _ = probes.detach_pid(pid);
+                    let cpu_closed = cpu_ns(pid);
                     let after = observed(probes, pid);
                     let (objects, bytes) = (
                         after.0 - before.0.min(after.0),
@@ -101,30 +106,54 @@ impl DutyCycler {
                     let scale = covered / window;
                     state.estimate.objects += objects as f64 * scale;
                     state.estimate.bytes += bytes as f64 * scale;
-                    state.spent_ns += objects as f64 * costs.event_ns;
-                    state.last_close = closed;
-                    state.open = None;
-                    let elapsed = closed.duration_since(state.start).as_secs_f64().max(1e-3);
-                    let own_cpu_rate = match (state.cpu_start_ns, cpu_ns(pid)) {
-                        (Some(a), Some(b)) => {
-                            ((b.saturating_sub(a)) as f64 - state.spent_ns).max(0.0) / 1e9 / elapsed
-                        }
-                        _ => 1.0,
+                    let cost = objects as f64 * costs.event_ns;
+                    state.spent_ns += cost;
+                    // /proc's CPU times move in clock ticks: a busy window shorter than a
+                    // tick still used at least one.
+                    let window_cpu = match (cpu_opened, cpu_closed) {
+                        (Some(a), Some(b)) => (b.saturating_sub(a) as f64 - cost).max(0.0),
+                        _ => window * 1e9,
                     };
-                    let next = duty::next_start(
-                        state.spent_ns,
-                        objects as f64 / window,
-                        costs.event_ns,
-                        own_cpu_rate,
-                        BUDGET,
-                        duty::WINDOW.as_secs_f64(),
-                    );
-                    state.next_open =
-                        (state.start + Duration::from_secs_f64(next.max(0.0))).max(closed);
+                    state.events_per_cpu_ns = objects as f64 / window_cpu.max(CPU_TICK_NS);
+                    state.last_cost_ns = cost;
+                    state.last_close = closed;
+                    state.last_open = (opened, cpu_opened);
+                    state.open = None;
                 }
                 _ => {}
             }
         }
+    }
+}
+
+/// The clock tick of /proc's CPU times (USER_HZ is 100 on Linux).
+const CPU_TICK_NS: f64 = 10e6;
+
+impl State {
+    /// Whether the next window may open now, on the process's CPU read now.
+    fn may_open(&self, pid: u32, now: Instant, event_ns: f64) -> bool {
+        let cpu_now = cpu_ns(pid);
+        let (own_cpu_ns, recent_cpu_rate) = match (self.cpu_start_ns, cpu_now) {
+            (Some(start), Some(now_ns)) => {
+                let (since, cpu_then) = self.last_open;
+                let recent_cpu = cpu_then.map_or(0.0, |c| now_ns.saturating_sub(c) as f64);
+                let recent_wall = now.duration_since(since).as_secs_f64().max(1e-3) * 1e9;
+                (
+                    (now_ns.saturating_sub(start) as f64 - self.spent_ns).max(0.0),
+                    (recent_cpu - self.last_cost_ns).max(0.0) / recent_wall,
+                )
+            }
+            // The process's CPU cannot be read (it is exiting): its next window is free.
+            _ => return true,
+        };
+        duty::may_open(
+            self.spent_ns,
+            self.events_per_cpu_ns,
+            recent_cpu_rate,
+            event_ns,
+            own_cpu_ns,
+            BUDGET,
+        )
     }
 }
 
