@@ -11,6 +11,14 @@ pub enum UserError {
     NotSupported { path: String, reason: String },
     #[error("{what} needs root, or the capabilities CAP_BPF and CAP_PERFMON (run with sudo)")]
     NotPermitted { what: String },
+    /// Root without CAP_SYS_PTRACE (a container's default) may not look into a process
+    /// that holds capabilities it lacks, pid 1 for one: this is not about being root.
+    #[error(
+        "pid {pid}: cannot read its executable ({error}): tracing a process needs ptrace \
+         access to it: CAP_SYS_PTRACE (containers often drop it), or the same user as a \
+         dumpable process that holds no capability this one lacks"
+    )]
+    NoPtraceAccess { pid: u32, error: String },
     #[error("kernel lacks {what}: {why}")]
     KernelUnsupported { what: String, why: String },
     #[error("cannot launch {command}: {reason}")]
@@ -29,7 +37,7 @@ impl UserError {
         ExitCode::from(match self {
             UserError::NoSuchProcess { .. } => 3,
             UserError::NotSupported { .. } => 4,
-            UserError::NotPermitted { .. } => 5,
+            UserError::NotPermitted { .. } | UserError::NoPtraceAccess { .. } => 5,
             UserError::KernelUnsupported { .. } => 6,
             UserError::Launch { .. } => 1,
             // As clap's own usage errors.

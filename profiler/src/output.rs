@@ -22,6 +22,9 @@ pub fn write(cli: &Cli, profile: &AllocProfile) -> anyhow::Result<()> {
     match &cli.output {
         Some(path) => {
             std::fs::write(path, &bytes).with_context(|| format!("write {}", path.display()))?;
+            if cli.quiet {
+                return Ok(());
+            }
             eprintln!(
                 "gomemtrace: wrote {} ({:?}, {} bytes)",
                 path.display(),

@@ -78,31 +78,33 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    status_line(&format!(
-        "attached {} {} probes to pid {} ({}, {}{}), {}",
-        probes.attached(),
-        match analysed.mode {
-            Mode::Exact => "exact",
-            Mode::Runtime => "runtime-sampled",
-            Mode::Duty => "duty-cycled exact",
-        },
-        target.pid,
-        analysed.binary.version_string(),
-        if analysed.binary.is_stripped() {
-            "stripped"
-        } else {
-            "symbols"
-        },
-        if analysed.binary.is_pie() {
-            ", PIE"
-        } else {
-            ""
-        },
-        match cli.duration {
-            Some(d) => format!("tracing for {}", humantime::format_duration(d)),
-            None => "Ctrl-C to stop".into(),
-        }
-    ));
+    if !cli.quiet {
+        status_line(&format!(
+            "attached {} {} probes to pid {} ({}, {}{}), {}",
+            probes.attached(),
+            match analysed.mode {
+                Mode::Exact => "exact",
+                Mode::Runtime => "runtime-sampled",
+                Mode::Duty => "duty-cycled exact",
+            },
+            target.pid,
+            analysed.binary.version_string(),
+            if analysed.binary.is_stripped() {
+                "stripped"
+            } else {
+                "symbols"
+            },
+            if analysed.binary.is_pie() {
+                ", PIE"
+            } else {
+                ""
+            },
+            match cli.duration {
+                Some(d) => format!("tracing for {}", humantime::format_duration(d)),
+                None => "Ctrl-C to stop".into(),
+            }
+        ));
+    }
     let start_unix_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -233,7 +235,7 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
     };
     let mut analysed = plan(go, config, sampler, cli.mode(), cli.empty_probe)?;
     analysed.stop_at_main = stop_at_main;
-    if let Some(why) = &analysed.auto_duty_reason {
+    if let Some(why) = analysed.auto_duty_reason.as_ref().filter(|_| !cli.quiet) {
         status_line(&format!(
             "mode auto: duty (exact probes in short windows under a {}% CPU overhead budget; counts are estimates), because {why}",
             cli.overhead_budget

@@ -48,8 +48,9 @@ impl Target {
                 });
             }
             Err(e) => {
-                return Err(UserError::NotPermitted {
-                    what: format!("reading /proc/{pid}/exe ({e})"),
+                return Err(UserError::NoPtraceAccess {
+                    pid,
+                    error: e.to_string(),
                 });
             }
         };
@@ -69,6 +70,38 @@ impl Target {
             command: String::new(),
             reason: "empty command".into(),
         })?;
+        // A truncated or non-ELF file is refused before it runs: the kernel would exec a
+        // truncated one and kill it with SIGSEGV at its first fault past the end. A file
+        // that cannot be found or read is left to the spawn below to report.
+        if let Some(path) = resolve_program(program) {
+            match gomemtrace_gobin::check_complete(&path) {
+                Ok(()) | Err(gomemtrace_gobin::Error::Io { .. }) => {}
+                Err(gomemtrace_gobin::Error::Truncated { needed, size, .. }) => {
+                    return Err(UserError::NotSupported {
+                        path: path.display().to_string(),
+                        reason: format!(
+                            "truncated or corrupt ELF file: its headers need {needed} bytes, \
+                             it has {size}; not launched"
+                        ),
+                    });
+                }
+                Err(gomemtrace_gobin::Error::NotElf { reason, .. }) => {
+                    return Err(UserError::NotSupported {
+                        path: path.display().to_string(),
+                        reason: format!(
+                            "not an ELF executable ({reason}; a script? launch the Go program \
+                             itself); not launched"
+                        ),
+                    });
+                }
+                Err(e) => {
+                    return Err(UserError::NotSupported {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
         let mut cmd = Command::new(program);
         cmd.args(args);
         // SAFETY: the closure runs in the forked child before exec and only calls
@@ -76,19 +109,42 @@ impl Target {
         unsafe {
             cmd.pre_exec(|| ptrace::traceme().map_err(std::io::Error::from));
         }
-        let child = cmd.spawn().map_err(|e| UserError::Launch {
+        let mut child = cmd.spawn().map_err(|e| UserError::Launch {
             command: program.clone(),
             reason: e.to_string(),
         })?;
         let pid = child.id();
+        let failed = |reason: String| UserError::Launch {
+            command: program.clone(),
+            reason,
+        };
         match waitpid(Pid::from_raw(pid as i32), None) {
             Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => {}
-            other => {
-                return Err(UserError::Launch {
-                    command: program.clone(),
-                    reason: format!("did not stop after exec: {other:?}"),
-                });
+            Ok(WaitStatus::Stopped(_, signal)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(format!(
+                    "it was killed by {signal} while the kernel loaded it (a corrupt executable?)"
+                )));
             }
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Err(failed(format!(
+                    "it exited with status {code} before its first instruction"
+                )));
+            }
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return Err(failed(format!(
+                    "it was killed by {signal} before its first instruction"
+                )));
+            }
+            Ok(other) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(format!(
+                    "it did not stop after exec (wait status {other:?})"
+                )));
+            }
+            Err(e) => return Err(failed(format!("waiting for it after exec: {e}"))),
         }
         let mut target = Self::existing(pid)?;
         target.child = Some(child);
@@ -162,4 +218,19 @@ impl Drop for Target {
             let _ = child.wait();
         }
     }
+}
+
+/// The file `execvp` would run for `program`: a path as given, else the first executable
+/// of that name on `PATH`.
+fn resolve_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| {
+            std::fs::metadata(path)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }

@@ -150,3 +150,81 @@ fn agent_bad_glob_exits_2_and_taken_port_exits_8() {
     assert_eq!(out.code(), 8, "stderr:\n{}", out.stderr);
     assert_one_error_line("agent on a taken port", &out);
 }
+
+/// A truncated Go binary is refused before it runs (exit 4, one line naming the file as
+/// truncated), not launched and then reported through a debug-formatted wait status.
+#[test]
+fn truncated_binary_is_refused_before_launch_exit_4() {
+    if !require_root() {
+        return;
+    }
+    let tmp = TempDir::new("truncated").unwrap();
+    let data = std::fs::read(fixture("allocs", &latest_go(), Variant::Normal).unwrap()).unwrap();
+    let cut = tmp.join("allocs-cut");
+    std::fs::write(&cut, &data[..data.len() / 2]).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cut, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = gomemtrace_run(&["--", cut.to_str().unwrap()]);
+    assert_eq!(out.code(), 4, "stderr:\n{}", out.stderr);
+    assert_one_error_line("launch of a truncated binary", &out);
+    assert!(
+        out.stderr.contains("truncated") && !out.stderr.contains("Stopped("),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `-q`: the report and nothing else; not the "attached" and "wrote" status lines.
+#[test]
+fn quiet_prints_no_status() {
+    if !require_root() {
+        return;
+    }
+    let tmp = TempDir::new("quiet").unwrap();
+    let report = tmp.join("report.json");
+    let bin = fixture("allocs", &latest_go(), Variant::Normal).unwrap();
+    let out = gomemtrace_run(&[
+        "-q",
+        "--format",
+        "json",
+        "-o",
+        report.to_str().unwrap(),
+        "--",
+        bin.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), 0, "stderr:\n{}", out.stderr);
+    let ours: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("gomemtrace"))
+        .collect();
+    assert!(ours.is_empty(), "-q printed:\n{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(json["events"].as_u64().unwrap_or(0) > 0, "{json}");
+}
+
+/// Root without CAP_SYS_PTRACE (a container's default), on a process holding capabilities
+/// it lacks (pid 1 in a container): exit 5 naming CAP_SYS_PTRACE, not "needs root".
+#[test]
+fn root_without_ptrace_capability_is_told_what_is_missing_exit_5() {
+    if !require_root() {
+        return;
+    }
+    let mut sleep = Command::new("/bin/sleep");
+    sleep.arg("60");
+    let sleep = Proc::spawn(sleep).unwrap();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"])
+        .arg(gomemtrace().unwrap())
+        .args(["-d", "1s", "-p", &sleep.pid().to_string()]);
+    let out = run(cmd, T).unwrap();
+    assert_eq!(out.code(), 5, "stderr:\n{}", out.stderr);
+    assert_one_error_line("-p without CAP_SYS_PTRACE", &out);
+    assert!(
+        out.stderr.contains("CAP_SYS_PTRACE") && !out.stderr.contains("needs root"),
+        "{}",
+        out.stderr
+    );
+}

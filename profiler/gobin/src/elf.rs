@@ -182,3 +182,75 @@ pub(crate) fn go_build_id_note(note: &[u8]) -> Option<String> {
             .to_string(),
     )
 }
+
+/// How many bytes of a file [`check_complete`] reads: the ELF header and its program
+/// headers sit at the start of every executable a linker writes.
+const HEADERS_READ: u64 = 64 * 1024;
+
+/// Whether the executable at `path` is a complete ELF file: every loadable segment and the
+/// section header table lie inside the file. Reads the headers only, so it is cheap enough
+/// to run before launching a command: the kernel execs a truncated file and kills it
+/// with SIGSEGV when it faults past the end.
+pub fn check_complete(path: &std::path::Path) -> Result<(), Error> {
+    use std::io::Read as _;
+    let object = path.display().to_string();
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let mut head = Vec::new();
+    file.take(HEADERS_READ).read_to_end(&mut head).map_err(io)?;
+    if head.get(..4) != Some(&b"\x7fELF"[..]) {
+        return Err(Error::NotElf {
+            object,
+            reason: "no ELF magic".into(),
+        });
+    }
+    let not_elf = |e: object::read::Error| Error::NotElf {
+        object: object.clone(),
+        reason: e.to_string(),
+    };
+    let header = elf::FileHeader64::<Endianness>::parse(&head[..]).map_err(not_elf)?;
+    let endian = header.endian().map_err(not_elf)?;
+    let mut needed = header
+        .e_shoff(endian)
+        .saturating_add(u64::from(header.e_shnum(endian)) * u64::from(header.e_shentsize(endian)));
+    let segments = header.program_headers(endian, &head[..]).map_err(not_elf)?;
+    for ph in segments
+        .iter()
+        .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+    {
+        needed = needed.max(ph.p_offset(endian).saturating_add(ph.p_filesz(endian)));
+    }
+    if needed > size {
+        return Err(Error::Truncated {
+            object,
+            needed,
+            size,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod complete_tests {
+    use super::*;
+
+    #[test]
+    fn a_truncated_executable_is_named_as_such() {
+        let exe = std::env::current_exe().unwrap();
+        check_complete(&exe).unwrap();
+        let data = std::fs::read(&exe).unwrap();
+        let dir = std::env::temp_dir().join(format!("gobin-truncated-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cut = dir.join("cut");
+        std::fs::write(&cut, &data[..data.len() / 2]).unwrap();
+        let err = check_complete(&cut).unwrap_err();
+        assert!(matches!(err, Error::Truncated { .. }), "{err}");
+        std::fs::write(&cut, b"#!/bin/sh\n").unwrap();
+        assert!(matches!(check_complete(&cut), Err(Error::NotElf { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -12,6 +12,14 @@ pub enum Error {
     },
     #[error("{object}: not an ELF file: {reason}")]
     NotElf { object: String, reason: String },
+    #[error(
+        "{object}: truncated or corrupt ELF file: its headers need {needed} bytes, it has {size}"
+    )]
+    Truncated {
+        object: String,
+        needed: u64,
+        size: u64,
+    },
     #[error("{object}: not a Go binary: no .go.buildinfo")]
     NotGo { object: String },
     #[error("unsupported Go version {version}: need go1.18 or later (pclntab format)")]

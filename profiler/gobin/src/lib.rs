@@ -18,6 +18,7 @@ pub mod types;
 pub mod version;
 
 pub use binary::GoBinary;
+pub use elf::check_complete;
 pub use error::Error;
 pub use version::GoVersion;
 
