@@ -108,13 +108,12 @@ impl DutyCycler {
                     state.estimate.bytes += bytes as f64 * scale;
                     let cost = objects as f64 * costs.event_ns;
                     state.spent_ns += cost;
-                    // /proc's CPU times move in clock ticks: a busy window shorter than a
-                    // tick still used at least one.
                     let window_cpu = match (cpu_opened, cpu_closed) {
                         (Some(a), Some(b)) => (b.saturating_sub(a) as f64 - cost).max(0.0),
                         _ => window * 1e9,
                     };
-                    state.events_per_cpu_ns = objects as f64 / window_cpu.max(CPU_TICK_NS);
+                    state.events_per_cpu_ns =
+                        objects as f64 / window_cpu.max(duty::MIN_WINDOW_CPU_NS);
                     state.last_cost_ns = cost;
                     state.last_close = closed;
                     state.last_open = (opened, cpu_opened);
@@ -125,9 +124,6 @@ impl DutyCycler {
         }
     }
 }
-
-/// The clock tick of /proc's CPU times (USER_HZ is 100 on Linux).
-const CPU_TICK_NS: f64 = 10e6;
 
 impl State {
     /// Whether the next window may open now, on the process's CPU read now.
