@@ -281,10 +281,9 @@ fn remote_goroutines_get_remote_samples_and_local_ones_none() {
     }
     let report: Value = serde_json::from_str(&read("numa-pid.json")).unwrap();
     assert_eq!(report["target"]["mode"], "pid");
-    assert_eq!(
-        report["end"], "duration elapsed",
-        "-p ends before the fixture"
-    );
+    // Interrupted (Ctrl-C writes the report) 2 s after the fixture's last allocation and
+    // before the fixture ends: the trace covers every allocation however slow the guest.
+    assert_eq!(report["end"], "interrupted", "-p ends before the fixture");
     check_hint_faults(&report, &workers, "-p");
     check_allocations(&report, &parse_heap(&fixture), "attach", "-p");
 
