@@ -23,7 +23,16 @@ impl GoTarget {
     pub fn from_file_bytes(data: &[u8], exe_path: &str) -> Result<Self, UserError> {
         let refuse = |reason: String| not_supported(exe_path, reason);
         let dwarf_offsets = offsets::from_dwarf(data).ok().flatten();
-        let binary = GoBinary::from_bytes(data.to_vec()).map_err(|e| refuse(e.to_string()))?;
+        let binary = GoBinary::from_bytes_named(data.to_vec(), exe_path).map_err(|e| {
+            // The error names the file; the refusal names it once, in front.
+            let message = e.to_string();
+            refuse(
+                message
+                    .strip_prefix(&format!("{exe_path}: "))
+                    .unwrap_or(&message)
+                    .to_string(),
+            )
+        })?;
         if binary.arch() != Arch::Amd64 {
             return Err(refuse(format!(
                 "unsupported architecture {:?} (gomemtrace traces amd64)",

@@ -13,11 +13,16 @@ use crate::{Arch, Error, Function, GoVersion};
 /// The oldest release whose pclntab format (magic 0xfffffff0) this crate reads.
 const OLDEST_SUPPORTED: GoVersion = GoVersion::new(1, 18, 0);
 
+/// The longest version string taken for `runtime.buildVersion` (`devel go1.27-abcdef1234 ...`).
+const MAX_VERSION_LEN: usize = 96;
+
 /// A Go executable, parsed once; owns the file bytes.
 pub struct GoBinary {
     pub(crate) data: Vec<u8>,
     pub(crate) elf: ElfImage,
     build: BuildInfo,
+    /// Whether `build` came from `.go.buildinfo`.
+    from_buildinfo: bool,
     version: GoVersion,
     go_build_id: Option<String>,
     pub(crate) pclntab: Pclntab,
@@ -58,8 +63,25 @@ impl GoBinary {
         elf.section(".go.buildinfo").is_some() || find_aligned(data, buildinfo::MAGIC, 16).is_some()
     }
 
+    /// Whether `data` may be a Go executable, cheaply: `.go.buildinfo` (section or magic) or
+    /// a pclntab section. What [`GoBinary::from_bytes`] then accepts or refuses.
+    pub fn looks_like_go(data: &[u8]) -> bool {
+        let Ok(elf) = ElfImage::parse(data, "<memory>") else {
+            return false;
+        };
+        [".go.buildinfo", ".gopclntab", ".data.rel.ro.gopclntab"]
+            .iter()
+            .any(|name| elf.section(name).is_some())
+            || find_aligned(data, buildinfo::MAGIC, 16).is_some()
+    }
+
     pub fn from_bytes(data: Vec<u8>) -> Result<Self, Error> {
         Self::parse(data, "<memory>")
+    }
+
+    /// [`GoBinary::from_bytes`] for bytes read from `name` (a path), which errors name.
+    pub fn from_bytes_named(data: Vec<u8>, name: &str) -> Result<Self, Error> {
+        Self::parse(data, name)
     }
 
     fn parse(data: Vec<u8>, object_name: &str) -> Result<Self, Error> {
@@ -71,15 +93,29 @@ impl GoBinary {
         let buildinfo_blob = match elf.section(".go.buildinfo") {
             Some(s) => section_bytes(&data, s.offset, s.size),
             None => find_aligned(&data, buildinfo::MAGIC, 16).map(|at| &data[at..]),
-        }
-        .ok_or_else(not_go)?;
-        let build = buildinfo::parse(buildinfo_blob, |vaddr, len| {
-            let offset = usize::try_from(elf.vaddr_to_file_offset(vaddr)?).ok()?;
-            data.get(offset..offset + len).map(<[u8]>::to_vec)
-        })
-        .ok_or_else(|| Error::malformed(format!("{object_name}: unreadable .go.buildinfo")))?;
-        let version = parse_version(&build.version)?;
-        if version < OLDEST_SUPPORTED {
+        };
+        let build = match buildinfo_blob {
+            Some(blob) => Some(
+                buildinfo::parse(blob, |vaddr, len| {
+                    let offset = usize::try_from(elf.vaddr_to_file_offset(vaddr)?).ok()?;
+                    data.get(offset..offset + len).map(<[u8]>::to_vec)
+                })
+                .ok_or_else(|| Error::malformed("unreadable .go.buildinfo"))?,
+            ),
+            None => None,
+        };
+        let pclntab = find_pclntab(&data, &elf);
+        // A Go executable is one with a valid pclntab: some are shipped without buildinfo.
+        let (build, version) = match (build, &pclntab) {
+            (Some(build), _) => {
+                let version = parse_version(&build.version)?;
+                (build, version)
+            }
+            (None, Some(tab)) => (BuildInfo::default(), tab.oldest_version()),
+            (None, None) => return Err(not_go()),
+        };
+        let from_buildinfo = !build.version.is_empty();
+        if from_buildinfo && version < OLDEST_SUPPORTED {
             return Err(Error::UnsupportedVersion {
                 version: build.version.clone(),
             });
@@ -90,14 +126,14 @@ impl GoBinary {
             .and_then(|s| section_bytes(&data, s.offset, s.size))
             .and_then(go_build_id_note);
 
-        let pclntab = find_pclntab(&data, &elf)
-            .ok_or_else(|| Error::malformed(format!("{object_name}: no .gopclntab")))?;
+        let pclntab = pclntab.ok_or_else(|| Error::malformed("no .gopclntab"))?;
         let layout = ModuledataLayout::for_version(version);
 
         let mut binary = Self {
             data,
             elf,
             build,
+            from_buildinfo,
             version,
             go_build_id,
             pclntab,
@@ -107,23 +143,75 @@ impl GoBinary {
             functions: Vec::new(),
             by_name: HashMap::new(),
         };
-        binary.moduledata = binary.find_moduledata();
-        binary.text_start = binary.find_text_start().ok_or_else(|| {
-            Error::malformed(format!(
-                "{object_name}: no text start (pcHeader.textStart and moduledata both missing)"
-            ))
+        binary.index()?;
+        if !from_buildinfo {
+            // The pclntab's magic told only a range of releases: the runtime's own
+            // version string says which, and the tables that depend on it are redone.
+            let version = binary
+                .build_version()
+                .ok_or_else(|| Error::malformed("no .go.buildinfo and no runtime.buildVersion"))?;
+            binary.version = parse_version(&version)?;
+            if binary.version < OLDEST_SUPPORTED {
+                return Err(Error::UnsupportedVersion { version });
+            }
+            binary.build.version = version;
+            binary.layout = ModuledataLayout::for_version(binary.version);
+            binary.index()?;
+        }
+        Ok(binary)
+    }
+
+    /// Moduledata, the text start and the function table, which depend on the version.
+    fn index(&mut self) -> Result<(), Error> {
+        self.moduledata = self.find_moduledata();
+        self.text_start = self.find_text_start().ok_or_else(|| {
+            Error::malformed("no text start (pcHeader.textStart and moduledata both missing)")
         })?;
-        binary.functions = match &binary.elf.func_symbols {
+        self.functions = match &self.elf.func_symbols {
             Some(symbols) => functions_from_symtab(symbols),
-            None => binary.functions_from_pclntab(),
+            None => self.functions_from_pclntab(),
         };
-        binary.by_name = binary
+        self.by_name = self
             .functions
             .iter()
             .enumerate()
             .map(|(i, f)| (f.name.clone(), i))
             .collect();
-        Ok(binary)
+        Ok(())
+    }
+
+    /// `runtime.buildVersion`, the string `runtime.Version()` returns: by its symbol, else
+    /// through `runtime.schedinit`, which compares its length with 0 to keep it linked
+    /// (`if buildVersion == "" { buildVersion = "unknown" }`, every release 1.18–1.27).
+    fn build_version(&self) -> Option<String> {
+        let candidates: Vec<u64> = match self.elf.data_symbols.get("runtime.buildVersion") {
+            Some(&header) => vec![header],
+            None => {
+                let schedinit = self.function("runtime.schedinit")?;
+                let code = self.function_code(schedinit)?;
+                // The compare reads the length word, a store writes both: try the
+                // operand as the header and as its length word.
+                crate::disasm::rip_relative_operands(code, schedinit.entry)
+                    .into_iter()
+                    .flat_map(|at| [at, at.wrapping_sub(8)])
+                    .collect()
+            }
+        };
+        candidates.into_iter().find_map(|header| {
+            let ptr = self.read_pointer(header)?;
+            let len = usize::try_from(u64_le(self.read_vaddr(header + 8, 8)?, 0)?).ok()?;
+            if !(4..=MAX_VERSION_LEN).contains(&len) {
+                return None;
+            }
+            let text = std::str::from_utf8(self.read_vaddr(ptr, len)?).ok()?;
+            (text.starts_with("go1.") || text.starts_with("devel go1.")).then(|| text.to_string())
+        })
+    }
+
+    /// Whether the version and build settings came from `.go.buildinfo` (else the version
+    /// is the runtime's own `runtime.buildVersion` and the build settings are unknown).
+    pub fn has_buildinfo_section(&self) -> bool {
+        self.from_buildinfo
     }
 
     /// The Go release that built the binary, from `.go.buildinfo`.

@@ -348,6 +348,21 @@ mod direct_call_tests {
     }
 }
 
+/// The addresses of every RIP-relative memory operand in `code` (loads, stores, compares,
+/// `LEA`s), in order: the globals a function touches.
+pub fn rip_relative_operands(code: &[u8], entry: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
+    let mut instruction = Instruction::default();
+    let mut targets = Vec::new();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instruction);
+        if !instruction.is_invalid() && instruction.memory_base() == Register::RIP {
+            targets.push(instruction.ip_rel_memory_address());
+        }
+    }
+    targets
+}
+
 #[cfg(test)]
 mod rip_relative_tests {
     use super::*;
@@ -364,5 +379,9 @@ mod rip_relative_tests {
             rip_relative_loads(&code, entry),
             [entry + 7 + 0x1434ed, entry + 14 + 0x10c089]
         );
+        // cmp qword [rip+0x10], 0; ret: a compare is an operand, not a load.
+        let cmp = [0x48, 0x83, 0x3d, 0x10, 0x00, 0x00, 0x00, 0x00, 0xc3];
+        assert!(rip_relative_loads(&cmp, entry).is_empty());
+        assert_eq!(rip_relative_operands(&cmp, entry), [entry + 8 + 0x10]);
     }
 }

@@ -20,7 +20,7 @@ pub enum Error {
         needed: u64,
         size: u64,
     },
-    #[error("{object}: not a Go binary: no .go.buildinfo")]
+    #[error("{object}: not a Go binary: no Go pclntab")]
     NotGo { object: String },
     #[error("unsupported Go version {version}: need go1.18 or later (pclntab format)")]
     UnsupportedVersion { version: String },

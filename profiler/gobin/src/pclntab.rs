@@ -55,6 +55,16 @@ pub(crate) struct FuncEntry {
 }
 
 impl Pclntab {
+    /// The oldest release whose pclntab has this header's magic: a first guess of the
+    /// version where `.go.buildinfo` is missing, refined from `runtime.buildVersion`.
+    pub(crate) fn oldest_version(&self) -> crate::GoVersion {
+        if self.magic == MAGIC_GO118 {
+            crate::GoVersion::new(1, 18, 0)
+        } else {
+            crate::GoVersion::new(1, 20, 0)
+        }
+    }
+
     /// Parses the header at `pcln[0..]`; `addr`/`file_offset` locate it.
     pub fn parse(pcln: &[u8], addr: u64, file_offset: usize) -> Option<Self> {
         let magic = u32_le(pcln, 0)?;

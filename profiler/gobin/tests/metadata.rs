@@ -169,3 +169,52 @@ fn go_older_than_1_18_is_unsupported() {
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
 }
+
+/// `bytes` with its `.go.buildinfo` gone as some distributed binaries ship: the section
+/// renamed in the section-name table and its magic overwritten, so neither the section nor
+/// a scan for the magic finds it (the program itself does not read it).
+fn without_buildinfo(mut bytes: Vec<u8>) -> Vec<u8> {
+    let rename = |bytes: &mut Vec<u8>, from: &[u8], to: &[u8]| {
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from)
+            .unwrap_or_else(|| panic!("{} not in the file", String::from_utf8_lossy(from)));
+        bytes[at..at + to.len()].copy_from_slice(to);
+    };
+    rename(&mut bytes, b"\0.go.buildinfo\0", b"\0.go.xuildinfo\0");
+    rename(
+        &mut bytes,
+        b"\xff Go buildinf:",
+        b"\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+    );
+    bytes
+}
+
+/// A Go executable without `.go.buildinfo` is still recognised by its pclntab; the version
+/// comes from the runtime's own `runtime.buildVersion` (found through `runtime.schedinit`
+/// when stripped) and equals `go version`'s word on the original; the build settings are
+/// unknown; the functions are the original's.
+#[test]
+fn a_binary_without_buildinfo_is_recognised_by_its_pclntab() {
+    each_binary(|version, variant, path, original| {
+        let bytes = without_buildinfo(std::fs::read(path).unwrap());
+        assert!(!GoBinary::has_buildinfo(&bytes), "go{version} {variant:?}");
+        assert!(GoBinary::looks_like_go(&bytes), "go{version} {variant:?}");
+        let binary = GoBinary::from_bytes(bytes)
+            .unwrap_or_else(|e| panic!("go{version} {variant:?} without buildinfo: {e}"));
+        assert!(original.has_buildinfo_section() && !binary.has_buildinfo_section());
+        assert_eq!(
+            binary.version_string(),
+            go_version_of(version, path),
+            "go{version} {variant:?}"
+        );
+        assert_eq!(binary.version(), original.version());
+        assert!(binary.build_settings().is_empty() && binary.main_module().is_none());
+        assert_eq!(binary.functions().len(), original.functions().len());
+        let main = binary.function("main.main").expect("main.main");
+        assert_eq!(
+            Some(main.entry),
+            original.function("main.main").map(|f| f.entry)
+        );
+    });
+}

@@ -203,7 +203,7 @@ impl Attachments {
 fn analyse(exe: &Exe, mode: ModeArg) -> Result<(Analysed, RuntimeLayout), Skip> {
     let data = std::fs::read(&exe.link).map_err(|_| Skip::NotGo)?;
     // Cheap refusal first: most executables on a node are not Go programs.
-    if !GoBinary::has_buildinfo(&data) {
+    if !GoBinary::looks_like_go(&data) {
         return Err(Skip::NotGo);
     }
     let go = GoTarget::from_file_bytes(&data, &exe.path).map_err(|_| Skip::NotGo)?;
