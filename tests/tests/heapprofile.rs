@@ -23,9 +23,10 @@
 //!   the value of Go's samples merged per visible stack (coarser than gomemtrace's keys) and
 //!   scaled by their average size; plus 1 KiB + 0.01% for integer truncation. For a
 //!   single-size site the two bounds coincide: the values are equal.
-//! - **Stacks that never leave the runtime** (its own allocations, a few samples) start at a
-//!   different frame in each release's record (1.19 skips the allocator's caller too), so
-//!   functions of package runtime are compared only through `runtime.main`'s cumulative value.
+//! - **The runtime's own allocations** (stacks that never leave the runtime, a few samples
+//!   from background goroutines whose publication depends on when they ran) are left out:
+//!   functions of package runtime are compared only through `runtime.main`'s cumulative
+//!   value.
 //!
 //! Exact mode, on the same fixture and the same run's Go profile, must name the same top
 //! functions; its exact values agree with Go's sampled estimates within 5σ of sampling.

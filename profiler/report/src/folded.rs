@@ -66,7 +66,7 @@ pub fn to_folded(p: &AllocProfile, weight: Weight, frames: Frames) -> String {
             continue;
         }
         let mut names: Vec<String> = Vec::new();
-        for loc in visible(&s.stack, frames) {
+        for loc in visible(&s.stack, frames, &p.target.go_version) {
             if loc.frames.is_empty() {
                 names.push(format!("{:#x}", loc.address));
             }

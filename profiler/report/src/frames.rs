@@ -64,19 +64,37 @@ pub fn elided(function: &str, frames: Frames) -> bool {
     })
 }
 
+/// Frames the runtime's heap sampler leaves out of its record, counted from
+/// `runtime.mProf_Malloc` (its `callers(skip, …)`): mProf_Malloc, profilealloc, then the
+/// allocator — and in Go 1.19–1.25 also the allocator's caller, which Go's profile then never
+/// shows even when it is outside package runtime (`internal/bytealg.MakeNoZero`, linknamed
+/// from the runtime, under `bytes.Repeat`). `go_version` as in [`crate::model::TargetInfo`]
+/// (`go1.23.4`); an unknown one is taken as the newest.
+fn sampler_skip(go_version: &str) -> usize {
+    let minor = go_version
+        .strip_prefix("go1.")
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|m| m.parse::<u32>().ok());
+    match minor {
+        Some(m) if m <= 23 => 4, // mallocgc, its caller
+        Some(24 | 25) => 5,      // the size-class worker, mallocgc, its caller
+        _ => 3,                  // the worker
+    }
+}
+
 /// The part of a leaf-first `stack` shown under `frames`.
 ///
 /// [`Frames::GoHeap`], on the runtime-only prefix of the stack (the PCs before the first one
 /// outside the runtime):
-/// 1. the heap sampler's own frames (`setprofilebucket` up to `runtime.profilealloc`, which
-///    runtime-sampled mode probes through) are dropped: the runtime's record starts at the
-///    allocator that called the sampler;
+/// 1. runtime-sampled mode (the sampler's `runtime.profilealloc` is on the stack): the
+///    frames the runtime's record skips are dropped, as many as that release's
+///    `mProf_Malloc` skips ([`sampler_skip`]; whole locations only);
 /// 2. a `runtime.systemstack` there means the allocation was made on the system stack: the
 ///    runtime's unwinder stops at that switch, while the frame-pointer walk went on into the
 ///    goroutine's frames, so the stack ends there;
 /// 3. then, as `writeHeapProto` does, every PC before the first non-runtime one is hidden,
 ///    unless there is none, and then the stack is kept whole.
-pub fn visible(stack: &[Location], frames: Frames) -> &[Location] {
+pub fn visible<'a>(stack: &'a [Location], frames: Frames, go_version: &str) -> &'a [Location] {
     if frames == Frames::All {
         return stack;
     }
@@ -84,16 +102,37 @@ pub fn visible(stack: &[Location], frames: Frames) -> &[Location] {
         .iter()
         .position(|l| !is_runtime_pc(l))
         .unwrap_or(stack.len());
-    let start = stack[..prefix]
+    let mut start = 0;
+    // Counted from profilealloc, mProf_Malloc's caller: the frame-pointer walk from the
+    // system stack misses mProf_Malloc's own frame on some releases (1.19).
+    let sampler = stack[..prefix].iter().enumerate().find_map(|(i, l)| {
+        l.frames
+            .iter()
+            .position(|f| f.function == "runtime.profilealloc")
+            .map(|j| (i, j))
+    });
+    if let Some((m, inlined_above)) = sampler {
+        let mut skip = sampler_skip(go_version) - 1 + inlined_above;
+        start = m;
+        while let Some(l) = stack.get(start) {
+            if l.frames.len().max(1) > skip {
+                break;
+            }
+            skip -= l.frames.len().max(1);
+            start += 1;
+        }
+    }
+    let stack = &stack[start..];
+    let prefix = stack
         .iter()
-        .position(|l| code_is(l, "runtime.profilealloc"))
-        .map_or(0, |i| i + 1);
-    let stack = match stack[start..prefix]
+        .position(|l| !is_runtime_pc(l))
+        .unwrap_or(stack.len());
+    let stack = match stack[..prefix]
         .iter()
         .position(|l| code_is(l, "runtime.systemstack"))
     {
-        Some(i) => &stack[start..=start + i],
-        None => &stack[start..],
+        Some(i) => &stack[..=i],
+        None => stack,
     };
     match stack.iter().position(|l| !is_runtime_pc(l)) {
         Some(i) => &stack[i..],
@@ -140,6 +179,8 @@ mod tests {
             .collect()
     }
 
+    const GO: &str = "go1.27.3";
+
     const SAMPLER: [&str; 5] = [
         "runtime.setprofilebucket",
         "runtime.mProf_Malloc.func1",
@@ -165,7 +206,7 @@ mod tests {
             "runtime.goexit",
         ]);
         assert_eq!(
-            names(visible(&s, Frames::GoHeap)),
+            names(visible(&s, Frames::GoHeap, GO)),
             [
                 "bytes.growSlice",
                 "bytes.(*Buffer).grow",
@@ -174,7 +215,7 @@ mod tests {
                 "runtime.goexit"
             ]
         );
-        assert_eq!(visible(&s, Frames::All), &s[..]);
+        assert_eq!(visible(&s, Frames::All, GO), &s[..]);
     }
 
     #[test]
@@ -189,7 +230,7 @@ mod tests {
             "main.main",
         ]);
         assert_eq!(
-            names(visible(&s, Frames::GoHeap)),
+            names(visible(&s, Frames::GoHeap, GO)),
             ["main.growMap", "main.main"]
         );
     }
@@ -204,16 +245,17 @@ mod tests {
             "main.main",
         ]);
         assert_eq!(
-            names(visible(&s, Frames::GoHeap)),
+            names(visible(&s, Frames::GoHeap, GO)),
             ["main.inlined>runtime.callerOfInlined", "main.main"]
         );
         let s = stack(&["runtime.mallocgc", "runtime.inlined>main.f", "main.main"]);
-        assert_eq!(names(visible(&s, Frames::GoHeap)), ["main.main"]);
+        assert_eq!(names(visible(&s, Frames::GoHeap, GO)), ["main.main"]);
     }
 
     #[test]
     fn runtime_only_stack_is_kept_without_the_sampler() {
         let s = sampled(&[
+            "runtime.mallocgcSmallScanNoHeader",
             "runtime.mallocgc",
             "runtime.newobject",
             "runtime.acquireSudog",
@@ -221,7 +263,7 @@ mod tests {
             "runtime.goexit",
         ]);
         assert_eq!(
-            names(visible(&s, Frames::GoHeap)),
+            names(visible(&s, Frames::GoHeap, GO)),
             [
                 "runtime.mallocgc",
                 "runtime.newobject",
@@ -232,7 +274,8 @@ mod tests {
         );
     }
 
-    /// An allocation on the system stack: the runtime's record ends at the switch.
+    /// An allocation on the system stack: the runtime's record ends at the switch. Go 1.19
+    /// skips newobject too: its profile shows exactly these four frames.
     #[test]
     fn system_stack_allocation_ends_at_the_switch() {
         let s = sampled(&[
@@ -247,10 +290,8 @@ mod tests {
             "runtime.main",
         ]);
         assert_eq!(
-            names(visible(&s, Frames::GoHeap)),
+            names(visible(&s, Frames::GoHeap, "go1.19.8")),
             [
-                "runtime.mallocgc",
-                "runtime.newobject",
                 "runtime.malg",
                 "runtime.newproc1",
                 "runtime.newproc.func1",
@@ -260,7 +301,7 @@ mod tests {
         // Exact mode: no sampler frames, the same cut.
         let e = stack(&["runtime.mallocgc", "runtime.systemstack", "main.main"]);
         assert_eq!(
-            names(visible(&e, Frames::GoHeap)),
+            names(visible(&e, Frames::GoHeap, GO)),
             ["runtime.mallocgc", "runtime.systemstack"]
         );
     }
@@ -269,9 +310,68 @@ mod tests {
     #[test]
     fn unsymbolized_and_native_pcs_are_not_hidden() {
         let s = stack(&["runtime.mallocgc", "", "main.main"]);
-        assert_eq!(names(visible(&s, Frames::GoHeap)), ["", "main.main"]);
+        assert_eq!(names(visible(&s, Frames::GoHeap, GO)), ["", "main.main"]);
         let s = stack(&["runtime.mallocgc", "malloc", "main.main"]);
-        assert_eq!(names(visible(&s, Frames::GoHeap)), ["malloc", "main.main"]);
+        assert_eq!(
+            names(visible(&s, Frames::GoHeap, GO)),
+            ["malloc", "main.main"]
+        );
+    }
+
+    /// A function outside package runtime that calls the allocator directly: Go 1.19–1.25
+    /// skip the allocator's caller in their records, 1.26+ keep it.
+    #[test]
+    fn the_allocators_caller_is_skipped_where_the_release_skips_it() {
+        let old = sampled(&[
+            "runtime.mallocgc",
+            "internal/bytealg.MakeNoZero",
+            "bytes.Repeat",
+            "main.f",
+        ]);
+        assert_eq!(
+            names(visible(&old, Frames::GoHeap, "go1.23.4")),
+            ["bytes.Repeat", "main.f"]
+        );
+        let new = sampled(&[
+            "runtime.mallocgcSmallNoscan",
+            "runtime.mallocgc",
+            "internal/bytealg.MakeNoZero",
+            "bytes.Repeat",
+            "main.f",
+        ]);
+        assert_eq!(
+            names(visible(&new, Frames::GoHeap, "go1.25.5")),
+            ["bytes.Repeat", "main.f"]
+        );
+        assert_eq!(
+            names(visible(&new, Frames::GoHeap, "go1.27.3")),
+            ["internal/bytealg.MakeNoZero", "bytes.Repeat", "main.f"]
+        );
+        // Go 1.19: the walk from the system stack misses mProf_Malloc's frame.
+        let no_mprof = stack(&[
+            "runtime.setprofilebucket",
+            "runtime.mProf_Malloc.func1",
+            "runtime.systemstack",
+            "runtime.profilealloc",
+            "runtime.mallocgc",
+            "runtime.makeslice",
+            "bufio.NewWriterSize>main.newWriters",
+            "main.main",
+        ]);
+        assert_eq!(
+            names(visible(&no_mprof, Frames::GoHeap, "go1.19.8")),
+            ["bufio.NewWriterSize>main.newWriters", "main.main"]
+        );
+        // Exact mode (no sampler on the stack) cannot tell: only the name rule applies.
+        let exact = stack(&[
+            "runtime.mallocgc",
+            "internal/bytealg.MakeNoZero",
+            "bytes.Repeat",
+        ]);
+        assert_eq!(
+            names(visible(&exact, Frames::GoHeap, "go1.23.4")),
+            ["internal/bytealg.MakeNoZero", "bytes.Repeat"]
+        );
     }
 
     #[test]
@@ -297,6 +397,6 @@ mod tests {
 
     #[test]
     fn empty_stack_stays_empty() {
-        assert!(visible(&[], Frames::GoHeap).is_empty());
+        assert!(visible(&[], Frames::GoHeap, GO).is_empty());
     }
 }

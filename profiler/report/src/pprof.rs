@@ -240,7 +240,7 @@ fn build(p: &AllocProfile, frames: Frames) -> proto::Profile {
 
     let mut samples = Vec::with_capacity(p.samples.len());
     for s in &p.samples {
-        let stack = visible(&s.stack, frames);
+        let stack = visible(&s.stack, frames, &p.target.go_version);
         let mut location_id: Vec<u64> = stack
             .iter()
             .filter_map(|loc| t.location_id(loc, frames))
