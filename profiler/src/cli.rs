@@ -77,6 +77,12 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Weight::Bytes)]
     pub weight: Weight,
 
+    /// pprof, folded and svg: keep every frame of each stack, from the probed runtime
+    /// function to the root. By default the runtime frames above the allocation are hidden
+    /// as in Go's own heap profile, so the leaf is the allocating function.
+    #[arg(long)]
+    pub all_frames: bool,
+
     /// No live status line on stderr.
     #[arg(short, long)]
     pub quiet: bool,

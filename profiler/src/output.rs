@@ -12,11 +12,16 @@ pub fn write(cli: &Cli, profile: &AllocProfile) -> anyhow::Result<()> {
         crate::cli::Weight::Bytes => gomemtrace_report::Weight::Bytes,
         crate::cli::Weight::Objects => gomemtrace_report::Weight::Objects,
     };
+    let frames = if cli.all_frames {
+        gomemtrace_report::Frames::All
+    } else {
+        gomemtrace_report::Frames::GoHeap
+    };
     let bytes = match cli.format {
         Format::Text => gomemtrace_report::to_text(profile, cli.top).into_bytes(),
-        Format::Pprof => gomemtrace_report::to_pprof(profile),
-        Format::Folded => gomemtrace_report::to_folded(profile, weight).into_bytes(),
-        Format::Svg => gomemtrace_report::to_svg(profile, weight)?,
+        Format::Pprof => gomemtrace_report::to_pprof(profile, frames),
+        Format::Folded => gomemtrace_report::to_folded(profile, weight, frames).into_bytes(),
+        Format::Svg => gomemtrace_report::to_svg(profile, weight, frames)?,
         Format::Json => gomemtrace_report::to_json(profile).into_bytes(),
     };
     match &cli.output {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, ensure};
 use gomemtrace_tests::{
     ALLOCS_SITES, Oracle, RUN_TIMEOUT, TOLERANCE, TempDir, Variant, fixture, gomemtrace_command,
-    latest_go, require_root, run, within,
+    is_runtime, latest_go, require_root, run, within,
 };
 
 /// Traces the allocs fixture writing `format` (plus `extra` flags); returns the report text
@@ -33,9 +33,9 @@ fn trace(format: &str, extra: &[&str]) -> Result<(String, Oracle)> {
     Ok((text, Oracle::read(&oracle_path)?))
 }
 
-/// Folded stacks `root;...;leaf WEIGHT`: summed weight per site (the first frame from the
-/// leaf that is not in the runtime).
-fn folded_by_site(text: &str) -> Result<BTreeMap<String, u64>> {
+/// Folded stacks `root;...;leaf WEIGHT`: summed weight per leaf. By default the leaf is the
+/// allocation site, as in Go's heap profile (the runtime frames above it are hidden).
+fn folded_by_leaf(text: &str) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let (stack, weight) = line
@@ -44,12 +44,7 @@ fn folded_by_site(text: &str) -> Result<BTreeMap<String, u64>> {
         let weight: u64 = weight
             .parse()
             .with_context(|| format!("weight of {line:?}"))?;
-        let site = stack
-            .split(';')
-            .rev()
-            .map(|f| f.trim_end_matches(" (inline)"))
-            .find(|f| !f.is_empty() && !gomemtrace_tests::is_runtime(f))
-            .unwrap_or("?");
+        let site = stack.rsplit(';').next().unwrap_or("?");
         *out.entry(site.to_string()).or_default() += weight;
     }
     Ok(out)
@@ -62,7 +57,7 @@ fn folded_bytes_and_objects_per_site() {
     }
     for (weight, pick) in [("bytes", 0), ("objects", 1)] {
         let (text, oracle) = trace("folded", &["--weight", weight]).unwrap();
-        let by_site = folded_by_site(&text).unwrap();
+        let by_site = folded_by_leaf(&text).unwrap();
         for (site, _) in ALLOCS_SITES {
             let s = &oracle.sites[site];
             let want = [s.expected_bytes, s.expected_objects][pick];
@@ -73,6 +68,47 @@ fn folded_bytes_and_objects_per_site() {
             );
         }
     }
+}
+
+/// `--all-frames` keeps the probed allocator on top of every stack; by default every stack
+/// that leaves the runtime has its first non-runtime frame as leaf, and runtime.goexit is
+/// dropped from the roots (as Go's profiles drop it).
+#[test]
+fn folded_and_svg_hide_runtime_frames_unless_all_frames() {
+    if !require_root() {
+        return;
+    }
+    let (all, _) = trace("folded", &["--all-frames"]).unwrap();
+    let leaves = folded_by_leaf(&all).unwrap();
+    let on_allocator: u64 = leaves
+        .iter()
+        .filter(|(f, _)| f.starts_with("runtime.mallocgc"))
+        .map(|(_, w)| w)
+        .sum();
+    let total: u64 = leaves.values().sum();
+    assert!(
+        on_allocator == total,
+        "--all-frames: {on_allocator} of {total} bytes under runtime.mallocgc*: {leaves:#?}"
+    );
+    assert!(all.contains("runtime.goexit"), "{all}");
+    let (folded, _) = trace("folded", &[]).unwrap();
+    assert!(!folded.contains("runtime.goexit"), "{folded}");
+    for line in folded.lines() {
+        let (stack, _) = line.rsplit_once(' ').unwrap();
+        let frames: Vec<&str> = stack.split(';').collect();
+        let leaf = frames[frames.len() - 1];
+        assert!(
+            !is_runtime(leaf) || frames.iter().all(|f| is_runtime(f)),
+            "runtime frame {leaf} above a user frame: {line}"
+        );
+    }
+    let (svg, _) = trace("svg", &[]).unwrap();
+    assert!(!svg.contains("runtime.goexit"), "svg keeps runtime.goexit");
+    let (svg_all, _) = trace("svg", &["--all-frames"]).unwrap();
+    assert!(
+        svg_all.contains("runtime.goexit"),
+        "--all-frames svg lacks it"
+    );
 }
 
 #[test]

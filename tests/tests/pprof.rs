@@ -1,5 +1,6 @@
 //! `--format pprof` end to end: the profile gomemtrace writes must open in the fixture's own
-//! `go tool pprof` and attribute the allocs fixture's sites their known bytes and objects,
+//! `go tool pprof` and attribute the allocs fixture's sites their known bytes and objects, as
+//! the leaves of their stacks (the runtime frames above them hidden, as Go's heap profile does),
 //! for a normal and a stripped binary. pprof's own symbolization is off
 //! (`-symbolize=none`), so the function names are gomemtrace's. Needs root.
 
@@ -13,6 +14,16 @@ use gomemtrace_tests::{
 
 /// `go tool pprof -top -cum` of `profile` for `sample_index`: cumulative value per function.
 fn pprof_top(version: &str, profile: &str, sample_index: &str) -> Result<BTreeMap<String, u64>> {
+    pprof_column(version, profile, sample_index, 3)
+}
+
+/// `go tool pprof -top` column `column` (0: flat, 3: cum) per function.
+fn pprof_column(
+    version: &str,
+    profile: &str,
+    sample_index: &str,
+    column: usize,
+) -> Result<BTreeMap<String, u64>> {
     let out = go_tool(
         version,
         &[
@@ -40,10 +51,10 @@ fn pprof_top(version: &str, profile: &str, sample_index: &str) -> Result<BTreeMa
         if fields.len() < 6 {
             continue;
         }
-        let value = fields[3]
+        let value = fields[column]
             .trim_end_matches('B')
             .parse::<f64>()
-            .with_context(|| format!("cum column of {line:?}"))?;
+            .with_context(|| format!("column {column} of {line:?}"))?;
         cum.insert(fields[5].to_string(), value as u64);
     }
     ensure!(!cum.is_empty(), "no rows in pprof -top output:\n{out}");
@@ -101,11 +112,16 @@ fn check(version: &str, variant: Variant) -> Result<()> {
         variant.name(),
         bad.join("\n")
     );
-    // The leaf of every stack is the probed runtime allocator.
-    ensure!(
-        space.keys().any(|f| f.starts_with("runtime.mallocgc")),
-        "no runtime.mallocgc* frame: {space:#?}"
-    );
+    // As in Go's own heap profile, the runtime frames above the allocating function are
+    // hidden: each site is the leaf of its stacks, its bytes all flat.
+    let flat = pprof_column(version, profile, "alloc_space", 0)?;
+    for (site, _) in ALLOCS_SITES {
+        let (f, c) = (flat.get(site).copied(), space.get(site).copied());
+        ensure!(
+            f == c,
+            "{site}: flat {f:?} B, cum {c:?} B: runtime frames above it? {flat:#?}"
+        );
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::frames::{Frames, elided, visible};
 use crate::model::{AllocProfile, Frame, Location};
 
 /// Which sample value a folded line (and the flame graph drawn from it) carries.
@@ -52,7 +53,9 @@ fn sanitize(name: &str) -> String {
 /// or type are merged, since a folded line has only the stack. Lines with a zero value are
 /// left out; lines are sorted, so the output is deterministic. A stack that could not be read
 /// becomes the single frame `[no stack]`; an address without frames becomes its hex address.
-pub fn to_folded(p: &AllocProfile, weight: Weight) -> String {
+/// `frames` picks which frames of each stack are shown (by default those Go's own heap
+/// profile shows: [`Frames`]).
+pub fn to_folded(p: &AllocProfile, weight: Weight, frames: Frames) -> String {
     let mut lines: BTreeMap<String, u64> = BTreeMap::new();
     for s in &p.samples {
         let value = match weight {
@@ -63,11 +66,16 @@ pub fn to_folded(p: &AllocProfile, weight: Weight) -> String {
             continue;
         }
         let mut names: Vec<String> = Vec::new();
-        for loc in &s.stack {
+        for loc in visible(&s.stack, frames, &p.target.go_version) {
             if loc.frames.is_empty() {
                 names.push(format!("{:#x}", loc.address));
             }
-            names.extend(loc.frames.iter().map(|f| sanitize(&f.function)));
+            names.extend(
+                loc.frames
+                    .iter()
+                    .filter(|f| !elided(&f.function, frames))
+                    .map(|f| sanitize(&f.function)),
+            );
         }
         if names.is_empty() {
             names.push(NO_STACK.to_owned());

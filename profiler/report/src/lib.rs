@@ -8,10 +8,13 @@
 //! - [`to_pprof`]: gzipped `profile.proto` that `go tool pprof` opens.
 //! - [`to_folded`]: folded stacks (`a;b;c 123`) for inferno, flamegraph.pl, speedscope.
 //! - [`to_svg`]: a flame graph drawn with inferno.
+//! - [`Frames`]: which frames of a stack pprof, folded and svg show; by default those the Go
+//!   runtime's own heap profile shows.
 //! - [`to_json`]: the model's serde form, schema `gomemtrace.alloc/v1` (docs/JSON.md).
 
 mod error;
 mod folded;
+mod frames;
 mod json;
 pub mod model;
 mod pprof;
@@ -20,6 +23,7 @@ mod text;
 
 pub use error::Error;
 pub use folded::{Weight, to_folded};
+pub use frames::{Frames, elided, visible};
 pub use json::{SCHEMA, from_json, to_json};
 pub use pprof::{NIL_TYPE_LABEL, proto, to_pprof};
 pub use svg::to_svg;

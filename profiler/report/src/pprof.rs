@@ -9,6 +9,7 @@ use flate2::write::GzEncoder;
 use prost::Message as _;
 
 use crate::folded::NO_STACK;
+use crate::frames::{Frames, elided, visible};
 use crate::model::{AllocProfile, Location, Mode};
 
 /// The prost types generated from `proto/profile.proto` (package `perftools.profiles`).
@@ -48,13 +49,21 @@ impl Strings {
     }
 }
 
-/// The profile as a gzipped pprof protobuf, shaped like the allocation half of a Go heap
-/// profile so that Go users' habits (`-sample_index=alloc_space`) carry over:
+/// The profile as a gzipped pprof protobuf, shaped like the Go runtime's own heap profile
+/// (`runtime/pprof` `writeHeapProto`), so that `go tool pprof` shows the same lines for both
+/// and `-diff_base` accepts one against the other:
 ///
-/// - sample types `alloc_objects/count` then `alloc_space/bytes`; default `alloc_space`.
-///   There are no `inuse_*` types: gomemtrace sees allocations, not frees.
-/// - period type `space/bytes`, period 1. This is exact mode: every allocation was recorded,
-///   so values are real counts and need no scaling (Go samples one per 512 KiB instead).
+/// - sample types `alloc_objects/count`, `alloc_space/bytes`, `inuse_objects/count`,
+///   `inuse_space/bytes`, always all four, in Go's order (pprof merges and diffs only
+///   profiles with identical sample types). The in-use values are measured where frees are
+///   traced (runtime-sampled mode); elsewhere they are zero, and a comment says so.
+/// - default sample type: `inuse_space` where it is measured, which is what Go's heap
+///   profile shows by default (it leaves the field unset, and pprof takes the last type);
+///   `alloc_space` elsewhere, as Go's `allocs` profile.
+/// - period type `space/bytes`; period the target's `MemProfileRate` in runtime-sampled
+///   mode (values already unbiased, as Go's), else 1.
+/// - stacks cut as `frames` says, by default the runtime frames above the allocation hidden
+///   as Go hides them ([`crate::Frames`]).
 /// - string labels per sample: `goroutine` (goid in decimal, `0` when unreadable) and `type`
 ///   (the Go type name, [`NIL_TYPE_LABEL`] for a nil `typ`).
 /// - locations deduplicated by (address, mapping); inlined frames are several lines of one
@@ -67,8 +76,8 @@ impl Strings {
 ///   say what its locations carry, so pprof does not try to symbolize what is already
 ///   symbolized (and does try for what is not).
 /// - comments carry the mode, the probes and the drop counters.
-pub fn to_pprof(p: &AllocProfile) -> Vec<u8> {
-    let profile = build(p);
+pub fn to_pprof(p: &AllocProfile, frames: Frames) -> Vec<u8> {
+    let profile = build(p, frames);
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     // Writing into a Vec cannot fail.
     gz.write_all(&profile.encode_to_vec())
@@ -93,7 +102,8 @@ struct Tables<'a> {
     functions: Vec<proto::Function>,
     function_ids: HashMap<(&'a str, Option<&'a str>), u64>,
     locations: Vec<proto::Location>,
-    location_ids: HashMap<(u64, Option<usize>), u64>,
+    /// `None`: every frame of the PC is elided.
+    location_ids: HashMap<(u64, Option<usize>), Option<u64>>,
     /// The location standing for unreadable stacks, once created.
     no_stack: Option<u64>,
 }
@@ -141,14 +151,21 @@ impl<'a> Tables<'a> {
         id
     }
 
-    fn location_id(&mut self, loc: &'a Location) -> u64 {
+    /// The location of `loc`, without the frames `frames` elides; `None` when that leaves
+    /// none (a PC of `runtime.goexit` under Go's convention).
+    fn location_id(&mut self, loc: &'a Location, frames: Frames) -> Option<u64> {
         // A mapping index outside the table is treated as no mapping rather than trusted.
         let mapping = loc.mapping.filter(|&m| m < self.mapping_ids.len());
         if let Some(&id) = self.location_ids.get(&(loc.address, mapping)) {
             return id;
         }
+        let shown = || loc.frames.iter().filter(|f| !elided(&f.function, frames));
+        if !loc.frames.is_empty() && shown().next().is_none() {
+            self.location_ids.insert((loc.address, mapping), None);
+            return None;
+        }
         let mut lines = Vec::with_capacity(loc.frames.len());
-        for f in &loc.frames {
+        for f in shown() {
             let function_id = self.function_id(&f.function, f.file.as_deref());
             lines.push(proto::Line {
                 function_id,
@@ -170,39 +187,29 @@ impl<'a> Tables<'a> {
             line: lines,
             is_folded: false,
         });
-        self.location_ids.insert((loc.address, mapping), id);
-        id
+        self.location_ids.insert((loc.address, mapping), Some(id));
+        Some(id)
     }
 }
 
 /// The profile before encoding.
-fn build(p: &AllocProfile) -> proto::Profile {
+fn build(p: &AllocProfile, frames: Frames) -> proto::Profile {
     let mut strings = Strings::new();
 
-    let mut sample_type = vec![
-        proto::ValueType {
-            r#type: strings.intern("alloc_objects"),
-            unit: strings.intern("count"),
-        },
-        proto::ValueType {
-            r#type: strings.intern("alloc_space"),
-            unit: strings.intern("bytes"),
-        },
-    ];
-    // Where frees were traced, the in-use values follow, and are the default view, as in
-    // Go's own heap profile.
-    let has_inuse = p.samples.iter().any(|s| s.inuse.is_some());
-    if has_inuse {
-        sample_type.push(proto::ValueType {
-            r#type: strings.intern("inuse_objects"),
-            unit: strings.intern("count"),
-        });
-        sample_type.push(proto::ValueType {
-            r#type: strings.intern("inuse_space"),
-            unit: strings.intern("bytes"),
-        });
-    }
-    let default_sample_type = sample_type[sample_type.len() - 1].r#type;
+    let sample_type = [
+        ("alloc_objects", "count"),
+        ("alloc_space", "bytes"),
+        ("inuse_objects", "count"),
+        ("inuse_space", "bytes"),
+    ]
+    .map(|(ty, unit)| proto::ValueType {
+        r#type: strings.intern(ty),
+        unit: strings.intern(unit),
+    })
+    .to_vec();
+    // Frees are traced in runtime-sampled mode only (every sample then has `inuse`).
+    let has_inuse = p.samples.iter().any(|s| s.inuse.is_some()) || p.mode == Mode::Runtime;
+    let default_sample_type = sample_type[if has_inuse { 3 } else { 1 }].r#type;
     let period_type = proto::ValueType {
         r#type: strings.intern("space"),
         unit: strings.intern("bytes"),
@@ -233,11 +240,14 @@ fn build(p: &AllocProfile) -> proto::Profile {
 
     let mut samples = Vec::with_capacity(p.samples.len());
     for s in &p.samples {
-        let location_id = if s.stack.is_empty() {
-            vec![t.no_stack_location()]
-        } else {
-            s.stack.iter().map(|loc| t.location_id(loc)).collect()
-        };
+        let stack = visible(&s.stack, frames, &p.target.go_version);
+        let mut location_id: Vec<u64> = stack
+            .iter()
+            .filter_map(|loc| t.location_id(loc, frames))
+            .collect();
+        if location_id.is_empty() {
+            location_id.push(t.no_stack_location());
+        }
         let type_name = s.type_name.as_deref().unwrap_or(NIL_TYPE_LABEL);
         let label = vec![
             proto::Label {
@@ -253,11 +263,13 @@ fn build(p: &AllocProfile) -> proto::Profile {
                 num_unit: 0,
             },
         ];
-        let mut value = vec![saturate(s.objects), saturate(s.bytes)];
-        if has_inuse {
-            let inuse = s.inuse.unwrap_or_default();
-            value.extend([saturate(inuse.objects), saturate(inuse.bytes)]);
-        }
+        let inuse = s.inuse.unwrap_or_default();
+        let value = vec![
+            saturate(s.objects),
+            saturate(s.bytes),
+            saturate(inuse.objects),
+            saturate(inuse.bytes),
+        ];
         samples.push(proto::Sample {
             location_id,
             value,
@@ -306,6 +318,15 @@ fn build(p: &AllocProfile) -> proto::Profile {
         ),
         mode.to_owned(),
         format!("probes: {}", p.target.probes.join(", ")),
+        match frames {
+            Frames::GoHeap => "frames: as Go's heap profile (runtime frames above the first non-runtime one hidden; --all-frames keeps them)".to_owned(),
+            Frames::All => "frames: all (--all-frames: from the probed function to the root)".to_owned(),
+        },
+        if has_inuse {
+            "inuse_objects, inuse_space: live at the end of the trace (frees of sampled objects traced)".to_owned()
+        } else {
+            "inuse_objects, inuse_space: not measured in this mode (frees are not traced), zero; present so the sample types match Go's heap profile (-diff_base)".to_owned()
+        },
         format!("events: {} ({} bytes)", p.events, p.event_bytes),
         format!(
             "drops: alloc_map_full={} stack_unreadable={} stack_map_full={} goid_unreadable={} goroutine_map_full={} live_map_full={} sample_unreadable={}",

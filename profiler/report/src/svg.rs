@@ -4,6 +4,7 @@ use inferno::flamegraph::{self, Options};
 
 use crate::error::Error;
 use crate::folded::{Weight, to_folded};
+use crate::frames::Frames;
 use crate::model::AllocProfile;
 
 /// A flame graph of the profile weighted by `weight` (root at the bottom, one tower per call
@@ -11,8 +12,8 @@ use crate::model::AllocProfile;
 ///
 /// Fails with [`Error::NoSamples`] when nothing carries weight, because an empty graph would
 /// only be inferno's "no valid input" picture.
-pub fn to_svg(p: &AllocProfile, weight: Weight) -> Result<Vec<u8>, Error> {
-    let folded = to_folded(p, weight);
+pub fn to_svg(p: &AllocProfile, weight: Weight, frames: Frames) -> Result<Vec<u8>, Error> {
+    let folded = to_folded(p, weight, frames);
     if folded.is_empty() {
         return Err(Error::NoSamples);
     }

@@ -5,19 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use crate::folded::frames_leaf_first;
+use crate::frames::is_runtime;
 use crate::model::{AllocProfile, AllocSample, Frame, Mode};
 
 /// How the text report names allocations whose type is unknown (nil `typ`): long enough to
 /// say why a type is missing, which the reader would otherwise take for a bug.
 pub const NIL_TYPE_TEXT: &str = "<nil: untyped (slices, strings, merged locals)>";
-
-/// Frames of the Go runtime: allocator plumbing, not the user's allocation site. That is
-/// package runtime and, since Go 1.24's maps, `internal/runtime/...` (called from
-/// `runtime.mapassign`). Packages such as `runtime/debug` are ordinary callers of the runtime
-/// and stay sites. (The end-to-end tests' oracle uses the same rule.)
-fn is_runtime(function: &str) -> bool {
-    function.starts_with("runtime.") || function.starts_with("internal/runtime/")
-}
 
 /// Runtime entry points that only forward an allocation (`runtime.` prefix stripped), and
 /// the heap sampler's frames above them (runtime-sampled mode probes `setprofilebucket`).

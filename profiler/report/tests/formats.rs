@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use gomemtrace_report::model::{
-    AllocProfile, AllocSample, Drops, Frame, GoroutineSummary, Location, Mapping, Mode, TargetInfo,
+    AllocProfile, AllocSample, Drops, Frame, GoroutineSummary, InUse, Location, Mapping, Mode,
+    TargetInfo,
 };
-use gomemtrace_report::{Weight, proto, to_folded, to_json, to_pprof, to_svg, to_text};
+use gomemtrace_report::{Frames, Weight, proto, to_folded, to_json, to_pprof, to_svg, to_text};
 use prost::Message as _;
 
 const EXE: &str = "/srv/app/bin/app";
@@ -438,26 +439,37 @@ fn text_of_empty_profile() {
 #[test]
 fn folded_lines_and_sums() {
     let p = fixture();
-    let bytes = to_folded(&p, Weight::Bytes);
+    let bytes = to_folded(&p, Weight::Bytes, Frames::All);
     assert_eq!(
         bytes,
         "[no stack] 100\n\
          main.main;main.buildTree;main.newNode;runtime.newobject;runtime.mallocgc 4800\n\
          runtime.goexit;main.worker;main.makeBuf;runtime.makeslice;runtime.mallocgc 24576\n"
     );
-    let objects = to_folded(&p, Weight::Objects);
+    let objects = to_folded(&p, Weight::Objects, Frames::All);
     assert_eq!(
         objects,
         "[no stack] 1\n\
          main.main;main.buildTree;main.newNode;runtime.newobject;runtime.mallocgc 100\n\
          runtime.goexit;main.worker;main.makeBuf;runtime.makeslice;runtime.mallocgc 3\n"
     );
+    // Go's heap-profile convention: the runtime frames above the user's are hidden, and the
+    // root's runtime.goexit is dropped, as runtime/pprof drops it.
+    let go_heap = to_folded(&p, Weight::Bytes, Frames::GoHeap);
+    assert_eq!(
+        go_heap,
+        "[no stack] 100\n\
+         main.main;main.buildTree;main.newNode 4800\n\
+         main.worker;main.makeBuf 24576\n"
+    );
+    assert_eq!(go_heap, to_folded(&p, Weight::Bytes, Frames::default()));
     let sum = |s: &str| -> u64 {
         s.lines()
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum()
     };
     assert_eq!(sum(&bytes), p.totals().0);
+    assert_eq!(sum(&go_heap), p.totals().0);
     assert_eq!(sum(&objects), p.totals().1);
 }
 
@@ -468,7 +480,7 @@ fn folded_sanitizes_names() {
     p.samples[0].stack[2].frames[0].function =
         "main.F[go.shape.struct { a int; b int }]\nx".to_owned();
     p.samples[0].stack[3].frames.clear(); // unsymbolized: its address stands in
-    let folded = to_folded(&p, Weight::Bytes);
+    let folded = to_folded(&p, Weight::Bytes, Frames::All);
     assert_eq!(
         folded,
         "0x450100;main.buildTree;main.F[go.shape.struct { a int, b int }] x;runtime.newobject;runtime.mallocgc 4800\n"
@@ -489,7 +501,7 @@ fn decode(gz: &[u8]) -> proto::Profile {
 #[test]
 fn pprof_decodes_to_the_same_profile() {
     let p = fixture();
-    let pb = decode(&to_pprof(&p));
+    let pb = decode(&to_pprof(&p, Frames::All));
     let st = &pb.string_table;
     let s = |i: i64| st[usize::try_from(i).unwrap()].as_str();
 
@@ -506,11 +518,22 @@ fn pprof_decodes_to_the_same_profile() {
         .iter()
         .map(|t| (s(t.r#type), s(t.unit)))
         .collect();
+    // Go's heap profile's sample types; in-use ones are zero where frees are not traced.
     assert_eq!(
         types,
-        [("alloc_objects", "count"), ("alloc_space", "bytes")]
+        [
+            ("alloc_objects", "count"),
+            ("alloc_space", "bytes"),
+            ("inuse_objects", "count"),
+            ("inuse_space", "bytes")
+        ]
     );
     assert_eq!(s(pb.default_sample_type), "alloc_space");
+    assert!(
+        pb.comment
+            .iter()
+            .any(|&c| s(c).starts_with("inuse_objects, inuse_space: not measured"))
+    );
     let period = pb.period_type.as_ref().unwrap();
     assert_eq!(
         (s(period.r#type), s(period.unit), pb.period),
@@ -562,7 +585,7 @@ fn pprof_decodes_to_the_same_profile() {
     ];
     assert_eq!(pb.sample.len(), wanted.len());
     for (sample, (objects, bytes, goid, ty)) in pb.sample.iter().zip(wanted) {
-        assert_eq!(sample.value, [objects, bytes]);
+        assert_eq!(sample.value, [objects, bytes, 0, 0]);
         let labels: Vec<(&str, &str)> = sample.label.iter().map(|l| (s(l.key), s(l.str))).collect();
         assert_eq!(labels, [("goroutine", goid), ("type", ty)]);
     }
@@ -606,6 +629,61 @@ fn pprof_decodes_to_the_same_profile() {
     assert_eq!(total, 29476);
 }
 
+/// By default the stacks start where Go's own heap profile starts them (the first PC outside
+/// the runtime), and a runtime-sampled profile shows `inuse_space` first, as Go's does.
+#[test]
+fn pprof_default_is_gos_heap_profile_convention() {
+    let mut p = fixture();
+    let pb = decode(&to_pprof(&p, Frames::GoHeap));
+    let s = |i: i64| pb.string_table[usize::try_from(i).unwrap()].as_str();
+    let leaf = |sample: &proto::Sample| -> &str {
+        let loc = pb
+            .location
+            .iter()
+            .find(|l| l.id == sample.location_id[0])
+            .unwrap();
+        let f = pb
+            .function
+            .iter()
+            .find(|f| f.id == loc.line[0].function_id)
+            .unwrap();
+        s(f.name)
+    };
+    let leaves: Vec<(&str, usize)> = pb
+        .sample
+        .iter()
+        .map(|x| (leaf(x), x.location_id.len()))
+        .collect();
+    assert_eq!(
+        leaves,
+        [
+            ("main.newNode", 2),
+            ("main.makeBuf", 1),
+            ("main.makeBuf", 1),
+            ("[no stack]", 1)
+        ]
+    );
+    assert!(
+        pb.comment
+            .iter()
+            .any(|&c| s(c).starts_with("frames: as Go's heap profile"))
+    );
+
+    p.mode = Mode::Runtime;
+    p.sample_rate = Some(524_288);
+    for x in &mut p.samples {
+        x.inuse = Some(InUse {
+            bytes: x.bytes / 2,
+            objects: x.objects / 2,
+        });
+    }
+    let pb = decode(&to_pprof(&p, Frames::GoHeap));
+    let s = |i: i64| pb.string_table[usize::try_from(i).unwrap()].as_str();
+    assert_eq!(s(pb.default_sample_type), "inuse_space");
+    assert_eq!(pb.period, 524_288);
+    assert_eq!(pb.sample[0].value, [100, 4800, 50, 2400]);
+}
+
 #[test]
 fn pprof_puts_the_executable_mapping_first() {
     let mut p = fixture();
@@ -624,7 +702,7 @@ fn pprof_puts_the_executable_mapping_first() {
             l.mapping = Some(1);
         }
     }
-    let pb = decode(&to_pprof(&p));
+    let pb = decode(&to_pprof(&p, Frames::All));
     let s = |i: i64| pb.string_table[usize::try_from(i).unwrap()].as_str();
     assert_eq!(s(pb.mapping[0].filename), EXE);
     assert_eq!(pb.mapping[0].id, 1);
@@ -704,7 +782,7 @@ fn go_tool_pprof_reads_the_profile() {
     let dir = std::env::temp_dir().join(format!("gomemtrace-report-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("app-4242.pb.gz");
-    std::fs::write(&file, to_pprof(&fixture())).unwrap();
+    std::fs::write(&file, to_pprof(&fixture(), Frames::All)).unwrap();
 
     // -top with cumulative values in raw bytes: each user site with its exact bytes.
     let top = pprof(
@@ -751,7 +829,9 @@ fn go_tool_pprof_reads_the_profile() {
     // -raw: the samples exactly as pprof parsed them, values and labels.
     let raw = pprof(&go, &["-raw"], &file);
     assert!(
-        raw.contains("alloc_objects/count alloc_space/bytes[dflt]"),
+        raw.contains(
+            "alloc_objects/count alloc_space/bytes[dflt] inuse_objects/count inuse_space/bytes"
+        ),
         "{raw}"
     );
     assert!(
@@ -770,13 +850,13 @@ fn go_tool_pprof_reads_the_profile() {
     assert_eq!(
         raw_samples
             .iter()
-            .map(|(v, labels)| (v[0], v[1], *labels))
+            .map(|(v, labels)| (v[0], v[1], v[3], *labels))
             .collect::<Vec<_>>(),
         [
-            ("100", "4800:", "goroutine:[1] type:[main.Node]"),
-            ("2", "16384:", "goroutine:[7] type:[<nil>]"),
-            ("1", "8192:", "goroutine:[8] type:[<nil>]"),
-            ("1", "100:", "goroutine:[0] type:[<nil>]"),
+            ("100", "4800", "0:", "goroutine:[1] type:[main.Node]"),
+            ("2", "16384", "0:", "goroutine:[7] type:[<nil>]"),
+            ("1", "8192", "0:", "goroutine:[8] type:[<nil>]"),
+            ("1", "100", "0:", "goroutine:[0] type:[<nil>]"),
         ],
         "{raw}"
     );
@@ -809,7 +889,7 @@ fn go_tool_pprof_reads_the_profile() {
         .flat_map(|s| s.stack.iter_mut())
         .for_each(|l| l.mapping = None);
     let bare = dir.join("bare.pb.gz");
-    std::fs::write(&bare, to_pprof(&p)).unwrap();
+    std::fs::write(&bare, to_pprof(&p, Frames::All)).unwrap();
     let top = pprof(&go, &["-top", "-cum", "-unit=B", "-nodecount=100"], &bare);
     assert!(
         top.contains("of 29476B total") && top.contains("main.makeBuf (inline)"),
@@ -823,7 +903,7 @@ fn go_tool_pprof_reads_the_profile() {
 
 #[test]
 fn svg_names_functions_and_title() {
-    let svg = String::from_utf8(to_svg(&fixture(), Weight::Bytes).unwrap()).unwrap();
+    let svg = String::from_utf8(to_svg(&fixture(), Weight::Bytes, Frames::All).unwrap()).unwrap();
     assert!(svg.starts_with("<?xml"), "{}", &svg[..100]);
     assert!(svg.trim_end().ends_with("</svg>"));
     assert!(
@@ -869,7 +949,8 @@ fn svg_names_functions_and_title() {
         "a <g> per frame (11 frames in 3 stacks), got {frames}"
     );
 
-    let objects = String::from_utf8(to_svg(&fixture(), Weight::Objects).unwrap()).unwrap();
+    let objects =
+        String::from_utf8(to_svg(&fixture(), Weight::Objects, Frames::All).unwrap()).unwrap();
     assert!(
         objects.contains("main.newNode (100 objects"),
         "object counts in tooltips"
@@ -881,7 +962,7 @@ fn svg_of_nothing_is_an_error() {
     let mut p = fixture();
     p.samples.clear();
     assert!(matches!(
-        to_svg(&p, Weight::Bytes),
+        to_svg(&p, Weight::Bytes, Frames::GoHeap),
         Err(gomemtrace_report::Error::NoSamples)
     ));
 }

@@ -273,7 +273,11 @@ pub fn pprof(
         },
         &mut symbolizer,
     );
-    Ok(gomemtrace_report::to_pprof(&profile))
+    // Served as /debug/pprof/heap and /allocs: the convention of Go's own endpoints.
+    Ok(gomemtrace_report::to_pprof(
+        &profile,
+        gomemtrace_report::Frames::GoHeap,
+    ))
 }
 
 #[cfg(test)]

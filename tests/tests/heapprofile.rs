@@ -1,0 +1,387 @@
+//! `go tool pprof -top` on gomemtrace's profile shows the same lines as on the program's own
+//! heap profile of the same run. The oracle is Go itself: the `heapprofile` fixture allocates
+//! at known sites (its own functions, `bufio.NewWriterSize`, `bytes.growSlice`, through
+//! makeslice, newobject, growslice, string conversion and map growth) and writes its own heap
+//! profile (`runtime/pprof.WriteHeapProfile`) at the end of the run that gomemtrace traces in
+//! runtime-sampled mode, on every Go release, normal and stripped.
+//!
+//! Per function, flat and cumulative `alloc_space` of the two `-top` outputs must agree, with
+//! only these differences allowed:
+//!
+//! - **GC boundary.** The runtime publishes its profile at GC boundaries: it holds the
+//!   allocations up to the last completed cycle. The fixture calls `runtime.GC()` in
+//!   `main.writeHeapProfile` before writing, so every site's allocation is published, and
+//!   what the profile writer itself allocates after that (the file, the encoder) is in
+//!   gomemtrace's profile only. Both sides are read with `-ignore=main\.writeHeapProfile`;
+//!   nothing else is cut.
+//! - **Unbiasing per stack, not per size.** Both scale each sample as pprof's
+//!   `scaleHeapSample` does, but the runtime keeps one record per (stack, object size) and
+//!   gomemtrace's kernel map one per (stack, goroutine): for a stack that allocates several
+//!   sizes (a `bytes.Buffer` growing) gomemtrace scales the total by the average size. The
+//!   scale s/(1−exp(−s/rate)) is convex in s, so merging records can only lower the estimate
+//!   (Jensen). The bound, computed from Go's own samples (`-raw`): at most Go's value, at least
+//!   the value of Go's samples merged per visible stack (coarser than gomemtrace's keys) and
+//!   scaled by their average size; plus 1 KiB + 0.01% for integer truncation. For a
+//!   single-size site the two bounds coincide: the values are equal.
+//! - **The runtime's own allocations** (stacks that never leave the runtime, a few samples
+//!   from background goroutines whose publication depends on when they ran) are left out:
+//!   functions of package runtime are compared only through `runtime.main`'s cumulative
+//!   value.
+//!
+//! Exact mode, on the same fixture and the same run's Go profile, must name the same top
+//! functions; its exact values agree with Go's sampled estimates within 5σ of sampling.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use gomemtrace_tests::{
+    TempDir, Variant, fixture, go_tool, go_versions, gomemtrace_command, is_runtime, latest_go,
+    require_root, run,
+};
+
+/// The fixture's allocation sites as Go's heap profile names them (the leaf function).
+const SITES: [&str; 7] = [
+    "bufio.NewWriterSize",
+    "bytes.growSlice",
+    "main.allocSlices",
+    "main.allocNodes",
+    "main.appendInts",
+    "main.growMap",
+    "main.buildStrings",
+];
+
+/// What the profile writer allocates after the GC boundary (see the module doc).
+const AFTER_GC: &str = "main.writeHeapProfile";
+
+/// Flat and cumulative values per function of a `go tool pprof -top`.
+#[derive(Debug, Default)]
+struct Top {
+    flat: BTreeMap<String, f64>,
+    cum: BTreeMap<String, f64>,
+    /// The `Type: ...` line: the sample type shown.
+    kind: String,
+}
+
+/// `go tool pprof -top` of `profile`, in bytes, every node, without the writer's samples.
+fn top(version: &str, profile: &str, extra: &[&str]) -> Result<Top> {
+    let ignore = format!("-ignore={}", AFTER_GC.replace('.', "\\."));
+    let mut args = vec![
+        "tool",
+        "pprof",
+        "-top",
+        "-symbolize=none",
+        "-unit=B",
+        "-nodecount=100000",
+        "-nodefraction=0",
+        "-edgefraction=0",
+        &ignore,
+    ];
+    args.extend(extra);
+    args.push(profile);
+    let out = go_tool(version, &args)?;
+    let mut t = Top::default();
+    for line in out.lines() {
+        if let Some(kind) = line.strip_prefix("Type: ") {
+            t.kind = kind.trim().to_string();
+        }
+    }
+    // "      flat  flat%   sum%        cum   cum%" then "148325019B 49.01% 49.01% ... name".
+    for line in out
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .skip(1)
+    {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 6 {
+            continue;
+        }
+        let value = |s: &str| -> Result<f64> {
+            s.trim_end_matches('B')
+                .parse::<f64>()
+                .with_context(|| format!("value {s:?} in {line:?}"))
+        };
+        let name = fields[5..].join(" ");
+        let name = name.trim_end_matches(" (inline)").to_string();
+        t.flat.insert(name.clone(), value(fields[0])?);
+        t.cum.insert(name, value(fields[3])?);
+    }
+    ensure!(!t.cum.is_empty(), "no rows in pprof -top output:\n{out}");
+    Ok(t)
+}
+
+/// The lower bound of the module doc: Go's samples (`-raw`), less the writer's, merged per
+/// visible stack and unbiased by their average size as gomemtrace unbiases a key.
+fn merged_per_stack(profile: &str) -> Result<Top> {
+    let raw = go_tool(
+        &latest_go(),
+        &["tool", "pprof", "-raw", "-symbolize=none", profile],
+    )?;
+    let period: f64 = raw
+        .lines()
+        .find_map(|l| l.strip_prefix("Period: "))
+        .context("no Period in -raw")?
+        .trim()
+        .parse()?;
+    // Locations: "     1: 0x4d78cd M=1 main.growMap file:117:0 s=113", inlined callers on
+    // continuation lines "             main.main file:...". Innermost first.
+    let mut locations: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut current = None;
+    for line in raw
+        .lines()
+        .skip_while(|l| !l.starts_with("Locations"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("Mappings"))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let function = if let Some(id) = words.first().and_then(|w| w.strip_suffix(':')) {
+            let id: u64 = id.parse().with_context(|| format!("location {line:?}"))?;
+            current = Some(id);
+            words.iter().skip(2).find(|w| !w.starts_with("M=")).copied()
+        } else {
+            words.first().copied()
+        };
+        if let (Some(id), Some(f)) = (current, function) {
+            locations.entry(id).or_default().push(f.to_string());
+        }
+    }
+    // Samples: "  91  6744188  0  0: 1 2 3 " then "                bytes:[73728]".
+    let lines: Vec<&str> = raw
+        .lines()
+        .skip_while(|l| !l.starts_with("alloc_objects/count"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("Locations"))
+        .collect();
+    let mut groups: BTreeMap<Vec<u64>, (f64, f64)> = BTreeMap::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let (values, ids) = lines[i]
+            .split_once(':')
+            .with_context(|| format!("sample {:?}", lines[i]))?;
+        let objects: f64 = values
+            .split_whitespace()
+            .next()
+            .context("values")?
+            .parse()?;
+        let ids: Vec<u64> = ids
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        let mut size = None;
+        i += 1;
+        while i < lines.len() && !lines[i].contains(": ") && !lines[i].trim().ends_with(':') {
+            if let Some(v) = lines[i].trim().strip_prefix("bytes:[") {
+                size = Some(v.trim_end_matches(']').parse::<f64>()?);
+            }
+            i += 1;
+        }
+        let size = size.with_context(|| format!("no bytes label on sample {ids:?}"))?;
+        let on_writer = ids.iter().any(|id| {
+            locations
+                .get(id)
+                .is_some_and(|f| f.iter().any(|f| f == AFTER_GC))
+        });
+        if on_writer || objects == 0.0 {
+            continue;
+        }
+        // Go wrote floor(n × scale); n, the samples taken, is the next integer up.
+        let p = 1.0 - (-size / period).exp();
+        let n = (objects * p - 1e-6).ceil();
+        let g = groups.entry(ids).or_default();
+        g.0 += n;
+        g.1 += n * size;
+    }
+    let mut t = Top::default();
+    for (ids, (n, bytes)) in groups {
+        let avg = bytes / n;
+        let estimate = (bytes / (1.0 - (-avg / period).exp())).floor();
+        let functions: Vec<&String> = ids.iter().flat_map(|id| &locations[id]).collect();
+        let leaf = functions.first().context("sample without a function")?;
+        *t.flat.entry(leaf.to_string()).or_default() += estimate;
+        for f in functions.into_iter().collect::<BTreeSet<_>>() {
+            *t.cum.entry(f.clone()).or_default() += estimate;
+        }
+    }
+    Ok(t)
+}
+
+/// Traces the fixture in `mode` writing pprof; returns (gomemtrace's profile, Go's profile).
+fn trace(tmp: &TempDir, version: &str, variant: Variant, mode: &str) -> Result<(String, String)> {
+    let bin = fixture("heapprofile", version, variant)?;
+    let ours = tmp.join(&format!("ours-{mode}.pb.gz"));
+    let go = tmp.join(&format!("go-{mode}.pb.gz"));
+    let mut cmd = gomemtrace_command()?;
+    cmd.args(["--mode", mode, "--format", "pprof", "-o"])
+        .arg(&ours)
+        .arg("--")
+        .arg(&bin)
+        .arg("-profile")
+        .arg(&go);
+    let out = run(cmd, Duration::from_secs(180))?;
+    ensure!(
+        out.code() == 0,
+        "gomemtrace exited {}:\n{}",
+        out.code(),
+        out.stderr
+    );
+    let path = |p: std::path::PathBuf| p.to_str().map(str::to_string).context("UTF-8 path");
+    Ok((path(ours)?, path(go)?))
+}
+
+/// Functions compared: all outside package runtime, and `runtime.main` (cumulative only).
+fn compared(name: &str) -> bool {
+    !is_runtime(name)
+}
+
+fn check_runtime_mode(version: &str, variant: Variant) -> Result<String> {
+    let tmp = TempDir::new(&format!("heapprofile-{version}-{}", variant.name()))?;
+    let (ours_path, go_path) = trace(&tmp, version, variant, "runtime")?;
+
+    // The default view is Go's heap profile's, and -diff_base accepts one against the other
+    // (same sample types and period type).
+    let ours_default = top(version, &ours_path, &[])?;
+    let go_default = top(version, &go_path, &[])?;
+    ensure!(
+        ours_default.kind == go_default.kind && ours_default.kind == "inuse_space",
+        "default sample type: ours {:?}, Go's {:?}",
+        ours_default.kind,
+        go_default.kind
+    );
+    let diff = format!("-diff_base={go_path}");
+    top(version, &ours_path, &["-sample_index=alloc_space", &diff])
+        .context("go tool pprof -diff_base=<Go's profile> <ours>")?;
+
+    let alloc = ["-sample_index=alloc_space"];
+    let ours = top(version, &ours_path, &alloc)?;
+    let go = top(version, &go_path, &alloc)?;
+    let lower = merged_per_stack(&go_path)?;
+    let mut bad = Vec::new();
+    let mut rows = Vec::new();
+    for (what, o, g, l) in [
+        ("flat", &ours.flat, &go.flat, &lower.flat),
+        ("cum", &ours.cum, &go.cum, &lower.cum),
+    ] {
+        let names: BTreeSet<&String> = o.keys().chain(g.keys()).collect();
+        for name in names {
+            let runtime_main = what == "cum" && name == "runtime.main";
+            if !compared(name) && !runtime_main {
+                continue;
+            }
+            let get = |m: &BTreeMap<String, f64>| m.get(name).copied().unwrap_or(0.0);
+            let (o, g, l) = (get(o), get(g), get(l));
+            let tol = 1024.0 + 1e-4 * g;
+            rows.push(format!(
+                "{what:4} {name:40} ours {o:>12.0}  Go {g:>12.0}  merged {l:>12.0}"
+            ));
+            if o > g + tol || o < l - tol {
+                bad.push(format!(
+                    "{what} {name}: ours {o:.0} B, Go's {g:.0} B; allowed {:.0}..={:.0}",
+                    l - tol,
+                    g + tol
+                ));
+            }
+        }
+    }
+    // Every site is a leaf in both (no runtime frame on top of it).
+    for site in SITES {
+        let (o, g) = (
+            ours.flat.get(site).copied().unwrap_or(0.0),
+            go.flat.get(site).copied().unwrap_or(0.0),
+        );
+        if o <= 0.0 || g <= 0.0 {
+            bad.push(format!(
+                "{site}: flat ours {o}, Go's {g}: not a leaf in both"
+            ));
+        }
+    }
+    ensure!(
+        bad.is_empty(),
+        "Go {version} {}:\n{}\n\n{}",
+        variant.name(),
+        bad.join("\n"),
+        rows.join("\n")
+    );
+    Ok(format!(
+        "Go {version} {}: {} functions agree\n{}",
+        variant.name(),
+        rows.len(),
+        rows.join("\n")
+    ))
+}
+
+#[test]
+fn runtime_mode_top_matches_the_programs_own_heap_profile_every_go_version_and_stripped() {
+    if !require_root() {
+        return;
+    }
+    let mut failures = Vec::new();
+    for version in go_versions() {
+        for variant in [Variant::Normal, Variant::Stripped] {
+            match check_runtime_mode(&version, variant) {
+                Ok(summary) => println!("{summary}"),
+                Err(e) => failures.push(format!("{e:#}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Exact mode: the same leaf convention, so the same top functions as Go's sampled profile
+/// of the same run; each value within 5σ of Go's estimate (sampling is a Poisson process over
+/// bytes, σ ≈ sqrt(bytes × rate) for objects much smaller than the rate, an overestimate for
+/// larger ones).
+fn check_exact_mode(version: &str) -> Result<String> {
+    let tmp = TempDir::new(&format!("heapprofile-exact-{version}"))?;
+    let (ours_path, go_path) = trace(&tmp, version, Variant::Normal, "exact")?;
+    let alloc = ["-sample_index=alloc_space"];
+    let ours = top(version, &ours_path, &alloc)?;
+    let go = top(version, &go_path, &alloc)?;
+    let leaders = |t: &Top| -> BTreeSet<String> {
+        let mut v: Vec<(&String, &f64)> = t.flat.iter().collect();
+        v.sort_by(|a, b| b.1.total_cmp(a.1));
+        v.into_iter()
+            .take(SITES.len())
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    let want: BTreeSet<String> = SITES.iter().map(|s| s.to_string()).collect();
+    ensure!(
+        leaders(&ours) == want && leaders(&go) == want,
+        "Go {version} exact: top {} flat functions: ours {:?}, Go's {:?}, want {want:?}",
+        SITES.len(),
+        leaders(&ours),
+        leaders(&go)
+    );
+    let rate: f64 = 512.0 * 1024.0;
+    for site in SITES {
+        let (o, g) = (ours.flat[site], go.flat[site]);
+        let sigma = (o * rate).sqrt();
+        if (o - g).abs() > 5.0 * sigma {
+            bail!(
+                "Go {version} exact: {site} {o:.0} B, Go's estimate {g:.0} B: beyond 5σ ({sigma:.0} B)"
+            );
+        }
+    }
+    Ok(format!("Go {version} exact: top functions {want:?}"))
+}
+
+#[test]
+fn exact_mode_names_the_same_top_functions() {
+    if !require_root() {
+        return;
+    }
+    let versions = go_versions();
+    let mut failures = Vec::new();
+    // The oldest and the newest release: mallocgc, and the size-specialized mallocgc*.
+    let ends: BTreeSet<&String> = [versions.first(), versions.last()]
+        .into_iter()
+        .flatten()
+        .collect();
+    for version in ends {
+        match check_exact_mode(version) {
+            Ok(summary) => println!("{summary}"),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
