@@ -105,12 +105,13 @@ fn try_alloc_entry(ctx: &ProbeContext) -> Result<(), ()> {
         count(Counter::ZeroSize, 1);
         return Ok(());
     }
-    record_allocation(ctx, tgid, &cfg, regs.rbx, size)?;
+    record_allocation(ctx, tgid, &cfg, regs.rbx, size, 0)?;
     Ok(())
 }
 
 /// Counts one allocation event of `size` bytes of type `typ` under its goroutine, user
-/// stack and direct caller, and returns the key it was aggregated under.
+/// stack and direct caller (and `sample_size`: see [`AllocKey::sample_size`]), and returns
+/// the key it was aggregated under.
 #[inline(always)]
 pub(crate) fn record_allocation(
     ctx: &ProbeContext,
@@ -118,6 +119,7 @@ pub(crate) fn record_allocation(
     cfg: &ProcessConfig,
     typ: u64,
     size: u64,
+    sample_size: u32,
 ) -> Result<AllocKey, ()> {
     // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
     let regs = unsafe { &*ctx.regs };
@@ -136,7 +138,7 @@ pub(crate) fn record_allocation(
     };
     let key = AllocKey {
         tgid,
-        _pad: 0,
+        sample_size,
         stack: record_stack(ctx),
         goid,
         typ,

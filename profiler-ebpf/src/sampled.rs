@@ -59,7 +59,8 @@ fn try_set_profile_bucket(ctx: &ProbeContext) -> Result<(), ()> {
     if let Some(rate) = read_u64(cfg.mem_profile_rate_addr) {
         let _ = RATES.insert(&tgid, &rate, 0);
     }
-    let key = record_allocation(ctx, tgid, &cfg, TYPE_NOT_RECORDED, size)?;
+    let sample_size = u32::try_from(size).unwrap_or(u32::MAX);
+    let key = record_allocation(ctx, tgid, &cfg, TYPE_NOT_RECORDED, size, sample_size)?;
     let live = LiveKey {
         tgid,
         _pad: 0,

@@ -64,7 +64,10 @@ pub struct LiveKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AllocKey {
     pub tgid: u32,
-    pub _pad: u32,
+    /// Runtime-sampled mode: the sampled object's size (saturated at `u32::MAX`), so that
+    /// a stack's samples of different sizes stay apart and each is unbiased for its own
+    /// size, as the runtime's own profile buckets are per stack and size. 0 in exact mode.
+    pub sample_size: u32,
     /// Key of the user stack in the stacks map (a 64-bit hash of its PCs), or
     /// [`NO_STACK`] when none was read or stored.
     pub stack: u64,
