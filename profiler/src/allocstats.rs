@@ -389,6 +389,18 @@ mod tests {
     }
 
     #[test]
+    fn equals_the_processes_own_memstats_when_stripped() {
+        for version in ["1.19", "1.27"] {
+            check(version, &["-ldflags=-s -w"], "stripped");
+            check(
+                version,
+                &["-buildmode=pie", "-ldflags=-s -w"],
+                "stripped-pie",
+            );
+        }
+    }
+
+    #[test]
     fn a_missing_process_is_an_error_not_a_panic() {
         let layout = AllocStatsLayout {
             memstats: 0x1000,

@@ -962,14 +962,17 @@ fn line_field(line: &str, key: &str) -> Result<f64> {
         .with_context(|| format!("{key} in {line}"))
 }
 
-/// Go releases and builds of the runtime-counter test: four releases with symbols.
+/// Go releases and builds of the runtime-counter test: four releases with symbols, the
+/// newest stripped.
 fn counter_builds() -> Vec<(String, Variant)> {
     let all = go_versions();
-    ["1.19", "1.22", "1.25", "1.27"]
+    let mut builds: Vec<(String, Variant)> = ["1.19", "1.22", "1.25", "1.27"]
         .iter()
         .filter(|v| all.iter().any(|a| a == *v))
         .map(|v| (v.to_string(), Variant::Normal))
-        .collect()
+        .collect();
+    builds.push((latest_go(), Variant::Stripped));
+    builds
 }
 
 #[test]

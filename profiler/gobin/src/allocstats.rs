@@ -15,7 +15,7 @@
 //! stripped binary from a per-version table ([`AllocStatsOffsets::for_version`]) read
 //! from the DWARF of each release and checked against it by `tests/allocstats.rs`.
 
-use crate::{GoBinary, GoVersion, offsets};
+use crate::{GoBinary, GoVersion, disasm, offsets};
 
 /// Small-object size classes (`_NumSizeClasses`, `gc.NumSizeClasses`): 68 in every
 /// release from 1.19 to 1.27.
@@ -218,7 +218,7 @@ impl AllocStatsLayout {
             binary.symbol("runtime.allp"),
         ) {
             (Some(m), Some(a)) => (m, a),
-            _ => from_code(binary, &offsets)?,
+            _ => globals_from_code(binary, &offsets)?,
         };
         Ok(Self {
             memstats,
@@ -230,9 +230,39 @@ impl AllocStatsLayout {
     }
 }
 
-/// `runtime.memstats` and `runtime.allp` of a stripped binary.
-fn from_code(_binary: &GoBinary, _offsets: &AllocStatsOffsets) -> Result<(u64, u64), LocateError> {
-    Err(LocateError::Global("runtime.memstats"))
+/// (`runtime.memstats`, `runtime.allp`) of a stripped binary, from the code that uses
+/// them (GO-RUNTIME.md §7), in every release from 1.19 to 1.27:
+/// - `runtime.gcMarkTinyAllocs` loads only `allp`'s array pointer and then its length
+///   (`for _, p := range allp`): the first RIP-relative load, followed by the one 8 bytes
+///   on;
+/// - `runtime.(*mcache).allocLarge` passes `&memstats.heapStats` to `acquire` and then
+///   to `release`: the first two consecutive RIP-relative LEAs of the same address.
+pub fn globals_from_code(
+    binary: &GoBinary,
+    offsets: &AllocStatsOffsets,
+) -> Result<(u64, u64), LocateError> {
+    let code = |name: &str| {
+        let f = binary.function(name)?;
+        Some((binary.function_code(f)?, f.entry))
+    };
+    let allp = code("runtime.gcMarkTinyAllocs")
+        .and_then(
+            |(code, entry)| match disasm::rip_relative_loads(code, entry)[..] {
+                [array, len, ..] if len == array.wrapping_add(8) => Some(array),
+                _ => None,
+            },
+        )
+        .ok_or(LocateError::Global("runtime.allp"))?;
+    let memstats = code("runtime.(*mcache).allocLarge")
+        .and_then(|(code, entry)| {
+            disasm::rip_relative_leas(code, entry)
+                .windows(2)
+                .find(|pair| pair[0] == pair[1])
+                .map(|pair| pair[0])
+        })
+        .and_then(|heap_stats| heap_stats.checked_sub(u64::from(offsets.mstats_heap_stats)))
+        .ok_or(LocateError::Global("runtime.memstats"))?;
+    Ok((memstats, allp))
 }
 
 /// The binary's size table where its symbol is there, else [`SIZE_CLASS_TO_SIZE`].

@@ -7,7 +7,7 @@ mod support;
 
 use gomemtrace_gobin::allocstats::{
     AllocStatsLayout, AllocStatsOffsets, LayoutSource, NUM_SIZE_CLASSES, SIZE_CLASS_TO_SIZE,
-    class_to_size,
+    class_to_size, globals_from_code,
 };
 use gomemtrace_gobin::{GoBinary, GoVersion};
 use support::{Variant, go_binary, go_versions};
@@ -116,5 +116,39 @@ fn located_from_symbols_where_the_binary_has_them() {
         assert_eq!(layout.memstats, go.syms["runtime.memstats"], "go{v}");
         assert_eq!(layout.allp, go.syms["runtime.allp"], "go{v}");
         assert_eq!(layout.source, LayoutSource::Symbols, "go{v}");
+    }
+}
+
+#[test]
+fn the_code_gives_the_globals_symbols() {
+    for v in go_versions() {
+        // Where the symbols are there, the anchors' operands must be them.
+        for variant in [Variant::Normal, Variant::Pie] {
+            let path = go_binary(v, variant);
+            let binary = GoBinary::open(&path).expect("parse");
+            let offsets = AllocStatsOffsets::for_version(version(v)).expect("verified release");
+            let go = dwdump::dwdump(&path);
+            assert_eq!(
+                globals_from_code(&binary, &offsets).unwrap_or_else(|e| panic!("go{v}: {e}")),
+                (go.syms["runtime.memstats"], go.syms["runtime.allp"]),
+                "go{v} {variant:?}"
+            );
+        }
+        // A stripped build has no symbols (and its data is laid out a little differently):
+        // it is located from the code, with the table's offsets. tests/tests/agent.rs
+        // reads a stripped process's counters against its own MemStats.
+        for variant in [Variant::Stripped, Variant::StrippedPie] {
+            let path = go_binary(v, variant);
+            let bytes = std::fs::read(&path).expect("read");
+            let binary = GoBinary::open(&path).expect("parse");
+            assert!(
+                binary.symbol("runtime.memstats").is_none(),
+                "go{v} {variant:?}"
+            );
+            let layout = AllocStatsLayout::locate(&binary, &bytes)
+                .unwrap_or_else(|e| panic!("go{v} {variant:?}: {e}"));
+            assert_eq!(layout.source, LayoutSource::Code, "go{v} {variant:?}");
+            assert_eq!(layout.class_to_size, SIZE_CLASS_TO_SIZE, "go{v}");
+        }
     }
 }
