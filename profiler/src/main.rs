@@ -2,6 +2,7 @@
 
 mod agent;
 mod alloc_points;
+mod allocstats;
 mod analysis;
 mod cli;
 mod collect;

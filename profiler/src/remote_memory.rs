@@ -48,11 +48,11 @@ pub fn read_u64s(pid: u32, addr: u64, n: usize) -> io::Result<Vec<u64>> {
         .collect())
 }
 
-/// The little-endian `width`-byte (4 or 8) words at `addrs` in `pid`; `None` where a
+/// The little-endian `width`-byte (2, 4 or 8) words at `addrs` in `pid`; `None` where a
 /// word could not be read. Err only when nothing can be read at all (the process is gone,
 /// or no permission).
 pub fn read_words(pid: u32, addrs: &[u64], width: usize) -> io::Result<Vec<Option<u64>>> {
-    assert!(width == 4 || width == 8, "word width {width}");
+    assert!(matches!(width, 2 | 4 | 8), "word width {width}");
     let mut out = vec![None; addrs.len()];
     let mut buf = vec![0u8; BATCH * width];
     let mut next = 0;
@@ -98,11 +98,9 @@ pub fn read_words(pid: u32, addrs: &[u64], width: usize) -> io::Result<Vec<Optio
         };
         for (i, slot) in out[next..next + complete].iter_mut().enumerate() {
             let bytes = &buf[i * width..(i + 1) * width];
-            *slot = Some(if width == 4 {
-                u64::from(u32::from_le_bytes(bytes.try_into().unwrap_or_default()))
-            } else {
-                u64::from_le_bytes(bytes.try_into().unwrap_or_default())
-            });
+            let mut word = [0u8; 8];
+            word[..width].copy_from_slice(bytes);
+            *slot = Some(u64::from_le_bytes(word));
         }
         read_any |= complete > 0;
         next += if complete == batch.len() {
@@ -136,6 +134,8 @@ mod tests {
         let small: Vec<u32> = vec![0xdead_beef, 7];
         let read = read_words(pid, &[&small[0] as *const u32 as u64], 4).unwrap();
         assert_eq!(read, vec![Some(0xdead_beef)]);
+        let read = read_words(pid, &[&small[0] as *const u32 as u64], 2).unwrap();
+        assert_eq!(read, vec![Some(0xbeef)]);
         let bytes = read_bytes(pid, words.as_ptr() as u64, 16).unwrap();
         assert_eq!(bytes[..8], 1u64.to_le_bytes());
         assert_eq!(read_u64s(pid, words.as_ptr() as u64, 3).unwrap(), [1, 4, 7]);

@@ -312,6 +312,22 @@ pub fn rip_relative_loads(code: &[u8], entry: u64) -> Vec<u64> {
     targets
 }
 
+/// Addresses of the RIP-relative operands of 64-bit `LEA reg, [rip+X]` in `code`, in
+/// order: the addresses of globals whose address is taken (e.g. `&memstats.heapStats`
+/// passed to a method).
+pub fn rip_relative_leas(code: &[u8], entry: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
+    let mut instruction = Instruction::default();
+    let mut targets = Vec::new();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instruction);
+        if instruction.code() == Code::Lea_r64_m && instruction.memory_base() == Register::RIP {
+            targets.push(instruction.ip_rel_memory_address());
+        }
+    }
+    targets
+}
+
 /// Every direct near `CALL rel32` in `code` loaded at `entry`, in order: (address of the
 /// `CALL`, address it calls). Used to find where a function reads the clock, so that probes
 /// can bracket exactly the interval the runtime itself times. A direct `CALL` is emulated

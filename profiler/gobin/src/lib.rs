@@ -4,6 +4,7 @@
 //! runtime struct offsets (from DWARF, else a per-version table), the probe offset after a
 //! function's stack check, RET offsets, and the names of runtime type descriptors.
 
+pub mod allocstats;
 mod binary;
 mod buildinfo;
 mod bytes;

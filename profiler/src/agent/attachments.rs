@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use gomemtrace_common::{PROCESS_FLAG_NO_GOID, RT_FLAG_TOTALS_ONLY, RtConfig};
-use gomemtrace_gobin::{GoBinary, offsets};
+use gomemtrace_gobin::{GoBinary, allocstats::AllocStatsLayout, offsets};
 use gomemtrace_report::model::Mode;
 
 use crate::{
@@ -45,6 +45,8 @@ pub struct RuntimeLayout {
     pub offsets: offsets::RuntimeOffsets,
     /// The GC probes' plan, `None` where they cannot be placed.
     pub gc: Option<Arc<crate::gc::Plan>>,
+    /// Where the runtime keeps its allocation counters.
+    pub alloc_stats: Option<gomemtrace_gobin::allocstats::AllocStatsLayout>,
 }
 
 impl Process {
@@ -207,7 +209,7 @@ fn analyse(exe: &Exe, mode: ModeArg) -> Result<(Analysed, RuntimeLayout), Skip> 
         return Err(Skip::NotGo);
     }
     let go = GoTarget::from_file_bytes(&data, &exe.path).map_err(|_| Skip::NotGo)?;
-    let runtime = runtime_layout(&go, &data);
+    let runtime = runtime_layout(&go, &data, &exe.path);
     drop(data);
     let config = go.process_config();
     let sampler = go.sampler();
@@ -216,7 +218,7 @@ fn analyse(exe: &Exe, mode: ModeArg) -> Result<(Analysed, RuntimeLayout), Skip> 
     Ok((analysed, runtime))
 }
 
-fn runtime_layout(go: &GoTarget, data: &[u8]) -> RuntimeLayout {
+fn runtime_layout(go: &GoTarget, data: &[u8], exe_path: &str) -> RuntimeLayout {
     let copystack = crate::rt::config_of(go, data, RT_FLAG_TOTALS_ONLY)
         .ok()
         .and_then(|(config, _)| {
@@ -231,6 +233,16 @@ fn runtime_layout(go: &GoTarget, data: &[u8]) -> RuntimeLayout {
         goroutines,
         offsets: go.offsets,
         gc: crate::gc::Plan::of_target(go, data).ok().map(Arc::new),
+        alloc_stats: match AllocStatsLayout::locate(&go.binary, data) {
+            Ok(layout) => Some(layout),
+            Err(why) => {
+                eprintln!(
+                    "gomemtrace: agent: {}: the runtime's allocation counters: {why}; counting allocations with the probes",
+                    exe_path
+                );
+                None
+            }
+        },
     }
 }
 

@@ -14,6 +14,10 @@ pub struct Metrics {
     registry: Registry,
     pub allocated_bytes: CounterVec,
     pub allocated_objects: CounterVec,
+    pub freed_bytes: CounterVec,
+    pub freed_objects: CounterVec,
+    pub heap_objects: GaugeVec,
+    pub heap_objects_bytes: GaugeVec,
     pub sampled_inuse_bytes: GaugeVec,
     pub gc_cycles: CounterVec,
     pub gc_pause: HistogramVec,
@@ -50,17 +54,47 @@ impl Metrics {
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new();
         let per_process = &Labels::NAMES;
+        let mut with_source: Vec<&str> = per_process.to_vec();
+        with_source.push("source");
         let allocated_bytes = CounterVec::new(
             opts(
                 "gomemtrace_allocated_bytes_total",
-                "Bytes allocated on the Go heap since the agent attached; an unbiased estimate in runtime-sampled mode (gomemtrace_mode)",
+                "Bytes allocated on the Go heap since the agent attached: source=runtime, the runtime's own counters (MemStats.TotalAlloc), exact; source=probes where those cannot be read, the probes' count (an estimate in runtime-sampled and duty-cycled mode)",
             ),
-            per_process,
+            &with_source,
         )?;
         let allocated_objects = CounterVec::new(
             opts(
                 "gomemtrace_allocated_objects_total",
-                "Heap objects allocated since the agent attached; an unbiased estimate in runtime-sampled mode",
+                "Heap objects allocated since the agent attached (MemStats.Mallocs, tiny allocations included); source as for gomemtrace_allocated_bytes_total",
+            ),
+            &with_source,
+        )?;
+        let freed_bytes = CounterVec::new(
+            opts(
+                "gomemtrace_freed_bytes_total",
+                "Heap bytes the GC freed since the agent attached (the runtime's own counters, as MemStats.TotalAlloc - HeapAlloc); where gomemtrace_allocated_bytes_total has source=runtime",
+            ),
+            per_process,
+        )?;
+        let freed_objects = CounterVec::new(
+            opts(
+                "gomemtrace_freed_objects_total",
+                "Heap objects the GC freed since the agent attached (MemStats.Frees, tiny allocations included); where gomemtrace_allocated_objects_total has source=runtime",
+            ),
+            per_process,
+        )?;
+        let heap_objects = GaugeVec::new(
+            opts(
+                "gomemtrace_heap_objects",
+                "Heap objects allocated and not yet freed (MemStats.HeapObjects), read from the runtime at each harvest; where the runtime's counters can be read",
+            ),
+            per_process,
+        )?;
+        let heap_objects_bytes = GaugeVec::new(
+            opts(
+                "gomemtrace_heap_objects_bytes",
+                "Bytes of heap objects allocated and not yet freed (MemStats.HeapAlloc): live ones and dead ones the GC has not swept yet; where the runtime's counters can be read",
             ),
             per_process,
         )?;
@@ -234,6 +268,10 @@ impl Metrics {
         for collector in [
             Box::new(allocated_bytes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(allocated_objects.clone()),
+            Box::new(freed_bytes.clone()),
+            Box::new(freed_objects.clone()),
+            Box::new(heap_objects.clone()),
+            Box::new(heap_objects_bytes.clone()),
             Box::new(sampled_inuse_bytes.clone()),
             Box::new(gc_cycles.clone()),
             Box::new(gc_pause.clone()),
@@ -266,6 +304,10 @@ impl Metrics {
             registry,
             allocated_bytes,
             allocated_objects,
+            freed_bytes,
+            freed_objects,
+            heap_objects,
+            heap_objects_bytes,
             sampled_inuse_bytes,
             gc_cycles,
             gc_pause,
@@ -295,11 +337,18 @@ impl Metrics {
     }
 
     /// A process with `labels` was attached: its series exist from now, at 0.
-    pub fn add_process(&mut self, labels: &Labels, mode: &str) {
+    /// `source`: where its allocation counters come from ("runtime" or "probes").
+    pub fn add_process(&mut self, labels: &Labels, mode: &str, source: &str) {
         *self.label_users.entry(labels.clone()).or_default() += 1;
         let values = labels.values();
-        self.allocated_bytes.with_label_values(&values);
-        self.allocated_objects.with_label_values(&values);
+        self.allocated_bytes
+            .with_label_values(&with(&values, source));
+        self.allocated_objects
+            .with_label_values(&with(&values, source));
+        if source == "runtime" {
+            self.freed_bytes.with_label_values(&values);
+            self.freed_objects.with_label_values(&values);
+        }
         self.gc_cycles.with_label_values(&values);
         self.processes.with_label_values(&with(&values, mode)).inc();
     }
@@ -320,8 +369,18 @@ impl Metrics {
         *users -= 1;
         if *users == 0 {
             self.label_users.remove(labels);
-            let _ = self.allocated_bytes.remove_label_values(&values);
-            let _ = self.allocated_objects.remove_label_values(&values);
+            for source in ["runtime", "probes"] {
+                let _ = self
+                    .allocated_bytes
+                    .remove_label_values(&with(&values, source));
+                let _ = self
+                    .allocated_objects
+                    .remove_label_values(&with(&values, source));
+            }
+            let _ = self.freed_bytes.remove_label_values(&values);
+            let _ = self.freed_objects.remove_label_values(&values);
+            let _ = self.heap_objects.remove_label_values(&values);
+            let _ = self.heap_objects_bytes.remove_label_values(&values);
             let _ = self.sampled_inuse_bytes.remove_label_values(&values);
             let _ = self.gc_cycles.remove_label_values(&values);
             let _ = self.gc_pause.remove_label_values(&values);
@@ -394,10 +453,10 @@ mod tests {
     fn series_go_with_the_last_process_of_their_label_set() {
         let mut m = Metrics::new().unwrap();
         let a = labels("/srv/a");
-        m.add_process(&a, "runtime");
-        m.add_process(&a, "runtime");
+        m.add_process(&a, "runtime", "probes");
+        m.add_process(&a, "runtime", "runtime");
         m.allocated_bytes
-            .with_label_values(&a.values())
+            .with_label_values(&with(&a.values(), "runtime"))
             .inc_by(10.0);
         m.remove_process(&a, "runtime");
         assert!(m.render().contains("exe=\"/srv/a\""), "{}", m.render());

@@ -1,6 +1,7 @@
 //! `gomemtrace agent`: every Go process on the node, traced by one set of probes;
 //! Prometheus metrics on /metrics and pprof profiles over HTTP (docs/AGENT.md).
 
+mod allocstats;
 pub mod args;
 mod attachments;
 mod discovery;

@@ -13,6 +13,7 @@ use gomemtrace_common::{Counter, ProcCounter};
 use crate::{
     agent::{
         Shared,
+        allocstats::{AllocStatsTracker, Source},
         attachments::{Attachments, Skip},
         discovery::{self, Exe, Filter},
         duty::DutyCycler,
@@ -44,6 +45,8 @@ pub struct Tracer {
     /// None with --no-stack-metrics.
     pub stacks: Option<StackTracker>,
     goroutines: GoroutineTracker,
+    /// The runtime's own allocation counters, where they can be read.
+    alloc_stats: AllocStatsTracker,
     /// None where remote NUMA accesses cannot be measured.
     numa: Option<NumaTracker>,
     pub events: ProcEvents,
@@ -96,6 +99,7 @@ impl Tracer {
             gc,
             stacks,
             goroutines: GoroutineTracker::default(),
+            alloc_stats: AllocStatsTracker::default(),
             numa,
             events,
             filter,
@@ -240,6 +244,7 @@ impl Tracer {
                 let gc_attached = self.gc.attach(&process);
                 let stack_attached = self.stacks.as_mut().is_none_or(|s| s.attach(&process));
                 self.goroutines.attached(&process);
+                let source = self.alloc_stats.attach(&process);
                 let numa_attached = self.numa.as_mut().is_none_or(|n| n.attach(&process));
                 let mut metrics = self.metrics();
                 if !gc_attached {
@@ -251,7 +256,7 @@ impl Tracer {
                 if !numa_attached {
                     metrics.skipped.with_label_values(&["numa"]).inc();
                 }
-                metrics.add_process(&process.labels, mode_name(&process));
+                metrics.add_process(&process.labels, mode_name(&process), source.name());
                 metrics
                     .attached
                     .set(self.attachments.processes.len() as i64);
@@ -294,6 +299,7 @@ impl Tracer {
             numa.detach(pid, &metrics);
         }
         self.goroutines.forget(pid);
+        self.alloc_stats.forget(pid);
         metrics.remove_process(&process.labels, mode_name(&process));
         metrics
             .attached
@@ -313,10 +319,14 @@ impl Tracer {
             .unwrap_or_else(|e| e.into_inner());
         for (pid, table) in tables.by_pid.iter_mut() {
             table.duty_estimate = self.duty.estimate(*pid);
+            // The runtime's own counters, where readable, are moved below.
+            if self.alloc_stats.source(*pid) == Source::Runtime {
+                continue;
+            }
             // Duty-cycled: the windows' scaled estimate; else the (unbiased) tables.
             let now = table.duty_estimate.unwrap_or_else(|| table.allocated());
             let counted = self.counted.entry(*pid).or_default();
-            let values = table.process.labels.values();
+            let values = metrics::with(&table.process.labels.values(), Source::Probes.name());
             // Per-key unbiasing can move a total down a little as a key's average size
             // changes: counters only go up.
             if now.bytes > counted.bytes {
@@ -348,6 +358,8 @@ impl Tracer {
                 .set(bytes);
         }
         drop(tables);
+        self.alloc_stats
+            .harvest(self.attachments.processes.values(), &metrics);
         if let Ok(c) = self.attachments.probes.counters() {
             let last = self.last_global.entry("events").or_default();
             Metrics::advance(&metrics.probe_events, last, c.get(Counter::Events));

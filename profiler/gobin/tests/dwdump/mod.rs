@@ -21,6 +21,8 @@ pub struct DwDump {
     pub rtypes: HashMap<String, u64>,
     /// `.symtab` symbol -> address (`runtime.types`, `runtime.etypes`).
     pub syms: HashMap<String, u64>,
+    /// Struct name -> byte size (`runtime.heapStatsDelta`).
+    pub sizes: HashMap<String, u64>,
 }
 
 /// FNV-1a, stable across Rust releases, for the cache key.
@@ -103,6 +105,7 @@ fn run(flags: &[&str], binary: &Path) -> DwDump {
             "field" => &mut dump.fields,
             "rtype" => &mut dump.rtypes,
             "sym" => &mut dump.syms,
+            "size" => &mut dump.sizes,
             _ => continue,
         };
         map.insert(name.to_string(), value);

@@ -26,6 +26,22 @@ var structs = map[string][]string{
 	"runtime.g":     {"goid", "m", "startpc", "gopc", "stack.lo", "stack.hi", "atomicstatus"},
 	"runtime.m":     {"curg"},
 	"runtime.stack": {"lo", "hi"},
+	// The allocation counters (allocstats).
+	"runtime.mstats":              {"heapStats"},
+	"runtime.consistentHeapStats": {"stats", "gen"},
+	"runtime.heapStatsDelta": {"tinyAllocCount", "largeAlloc", "largeAllocCount", "smallAllocCount",
+		"largeFree", "largeFreeCount", "smallFreeCount"},
+	"runtime.p":      {"mcache"},
+	"runtime.mcache": {"tinyAllocs", "alloc"},
+	"runtime.mspan":  {"allocCount", "allocCountBeforeCache"},
+}
+
+// Structs whose byte size is printed ("size 0x498 runtime.heapStatsDelta").
+var sizes = map[string]bool{"runtime.heapStatsDelta": true}
+
+// Data symbols whose address is printed.
+var symbols = map[string]bool{
+	"runtime.types": true, "runtime.etypes": true, "runtime.memstats": true, "runtime.allp": true,
 }
 
 var rtypes = map[string]bool{
@@ -73,6 +89,9 @@ func main() {
 					fail(err)
 				}
 				st := t.(*dwarf.StructType)
+				if sizes[name] {
+					out = append(out, fmt.Sprintf("size %#x %s", st.ByteSize, name))
+				}
 				for _, fld := range fields {
 					off, ok := memberOffset(st, fld)
 					if !ok {
@@ -93,7 +112,7 @@ func main() {
 		fail(err)
 	}
 	for _, s := range syms {
-		if s.Name == "runtime.types" || s.Name == "runtime.etypes" {
+		if symbols[s.Name] {
 			out = append(out, fmt.Sprintf("sym %#x %s", s.Value, s.Name))
 		}
 	}
