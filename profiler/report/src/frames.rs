@@ -42,6 +42,18 @@ fn is_runtime_pc(loc: &Location) -> bool {
 
 /// Whether the location's machine code is `function` (its outermost frame: the function the
 /// inlined ones were inlined into).
+/// The functions that switch to the system stack and are the top frame there, where the
+/// runtime's unwinder stops when it records a heap sample (`topofstack`, the TOPFRAME and
+/// SPWRITE functions): `systemstack`, `mcall` (the scheduler, e.g. `park_m` → `schedule`
+/// → `startm` → `allocm` under a `chanrecv` of `runtime.main`), `morestack` (`newstack`),
+/// `asmcgocall`.
+const STACK_SWITCHES: [&str; 4] = [
+    "runtime.systemstack",
+    "runtime.mcall",
+    "runtime.morestack",
+    "runtime.asmcgocall",
+];
+
 fn code_is(loc: &Location, function: &str) -> bool {
     loc.frames.last().is_some_and(|f| f.function == function)
 }
@@ -89,9 +101,9 @@ fn sampler_skip(go_version: &str) -> usize {
 /// 1. runtime-sampled mode (the sampler's `runtime.profilealloc` is on the stack): the
 ///    frames the runtime's record skips are dropped, as many as that release's
 ///    `mProf_Malloc` skips ([`sampler_skip`]; whole locations only);
-/// 2. a `runtime.systemstack` there means the allocation was made on the system stack: the
-///    runtime's unwinder stops at that switch, while the frame-pointer walk went on into the
-///    goroutine's frames, so the stack ends there;
+/// 2. a switch to the system stack there ([`STACK_SWITCHES`]) means the allocation was made
+///    on it: the runtime's unwinder stops at that switch, while the frame-pointer walk went
+///    on into the goroutine's frames, so the stack ends there;
 /// 3. then, as `writeHeapProto` does, every PC before the first non-runtime one is hidden,
 ///    unless there is none, and then the stack is kept whole.
 pub fn visible<'a>(stack: &'a [Location], frames: Frames, go_version: &str) -> &'a [Location] {
@@ -129,7 +141,7 @@ pub fn visible<'a>(stack: &'a [Location], frames: Frames, go_version: &str) -> &
         .unwrap_or(stack.len());
     let stack = match stack[..prefix]
         .iter()
-        .position(|l| code_is(l, "runtime.systemstack"))
+        .position(|l| STACK_SWITCHES.iter().any(|f| code_is(l, f)))
     {
         Some(i) => &stack[..=i],
         None => stack,
@@ -297,6 +309,24 @@ mod tests {
                 "runtime.newproc.func1",
                 "runtime.systemstack"
             ]
+        );
+        // The scheduler on the system stack, entered by mcall from a goroutine that blocked
+        // (seen in CI on Go 1.19: Go's profile had it without runtime.main, ours had not).
+        let scheduler = sampled(&[
+            "runtime.mallocgc",
+            "runtime.allocm",
+            "runtime.newm",
+            "runtime.startm",
+            "runtime.schedule",
+            "runtime.park_m",
+            "runtime.mcall",
+            "runtime.chanrecv1",
+            "runtime.gcenable",
+            "runtime.main",
+        ]);
+        assert_eq!(
+            names(visible(&scheduler, Frames::GoHeap, "go1.19.8")).last(),
+            Some(&"runtime.mcall".to_string())
         );
         // Exact mode: no sampler frames, the same cut.
         let e = stack(&["runtime.mallocgc", "runtime.systemstack", "main.main"]);
