@@ -43,6 +43,14 @@ pub struct Cli {
     #[arg(long, default_value_t = 1.0, value_name = "PERCENT", value_parser = parse_budget)]
     pub overhead_budget: f64,
 
+    /// Runtime-sampled and duty-cycled modes: where the totals come from. `runtime`: the
+    /// target's own allocation counters, read from outside, with the probes giving each
+    /// stack's share; `probes`: the probes' own estimate (e.g. to compare with the
+    /// program's own heap profile, which is unbiased the same way). The counters are
+    /// reported either way.
+    #[arg(long, value_enum, default_value_t = TotalsArg::Runtime)]
+    pub totals: TotalsArg,
+
     /// Record every allocation: same as `--mode exact`.
     #[arg(long, conflicts_with = "mode")]
     pub exact: bool,
@@ -210,6 +218,12 @@ pub enum Format {
     Svg,
     /// The full profile as json (schema in docs/JSON.md).
     Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TotalsArg {
+    Runtime,
+    Probes,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use gomemtrace_common::Counter;
 use gomemtrace_gobin::{GoBinary, types};
 use gomemtrace_report::model::{
-    AllocProfile, AllocSample, Drops, GoroutineSummary, InUse, Mode, TargetInfo,
+    AllocProfile, AllocSample, Drops, GoroutineSummary, InUse, Mode, RuntimeCounters, TargetInfo,
 };
 
 use crate::{
@@ -26,6 +26,11 @@ pub struct CollectInput<'a> {
     pub duration_ns: u64,
     /// Duty-cycled mode: the windows, to scale counts by.
     pub duty: Option<&'a crate::duty::DutyRecord>,
+    /// The runtime's counters over the trace, or why they could not be read; `None` where
+    /// they were not asked for.
+    pub counters: Option<Result<RuntimeCounters, String>>,
+    /// Scale estimating modes' samples to `counters` (`--totals runtime`).
+    pub scale_to_counters: bool,
 }
 
 pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -> AllocProfile {
@@ -39,6 +44,8 @@ pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -
         start_unix_ns,
         duration_ns,
         duty,
+        counters,
+        scale_to_counters,
     } = input;
     let scaled = duty.map(|d| d.estimates()).unwrap_or_default();
     let rate = if mode == Mode::Runtime {
@@ -80,6 +87,19 @@ pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -
             estimate,
         });
     }
+    let (mut runtime_counters, runtime_counters_error) = match counters {
+        Some(Ok(c)) => (Some(c), None),
+        Some(Err(why)) => (None, Some(why)),
+        None => (None, None),
+    };
+    // Estimating modes: the probes give each stack's share, the runtime the volume.
+    if let Some(c) = runtime_counters.as_mut()
+        && matches!(mode, Mode::Duty | Mode::Runtime)
+        && scale_to_counters
+        && c.events_after_reading == 0
+    {
+        crate::trace_counters::scale(&mut samples, c);
+    }
     samples.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.objects.cmp(&a.objects)));
     let goroutines = goroutine_totals(&samples, snapshot, pid, symbolizer);
     AllocProfile {
@@ -95,6 +115,8 @@ pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -
         mappings: symbolizer.mappings.clone(),
         drops: drops(&snapshot.counters),
         duty: duty.map(|d| d.summary()),
+        runtime_counters,
+        runtime_counters_error,
     }
 }
 

@@ -349,6 +349,7 @@ pub fn run(
     config: ProcessConfig,
     costs: Costs,
     started: Instant,
+    mut watch: Option<&mut crate::trace_counters::Watch>,
 ) -> anyhow::Result<(End, DutyRecord)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -379,6 +380,9 @@ pub fn run(
                     if !target.is_alive() {
                         ended = Some(End::TargetExited);
                         break;
+                    }
+                    if let Some(w) = watch.as_deref_mut() {
+                        w.tick(probes.counters()?.get(Counter::Events));
                     }
                     let now = Instant::now();
                     if now >= until {
@@ -471,7 +475,13 @@ pub fn run(
                 return Ok(end);
             }
             let attaching = Instant::now();
-            attach(probes, attach_points, exe, pid)?;
+            // The target can exit while the probes are attached: that ends the trace.
+            if let Err(e) = attach(probes, attach_points, exe, pid) {
+                if target.is_alive() {
+                    return Err(e);
+                }
+                return Ok(End::TargetExited);
+            }
             // Counting starts once every probe is in place.
             probes.configure(pid, config)?;
             window_start = Instant::now();

@@ -22,6 +22,7 @@ mod rtprobes;
 mod session;
 mod symbolizer;
 mod target;
+mod trace_counters;
 
 use std::process::ExitCode;
 

@@ -13,19 +13,20 @@ use gomemtrace_common::{
     ALLOC_PROGRAM, Counter, EMPTY_PROGRAM, FREE_SPECIAL_PROGRAM, ProcessConfig,
     SET_PROFILE_BUCKET_PROGRAM, STOP_AT_MAIN_PROGRAM,
 };
-use gomemtrace_gobin::GoBinary;
+use gomemtrace_gobin::{GoBinary, allocstats::AllocStatsLayout};
 use gomemtrace_report::model::{AllocProfile, Mode, TargetInfo};
 
 use crate::{
     alloc_points,
     analysis::GoTarget,
-    cli::{Cli, ModeArg, TargetSpec},
+    cli::{Cli, ModeArg, TargetSpec, TotalsArg},
     collect::{self, CollectInput},
     duty, enable, output, preflight,
     probes::{AllocProbes, Counters},
     procmaps,
     symbolizer::{ExeLayout, Symbolizer},
     target::Target,
+    trace_counters,
 };
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -109,6 +110,16 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
+    // The runtime's counters from here on (a launched target has not run yet).
+    let mut watch = match ExeLayout::find(&analysed.binary, exe_inode, &mappings) {
+        Some(layout) => trace_counters::Watch::start(
+            target.pid,
+            analysed.alloc_stats.clone(),
+            layout.bias,
+            target.child.is_some(),
+        ),
+        None => Err("the executable's text mapping was not found in /proc/PID/maps".into()),
+    };
     let started = Instant::now();
     target.release()?;
 
@@ -124,15 +135,32 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             config,
             costs,
             started,
+            watch.as_mut().ok(),
         )?;
         (end, Some(record))
     } else {
         (
-            wait_for_end(cli, &mut target, &probes, &mut mappings)?,
+            wait_for_end(
+                cli,
+                &mut target,
+                &probes,
+                &mut mappings,
+                watch.as_mut().ok(),
+            )?,
             None,
         )
     };
     let duration_ns = started.elapsed().as_nanos() as u64;
+    let alive = target.is_alive();
+    let events = probes.counters()?.get(Counter::Events);
+    let counters = watch.and_then(|w| w.finish(alive, Instant::now(), events));
+    if let Err(why) = &counters
+        && !cli.quiet
+    {
+        status_line(&format!(
+            "the runtime's allocation counters: {why}; totals are the probes' own"
+        ));
+    }
     let snapshot = probes.snapshot();
     if let Some(write) = rate_write.as_mut() {
         write.restore(target.is_alive());
@@ -165,6 +193,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             start_unix_ns,
             duration_ns,
             duty: duty.as_ref(),
+            counters: Some(counters),
+            scale_to_counters: cli.totals == TotalsArg::Runtime,
         },
         &mut symbolizer,
     );
@@ -188,6 +218,8 @@ pub(crate) struct Analysed {
     pub auto_duty_reason: Option<String>,
     /// `--enable-runtime-sampling` at launch: file offset of the probe on `runtime.main`.
     pub stop_at_main: Option<u64>,
+    /// Where the runtime's allocation counters are, or why they cannot be found.
+    pub alloc_stats: Result<AllocStatsLayout, String>,
 }
 
 fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
@@ -233,8 +265,10 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
             }
         }
     };
+    let alloc_stats = AllocStatsLayout::locate(&go.binary, &data).map_err(|e| e.to_string());
     let mut analysed = plan(go, config, sampler, cli.mode(), cli.empty_probe)?;
     analysed.stop_at_main = stop_at_main;
+    analysed.alloc_stats = alloc_stats;
     if let Some(why) = analysed.auto_duty_reason.as_ref().filter(|_| !cli.quiet) {
         status_line(&format!(
             "mode auto: duty (exact probes in short windows under a {}% CPU overhead budget; counts are estimates), because {why}",
@@ -299,6 +333,7 @@ pub(crate) fn plan(
         rate_vaddr,
         auto_duty_reason,
         stop_at_main: None,
+        alloc_stats: Err("not looked for".into()),
     })
 }
 
@@ -334,6 +369,7 @@ fn wait_for_end(
     target: &mut Target,
     probes: &AllocProbes,
     mappings: &mut Vec<procmaps::MappedFile>,
+    mut watch: Option<&mut trace_counters::Watch>,
 ) -> anyhow::Result<End> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -359,6 +395,9 @@ fn wait_for_end(
                     }
                     if !target.is_alive() {
                         return Ok(End::TargetExited);
+                    }
+                    if let Some(w) = watch.as_deref_mut() {
+                        w.tick(probes.counters()?.get(Counter::Events));
                     }
                     if last_status.elapsed() >= status_every {
                         last_status = Instant::now();

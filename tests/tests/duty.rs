@@ -34,6 +34,45 @@ struct JsonReport {
     samples: Vec<JsonSample>,
     drops: BTreeMap<String, u64>,
     duty: Option<JsonDuty>,
+    runtime_counters: Option<JsonCounters>,
+    runtime_counters_error: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+struct JsonCounters {
+    allocated_bytes: u64,
+    allocated_objects: u64,
+    layout: String,
+    read_at_end: bool,
+    scaled_from: Option<JsonScaledFrom>,
+}
+
+#[derive(Deserialize, Debug)]
+struct JsonScaledFrom {
+    bytes: u64,
+    objects: u64,
+}
+
+impl JsonReport {
+    /// The runtime's counters, checked to be the totals of the (scaled) samples.
+    fn counted(&self) -> Result<&JsonCounters> {
+        let c = self.runtime_counters.as_ref().with_context(|| {
+            format!(
+                "no runtime counters: {}",
+                self.runtime_counters_error.as_deref().unwrap_or("?")
+            )
+        })?;
+        ensure!(c.scaled_from.is_some(), "not scaled to the counters: {c:?}");
+        let total = self
+            .samples
+            .iter()
+            .fold((0, 0), |t, s| (t.0 + s.bytes, t.1 + s.objects));
+        ensure!(
+            total == (c.allocated_bytes, c.allocated_objects),
+            "samples total {total:?} (bytes, objects), counters {c:?}"
+        );
+        Ok(c)
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -125,6 +164,7 @@ fn check(version: &str) -> Result<String> {
     let o: Oracle = serde_json::from_str(&std::fs::read_to_string(&oracle)?)?;
     ensure!(r.mode == "duty", "mode {}", r.mode);
     ensure!(r.drops.values().all(|&n| n == 0), "drops {:?}", r.drops);
+    r.counted()?;
     let d = r.duty.as_ref().context("no duty record")?;
     ensure!(d.overhead_budget_percent == BUDGET_PERCENT, "{d:?}");
     // Several windows, attached for part of the run only.
@@ -203,6 +243,114 @@ fn duty_estimates_cover_the_truth_within_budget_latest_and_old_go() {
         match check(&version) {
             Ok(summary) => println!("Go {version}: ok\n{summary}"),
             Err(e) => failures.push(format!("Go {version}: {e:#}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The totals of a duty-cycled trace are the runtime's own counters: within 1% of what
+/// the allocmix fixture's `runtime.ReadMemStats` says it allocated (launch mode: from its
+/// start). The fixture pauses on stdin after allocating, so the last reading gomemtrace
+/// takes before it exits sees everything; it reads its MemStats after the pause, before
+/// printing them.
+fn check_totals(version: &str, variant: Variant) -> Result<String> {
+    use std::io::{BufRead as _, Write as _};
+    use std::process::Stdio;
+    let bin = fixture("allocmix", version, variant)?;
+    let tmp = TempDir::new("duty-totals")?;
+    let report = tmp.join("r.json");
+    let mut cmd = gomemtrace_command()?;
+    cmd.args(["--mode", "duty", "--format", "json", "-o"])
+        .arg(&report)
+        .arg("--")
+        .arg(&bin)
+        .args(["-stdin", "-mb", "16"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().context("stdout")?;
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |marker: &str| -> Result<String> {
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .with_context(|| format!("no {marker:?} line from the fixture"))?;
+            if line.starts_with(marker) {
+                return Ok(line);
+            }
+        }
+    };
+    wait_for("paused")?;
+    // A few of gomemtrace's polls while the fixture allocates nothing.
+    std::thread::sleep(Duration::from_millis(300));
+    child.stdin.take().context("stdin")?.write_all(b"\n")?;
+    let done = wait_for("done")?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "gomemtrace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| -> Result<u64> {
+        done.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .with_context(|| format!("{name} in {done:?}"))?
+            .parse()
+            .map_err(Into::into)
+    };
+    let (total_alloc, mallocs) = (field("total_alloc")?, field("mallocs")?);
+    let r: JsonReport = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+    ensure!(r.mode == "duty", "mode {}", r.mode);
+    let c = r.counted()?;
+    ensure!(
+        c.layout
+            == if variant.is_stripped() {
+                "code"
+            } else {
+                "symbols"
+            },
+        "layout {}",
+        c.layout
+    );
+    let probes = c.scaled_from.as_ref().context("not scaled")?;
+    for (what, mine, truth) in [
+        ("bytes", c.allocated_bytes, total_alloc),
+        ("objects", c.allocated_objects, mallocs),
+    ] {
+        let off = (mine as f64 - truth as f64) / truth as f64;
+        ensure!(
+            off.abs() <= 0.01,
+            "{what}: gomemtrace {mine}, the fixture's MemStats {truth}: {:+.3}%",
+            100.0 * off
+        );
+    }
+    Ok(format!(
+        "bytes {} vs MemStats.TotalAlloc {total_alloc}, objects {} vs MemStats.Mallocs {mallocs} (probes' own estimate {} B, {} objects; read at end: {})",
+        c.allocated_bytes, c.allocated_objects, probes.bytes, probes.objects, c.read_at_end
+    ))
+}
+
+#[test]
+fn duty_totals_are_the_runtimes_counters_latest_and_old_go_normal_and_stripped() {
+    if !require_root() {
+        return;
+    }
+    let mut failures = Vec::new();
+    for version in [gomemtrace_tests::latest_go(), "1.19".to_string()] {
+        for variant in [Variant::Normal, Variant::Stripped] {
+            match check_totals(&version, variant) {
+                Ok(summary) => println!("Go {version} {}: {summary}", variant.name()),
+                Err(e) => failures.push(format!("Go {version} {}: {e:#}", variant.name())),
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

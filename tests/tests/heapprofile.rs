@@ -116,12 +116,16 @@ fn trace(tmp: &TempDir, version: &str, variant: Variant, mode: &str) -> Result<(
     let ours = tmp.join(&format!("ours-{mode}.pb.gz"));
     let go = tmp.join(&format!("go-{mode}.pb.gz"));
     let mut cmd = gomemtrace_command()?;
-    cmd.args(["--mode", mode, "--format", "pprof", "-o"])
-        .arg(&ours)
-        .arg("--")
-        .arg(&bin)
-        .arg("-profile")
-        .arg(&go);
+    // The probes' own totals: unbiased as the runtime's profile is (not scaled to the
+    // runtime's allocation counters).
+    cmd.args([
+        "--mode", mode, "--totals", "probes", "--format", "pprof", "-o",
+    ])
+    .arg(&ours)
+    .arg("--")
+    .arg(&bin)
+    .arg("-profile")
+    .arg(&go);
     let out = run(cmd, Duration::from_secs(180))?;
     ensure!(
         out.code() == 0,

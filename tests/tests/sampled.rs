@@ -34,6 +34,20 @@ struct JsonReport {
     sample_rate: Option<u64>,
     samples: Vec<JsonSample>,
     drops: BTreeMap<String, u64>,
+    runtime_counters: Option<JsonCounters>,
+    runtime_counters_error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct JsonCounters {
+    allocated_bytes: u64,
+    allocated_objects: u64,
+    scaled_from: Option<JsonScaledFrom>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+struct JsonScaledFrom {
+    bytes_factor: f64,
 }
 
 #[derive(Deserialize)]
@@ -109,7 +123,10 @@ fn check(version: &str, variant: Variant) -> Result<()> {
         .arg("--")
         .arg(&bin)
         .arg("-oracle")
-        .arg(&oracle);
+        .arg(&oracle)
+        // So that gomemtrace's last reading of the runtime's counters follows the last
+        // allocation.
+        .args(["-linger", "400ms"]);
     let out = run(cmd, Duration::from_secs(120))?;
     ensure!(out.code() == 0, "gomemtrace failed: {}", out.stderr);
     let r: JsonReport = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
@@ -122,6 +139,27 @@ fn check(version: &str, variant: Variant) -> Result<()> {
         o.rate
     );
     ensure!(r.drops.values().all(|&n| n == 0), "drops {:?}", r.drops);
+    // The totals are the runtime's own counters; the samples give the shares.
+    let counted = r.runtime_counters.as_ref().with_context(|| {
+        format!(
+            "no runtime counters: {}",
+            r.runtime_counters_error.as_deref().unwrap_or("?")
+        )
+    })?;
+    let total: (u64, u64) = r
+        .samples
+        .iter()
+        .fold((0, 0), |t, s| (t.0 + s.bytes, t.1 + s.objects));
+    ensure!(
+        total == (counted.allocated_bytes, counted.allocated_objects),
+        "total {total:?} (bytes, objects), the runtime counted {} B in {} objects",
+        counted.allocated_bytes,
+        counted.allocated_objects
+    );
+    let factor = counted
+        .scaled_from
+        .context("runtime-sampled samples not scaled to the counters")?
+        .bytes_factor;
     let mut mine: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
     for s in r.samples.iter().filter(|s| !s.via_system_stack()) {
         let e = mine.entry(s.site()).or_default();
@@ -135,19 +173,21 @@ fn check(version: &str, variant: Variant) -> Result<()> {
             .get(site)
             .with_context(|| format!("oracle lacks {site}"))?;
         let &(bytes, _objects, inuse) = mine.get(site).unwrap_or(&(0, 0, 0));
-        // 1. The runtime's own profile saw the same samples: the same unbiased value,
-        //    up to rounding and per-key vs per-bucket averaging (1%).
+        // 1. The runtime's own profile saw the same samples: the same unbiased value
+        //    before the scaling to the counters, up to rounding and per-key vs per-bucket
+        //    averaging (1%).
+        let (raw, raw_inuse) = (bytes as f64 / factor, inuse as f64 / factor);
         let runtime = unbias_bytes(want.alloc_bytes, want.alloc_objects, o.rate);
         ensure!(
-            (bytes as f64 - runtime).abs() <= 0.01 * runtime.max(1.0),
-            "{site}: {bytes} B allocated, the runtime's own profile says {runtime:.0} B"
+            (raw - runtime).abs() <= 0.01 * runtime.max(1.0),
+            "{site}: {raw:.0} B allocated before scaling, the runtime's own profile says {runtime:.0} B"
         );
         let runtime_inuse = unbias_bytes(want.inuse_bytes, want.inuse_objects, o.rate);
         ensure!(
-            (inuse as f64 - runtime_inuse).abs() <= 0.01 * runtime_inuse + 1.0,
-            "{site}: {inuse} B in use, the runtime's own heap profile says {runtime_inuse:.0} B"
+            (raw_inuse - runtime_inuse).abs() <= 0.01 * runtime_inuse + 1.0 + factor,
+            "{site}: {raw_inuse:.0} B in use before scaling, the runtime's own heap profile says {runtime_inuse:.0} B"
         );
-        // 2. Arithmetic: sampling is a Poisson process over bytes with mean rate, so the
+        // 2. Arithmetic, of the scaled values: sampling is a Poisson process over bytes with mean rate, so the
         //    unbiased estimate of B bytes of objects much smaller than the rate has
         //    σ ≈ sqrt(B · rate). This test makes ~100 such checks per run; at 5σ a correct
         //    estimator fails one of them with probability ~6e-5 (3σ would fail a run in four).

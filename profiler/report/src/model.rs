@@ -207,6 +207,51 @@ pub struct AllocProfile {
     /// Duty-cycled mode: the windows, the duty fraction and the overhead estimate.
     #[serde(default)]
     pub duty: Option<DutyCycle>,
+    /// The runtime's own allocation counters over the trace; `None` where they could not
+    /// be read (`runtime_counters_error` says why).
+    #[serde(default)]
+    pub runtime_counters: Option<RuntimeCounters>,
+    #[serde(default)]
+    pub runtime_counters_error: Option<String>,
+}
+
+/// What the target's runtime counted (`runtime.MemStats`' `TotalAlloc`, `Mallocs`,
+/// `TotalAlloc − HeapAlloc`, `Frees`) between the start and the end of the trace, read
+/// from outside the process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeCounters {
+    /// Bytes as the runtime counts them: each object rounded up to its size class, tiny
+    /// allocations by their 16-byte blocks.
+    pub allocated_bytes: u64,
+    pub allocated_objects: u64,
+    pub freed_bytes: u64,
+    pub freed_objects: u64,
+    /// How the counters were located in the binary: `symbols` (symbol table and DWARF)
+    /// or `code` (stripped: from the code that uses them, offsets per release).
+    pub layout: String,
+    /// `false`: the target exited before the end of the trace could be read; the last
+    /// reading taken during the trace (`end_gap_ns` before its end) is used.
+    pub read_at_end: bool,
+    /// Time from the end reading used to the end of the trace.
+    pub end_gap_ns: u64,
+    /// Allocation events the probes saw after the end reading used (the target exited
+    /// first): the counts miss at least those, so the samples were not scaled to them.
+    #[serde(default)]
+    pub events_after_reading: u64,
+    /// Duty-cycled and runtime-sampled modes: the samples' `bytes`, `objects` (and
+    /// `inuse`, `estimate`) were scaled to these totals; this is the probes' own estimate.
+    #[serde(default)]
+    pub scaled_from: Option<ProbeEstimate>,
+}
+
+/// The probes' totals before they were scaled to the runtime's counters, and the factors
+/// (counted / estimated) applied to every sample.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeEstimate {
+    pub bytes: u64,
+    pub objects: u64,
+    pub bytes_factor: f64,
+    pub objects_factor: f64,
 }
 
 impl AllocProfile {

@@ -234,6 +234,38 @@ pub fn to_text(p: &AllocProfile, top: usize) -> String {
     for (k, v) in totals {
         let _ = writeln!(out, "  {:<10}{v}", format!("{k}:"));
     }
+    // Absent from profiles of the agent and of older versions.
+    if p.runtime_counters.is_some() || p.runtime_counters_error.is_some() {
+        let _ = writeln!(out, "  runtime counters: {}", runtime_counters_line(p));
+    }
+    if let Some(e) = p.runtime_counters.as_ref().and_then(|c| c.scaled_from) {
+        let _ = writeln!(
+            out,
+            "  totals from: the runtime's counters; shares per stack from the probes, whose own estimate was {} ({} bytes), {} objects (scaled ×{:.4} bytes, ×{:.4} objects)",
+            human_bytes(e.bytes),
+            e.bytes,
+            e.objects,
+            e.bytes_factor,
+            e.objects_factor
+        );
+    } else if matches!(p.mode, Mode::Duty | Mode::Runtime)
+        && (p.runtime_counters.is_some() || p.runtime_counters_error.is_some())
+    {
+        let _ = writeln!(
+            out,
+            "  totals from: the probes' own estimate ({})",
+            if p.runtime_counters
+                .as_ref()
+                .is_some_and(|c| c.events_after_reading > 0)
+            {
+                "the runtime's counters are incomplete, see above"
+            } else if p.runtime_counters.is_some() {
+                "--totals probes"
+            } else {
+                "the runtime's counters were not read"
+            }
+        );
+    }
 
     // Sites.
     let mut sites: HashMap<(String, String), (u64, u64)> = HashMap::new();
@@ -523,6 +555,42 @@ fn drops_section(out: &mut String, p: &AllocProfile) {
     } else {
         let _ = writeln!(out, "  total: {}", d.total());
     }
+}
+
+/// The runtime's own counters over the trace, or why they are missing.
+pub fn runtime_counters_line(p: &AllocProfile) -> String {
+    let Some(c) = &p.runtime_counters else {
+        return format!(
+            "not read: {}",
+            p.runtime_counters_error
+                .as_deref()
+                .unwrap_or("unknown reason")
+        );
+    };
+    format!(
+        "{} ({} bytes) in {} objects allocated, {} ({} bytes) in {} objects freed during the trace (layout from {}; {})",
+        human_bytes(c.allocated_bytes),
+        c.allocated_bytes,
+        c.allocated_objects,
+        human_bytes(c.freed_bytes),
+        c.freed_bytes,
+        c.freed_objects,
+        c.layout,
+        if c.read_at_end {
+            "read at the end".to_owned()
+        } else if c.events_after_reading > 0 {
+            format!(
+                "the target exited {:.0} ms after the last reading, and the probes saw {} allocations since: incomplete, not used to scale",
+                c.end_gap_ns as f64 / 1e6,
+                c.events_after_reading
+            )
+        } else {
+            format!(
+                "the target exited: last reading {:.0} ms before the end, no allocation seen since",
+                c.end_gap_ns as f64 / 1e6
+            )
+        }
+    )
 }
 
 /// One line on a duty-cycled trace's windows, duty fraction and overhead estimate.

@@ -178,6 +178,8 @@ fn fixture() -> AllocProfile {
             sample_unreadable: 0,
         },
         duty: None,
+        runtime_counters: None,
+        runtime_counters_error: None,
     }
 }
 

@@ -270,6 +270,9 @@ pub fn pprof(
             start_unix_ns: now_ns.saturating_sub(duration.as_nanos() as u64),
             duration_ns: duration.as_nanos() as u64,
             duty: None,
+            // The agent's totals are its counter metrics.
+            counters: None,
+            scale_to_counters: false,
         },
         &mut symbolizer,
     );
