@@ -286,7 +286,9 @@ fn hugo_top_matches_its_own_heap_profile() -> Result<()> {
     write_site(&site)?;
     let (ours, own) = (tmp.join("ours.pb.gz"), tmp.join("own.pb.gz"));
     let mut cmd = gomemtrace_command()?;
-    cmd.args(["--format", "pprof", "-o"])
+    // The probes' own totals, unbiased as hugo's profile is (not scaled to the runtime's
+    // allocation counters, which the default does).
+    cmd.args(["--totals", "probes", "--format", "pprof", "-o"])
         .arg(&ours)
         .arg("--")
         .arg(&hugo)
