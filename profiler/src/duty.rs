@@ -295,25 +295,42 @@ fn stat_cpu_ns(pid: u32) -> Option<u64> {
 /// CPU-second stay finite when the CPU reading barely moved.
 pub const MIN_WINDOW_CPU_NS: f64 = 1e6;
 
-/// Whether a window may open now, decided on the target's CPU read fresh (the agent's
-/// controller): the trap cost so far plus the next window's expected cost stays within
-/// `budget` (a fraction) of the target's own CPU time so far.
+/// The shortest window opened: shorter ones see too few events to estimate a rate from.
+pub const MIN_WINDOW: Duration = FIRST_WINDOW;
+
+/// How long a window may be if it opens now, or None while the budget does not allow even
+/// [`MIN_WINDOW`], decided on the target's CPU read fresh at each poll (the CLI) or tick
+/// (the agent): the trap cost so far plus the window's expected cost stays within `budget`
+/// (a fraction) of the target's own CPU time so far. Windows are [`WINDOW`] long where the
+/// budget allows, shorter where traps are costly (a loaded machine: 27 µs a trap was seen in
+/// CI), so that a busy target still gets windows every few seconds.
 ///
-/// The next window's events are expected in proportion to the CPU the target burns in it:
+/// The window's events are expected in proportion to the CPU the target burns in it:
 /// allocation needs CPU, so events per CPU-second (`events_per_cpu_ns`, from the latest
-/// window) is steadier than events per wall-second, and a target that went idle
-/// (`recent_cpu_rate` near 0) gets its next window at once. That window closes the gap
-/// before it, which is only counted when a window follows it.
-pub fn may_open(
+/// window, on the CPU the target was charged, traps included) is steadier than events per
+/// wall-second, and a target that went idle (`recent_cpu_rate` near 0) gets its next window
+/// at once. That window closes the gap before it, which is only counted when a window
+/// follows it.
+pub fn window_length(
     spent_ns: f64,
     events_per_cpu_ns: f64,
     recent_cpu_rate: f64,
     event_ns: f64,
     own_cpu_ns: f64,
     budget: f64,
-) -> bool {
-    let next_cost = events_per_cpu_ns * recent_cpu_rate * WINDOW.as_nanos() as f64 * event_ns;
-    spent_ns + next_cost <= budget * own_cpu_ns
+) -> Option<Duration> {
+    let headroom_ns = budget * own_cpu_ns - spent_ns;
+    // Trap ns per ns of window.
+    let cost_rate = events_per_cpu_ns * recent_cpu_rate * event_ns;
+    let affordable = if cost_rate > 0.0 {
+        headroom_ns / cost_rate
+    } else if headroom_ns >= 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    };
+    (affordable >= MIN_WINDOW.as_nanos() as f64)
+        .then(|| Duration::from_nanos(affordable.min(WINDOW.as_nanos() as f64) as u64))
 }
 
 /// Attaches the allocation probes for a window: one multi-uprobe link for every entry
@@ -399,13 +416,9 @@ pub fn run(
         // The caller attached the probes before releasing the target: the first window
         // starts at once.
         let mut window_start = started;
+        let mut length = FIRST_WINDOW;
         loop {
             let cpu_before = cpu_last;
-            let length = if record.windows.is_empty() {
-                FIRST_WINDOW
-            } else {
-                WINDOW
-            };
             let ended = wait_until!(window_start + length);
             // The window ends when the program stops counting; detaching takes a while
             // (RCU grace periods), and hits meanwhile are ignored (counted as NoConfig).
@@ -439,12 +452,11 @@ pub fn run(
             if let Some(end) = ended {
                 return Ok::<_, anyhow::Error>(end);
             }
-            // The next window opens as soon as the budget allows it, decided on the
-            // target's CPU read at each poll (`may_open`): its cost is expected from the
+            // The next window opens as soon as the budget allows one, decided on the
+            // target's CPU read at each poll (`window_length`): its cost is expected from the
             // latest window's events per CPU-second and the target's CPU rate since that
             // window opened.
-            let window_cost = window_events as f64 * record.costs.event_ns;
-            let window_cpu = (cpu_last.saturating_sub(cpu_before) as f64 - window_cost).max(0.0);
+            let window_cpu = cpu_last.saturating_sub(cpu_before) as f64;
             let events_per_cpu_ns = window_events as f64 / window_cpu.max(MIN_WINDOW_CPU_NS);
             let off_start = Instant::now();
             let ended = loop {
@@ -452,11 +464,11 @@ pub fn run(
                     break Some(end);
                 }
                 let cpu_now = cpu_ns(pid).unwrap_or(cpu_last);
-                let recent_cpu = (cpu_now.saturating_sub(cpu_before) as f64 - window_cost).max(0.0);
+                let recent_cpu = cpu_now.saturating_sub(cpu_before) as f64;
                 let recent_wall = window_start.elapsed().as_secs_f64().max(1e-3) * 1e9;
                 let spent = record.cost_ns();
                 let own_cpu = (cpu_now.saturating_sub(cpu_start) as f64 - spent).max(0.0);
-                if may_open(
+                if let Some(next) = window_length(
                     spent,
                     events_per_cpu_ns,
                     recent_cpu / recent_wall,
@@ -464,6 +476,7 @@ pub fn run(
                     own_cpu,
                     budget,
                 ) {
+                    length = next;
                     break None;
                 }
             };
@@ -527,14 +540,21 @@ mod tests {
 
     #[test]
     fn a_busy_target_waits_for_its_budget_and_an_idle_one_does_not() {
-        // 3,000 events per CPU-second at 10 µs: a 150-ms window of one busy core costs
-        // 4.5 ms; with 4.5 ms spent, 1% allows it once the target has burned 0.9 s.
+        // 3,000 events per CPU-second at 10 µs on one busy core: 30 µs of traps per ms of
+        // window. 4.5 ms spent: at 0.5 s of CPU (headroom 0.5 ms) no window fits; at 0.9 s
+        // (4.5 ms) a full 150-ms one does; at 0.6 s (1.5 ms) a 50-ms one.
         let per_cpu_ns = 3000.0 / 1e9;
-        assert!(!may_open(4.5e6, per_cpu_ns, 1.0, 10e3, 0.5e9, 0.01));
-        assert!(may_open(4.5e6, per_cpu_ns, 1.0, 10e3, 0.9e9, 0.01));
+        let at = |own_cpu_ns| window_length(4.5e6, per_cpu_ns, 1.0, 10e3, own_cpu_ns, 0.01);
+        assert_eq!(at(0.5e9), None);
+        assert_eq!(at(0.9e9), Some(WINDOW));
+        let w = at(0.6e9).unwrap();
+        assert!((w.as_secs_f64() - 0.05).abs() < 1e-6, "{w:?}");
         // The same target gone idle: its next window costs nothing and opens at once.
-        assert!(may_open(4.5e6, per_cpu_ns, 0.0, 10e3, 0.5e9, 0.01));
+        assert_eq!(
+            window_length(4.5e6, per_cpu_ns, 0.0, 10e3, 0.5e9, 0.01),
+            Some(WINDOW)
+        );
         // Over budget already: not even an idle target's window opens.
-        assert!(!may_open(6e6, per_cpu_ns, 0.0, 10e3, 0.5e9, 0.01));
+        assert_eq!(window_length(6e6, per_cpu_ns, 0.0, 10e3, 0.5e9, 0.01), None);
     }
 }

@@ -147,7 +147,12 @@ fn check(version: &str) -> Result<String> {
     let tmp = TempDir::new("duty")?;
     let (report, oracle) = (tmp.join("r.json"), tmp.join("o.json"));
     let mut cmd = gomemtrace_command()?;
-    cmd.args(["--mode", "duty", "--overhead-budget"])
+    // The duty estimator's own totals: what is checked here is its per-site estimates and
+    // their errors. Scaled to the runtime's counters, shares of keys the estimator weighs
+    // differently (start-up allocations seen whole in the first window, trap-slowed steady
+    // ones) would move the sites: docs/SAMPLING.md; the counters themselves are checked by
+    // `duty_totals_are_the_runtimes_counters_...` below.
+    cmd.args(["--mode", "duty", "--totals", "probes", "--overhead-budget"])
         .arg(BUDGET_PERCENT.to_string())
         .args(["--format", "json", "-o"])
         .arg(&report)
@@ -164,7 +169,6 @@ fn check(version: &str) -> Result<String> {
     let o: Oracle = serde_json::from_str(&std::fs::read_to_string(&oracle)?)?;
     ensure!(r.mode == "duty", "mode {}", r.mode);
     ensure!(r.drops.values().all(|&n| n == 0), "drops {:?}", r.drops);
-    r.counted()?;
     let d = r.duty.as_ref().context("no duty record")?;
     ensure!(d.overhead_budget_percent == BUDGET_PERCENT, "{d:?}");
     // Several windows, attached for part of the run only.

@@ -3,10 +3,14 @@
 //! and detached, and the next window opens as soon as the estimated trap cost so far plus
 //! the next window's stays within 1% of the process's own CPU time (the one-process
 //! profiler's default budget), decided at every tick on the process's CPU read then
-//! ([`crate::duty::may_open`]). Each window's counts stand for the time since the previous
+//! ([`crate::duty::window_length`]; shorter windows where traps are costly). Each window's counts stand for the time since the previous
 //! window closed: they are scaled by (that time / the window's length).
 
-use std::{collections::HashMap, path::PathBuf, time::Instant};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use crate::{
     agent::{attachments::Process, profiles::Totals},
@@ -17,21 +21,22 @@ use crate::{
 /// The CPU budget of the probes, as a fraction of the process's own CPU time.
 const BUDGET: f64 = 0.01;
 
+/// A window in progress: when it opened, its length, the pid's (objects, bytes) then, and
+/// its CPU then.
+type OpenWindow = (Instant, Duration, (u64, u64), Option<u64>);
+
 struct State {
     exe_link: PathBuf,
     points: Vec<(&'static str, u64, String)>,
     cpu_start_ns: Option<u64>,
-    /// The open window: when it opened, the pid's (objects, bytes) then, and its CPU then.
-    open: Option<(Instant, (u64, u64), Option<u64>)>,
+    open: Option<OpenWindow>,
     last_close: Instant,
     /// The latest window's opening and the process's CPU then: the reference of the
     /// recent CPU rate (never shorter than a window, so a busy process does not look idle
     /// right after a close).
     last_open: (Instant, Option<u64>),
-    /// Events per ns of the process's own CPU in the latest window, and that window's
-    /// estimated trap cost.
+    /// Events per ns of the process's CPU in the latest window.
     events_per_cpu_ns: f64,
-    last_cost_ns: f64,
     /// Estimated trap cost so far, ns of the process's CPU.
     spent_ns: f64,
     estimate: Totals,
@@ -59,7 +64,6 @@ impl DutyCycler {
                 last_close: now,
                 last_open: (now, cpu_ns(process.pid)),
                 events_per_cpu_ns: 0.0,
-                last_cost_ns: 0.0,
                 spent_ns: 0.0,
                 estimate: Totals::default(),
             },
@@ -81,16 +85,19 @@ impl DutyCycler {
         let now = Instant::now();
         for (&pid, state) in &mut self.states {
             match state.open {
-                None if state.may_open(pid, now, costs.event_ns) => {
+                None => {
+                    let Some(length) = state.window_length(pid, now, costs.event_ns) else {
+                        continue;
+                    };
                     let before = observed(probes, pid);
                     let cpu = cpu_ns(pid);
                     if duty::attach(probes, &state.points, &state.exe_link, pid).is_ok() {
-                        state.open = Some((Instant::now(), before, cpu));
+                        state.open = Some((Instant::now(), length, before, cpu));
                     } else {
                         let _ = probes.detach_pid(pid);
                     }
                 }
-                Some((opened, before, cpu_opened)) if now >= opened + duty::WINDOW => {
+                Some((opened, length, before, cpu_opened)) if now >= opened + length => {
                     // The breakpoints go at the start of the detach; the rest of it is the
                     // kernel's RCU grace period, with the probes already gone.
                     let closed = Instant::now();
@@ -106,15 +113,15 @@ impl DutyCycler {
                     let scale = covered / window;
                     state.estimate.objects += objects as f64 * scale;
                     state.estimate.bytes += bytes as f64 * scale;
-                    let cost = objects as f64 * costs.event_ns;
-                    state.spent_ns += cost;
+                    state.spent_ns += objects as f64 * costs.event_ns;
+                    // On the CPU the process was charged, traps included (as the recent
+                    // rate it is multiplied with).
                     let window_cpu = match (cpu_opened, cpu_closed) {
-                        (Some(a), Some(b)) => (b.saturating_sub(a) as f64 - cost).max(0.0),
+                        (Some(a), Some(b)) => b.saturating_sub(a) as f64,
                         _ => window * 1e9,
                     };
                     state.events_per_cpu_ns =
                         objects as f64 / window_cpu.max(duty::MIN_WINDOW_CPU_NS);
-                    state.last_cost_ns = cost;
                     state.last_close = closed;
                     state.last_open = (opened, cpu_opened);
                     state.open = None;
@@ -126,8 +133,9 @@ impl DutyCycler {
 }
 
 impl State {
-    /// Whether the next window may open now, on the process's CPU read now.
-    fn may_open(&self, pid: u32, now: Instant, event_ns: f64) -> bool {
+    /// How long the next window may be if it opens now (None: not yet), on the process's
+    /// CPU read now.
+    fn window_length(&self, pid: u32, now: Instant, event_ns: f64) -> Option<Duration> {
         let cpu_now = cpu_ns(pid);
         let (own_cpu_ns, recent_cpu_rate) = match (self.cpu_start_ns, cpu_now) {
             (Some(start), Some(now_ns)) => {
@@ -136,13 +144,13 @@ impl State {
                 let recent_wall = now.duration_since(since).as_secs_f64().max(1e-3) * 1e9;
                 (
                     (now_ns.saturating_sub(start) as f64 - self.spent_ns).max(0.0),
-                    (recent_cpu - self.last_cost_ns).max(0.0) / recent_wall,
+                    recent_cpu / recent_wall,
                 )
             }
             // The process's CPU cannot be read (it is exiting): its next window is free.
-            _ => return true,
+            _ => return Some(duty::MIN_WINDOW),
         };
-        duty::may_open(
+        duty::window_length(
             self.spent_ns,
             self.events_per_cpu_ns,
             recent_cpu_rate,
