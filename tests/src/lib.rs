@@ -246,6 +246,43 @@ fn build_fixture(name: &str, version: &str, variant: Variant) -> Result<PathBuf>
     Ok(binary)
 }
 
+/// One row of `go tool pprof -top -unit=B`: flat and cumulative values and the function
+/// (without pprof's ` (inline)` mark).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopRow {
+    pub flat: f64,
+    pub cum: f64,
+    pub function: String,
+}
+
+/// The rows of a `go tool pprof -top -unit=B` output: "      flat  flat%   sum%        cum
+/// cum%" then "148325019B 49.01% 49.01% 148325019B 49.01% bufio.NewWriterSize (inline)".
+pub fn pprof_top_rows(out: &str) -> Result<Vec<TopRow>> {
+    let mut rows = Vec::new();
+    for line in out
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .skip(1)
+    {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 6 {
+            continue;
+        }
+        let value = |s: &str| -> Result<f64> {
+            s.trim_end_matches('B')
+                .parse::<f64>()
+                .with_context(|| format!("value {s:?} in {line:?}"))
+        };
+        let function = fields[5..].join(" ");
+        rows.push(TopRow {
+            flat: value(fields[0])?,
+            cum: value(fields[3])?,
+            function: function.trim_end_matches(" (inline)").to_string(),
+        });
+    }
+    Ok(rows)
+}
+
 /// Runs `go <args>` with Go `version`; returns stdout, failing with stderr on error.
 pub fn go_tool(version: &str, args: &[&str]) -> Result<String> {
     let output = go_command(version)?

@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use gomemtrace_tests::{
-    TempDir, Variant, fixture, go_tool, go_versions, gomemtrace_command, is_runtime, require_root,
-    run,
+    TempDir, Variant, fixture, go_tool, go_versions, gomemtrace_command, is_runtime,
+    pprof_top_rows, require_root, run,
 };
 
 /// The fixture's allocation sites as Go's heap profile names them (the leaf function).
@@ -83,25 +83,9 @@ fn top(version: &str, profile: &str, extra: &[&str]) -> Result<Top> {
             t.kind = kind.trim().to_string();
         }
     }
-    // "      flat  flat%   sum%        cum   cum%" then "148325019B 49.01% 49.01% ... name".
-    for line in out
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with("flat"))
-        .skip(1)
-    {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 6 {
-            continue;
-        }
-        let value = |s: &str| -> Result<f64> {
-            s.trim_end_matches('B')
-                .parse::<f64>()
-                .with_context(|| format!("value {s:?} in {line:?}"))
-        };
-        let name = fields[5..].join(" ");
-        let name = name.trim_end_matches(" (inline)").to_string();
-        t.flat.insert(name.clone(), value(fields[0])?);
-        t.cum.insert(name, value(fields[3])?);
+    for row in pprof_top_rows(&out)? {
+        t.flat.insert(row.function.clone(), row.flat);
+        t.cum.insert(row.function, row.cum);
     }
     // Rows may be absent from a difference (nothing differs) and from the default view,
     // read for its sample type only: in-use bytes can all be the profile writer's, which

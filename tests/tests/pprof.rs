@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, ensure};
 use gomemtrace_tests::{
     ALLOCS_SITES, Oracle, RUN_TIMEOUT, TOLERANCE, TempDir, Variant, fixture, go_tool,
-    gomemtrace_command, latest_go, require_root, run, within,
+    gomemtrace_command, latest_go, pprof_top_rows, require_root, run, within,
 };
 
 /// `go tool pprof -top -cum` of `profile` for `sample_index`: cumulative value per function.
@@ -40,22 +40,13 @@ fn pprof_column(
             profile,
         ],
     )?;
-    // "      flat  flat%   sum%        cum   cum%" then rows "0 0% 0% 16777216B 74.21% main.allocLarge".
     let mut cum = BTreeMap::new();
-    for line in out
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with("flat"))
-        .skip(1)
-    {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 6 {
-            continue;
-        }
-        let value = fields[column]
-            .trim_end_matches('B')
-            .parse::<f64>()
-            .with_context(|| format!("column {column} of {line:?}"))?;
-        cum.insert(fields[5].to_string(), value as u64);
+    for row in pprof_top_rows(&out)? {
+        let value = match column {
+            0 => row.flat,
+            _ => row.cum,
+        };
+        cum.insert(row.function, value as u64);
     }
     ensure!(!cum.is_empty(), "no rows in pprof -top output:\n{out}");
     Ok(cum)

@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use gomemtrace_tests::{
-    TempDir, go_tool, gomemtrace_command, is_runtime, latest_go, require_root, run,
+    TempDir, go_tool, gomemtrace_command, is_runtime, latest_go, pprof_top_rows, require_root, run,
 };
 
 /// Pages of the generated site (issue 16 asks for at least 300). About 130 MB allocated,
@@ -83,24 +83,9 @@ fn top(profile: &Path) -> Result<Top> {
         ],
     )?;
     let mut t = Top::default();
-    for line in out
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with("flat"))
-        .skip(1)
-    {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 6 {
-            continue;
-        }
-        let value = |s: &str| -> Result<f64> {
-            s.trim_end_matches('B')
-                .parse()
-                .with_context(|| format!("value {s:?} in {line:?}"))
-        };
-        let name = fields[5..].join(" ");
-        let name = name.trim_end_matches(" (inline)").to_string();
-        t.flat.insert(name.clone(), value(fields[0])?);
-        t.cum.insert(name, value(fields[3])?);
+    for row in pprof_top_rows(&out)? {
+        t.flat.insert(row.function.clone(), row.flat);
+        t.cum.insert(row.function, row.cum);
     }
     ensure!(!t.cum.is_empty(), "no rows in pprof -top output:\n{out}");
     Ok(t)
