@@ -246,6 +246,37 @@ fn build_fixture(name: &str, version: &str, variant: Variant) -> Result<PathBuf>
     Ok(binary)
 }
 
+/// Copies an executable to `to` (mode 755) in a child process (`install`), so that no
+/// writable descriptor of it is ever open in this multi-threaded test process: a sibling
+/// test thread that forks while `fs::copy` holds one keeps it until its exec, and executing
+/// the copy then fails with ETXTBSY ("Text file busy"), as it did once in CI.
+pub fn copy_executable(from: &Path, to: &Path) -> Result<()> {
+    let status = Command::new("install")
+        .args(["-m", "755"])
+        .arg(from)
+        .arg(to)
+        .stdin(Stdio::null())
+        .status()
+        .context("run install")?;
+    ensure!(
+        status.success(),
+        "install {} {} failed ({status})",
+        from.display(),
+        to.display()
+    );
+    Ok(())
+}
+
+/// Writes `bytes` as an executable at `path`; see [`copy_executable`] for why the file that
+/// will be executed is never written from this process.
+pub fn write_executable(path: &Path, bytes: &[u8]) -> Result<()> {
+    let staging = path.with_extension("staging");
+    fs::write(&staging, bytes)?;
+    let copied = copy_executable(&staging, path);
+    let _ = fs::remove_file(&staging);
+    copied
+}
+
 /// One row of `go tool pprof -top -unit=B`: flat and cumulative values and the function
 /// (without pprof's ` (inline)` mark).
 #[derive(Debug, Clone, PartialEq)]

@@ -18,8 +18,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use gomemtrace_tests::{
-    Proc, TempDir, Variant, fixture, go_tool, go_versions, gomemtrace_command, latest_go,
-    require_root,
+    Proc, TempDir, Variant, copy_executable, fixture, go_tool, go_versions, gomemtrace_command,
+    latest_go, require_root,
 };
 
 /// The fixture's allocation: COUNT buffers of SIZE bytes at one site.
@@ -238,7 +238,7 @@ impl Prometheus {
 fn own_fixture(dir: &Path, version: &str) -> Result<PathBuf> {
     let built = fixture("agentload", version, Variant::Normal)?;
     let copy = dir.join(format!("agentload-go{version}"));
-    std::fs::copy(&built, &copy)?;
+    copy_executable(&built, &copy)?;
     Ok(copy)
 }
 
@@ -683,7 +683,7 @@ fn duty_cycled_estimates_where_the_sampler_is_compiled_out() -> Result<()> {
     let tmp = TempDir::new("agent-duty")?;
     let built = fixture("agentduty", &latest_go(), Variant::Normal)?;
     let exe = tmp.join("agentduty");
-    std::fs::copy(&built, &exe)?;
+    copy_executable(&built, &exe)?;
     let agent = Agent::start(&format!("{}/agentduty", tmp.path().display()))?;
     const DUTY_COUNT: u64 = 8000;
     const DUTY_SIZE: u64 = 512;
@@ -986,7 +986,7 @@ fn allocation_counters_are_the_runtimes_own_where_the_sampler_is_compiled_out() 
     for (version, variant) in counter_builds() {
         let built = fixture("allocmix", &version, variant)?;
         let exe = tmp.join(&format!("allocmix-go{version}-{}", variant.name()));
-        std::fs::copy(&built, &exe)?;
+        copy_executable(&built, &exe)?;
         let mut cmd = Command::new(&exe);
         cmd.args(["-wait", "-mb", "100", "-goroutines", "4"]);
         let proc = Proc::spawn(cmd)?;

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use gomemtrace_tests::{
-    Proc, TempDir, Variant, assert_one_error_line, fixture, gomemtrace, gomemtrace_command,
-    latest_go, process_alive, require_root, run,
+    Proc, TempDir, Variant, assert_one_error_line, copy_executable, fixture, gomemtrace,
+    gomemtrace_command, latest_go, process_alive, require_root, run, write_executable,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -86,12 +86,12 @@ fn not_root_exits_5() {
     let tmp = TempDir::new("nobody").unwrap();
     let fixture_copy = tmp.join("allocs");
     let tracer_copy = tmp.join("gomemtrace");
-    std::fs::copy(
-        fixture("allocs", &latest_go(), Variant::Normal).unwrap(),
+    copy_executable(
+        &fixture("allocs", &latest_go(), Variant::Normal).unwrap(),
         &fixture_copy,
     )
     .unwrap();
-    std::fs::copy(gomemtrace().unwrap(), &tracer_copy).unwrap();
+    copy_executable(&gomemtrace().unwrap(), &tracer_copy).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
         for p in [tmp.path(), fixture_copy.as_path(), tracer_copy.as_path()] {
@@ -161,11 +161,7 @@ fn truncated_binary_is_refused_before_launch_exit_4() {
     let tmp = TempDir::new("truncated").unwrap();
     let data = std::fs::read(fixture("allocs", &latest_go(), Variant::Normal).unwrap()).unwrap();
     let cut = tmp.join("allocs-cut");
-    std::fs::write(&cut, &data[..data.len() / 2]).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&cut, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    write_executable(&cut, &data[..data.len() / 2]).unwrap();
     let out = gomemtrace_run(&["--", cut.to_str().unwrap()]);
     assert_eq!(out.code(), 4, "stderr:\n{}", out.stderr);
     assert_one_error_line("launch of a truncated binary", &out);
