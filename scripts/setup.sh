@@ -30,8 +30,9 @@ install_apt() {
     # (see install_helm); prometheus: the agent's end-to-end test scrapes
     # it and checks with promtool; qemu-system-x86: the two-node NUMA guest of
     # `cargo xtask vm`; hugo (0.111.3, Go 1.19): the third-party program of
-    # tests/tests/thirdparty_heap.rs.
-    for pkg in golang-1.19-go gcc pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus qemu-system-x86 hugo; do
+    # tests/tests/thirdparty_heap.rs; bpftool: the kernel's own list of the agent's BPF maps
+    # (tests/tests/agent.rs checks the eBPF object is loaded once).
+    for pkg in golang-1.19-go gcc pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus qemu-system-x86 hugo bpftool; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then

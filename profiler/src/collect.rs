@@ -10,7 +10,7 @@ use gomemtrace_report::model::{
 };
 
 use crate::{
-    probes::{Counters, Snapshot},
+    bpf::{Counters, Snapshot},
     symbolizer::Symbolizer,
 };
 

@@ -25,7 +25,7 @@ use std::{
 use gomemtrace_common::{AllocKey, Counter, ProcessConfig};
 use gomemtrace_report::model::{DutyCycle, Estimate};
 
-use crate::{probes::AllocProbes, session::End, target::Target};
+use crate::{bpf::AllocProbes, session::End, target::Target};
 
 /// Target CPU time per allocation event with the exact probe attached, where the trap
 /// could not be measured (docs/BENCHMARKS.md: 3065 ns on the development VM).

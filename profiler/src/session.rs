@@ -19,11 +19,10 @@ use gomemtrace_report::model::{AllocProfile, Mode, TargetInfo};
 use crate::{
     alloc_points,
     analysis::GoTarget,
+    bpf::{AllocProbes, Bpf, Counters},
     cli::{Cli, ModeArg, TargetSpec, TotalsArg},
     collect::{self, CollectInput},
-    duty, enable, output, preflight,
-    probes::{AllocProbes, Counters},
-    procmaps,
+    duty, enable, output, preflight, procmaps,
     symbolizer::{ExeLayout, Symbolizer},
     target::Target,
     trace_counters,
@@ -46,7 +45,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             .context("the executable's text mapping was not found in /proc/PID/maps")?;
         config.mem_profile_rate_addr = vaddr.wrapping_add(layout.bias);
     }
-    let mut probes = AllocProbes::load()?;
+    let mut probes = AllocProbes::new(&Bpf::load()?);
     probes.configure(target.pid, config)?;
     let mut costs = duty::Costs::default();
     if analysed.mode == Mode::Duty {

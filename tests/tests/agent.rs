@@ -1088,3 +1088,88 @@ fn allocation_counters_are_the_runtimes_own_where_the_sampler_is_compiled_out() 
     }
     Ok(())
 }
+
+/// The ids of the BPF maps `pid` holds a descriptor of, from the kernel's fd table.
+fn bpf_map_ids(pid: u32) -> Result<std::collections::BTreeSet<u64>> {
+    let mut ids = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+            continue; // closed meanwhile
+        };
+        if let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            ids.insert(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Every capability of the agent (allocations, GC, stack growth, process events, NUMA)
+/// runs in one eBPF object loaded once, however many processes it traces: the kernel's
+/// own list of the maps the agent holds (its fd table, named by bpftool) has each map of
+/// the object once. Each load of the object creates all its maps, so a second load would
+/// show every name twice.
+#[test]
+fn the_ebpf_object_is_loaded_once_for_every_process_and_capability() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let tmp = TempDir::new("agent-once")?;
+    let versions = two_versions();
+    let exes = versions
+        .iter()
+        .map(|v| own_fixture(tmp.path(), v))
+        .collect::<Result<Vec<_>>>()?;
+    let agent = Agent::start(&format!("{}/agentload-*", tmp.path().display()))?;
+    let mut targets = Vec::new();
+    for exe in &exes {
+        targets.push(spawn_fixture(exe, 200)?);
+        wait_attached(&agent, exe)?;
+    }
+    let text = agent.metrics()?;
+    let attached = samples(&text, "gomemtrace_agent_attached_processes", &[]);
+    ensure!(
+        attached == [exes.len() as f64],
+        "attached {attached:?}, want {}",
+        exes.len()
+    );
+    let loads = samples(&text, "gomemtrace_agent_bpf_object_loads", &[]);
+    ensure!(loads == [1.0], "object loads {loads:?}");
+
+    let held = bpf_map_ids(agent.proc.pid())?;
+    let listing = Command::new("bpftool")
+        .args(["-j", "map", "show"])
+        .stdin(Stdio::null())
+        .output()
+        .context("run bpftool (scripts/setup.sh installs it)")?;
+    ensure!(
+        listing.status.success(),
+        "bpftool map show: {}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+    let maps: Vec<serde_json::Value> = serde_json::from_slice(&listing.stdout)?;
+    let mut names: BTreeMap<String, usize> = Default::default();
+    for map in &maps {
+        if map["id"].as_u64().is_some_and(|id| held.contains(&id)) {
+            let name = map["name"].as_str().unwrap_or("").to_string();
+            *names.entry(name).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = names.iter().filter(|(_, n)| **n > 1).collect();
+    ensure!(
+        twice.is_empty(),
+        "maps the agent holds more than once (the object was loaded again): {twice:?}"
+    );
+    // The NUMA ring is closed again on a machine that cannot measure remote accesses.
+    for capability in ["ALLOCS", "GC_EVENTS", "STACK_EVENTS", "PROC_EVENTS"] {
+        ensure!(
+            names.contains_key(capability),
+            "the agent holds no {capability} map: {names:?}"
+        );
+    }
+    drop(targets);
+    Ok(())
+}

@@ -14,8 +14,8 @@ use crate::{
         metadata::Labels,
     },
     analysis::GoTarget,
+    bpf::{AllocProbes, Bpf},
     cli::ModeArg,
-    probes::AllocProbes,
     procmaps,
     session::{self, Analysed},
     symbolizer::ExeLayout,
@@ -101,9 +101,9 @@ pub struct Attachments {
 }
 
 impl Attachments {
-    pub fn new(mode: ModeArg, max_processes: usize) -> anyhow::Result<Self> {
+    pub fn new(bpf: &Bpf, mode: ModeArg, max_processes: usize) -> anyhow::Result<Self> {
         Ok(Self {
-            probes: AllocProbes::load()?,
+            probes: AllocProbes::new(bpf),
             processes: HashMap::new(),
             verdicts: HashMap::new(),
             unused: std::collections::VecDeque::new(),

@@ -14,8 +14,8 @@ use std::{
 
 use crate::{
     agent::{attachments::Process, profiles::Totals},
+    bpf::AllocProbes,
     duty::{self, Costs, cpu_ns},
-    probes::AllocProbes,
 };
 
 /// The CPU budget of the probes, as a fraction of the process's own CPU time.

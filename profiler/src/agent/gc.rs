@@ -9,11 +9,11 @@ use gomemtrace_common::{GcCounter, GcEvent};
 
 use crate::{
     agent::{attachments::Process, metadata::Labels, metrics::Metrics},
+    bpf::{Bpf, GcProbes},
     gc::{
         Plan,
         layout::{Slot, Values},
     },
-    probes::GcProbes,
 };
 
 struct Traced {
@@ -30,9 +30,9 @@ pub struct GcTracker {
 }
 
 impl GcTracker {
-    pub fn new() -> anyhow::Result<Self> {
+    pub fn new(bpf: &Bpf) -> anyhow::Result<Self> {
         Ok(Self {
-            probes: GcProbes::load()?,
+            probes: GcProbes::new(bpf)?,
             traced: HashMap::new(),
         })
     }

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub stack_shrinks: CounterVec,
     pub numa_hint_faults: IntCounterVec,
     pub numa_available: IntGauge,
+    pub bpf_object_loads: IntGauge,
     pub processes: GaugeVec,
     pub attached: IntGauge,
     pub skipped: IntCounterVec,
@@ -191,6 +192,10 @@ impl Metrics {
             "gomemtrace_agent_numa_available",
             "1 if remote NUMA accesses are measured on this node (two or more nodes, NUMA balancing on, the kernel allows the fentry on task_numa_fault); the agent logs why not",
         )?;
+        let bpf_object_loads = IntGauge::new(
+            "gomemtrace_agent_bpf_object_loads",
+            "Times the agent loaded its eBPF object: 1, whatever it traces (every capability runs in that one object)",
+        )?;
         let mut with_mode: Vec<&str> = per_process.to_vec();
         with_mode.push("mode");
         let processes = GaugeVec::new(
@@ -285,6 +290,7 @@ impl Metrics {
             Box::new(stack_shrinks.clone()),
             Box::new(numa_hint_faults.clone()),
             Box::new(numa_available.clone()),
+            Box::new(bpf_object_loads.clone()),
             Box::new(processes.clone()),
             Box::new(attached.clone()),
             Box::new(skipped.clone()),
@@ -321,6 +327,7 @@ impl Metrics {
             stack_shrinks,
             numa_hint_faults,
             numa_available,
+            bpf_object_loads,
             processes,
             attached,
             skipped,

@@ -32,9 +32,9 @@ use anyhow::Context as _;
 
 use crate::{
     agent::{args::KubernetesArg, attachments::Attachments, discovery::Filter},
+    bpf::{Bpf, ProcEvents},
     error::UserError,
     preflight,
-    procevents::ProcEvents,
 };
 
 /// State shared by the agent's loop and the HTTP handlers.
@@ -129,19 +129,21 @@ pub fn run(args: &args::AgentArgs) -> anyhow::Result<ExitCode> {
         stop: AtomicBool::new(false),
         self_exe: std::env::current_exe().context("this executable's path")?,
     });
-    let attachments = Attachments::new(args.mode, args.max_processes)?;
+    // The one eBPF object every capability of the agent runs in.
+    let bpf = Bpf::load()?;
+    let attachments = Attachments::new(&bpf, args.mode, args.max_processes)?;
     // Before the /proc scan: a process exec'd during the scan is seen either way.
-    let events = ProcEvents::attach()?;
+    let events = ProcEvents::attach(&bpf)?;
     eprintln!(
         "gomemtrace: agent: listening on {}, mode {:?}",
         listener.local_addr().unwrap_or(args.listen),
         args.mode
     );
-    let gc = gc::GcTracker::new()?;
+    let gc = gc::GcTracker::new(&bpf)?;
     let stacks = (!args.no_stack_metrics)
-        .then(stacks::StackTracker::new)
+        .then(|| stacks::StackTracker::new(&bpf))
         .transpose()?;
-    let numa = match numa::NumaTracker::new() {
+    let numa = match numa::NumaTracker::new(&bpf) {
         Ok(tracker) => Some(tracker),
         Err(why) => {
             eprintln!("gomemtrace: agent: NUMA: not available ({why}); no remote-access metrics");

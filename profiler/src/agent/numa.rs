@@ -10,11 +10,8 @@ use gomemtrace_common::NumaCounter;
 
 use crate::{
     agent::{attachments::Process, metadata::Labels, metrics::Metrics},
-    numa::{
-        availability::NumaHost,
-        btf,
-        probes::{self, NumaProbes},
-    },
+    bpf::{self, Bpf, NumaProbes},
+    numa::{availability::NumaHost, btf},
 };
 
 pub struct NumaTracker {
@@ -28,9 +25,9 @@ pub struct NumaTracker {
 
 impl NumaTracker {
     /// The tracker, or why remote accesses cannot be measured here.
-    pub fn new() -> Result<Self, String> {
+    pub fn new(bpf: &Bpf) -> Result<Self, String> {
         let mut reasons = NumaHost::read(Path::new("/")).reasons();
-        let probes = match NumaProbes::load() {
+        let probes = match NumaProbes::load(bpf) {
             Ok(p) => Some(p),
             Err(why) => {
                 reasons.push(why);
@@ -50,7 +47,7 @@ impl NumaTracker {
     }
 
     pub fn attach(&mut self, process: &Process) -> bool {
-        let config = probes::config(&process.runtime.offsets, self.task_fsbase);
+        let config = bpf::numa_config(&process.runtime.offsets, self.task_fsbase);
         if self.probes.configure(process.pid, &config).is_err() {
             return false;
         }

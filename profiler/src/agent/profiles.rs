@@ -14,8 +14,8 @@ use gomemtrace_report::model::{Mode, TargetInfo};
 
 use crate::{
     agent::attachments::Process,
+    bpf::{AllocProbes, Snapshot},
     collect::{self, CollectInput},
-    probes::{AllocProbes, Snapshot},
     procmaps,
     symbolizer::{ExeLayout, Symbolizer},
 };

@@ -8,7 +8,7 @@ use gomemtrace_common::{COPYSTACK_ENTRY_PROGRAM, StackTotals};
 
 use crate::{
     agent::{attachments::Process, metadata::Labels, metrics::Metrics},
-    rtprobes::RtProbes,
+    bpf::{Bpf, RtProbes},
 };
 
 struct Traced {
@@ -23,9 +23,9 @@ pub struct StackTracker {
 }
 
 impl StackTracker {
-    pub fn new() -> anyhow::Result<Self> {
+    pub fn new(bpf: &Bpf) -> anyhow::Result<Self> {
         Ok(Self {
-            probes: RtProbes::load(&[COPYSTACK_ENTRY_PROGRAM])?,
+            probes: RtProbes::new(bpf, &[COPYSTACK_ENTRY_PROGRAM])?,
             traced: HashMap::new(),
         })
     }

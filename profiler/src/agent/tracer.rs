@@ -26,7 +26,7 @@ use crate::{
         profiles::Totals,
         stacks::StackTracker,
     },
-    procevents::{Lifecycle, ProcEvents},
+    bpf::{Lifecycle, ProcEvents},
 };
 
 const TICK: Duration = Duration::from_millis(100);
@@ -317,6 +317,9 @@ impl Tracer {
             .metrics
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        metrics
+            .bpf_object_loads
+            .set(crate::bpf::Bpf::loads() as i64);
         for (pid, table) in tables.by_pid.iter_mut() {
             table.duty_estimate = self.duty.estimate(*pid);
             // The runtime's own counters, where readable, are moved below.

@@ -25,8 +25,8 @@ use serde::Serialize;
 
 use crate::{
     analysis::GoTarget,
+    bpf::{GcProbes, MarkProbes},
     cli::GcFormat,
-    probes::{GcProbes, MarkProbes},
     procmaps::{self, MappedFile},
     symbolizer::{ExeLayout, Symbolizer},
     target::Target,
@@ -283,14 +283,13 @@ impl Tracer {
     /// and the pprof profile when asked for.
     pub fn report(
         &self,
-        gc: &GcProbes,
         binary: &GoBinary,
         exe_path: &str,
         format: GcFormat,
         pprof: Option<&Path>,
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
-        let snapshot = MarkProbes::snapshot(gc)?;
+        let snapshot = self.probes.snapshot()?;
         let exe = self.exe.unwrap_or(ExeLayout {
             bias: 0,
             start: 0,
@@ -362,7 +361,7 @@ const SAMPLE_TYPES: [(&str, &str); 4] = [
 ];
 
 impl Report {
-    fn build(snapshot: &crate::probes::MarkSnapshot, symbolizer: &mut Symbolizer<'_>) -> Self {
+    fn build(snapshot: &crate::bpf::MarkSnapshot, symbolizer: &mut Symbolizer<'_>) -> Self {
         let mut goroutines: BTreeMap<u64, GoroutineRow> = BTreeMap::new();
         let mut sites: HashMap<String, (SiteRow, std::collections::BTreeSet<u64>)> = HashMap::new();
         let mut samples = Vec::new();

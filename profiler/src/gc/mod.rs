@@ -24,10 +24,9 @@ use gomemtrace_gobin::{GoBinary, offsets};
 
 use crate::{
     analysis::GoTarget,
+    bpf::{Bpf, GcProbes},
     cli::{GcFormat, GctraceArgs, TargetSpec},
-    preflight,
-    probes::GcProbes,
-    procmaps,
+    preflight, procmaps,
     session::{End, finish},
     symbolizer::ExeLayout,
     target::Target,
@@ -84,7 +83,7 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
         None => Box::new(std::io::stdout().lock()),
     };
 
-    let mut probes = GcProbes::load()?;
+    let mut probes = GcProbes::new(&Bpf::load()?)?;
     probes.configure(target.pid, &analysed.config)?;
     for (offset, program) in &analysed.attach {
         probes.attach(program, &target.exe_link, *offset, target.pid)?;
@@ -137,7 +136,6 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(mark) = &printer.mark {
         mark.report(
-            &probes,
             &analysed.binary,
             &target.exe_path,
             args.format,

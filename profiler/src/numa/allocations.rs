@@ -1,6 +1,6 @@
 //! Allocations per node: the runtime's own heap sampler, probed as in runtime-sampled mode
 //! (`runtime.setprofilebucket` records each sampled object's address, `runtime.freeSpecial`
-//! forgets it when it dies: [`crate::probes::AllocProbes`]), and the node of the page of
+//! forgets it when it dies: [`crate::bpf::AllocProbes`]), and the node of the page of
 //! each live sampled object's address as the kernel reports it ([`super::pages`]).
 //! Classified about once a second while the target runs, and at the end if it still does;
 //! the last classification is reported, per node and per allocation stack, with pprof's
@@ -17,8 +17,8 @@ use serde::Serialize;
 use super::pages::PageNodes;
 use crate::{
     analysis::GoTarget,
+    bpf::{AllocProbes, Bpf, Counters},
     collect::{insert_direct_caller, unbias},
-    probes::{AllocProbes, Counters},
     rt::{FrameJson, duration, frames},
     session::sampler_probes,
     symbolizer::Symbolizer,
@@ -71,6 +71,7 @@ impl Tracker {
     /// Attaches the sampler's probes to `pid`; the error says why they cannot be used.
     /// `bias`: the executable's load bias, where it was found.
     pub fn attach(
+        bpf: &Bpf,
         go: &GoTarget,
         exe_link: &std::path::Path,
         pid: u32,
@@ -81,7 +82,7 @@ impl Tracker {
         let probes = sampler_probes(go, &mut config, &sampler).map_err(|e| e.to_string())?;
         let bias = bias.ok_or("the executable's mapping was not found")?;
         config.mem_profile_rate_addr = sampler.rate_vaddr.wrapping_add(bias);
-        let mut alloc = AllocProbes::load().map_err(|e| format!("{e:#}"))?;
+        let mut alloc = AllocProbes::new(bpf);
         alloc.configure(pid, config).map_err(|e| format!("{e:#}"))?;
         for (program, offset, function) in &probes {
             alloc

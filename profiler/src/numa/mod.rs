@@ -23,7 +23,6 @@ mod placement;
 // The record decoders wait for the live perf-event path; their tests use them today.
 #[cfg_attr(not(test), allow(dead_code))]
 mod pmu;
-pub(crate) mod probes;
 mod report;
 
 use std::{collections::BTreeMap, path::Path, process::ExitCode, time::Duration};
@@ -31,6 +30,7 @@ use std::{collections::BTreeMap, path::Path, process::ExitCode, time::Duration};
 use clap::Args;
 use gomemtrace_common::NumaCounter;
 
+use crate::bpf::{self, Bpf, NumaProbes};
 use crate::{
     error::UserError,
     preflight,
@@ -41,7 +41,6 @@ use crate::{
     session::finish,
 };
 use availability::NumaHost;
-use probes::NumaProbes;
 use report::{Method, Report};
 
 #[derive(Debug, Args)]
@@ -61,14 +60,17 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     preflight::check()?;
     let host = NumaHost::read(Path::new("/"));
     let mut reasons = host.reasons();
-    let probes = match NumaProbes::load() {
+    let loaded = Bpf::load()
+        .map_err(|e| format!("loading the eBPF object failed: {e:#}"))
+        .and_then(|bpf| NumaProbes::load(&bpf).map(|probes| (bpf, probes)));
+    let probes = match loaded {
         Ok(p) => Some(p),
         Err(why) => {
             reasons.push(why);
             None
         }
     };
-    let (Some(mut probes), true) = (probes, reasons.is_empty()) else {
+    let (Some((bpf, mut probes)), true) = (probes, reasons.is_empty()) else {
         return Err(UserError::NumaUnavailable {
             why: reasons.join("; "),
         }
@@ -79,7 +81,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     let mut target = open_target(args.target())?;
     let analysed = analyse(&target, 0)?;
     let task_fsbase = btf::task_fsbase_offset(Path::new("/sys/kernel/btf/vmlinux"));
-    let config = probes::config(&analysed.go.offsets, *task_fsbase.as_ref().unwrap_or(&0));
+    let config = bpf::numa_config(&analysed.go.offsets, *task_fsbase.as_ref().unwrap_or(&0));
     probes.configure(target.pid, &config)?;
     let mut mappings = Mappings::read(&target)?;
     let heap = mappings
@@ -92,6 +94,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     let mut placement = placement::Placement::new(target.pid, heap);
     // Where the binary links the runtime's heap sampler; otherwise the report says why not.
     let mut allocs = allocations::Tracker::attach(
+        &bpf,
         &analysed.go,
         &target.exe_link,
         target.pid,
@@ -156,7 +159,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             active: true,
             detail: format!(
                 "fentry {} + tracepoint exceptions:page_fault_user; goroutine from R14, TLS fallback {}",
-                probes::HINT_FAULT_FUNCTION,
+                bpf::HINT_FAULT_FUNCTION,
                 match &task_fsbase {
                     Ok(off) => format!("at task_struct+{off:#x}"),
                     Err(why) => format!("off ({why})"),

@@ -21,7 +21,11 @@ use super::{
     FrameJson, Mappings, RtArgs, RtFormat, TargetJson, analyse, duration, end_reason, frames,
     open_target, pprof, wait_for_end, write_output,
 };
-use crate::{preflight, rtprobes::RtProbes, session::finish};
+use crate::{
+    bpf::{Bpf, RtProbes},
+    preflight,
+    session::finish,
+};
 
 #[derive(Debug, Args)]
 pub struct GoroutinesArgs {
@@ -124,7 +128,10 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
     let launched = target.child.is_some();
     let flags = if stacks { RT_FLAG_CREATION_STACKS } else { 0 };
     let analysed = analyse(&target, flags)?;
-    let mut probes = RtProbes::load(&[NEWPROC1_RET_PROGRAM, GOROUTINE_EXIT_PROGRAM])?;
+    let mut probes = RtProbes::new(
+        &Bpf::load()?,
+        &[NEWPROC1_RET_PROGRAM, GOROUTINE_EXIT_PROGRAM],
+    )?;
     probes.configure(target.pid, &analysed.config)?;
     analysed.attach_rets(
         &mut probes,

@@ -17,9 +17,9 @@ use serde::Serialize;
 
 use crate::{
     analysis::GoTarget,
+    bpf::RtProbes,
     cli::TargetSpec,
     procmaps,
-    rtprobes::RtProbes,
     session::End,
     symbolizer::{ExeLayout, Symbolizer},
     target::Target,

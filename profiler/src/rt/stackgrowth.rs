@@ -14,7 +14,11 @@ use super::{
     FrameJson, Mappings, RtArgs, RtFormat, TargetJson, analyse, duration, end_reason, frames,
     open_target, pprof, size, wait_for_end, write_output,
 };
-use crate::{preflight, rtprobes::RtProbes, session::finish};
+use crate::{
+    bpf::{Bpf, RtProbes},
+    preflight,
+    session::finish,
+};
 
 #[derive(Debug, Args)]
 pub struct StackgrowthArgs {
@@ -87,7 +91,10 @@ pub fn run(args: &StackgrowthArgs) -> anyhow::Result<ExitCode> {
     preflight::check()?;
     let mut target = open_target(args.target())?;
     let analysed = analyse(&target, 0)?;
-    let mut probes = RtProbes::load(&[COPYSTACK_ENTRY_PROGRAM, COPYSTACK_RET_PROGRAM])?;
+    let mut probes = RtProbes::new(
+        &Bpf::load()?,
+        &[COPYSTACK_ENTRY_PROGRAM, COPYSTACK_RET_PROGRAM],
+    )?;
     probes.configure(target.pid, &analysed.config)?;
     analysed.attach_entry(
         &mut probes,
