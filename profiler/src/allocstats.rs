@@ -334,7 +334,7 @@ mod tests {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "paused");
-        let bias = crate::procmaps::executable_mappings(child.id())
+        let bias = crate::engine::procmaps::executable_mappings(child.id())
             .ok()
             .and_then(|m| {
                 crate::symbolizer::ExeLayout::find(

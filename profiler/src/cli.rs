@@ -4,6 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::engine::{TargetConfig, TargetSpec};
+
 /// Where a Go program's memory goes — traced from outside the process with eBPF uprobes:
 /// allocations by stack, type and goroutine, with no change to the target.
 #[derive(Debug, Parser)]
@@ -19,19 +21,8 @@ pub struct Cli {
     #[command(subcommand)]
     pub view: Option<View>,
 
-    /// Trace this running process.
-    #[arg(
-        short,
-        long,
-        value_name = "PID",
-        conflicts_with = "command",
-        required_unless_present = "command"
-    )]
-    pub pid: Option<u32>,
-
-    /// Trace for this long (e.g. 10s, 2m); default: until Ctrl-C or the target exits.
-    #[arg(short, long, value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub run: TargetArgs,
 
     /// How allocations are collected: `auto` picks `runtime` where the binary links the
     /// runtime's heap sampler, else `duty`, and says which.
@@ -69,10 +60,6 @@ pub struct Cli {
     )]
     pub enable_runtime_sampling: Option<u64>,
 
-    /// Write the report to this file instead of stdout.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-
     /// Report format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -91,19 +78,10 @@ pub struct Cli {
     #[arg(long)]
     pub all_frames: bool,
 
-    /// No live status line on stderr.
-    #[arg(short, long)]
-    pub quiet: bool,
-
     /// Benchmark floor: attach an empty program at the same offsets instead of the
     /// allocation probe (the report is then empty).
     #[arg(long, hide = true)]
     pub empty_probe: bool,
-
-    /// Launch this command and trace it from its first instruction; gomemtrace exits with
-    /// its status.
-    #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
 }
 
 /// Views other than the allocation profile.
@@ -147,6 +125,27 @@ pub enum View {
 
 #[derive(Debug, Args)]
 pub struct GctraceArgs {
+    #[command(flatten)]
+    pub run: TargetArgs,
+
+    /// Line format.
+    #[arg(long, value_enum, default_value_t = GcFormat::Text)]
+    pub format: GcFormat,
+
+    /// Also trace mark assists (who pays the GC tax: goroutines and stacks) and background
+    /// mark workers (dedicated, fractional, idle time per cycle) — docs/GCTRACE.md.
+    #[arg(long)]
+    pub assists: bool,
+
+    /// Write a pprof profile of mark assists, weighted by assist time, to this file
+    /// (implies --assists).
+    #[arg(long, value_name = "FILE")]
+    pub assists_pprof: Option<PathBuf>,
+}
+
+/// The options every view shares: which process, for how long, where the report goes.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
     /// Trace this running process.
     #[arg(
         short,
@@ -161,27 +160,13 @@ pub struct GctraceArgs {
     #[arg(short, long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
 
-    /// Write the lines to this file instead of stdout.
+    /// Write the report to this file instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-
-    /// Line format.
-    #[arg(long, value_enum, default_value_t = GcFormat::Text)]
-    pub format: GcFormat,
 
     /// No status lines on stderr.
     #[arg(short, long)]
     pub quiet: bool,
-
-    /// Also trace mark assists (who pays the GC tax: goroutines and stacks) and background
-    /// mark workers (dedicated, fractional, idle time per cycle) — docs/GCTRACE.md.
-    #[arg(long)]
-    pub assists: bool,
-
-    /// Write a pprof profile of mark assists, weighted by assist time, to this file
-    /// (implies --assists).
-    #[arg(long, value_name = "FILE")]
-    pub assists_pprof: Option<PathBuf>,
 
     /// Launch this command and trace it from its first instruction; gomemtrace exits with
     /// its status.
@@ -189,11 +174,17 @@ pub struct GctraceArgs {
     pub command: Vec<String>,
 }
 
-impl GctraceArgs {
-    pub fn target(&self) -> TargetSpec {
-        match self.pid {
-            Some(pid) => TargetSpec::Pid(pid),
-            None => TargetSpec::Launch(self.command.clone()),
+impl TargetArgs {
+    /// The typed configuration the engine runs on.
+    pub fn config(&self) -> TargetConfig {
+        TargetConfig {
+            target: match self.pid {
+                Some(pid) => TargetSpec::Pid(pid),
+                None => TargetSpec::Launch(self.command.clone()),
+            },
+            duration: self.duration,
+            output: self.output.clone(),
+            quiet: self.quiet,
         }
     }
 }
@@ -264,22 +255,6 @@ pub enum Weight {
     Objects,
 }
 
-/// What to trace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TargetSpec {
-    Pid(u32),
-    Launch(Vec<String>),
-}
-
-impl Cli {
-    pub fn target(&self) -> TargetSpec {
-        match self.pid {
-            Some(pid) => TargetSpec::Pid(pid),
-            None => TargetSpec::Launch(self.command.clone()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,12 +268,12 @@ mod tests {
     #[test]
     fn parses_pid_and_launch_forms() {
         let cli = Cli::try_parse_from(["gomemtrace", "-p", "42", "-d", "1500ms"]).unwrap();
-        assert_eq!(cli.target(), TargetSpec::Pid(42));
-        assert_eq!(cli.duration, Some(Duration::from_millis(1500)));
+        assert_eq!(cli.run.config().target, TargetSpec::Pid(42));
+        assert_eq!(cli.run.duration, Some(Duration::from_millis(1500)));
         let cli =
             Cli::try_parse_from(["gomemtrace", "--format", "json", "--", "./app", "-x"]).unwrap();
         assert_eq!(
-            cli.target(),
+            cli.run.config().target,
             TargetSpec::Launch(vec!["./app".into(), "-x".into()])
         );
         assert_eq!(cli.format, Format::Json);
@@ -310,7 +285,7 @@ mod tests {
         let Some(View::Gctrace(args)) = &cli.view else {
             panic!("no gctrace view: {cli:?}");
         };
-        assert_eq!(args.target(), TargetSpec::Pid(7));
+        assert_eq!(args.run.config().target, TargetSpec::Pid(7));
         let cli = Cli::try_parse_from([
             "gomemtrace",
             "gctrace",
@@ -325,7 +300,7 @@ mod tests {
             panic!("no gctrace view: {cli:?}");
         };
         assert_eq!(
-            args.target(),
+            args.run.config().target,
             TargetSpec::Launch(vec!["./app".into(), "gctrace".into()])
         );
         assert_eq!(args.format, GcFormat::Json);
@@ -340,10 +315,13 @@ mod tests {
         // A command named like the subcommand after `--` is still a command to launch.
         let cli = Cli::try_parse_from(["gomemtrace", "--", "gctrace"]).unwrap();
         assert!(cli.view.is_none());
-        assert_eq!(cli.target(), TargetSpec::Launch(vec!["gctrace".into()]));
+        assert_eq!(
+            cli.run.config().target,
+            TargetSpec::Launch(vec!["gctrace".into()])
+        );
         let cli = Cli::try_parse_from(["gomemtrace", "-p", "3", "--top", "5"]).unwrap();
         assert!(cli.view.is_none());
-        assert_eq!(cli.target(), TargetSpec::Pid(3));
+        assert_eq!(cli.run.config().target, TargetSpec::Pid(3));
     }
 
     #[test]

@@ -25,7 +25,10 @@ use std::{
 use gomemtrace_common::{AllocKey, Counter, ProcessConfig};
 use gomemtrace_report::model::{DutyCycle, Estimate};
 
-use crate::{bpf::AllocProbes, session::End, target::Target};
+use crate::{
+    bpf::AllocProbes,
+    engine::{self, End, Target},
+};
 
 /// Target CPU time per allocation event with the exact probe attached, where the trap
 /// could not be measured (docs/BENCHMARKS.md: 3065 ns on the development VM).
@@ -353,8 +356,9 @@ pub fn attach(
     Ok(())
 }
 
-/// Runs the windows until the duration ends, Ctrl-C, or the target exits. The probes are
-/// attached on entry (the first window starts at once) and detached on return.
+/// Runs the windows on the engine's loop until the duration ends, Ctrl-C, or the target
+/// exits. The probes are attached on entry (the first window starts at once) and detached
+/// on return.
 #[allow(clippy::too_many_arguments)] // one call site, each argument distinct
 pub fn run(
     deadline: Option<Duration>,
@@ -368,144 +372,167 @@ pub fn run(
     started: Instant,
     mut watch: Option<&mut crate::trace_counters::Watch>,
 ) -> anyhow::Result<(End, DutyRecord)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let pid = target.pid;
-    let budget = budget_percent / 100.0;
-    let mut record = DutyRecord {
-        budget_percent,
-        costs,
-        ..DutyRecord::default()
-    };
-    let mut previous: HashMap<AllocKey, (u64, u64)> = HashMap::new();
     let cpu_start = cpu_ns(pid).unwrap_or(0);
-    let mut cpu_last = cpu_start;
-    let end = runtime.block_on(async {
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
-        // Waits until `until` (or the end of the trace): Some(why) when the trace ended.
-        macro_rules! wait_until {
-            ($until:expr) => {{
-                let until = $until;
-                let mut ended = None;
-                loop {
-                    if deadline.is_some_and(|d| started.elapsed() >= d) {
-                        ended = Some(End::Duration);
-                        break;
-                    }
-                    if !target.is_alive() {
-                        ended = Some(End::TargetExited);
-                        break;
-                    }
-                    if let Some(w) = watch.as_deref_mut() {
-                        w.tick(probes.counters()?.get(Counter::Events));
-                    }
-                    let now = Instant::now();
-                    if now >= until {
-                        break;
-                    }
-                    tokio::select! {
-                        _ = &mut ctrl_c => { ended = Some(End::Interrupted); break; }
-                        _ = tokio::time::sleep((until - now).min(POLL)) => {}
-                    }
-                }
-                ended
-            }};
-        }
+    let mut cycle = Cycle {
+        pid,
+        budget: budget_percent / 100.0,
+        probes,
+        attach_points,
+        exe,
+        config,
+        record: DutyRecord {
+            budget_percent,
+            costs,
+            ..DutyRecord::default()
+        },
+        previous: HashMap::new(),
+        cpu_start,
+        cpu_last: cpu_start,
         // The caller attached the probes before releasing the target: the first window
         // starts at once.
-        let mut window_start = started;
-        let mut length = FIRST_WINDOW;
-        loop {
-            let cpu_before = cpu_last;
-            let ended = wait_until!(window_start + length);
-            // The window ends when the program stops counting; detaching takes a while
-            // (RCU grace periods), and hits meanwhile are ignored (counted as NoConfig).
-            probes.unconfigure(pid)?;
-            record.windows.push(window_start.elapsed());
-            let detaching = Instant::now();
-            probes.detach_all()?;
-            if std::env::var_os("GOMEMTRACE_DUTY_DEBUG").is_some() {
-                eprintln!(
-                    "window {:?}, detach {:?}",
-                    record.windows.last(),
-                    detaching.elapsed()
-                );
-            }
-            let cpu_now = cpu_ns(pid).unwrap_or(cpu_last);
-            record.cpu_in_ns += cpu_now.saturating_sub(cpu_before);
-            cpu_last = cpu_now;
-            let index = record.windows.len() - 1;
-            let mut window_events = 0;
-            for (key, stats) in probes.allocs()? {
-                let before = previous.insert(key, (stats.objects, stats.bytes));
-                let (o0, b0) = before.unwrap_or_default();
-                let deltas = record.per_key.entry(key).or_default();
-                deltas.resize(index, (0, 0));
-                deltas.push((stats.objects - o0, stats.bytes - b0));
-                window_events += stats.objects - o0;
-            }
-            let counters = probes.counters()?;
-            record.events = counters.get(Counter::Events);
-            record.ignored = counters.get(Counter::NoConfig);
-            if let Some(end) = ended {
-                return Ok::<_, anyhow::Error>(end);
-            }
-            // The next window opens as soon as the budget allows one, decided on the
-            // target's CPU read at each poll (`window_length`): its cost is expected from the
-            // latest window's events per CPU-second and the target's CPU rate since that
-            // window opened.
-            let window_cpu = cpu_last.saturating_sub(cpu_before) as f64;
-            let events_per_cpu_ns = window_events as f64 / window_cpu.max(MIN_WINDOW_CPU_NS);
-            let off_start = Instant::now();
-            let ended = loop {
-                if let Some(end) = wait_until!(Instant::now() + POLL) {
-                    break Some(end);
-                }
-                let cpu_now = cpu_ns(pid).unwrap_or(cpu_last);
-                let recent_cpu = cpu_now.saturating_sub(cpu_before) as f64;
-                let recent_wall = window_start.elapsed().as_secs_f64().max(1e-3) * 1e9;
-                let spent = record.cost_ns();
-                let own_cpu = (cpu_now.saturating_sub(cpu_start) as f64 - spent).max(0.0);
-                if let Some(next) = window_length(
-                    spent,
-                    events_per_cpu_ns,
-                    recent_cpu / recent_wall,
-                    record.costs.event_ns,
-                    own_cpu,
-                    budget,
-                ) {
-                    length = next;
-                    break None;
-                }
-            };
-            let cpu_now = cpu_ns(pid).unwrap_or(cpu_last);
-            record.cpu_out_ns += cpu_now.saturating_sub(cpu_last);
-            record.wall_out += off_start.elapsed();
-            cpu_last = cpu_now;
-            if let Some(end) = ended {
-                return Ok(end);
-            }
-            let attaching = Instant::now();
-            // The target can exit while the probes are attached: that ends the trace.
-            if let Err(e) = attach(probes, attach_points, exe, pid) {
-                if target.is_alive() {
-                    return Err(e);
-                }
-                return Ok(End::TargetExited);
-            }
-            // Counting starts once every probe is in place.
-            probes.configure(pid, config)?;
-            window_start = Instant::now();
-            if std::env::var_os("GOMEMTRACE_DUTY_DEBUG").is_some() {
-                eprintln!("attach {:?}", attaching.elapsed());
-            }
+        window_start: started,
+        length: FIRST_WINDOW,
+        cpu_before: cpu_start,
+        gap: None,
+    };
+    let end = engine::run_until_end(deadline, started, target, POLL, |target| {
+        if let Some(w) = watch.as_deref_mut() {
+            w.tick(cycle.probes.counters()?.get(Counter::Events));
         }
+        cycle.tick(target)
     })?;
+    match cycle.gap {
+        None => cycle.close_window()?,
+        Some(_) => cycle.close_gap(),
+    }
+    let mut record = cycle.record;
     record.total = started.elapsed();
-    record.cpu_total_ns = cpu_last.saturating_sub(cpu_start);
+    record.cpu_total_ns = cycle.cpu_last.saturating_sub(cycle.cpu_start);
     Ok((end, record))
+}
+
+/// The duty cycle of one trace: opens and closes windows on the engine's ticks.
+struct Cycle<'a> {
+    pid: u32,
+    budget: f64,
+    probes: &'a mut AllocProbes,
+    attach_points: &'a [(&'static str, u64, String)],
+    exe: &'a Path,
+    config: ProcessConfig,
+    record: DutyRecord,
+    /// Per key, the (objects, bytes) of the allocation map at the latest window's close.
+    previous: HashMap<AllocKey, (u64, u64)>,
+    /// The target's CPU time at the start and at the latest reading.
+    cpu_start: u64,
+    cpu_last: u64,
+    /// The latest window: when it opened, how long it lasts, the target's CPU time then.
+    window_start: Instant,
+    length: Duration,
+    cpu_before: u64,
+    /// Between windows: since when, and the latest window's events per ns of target CPU.
+    gap: Option<(Instant, f64)>,
+}
+
+impl Cycle<'_> {
+    /// One tick: closes the window that is due, or opens the next one once the budget
+    /// allows; returns when it wants the next tick (the open window's end).
+    fn tick(&mut self, target: &mut Target) -> anyhow::Result<Option<Instant>> {
+        let Some((_, events_per_cpu_ns)) = self.gap else {
+            let end = self.window_start + self.length;
+            if Instant::now() < end {
+                return Ok(Some(end));
+            }
+            self.close_window()?;
+            return Ok(None);
+        };
+        // The next window opens as soon as the budget allows one, decided on the target's
+        // CPU read now (`window_length`): its cost is expected from the latest window's
+        // events per CPU-second and the target's CPU rate since that window opened.
+        let cpu_now = cpu_ns(self.pid).unwrap_or(self.cpu_last);
+        let recent_cpu = cpu_now.saturating_sub(self.cpu_before) as f64;
+        let recent_wall = self.window_start.elapsed().as_secs_f64().max(1e-3) * 1e9;
+        let spent = self.record.cost_ns();
+        let own_cpu = (cpu_now.saturating_sub(self.cpu_start) as f64 - spent).max(0.0);
+        let Some(length) = window_length(
+            spent,
+            events_per_cpu_ns,
+            recent_cpu / recent_wall,
+            self.record.costs.event_ns,
+            own_cpu,
+            self.budget,
+        ) else {
+            return Ok(None);
+        };
+        self.close_gap();
+        let attaching = Instant::now();
+        // The target can exit while the probes are attached: that ends the trace (the
+        // engine sees it after this tick).
+        if let Err(e) = attach(self.probes, self.attach_points, self.exe, self.pid) {
+            if target.is_alive() {
+                return Err(e);
+            }
+            return Ok(None);
+        }
+        // Counting starts once every probe is in place.
+        self.probes.configure(self.pid, self.config)?;
+        if std::env::var_os("GOMEMTRACE_DUTY_DEBUG").is_some() {
+            eprintln!("attach {:?}", attaching.elapsed());
+        }
+        self.window_start = Instant::now();
+        self.length = length;
+        self.cpu_before = self.cpu_last;
+        Ok(Some(self.window_start + length))
+    }
+
+    /// Ends the open window: the program stops counting, the probes are detached, and the
+    /// window's per-key deltas and CPU time are recorded.
+    fn close_window(&mut self) -> anyhow::Result<()> {
+        // The window ends when the program stops counting; detaching takes a while (RCU
+        // grace periods), and hits meanwhile are ignored (counted as NoConfig).
+        self.probes.unconfigure(self.pid)?;
+        self.record.windows.push(self.window_start.elapsed());
+        let detaching = Instant::now();
+        self.probes.detach_all()?;
+        if std::env::var_os("GOMEMTRACE_DUTY_DEBUG").is_some() {
+            eprintln!(
+                "window {:?}, detach {:?}",
+                self.record.windows.last(),
+                detaching.elapsed()
+            );
+        }
+        let cpu_now = cpu_ns(self.pid).unwrap_or(self.cpu_last);
+        self.record.cpu_in_ns += cpu_now.saturating_sub(self.cpu_before);
+        self.cpu_last = cpu_now;
+        let index = self.record.windows.len() - 1;
+        let mut window_events = 0;
+        for (key, stats) in self.probes.allocs()? {
+            let before = self.previous.insert(key, (stats.objects, stats.bytes));
+            let (o0, b0) = before.unwrap_or_default();
+            let deltas = self.record.per_key.entry(key).or_default();
+            deltas.resize(index, (0, 0));
+            deltas.push((stats.objects - o0, stats.bytes - b0));
+            window_events += stats.objects - o0;
+        }
+        let counters = self.probes.counters()?;
+        self.record.events = counters.get(Counter::Events);
+        self.record.ignored = counters.get(Counter::NoConfig);
+        let window_cpu = self.cpu_last.saturating_sub(self.cpu_before) as f64;
+        let events_per_cpu_ns = window_events as f64 / window_cpu.max(MIN_WINDOW_CPU_NS);
+        self.gap = Some((Instant::now(), events_per_cpu_ns));
+        Ok(())
+    }
+
+    /// Ends the gap between windows: its CPU and wall time are recorded.
+    fn close_gap(&mut self) {
+        let Some((since, _)) = self.gap.take() else {
+            return;
+        };
+        let cpu_now = cpu_ns(self.pid).unwrap_or(self.cpu_last);
+        self.record.cpu_out_ns += cpu_now.saturating_sub(self.cpu_last);
+        self.record.wall_out += since.elapsed();
+        self.cpu_last = cpu_now;
+    }
 }
 
 #[cfg(test)]

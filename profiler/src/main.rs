@@ -9,17 +9,15 @@ mod cli;
 mod collect;
 mod duty;
 mod enable;
+mod engine;
 mod error;
 mod gc;
 mod numa;
 mod output;
-mod preflight;
-mod procmaps;
 mod remote_memory;
 mod rt;
 mod session;
 mod symbolizer;
-mod target;
 mod trace_counters;
 
 use std::process::ExitCode;

@@ -3,7 +3,6 @@
 
 use std::{
     io::{IsTerminal as _, Write as _},
-    os::unix::process::ExitStatusExt as _,
     process::ExitCode,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -20,21 +19,19 @@ use crate::{
     alloc_points,
     analysis::GoTarget,
     bpf::{AllocProbes, Bpf, Counters},
-    cli::{Cli, ModeArg, TargetSpec, TotalsArg},
+    cli::{Cli, ModeArg, TotalsArg},
     collect::{self, CollectInput},
-    duty, enable, output, preflight, procmaps,
+    duty, enable,
+    engine::{self, End, Target, TargetConfig, procmaps, status_line},
+    output,
     symbolizer::{ExeLayout, Symbolizer},
-    target::Target,
     trace_counters,
 };
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
-    preflight::check()?;
-    let mut target = match cli.target() {
-        TargetSpec::Pid(pid) => Target::existing(pid)?,
-        TargetSpec::Launch(command) => Target::launch(&command)?,
-    };
-    let analysed = analyse(&target, cli)?;
+    let run = cli.run.config();
+    let mut target = engine::open(&run.target)?;
+    let analysed = analyse(&target, cli, run.quiet)?;
     let exe_inode =
         std::fs::metadata(&target.exe_link).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
     let mut mappings = procmaps::executable_mappings(target.pid).unwrap_or_default();
@@ -78,7 +75,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    if !cli.quiet {
+    if !run.quiet {
         status_line(&format!(
             "attached {} {} probes to pid {} ({}, {}{}), {}",
             probes.attached(),
@@ -99,7 +96,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ""
             },
-            match cli.duration {
+            match run.duration {
                 Some(d) => format!("tracing for {}", humantime::format_duration(d)),
                 None => "Ctrl-C to stop".into(),
             }
@@ -125,7 +122,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let (end, duty) = if analysed.mode == Mode::Duty {
         let exe_link = target.exe_link.clone();
         let (end, record) = duty::run(
-            cli.duration,
+            run.duration,
             cli.overhead_budget,
             &mut target,
             &mut probes,
@@ -140,7 +137,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     } else {
         (
             wait_for_end(
-                cli,
+                &run,
+                started,
                 &mut target,
                 &probes,
                 &mut mappings,
@@ -154,7 +152,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let events = probes.counters()?.get(Counter::Events);
     let counters = watch.and_then(|w| w.finish(alive, Instant::now(), events));
     if let Err(why) = &counters
-        && !cli.quiet
+        && !run.quiet
     {
         status_line(&format!(
             "the runtime's allocation counters: {why}; totals are the probes' own"
@@ -197,11 +195,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         },
         &mut symbolizer,
     );
-    if !cli.quiet {
+    if !run.quiet {
         final_status(&profile, end);
     }
-    output::write(cli, &profile)?;
-    finish(&mut target, end)
+    output::write(cli, &run, &profile)?;
+    engine::finish(&mut target, end)
 }
 
 /// What the binary tells us before anything is attached.
@@ -221,7 +219,7 @@ pub(crate) struct Analysed {
     pub alloc_stats: Result<AllocStatsLayout, String>,
 }
 
-fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
+fn analyse(target: &Target, cli: &Cli, quiet: bool) -> anyhow::Result<Analysed> {
     let data =
         std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
     let go = GoTarget::from_file_bytes(&data, &target.exe_path)?;
@@ -268,7 +266,7 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
     let mut analysed = plan(go, config, sampler, cli.mode(), cli.empty_probe)?;
     analysed.stop_at_main = stop_at_main;
     analysed.alloc_stats = alloc_stats;
-    if let Some(why) = analysed.auto_duty_reason.as_ref().filter(|_| !cli.quiet) {
+    if let Some(why) = analysed.auto_duty_reason.as_ref().filter(|_| !quiet) {
         status_line(&format!(
             "mode auto: duty (exact probes in short windows under a {}% CPU overhead budget; counts are estimates), because {why}",
             cli.overhead_budget
@@ -355,112 +353,45 @@ pub(crate) fn sampler_probes(
     .collect()
 }
 
-/// Why collection stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum End {
-    Duration,
-    Interrupted,
-    TargetExited,
-}
-
+/// Polls until the end, feeding the runtime's counters the probes' event count and
+/// printing the live status line.
 fn wait_for_end(
-    cli: &Cli,
+    run: &TargetConfig,
+    started: Instant,
     target: &mut Target,
     probes: &AllocProbes,
     mappings: &mut Vec<procmaps::MappedFile>,
     mut watch: Option<&mut trace_counters::Watch>,
 ) -> anyhow::Result<End> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
-        let interactive = std::io::stderr().is_terminal() && !cli.quiet;
-        let status_every = if interactive {
-            Duration::from_secs(1)
-        } else {
-            Duration::from_secs(10)
-        };
-        let mut poll = tokio::time::interval(Duration::from_millis(100));
-        let mut last_status = Instant::now();
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
-        loop {
-            tokio::select! {
-                _ = &mut ctrl_c => return Ok(End::Interrupted),
-                _ = poll.tick() => {
-                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                        return Ok(End::Duration);
-                    }
-                    if !target.is_alive() {
-                        return Ok(End::TargetExited);
-                    }
-                    if let Some(w) = watch.as_deref_mut() {
-                        w.tick(probes.counters()?.get(Counter::Events));
-                    }
-                    if last_status.elapsed() >= status_every {
-                        last_status = Instant::now();
-                        // Libraries may be loaded late (cgo, plugins): keep the map fresh.
-                        if let Ok(fresh) = procmaps::executable_mappings(target.pid) {
-                            *mappings = fresh;
-                        }
-                        if !cli.quiet {
-                            live_status(&probes.counters()?, interactive);
-                        }
-                    }
+    let interactive = std::io::stderr().is_terminal() && !run.quiet;
+    let status_every = if interactive {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(10)
+    };
+    let mut last_status = Instant::now();
+    engine::run_until_end(
+        run.duration,
+        started,
+        target,
+        Duration::from_millis(100),
+        |target| {
+            if let Some(w) = watch.as_deref_mut() {
+                w.tick(probes.counters()?.get(Counter::Events));
+            }
+            if last_status.elapsed() >= status_every {
+                last_status = Instant::now();
+                // Libraries may be loaded late (cgo, plugins): keep the map fresh.
+                if let Ok(fresh) = procmaps::executable_mappings(target.pid) {
+                    *mappings = fresh;
+                }
+                if !run.quiet {
+                    live_status(&probes.counters()?, interactive);
                 }
             }
-        }
-    })
-}
-
-/// Waits for a launched target (passing Ctrl-C on) and returns its exit status as ours.
-pub(crate) fn finish(target: &mut Target, end: End) -> anyhow::Result<ExitCode> {
-    let Some(child) = target.child.as_mut() else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    if end == End::Interrupted {
-        // The user asked to stop: pass the interrupt on, as a terminal would.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let status = runtime.block_on(async {
-        let mut poll = tokio::time::interval(Duration::from_millis(50));
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
-        loop {
-            tokio::select! {
-                // Ctrl-C while waiting for the target: stop waiting, leave it running.
-                _ = &mut ctrl_c => return Ok::<_, anyhow::Error>(None),
-                _ = poll.tick() => {
-                    if let Some(status) = child.try_wait()? {
-                        return Ok(Some(status));
-                    }
-                }
-            }
-        }
-    })?;
-    let Some(status) = status else {
-        status_line(&format!(
-            "interrupted while waiting for pid {}: left it running",
-            child.id()
-        ));
-        return Ok(ExitCode::from(130));
-    };
-    Ok(match (status.code(), status.signal()) {
-        (Some(code), _) => ExitCode::from(code as u8),
-        (None, Some(signal)) => ExitCode::from(128 + signal as u8),
-        _ => ExitCode::FAILURE,
-    })
-}
-
-fn status_line(line: &str) {
-    eprintln!("gomemtrace: {line}");
+            Ok(None)
+        },
+    )
 }
 
 fn live_status(counters: &Counters, interactive: bool) {

@@ -10,7 +10,7 @@ use blazesym::symbolize::{
 use gomemtrace_gobin::GoBinary;
 use gomemtrace_report::model::{Frame, Location, Mapping};
 
-use crate::procmaps::MappedFile;
+use crate::engine::procmaps::MappedFile;
 
 /// Where the target's executable is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use crate::{
     analysis::GoTarget,
     bpf::{AllocProbes, Bpf},
     cli::ModeArg,
-    procmaps,
+    engine::procmaps,
     session::{self, Analysed},
     symbolizer::ExeLayout,
 };

@@ -33,8 +33,8 @@ use anyhow::Context as _;
 use crate::{
     agent::{args::KubernetesArg, attachments::Attachments, discovery::Filter},
     bpf::{Bpf, ProcEvents},
+    engine::preflight,
     error::UserError,
-    preflight,
 };
 
 /// State shared by the agent's loop and the HTTP handlers.

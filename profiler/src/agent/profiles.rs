@@ -16,7 +16,7 @@ use crate::{
     agent::attachments::Process,
     bpf::{AllocProbes, Snapshot},
     collect::{self, CollectInput},
-    procmaps,
+    engine::procmaps,
     symbolizer::{ExeLayout, Symbolizer},
 };
 

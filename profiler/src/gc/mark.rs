@@ -27,9 +27,9 @@ use crate::{
     analysis::GoTarget,
     bpf::{GcProbes, MarkProbes},
     cli::GcFormat,
-    procmaps::{self, MappedFile},
+    engine::procmaps::{self, MappedFile},
+    engine::target::Target,
     symbolizer::{ExeLayout, Symbolizer},
-    target::Target,
 };
 
 /// Where the mark probes go: (file offset, program).

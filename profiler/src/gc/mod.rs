@@ -11,7 +11,11 @@ pub mod layout;
 mod line;
 mod mark;
 
-use std::{fs::File, io::Write, process::ExitCode, time::Duration};
+use std::{
+    io::Write,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use gomemtrace_common::{
@@ -25,11 +29,9 @@ use gomemtrace_gobin::{GoBinary, offsets};
 use crate::{
     analysis::GoTarget,
     bpf::{Bpf, GcProbes},
-    cli::{GcFormat, GctraceArgs, TargetSpec},
-    preflight, procmaps,
-    session::{End, finish},
+    cli::{GcFormat, GctraceArgs},
+    engine::{self, Target, clock_ns, monotonic_ns, procmaps},
     symbolizer::ExeLayout,
-    target::Target,
 };
 use layout::{Globals, Slot, Values};
 use line::Cycle;
@@ -69,19 +71,11 @@ const PROBES: [(&str, &str, bool); 7] = [
 ];
 
 pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
-    preflight::check()?;
-    let mut target = match args.target() {
-        TargetSpec::Pid(pid) => Target::existing(pid)?,
-        TargetSpec::Launch(command) => Target::launch(&command)?,
-    };
+    let run = args.run.config();
+    let mut target = engine::open(&run.target)?;
     let launched = target.child.is_some();
     let analysed = analyse(&target, args.assists || args.assists_pprof.is_some())?;
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(path) => {
-            Box::new(File::create(path).with_context(|| format!("create {}", path.display()))?)
-        }
-        None => Box::new(std::io::stdout().lock()),
-    };
+    let mut out = engine::open_output(run.output.as_deref())?;
 
     let mut probes = GcProbes::new(&Bpf::load()?)?;
     probes.configure(target.pid, &analysed.config)?;
@@ -97,7 +91,7 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
         )?),
         None => None,
     };
-    if !args.quiet {
+    if !run.quiet {
         eprintln!(
             "gomemtrace: tracing GC of pid {} ({}, {} probes){}",
             target.pid,
@@ -124,13 +118,25 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
     // when released (it was held at its first instruction while probes were attached);
     // a running one at its exec.
     printer.process_start_ns = if launched {
-        monotonic_now_ns()
+        Some(monotonic_ns())
     } else {
         process_start_monotonic_ns(target.pid)
     };
+    let started = Instant::now();
     target.release()?;
 
-    let end = wait_for_end(args, &mut target, &mut probes, &mut printer, &mut out)?;
+    let end = engine::run_until_end(
+        run.duration,
+        started,
+        &mut target,
+        Duration::from_millis(100),
+        |_| {
+            for event in probes.drain() {
+                printer.print(&event, &mut out)?;
+            }
+            Ok(None)
+        },
+    )?;
     for event in probes.drain() {
         printer.print(&event, &mut out)?;
     }
@@ -144,7 +150,7 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     out.flush()?;
-    if !args.quiet {
+    if !run.quiet {
         let c = probes.counters()?;
         let dropped = c[GcCounter::DropRingFull as usize] + c[GcCounter::DropStateMapFull as usize];
         eprintln!(
@@ -159,7 +165,7 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
         );
     }
     drop(probes);
-    finish(&mut target, end)
+    engine::finish(&mut target, end)
 }
 
 struct Analysed {
@@ -376,21 +382,6 @@ impl Printer {
     }
 }
 
-fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    (unsafe { libc::clock_gettime(clock, &mut ts) } == 0)
-        .then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
-}
-
-/// CLOCK_MONOTONIC now: the clock of the probes and of Go's `nanotime`.
-fn monotonic_now_ns() -> Option<u64> {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
-
 /// `/proc/PID/stat` starttime (clock ticks since boot, on CLOCK_BOOTTIME) converted to
 /// CLOCK_MONOTONIC ns, the clock of the probes and of Go's `nanotime`.
 fn process_start_monotonic_ns(pid: u32) -> Option<u64> {
@@ -411,38 +402,4 @@ fn process_start_monotonic_ns(pid: u32) -> Option<u64> {
     let boot = clock_ns(libc::CLOCK_BOOTTIME)?;
     let mono = clock_ns(libc::CLOCK_MONOTONIC)?;
     start_boot_ns.checked_sub(boot.saturating_sub(mono))
-}
-
-fn wait_for_end(
-    args: &GctraceArgs,
-    target: &mut Target,
-    probes: &mut GcProbes,
-    printer: &mut Printer,
-    out: &mut dyn Write,
-) -> anyhow::Result<End> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-        let mut poll = tokio::time::interval(Duration::from_millis(100));
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
-        loop {
-            tokio::select! {
-                _ = &mut ctrl_c => return Ok(End::Interrupted),
-                _ = poll.tick() => {
-                    for event in probes.drain() {
-                        printer.print(&event, out)?;
-                    }
-                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                        return Ok(End::Duration);
-                    }
-                    if !target.is_alive() {
-                        return Ok(End::TargetExited);
-                    }
-                }
-            }
-        }
-    })
 }

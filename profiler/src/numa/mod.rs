@@ -25,20 +25,21 @@ mod placement;
 mod pmu;
 mod report;
 
-use std::{collections::BTreeMap, path::Path, process::ExitCode, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use clap::Args;
 use gomemtrace_common::NumaCounter;
 
 use crate::bpf::{self, Bpf, NumaProbes};
 use crate::{
+    engine::{self, monotonic_ns, preflight},
     error::UserError,
-    preflight,
-    rt::{
-        self, Mappings, RtArgs, RtFormat, TargetJson, analyse, end_reason, monotonic_ns,
-        open_target, pprof, wait_for_end, write_output,
-    },
-    session::finish,
+    rt::{self, Mappings, RtArgs, RtFormat, TargetJson, analyse, end_reason, pprof},
 };
 use availability::NumaHost;
 use report::{Method, Report};
@@ -57,6 +58,8 @@ const PLACEMENT_EVERY_TICKS: u32 = 10;
 
 pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     let args = &args.common;
+    let run = args.run.config();
+    // Before anything else: without privileges the NUMA checks below would mislead.
     preflight::check()?;
     let host = NumaHost::read(Path::new("/"));
     let mut reasons = host.reasons();
@@ -78,7 +81,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     };
     let hardware = pmu::detect(Path::new("/"));
 
-    let mut target = open_target(args.target())?;
+    let mut target = engine::open(&run.target)?;
     let analysed = analyse(&target, 0)?;
     let task_fsbase = btf::task_fsbase_offset(Path::new("/sys/kernel/btf/vmlinux"));
     let config = bpf::numa_config(&analysed.go.offsets, *task_fsbase.as_ref().unwrap_or(&0));
@@ -105,7 +108,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     } else {
         "attach"
     };
-    if !args.quiet {
+    if !run.quiet {
         eprintln!(
             "gomemtrace: tracing NUMA hint faults of pid {} ({}, nodes {:?}); allocations per node: {}",
             target.pid,
@@ -118,11 +121,13 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let started = monotonic_ns();
+    let started_at = Instant::now();
     target.release()?;
     let mut events = Vec::new();
     let mut ticks = 0u32;
-    let end = wait_for_end(
-        args.duration,
+    let end = engine::run_until_end(
+        run.duration,
+        started_at,
         &mut target,
         Duration::from_millis(100),
         |t| {
@@ -135,7 +140,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
                 a.tick(monotonic_ns().saturating_sub(started));
             }
             ticks += 1;
-            Ok(())
+            Ok(None)
         },
     )?;
     placement.snapshot(monotonic_ns().saturating_sub(started));
@@ -243,8 +248,8 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             duration_ns: report.duration_ns as i64,
         }),
     };
-    write_output(args.output.as_ref(), &bytes)?;
-    if !args.quiet {
+    engine::write_report(run.output.as_deref(), &bytes)?;
+    if !run.quiet {
         eprintln!(
             "gomemtrace: {}: {} remote, {} local hint-fault samples{}",
             end_reason(end),
@@ -256,7 +261,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    finish(&mut target, end)
+    engine::finish(&mut target, end)
 }
 
 /// `PF_EXITING` in `/proc/PID/stat`'s flags (include/linux/sched.h).

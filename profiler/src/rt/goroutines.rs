@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     process::ExitCode,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use clap::Args;
@@ -18,13 +18,11 @@ use gomemtrace_report::model::Location;
 use serde::Serialize;
 
 use super::{
-    FrameJson, Mappings, RtArgs, RtFormat, TargetJson, analyse, duration, end_reason, frames,
-    open_target, pprof, wait_for_end, write_output,
+    FrameJson, Mappings, RtArgs, RtFormat, TargetJson, analyse, duration, end_reason, frames, pprof,
 };
 use crate::{
     bpf::{Bpf, RtProbes},
-    preflight,
-    session::finish,
+    engine::{self, monotonic_ns},
 };
 
 #[derive(Debug, Args)]
@@ -122,9 +120,8 @@ struct Report {
 
 pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
     let stacks = !args.no_stacks;
-    let args_c = &args.common;
-    preflight::check()?;
-    let mut target = open_target(args_c.target())?;
+    let run = args.common.run.config();
+    let mut target = engine::open(&run.target)?;
     let launched = target.child.is_some();
     let flags = if stacks { RT_FLAG_CREATION_STACKS } else { 0 };
     let analysed = analyse(&target, flags)?;
@@ -147,7 +144,7 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
     };
     analysed.attach_entry(&mut probes, &target, exit_fn, GOROUTINE_EXIT_PROGRAM)?;
     let mut mappings = Mappings::read(&target)?;
-    if !args_c.quiet {
+    if !run.quiet {
         eprintln!(
             "gomemtrace: tracing goroutines of pid {} ({}, newproc1 RET + {exit_fn}){}",
             target.pid,
@@ -159,7 +156,8 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    let started = super::monotonic_ns();
+    let started = monotonic_ns();
+    let started_at = Instant::now();
     target.release()?;
 
     let mut timeline: Vec<Point> = Vec::new();
@@ -167,7 +165,7 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
     let mut ticks = 0u64;
     let mut changes: HashMap<SiteKey, Vec<(u64, u64)>> = HashMap::new();
     let mut sample = |probes: &RtProbes, timeline: &mut Vec<Point>| -> anyhow::Result<()> {
-        let now = super::monotonic_ns().saturating_sub(started);
+        let now = monotonic_ns().saturating_sub(started);
         for (key, stats) in probes.sites()? {
             let live = stats.created.saturating_sub(stats.exited);
             let list = changes.entry(key).or_default();
@@ -198,12 +196,13 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(())
     };
-    let end = wait_for_end(args_c.duration, &mut target, SAMPLE_EVERY, |t| {
+    let end = engine::run_until_end(run.duration, started_at, &mut target, SAMPLE_EVERY, |t| {
         mappings.refresh(t.pid);
-        sample(&probes, &mut timeline)
+        sample(&probes, &mut timeline)?;
+        Ok(None)
     })?;
     sample(&probes, &mut timeline)?;
-    let ended = super::monotonic_ns();
+    let ended = monotonic_ns();
     let sites_raw = probes.sites()?;
     let live_raw = probes.live()?;
     let stack_pcs = probes.stacks(sites_raw.iter().map(|(k, _)| k.stack))?;
@@ -346,13 +345,13 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
             .map(|&c| (c.name(), counters[c as usize]))
             .collect(),
     };
-    let bytes = match args_c.format {
+    let bytes = match args.common.format {
         RtFormat::Json => {
             let mut s = serde_json::to_string_pretty(&report)?;
             s.push('\n');
             s.into_bytes()
         }
-        RtFormat::Text => text(&report, args_c.top).into_bytes(),
+        RtFormat::Text => text(&report, args.common.top).into_bytes(),
         RtFormat::Pprof => pprof::encode(&pprof::Profile {
             sample_types: vec![
                 ("goroutines", "count"),
@@ -373,8 +372,8 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
             duration_ns: report.duration_ns as i64,
         }),
     };
-    write_output(args_c.output.as_ref(), &bytes)?;
-    if !args_c.quiet {
+    engine::write_report(run.output.as_deref(), &bytes)?;
+    if !run.quiet {
         eprintln!(
             "gomemtrace: {}: {created} goroutines created, {exited} exited, {} live ({} user), {} leak suspects",
             end_reason(end),
@@ -383,7 +382,7 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
             report.leak_suspects.len()
         );
     }
-    finish(&mut target, end)
+    engine::finish(&mut target, end)
 }
 
 /// A site whose live count keeps growing: at least 3 rises, falls amounting to at most a

@@ -7,8 +7,6 @@ pub mod goroutines;
 pub mod pprof;
 pub mod stackgrowth;
 
-use std::{path::PathBuf, time::Duration};
-
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use gomemtrace_common::RtConfig;
@@ -18,33 +16,15 @@ use serde::Serialize;
 use crate::{
     analysis::GoTarget,
     bpf::RtProbes,
-    cli::TargetSpec,
-    procmaps,
-    session::End,
+    engine::{End, Target, procmaps},
     symbolizer::{ExeLayout, Symbolizer},
-    target::Target,
 };
 
 /// Options shared by both subcommands.
 #[derive(Debug, Args)]
 pub struct RtArgs {
-    /// Trace this running process.
-    #[arg(
-        short,
-        long,
-        value_name = "PID",
-        conflicts_with = "command",
-        required_unless_present = "command"
-    )]
-    pub pid: Option<u32>,
-
-    /// Trace for this long (e.g. 10s, 2m); default: until Ctrl-C or the target exits.
-    #[arg(short, long, value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub duration: Option<Duration>,
-
-    /// Write the report to this file instead of stdout.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: crate::cli::TargetArgs,
 
     /// Report format.
     #[arg(long, value_enum, default_value_t = RtFormat::Text)]
@@ -53,24 +33,6 @@ pub struct RtArgs {
     /// Rows per table in the text report.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
-
-    /// No status lines on stderr.
-    #[arg(short, long)]
-    pub quiet: bool,
-
-    /// Launch this command and trace it from its first instruction; gomemtrace exits with
-    /// its status.
-    #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
-}
-
-impl RtArgs {
-    pub fn target(&self) -> TargetSpec {
-        match self.pid {
-            Some(pid) => TargetSpec::Pid(pid),
-            None => TargetSpec::Launch(self.command.clone()),
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -210,13 +172,6 @@ impl Analysed {
     }
 }
 
-pub fn open_target(spec: TargetSpec) -> anyhow::Result<Target> {
-    Ok(match spec {
-        TargetSpec::Pid(pid) => Target::existing(pid)?,
-        TargetSpec::Launch(command) => Target::launch(&command)?,
-    })
-}
-
 /// The executable's mappings and inode, kept fresh while the target lives, for
 /// symbolization after it exited.
 pub struct Mappings {
@@ -256,50 +211,6 @@ impl Mappings {
             .context("the executable's text mapping was not found in /proc/PID/maps")?;
         Ok(Symbolizer::new(binary, layout, exe_path, &self.mappings))
     }
-}
-
-/// Polls every `every` until the duration ends, Ctrl-C, or the target exits, calling
-/// `tick` each time.
-pub fn wait_for_end(
-    duration: Option<Duration>,
-    target: &mut Target,
-    every: Duration,
-    mut tick: impl FnMut(&mut Target) -> anyhow::Result<()>,
-) -> anyhow::Result<End> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let deadline = duration.map(|d| tokio::time::Instant::now() + d);
-        let mut poll = tokio::time::interval(every);
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
-        loop {
-            tokio::select! {
-                _ = &mut ctrl_c => return Ok(End::Interrupted),
-                _ = poll.tick() => {
-                    tick(target)?;
-                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                        return Ok(End::Duration);
-                    }
-                    if !target.is_alive() {
-                        return Ok(End::TargetExited);
-                    }
-                }
-            }
-        }
-    })
-}
-
-/// CLOCK_MONOTONIC now, the probes' clock.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// What the reports say about the target.
@@ -385,21 +296,5 @@ pub fn end_reason(end: End) -> &'static str {
         End::Duration => "duration elapsed",
         End::Interrupted => "interrupted",
         End::TargetExited => "target exited",
-    }
-}
-
-/// Writes `bytes` to the output file or stdout.
-pub fn write_output(output: Option<&PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    match output {
-        Some(path) => {
-            std::fs::write(path, bytes).with_context(|| format!("write {}", path.display()))
-        }
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(bytes)?;
-            out.flush()?;
-            Ok(())
-        }
     }
 }

@@ -3,7 +3,11 @@
 //! with the goroutine, old → new size, the function that overflowed, the bytes copied and
 //! the time the copy took; aggregated by function; a pprof profile weighted by bytes copied.
 
-use std::{collections::BTreeMap, process::ExitCode, time::Duration};
+use std::{
+    collections::BTreeMap,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use clap::Args;
 use gomemtrace_common::{COPYSTACK_ENTRY_PROGRAM, COPYSTACK_RET_PROGRAM, RtCounter};
@@ -12,12 +16,11 @@ use serde::Serialize;
 
 use super::{
     FrameJson, Mappings, RtArgs, RtFormat, TargetJson, analyse, duration, end_reason, frames,
-    open_target, pprof, size, wait_for_end, write_output,
+    pprof, size,
 };
 use crate::{
     bpf::{Bpf, RtProbes},
-    preflight,
-    session::finish,
+    engine::{self, monotonic_ns},
 };
 
 #[derive(Debug, Args)]
@@ -88,8 +91,8 @@ struct Report {
 
 pub fn run(args: &StackgrowthArgs) -> anyhow::Result<ExitCode> {
     let args = &args.common;
-    preflight::check()?;
-    let mut target = open_target(args.target())?;
+    let run = args.run.config();
+    let mut target = engine::open(&run.target)?;
     let analysed = analyse(&target, 0)?;
     let mut probes = RtProbes::new(
         &Bpf::load()?,
@@ -109,30 +112,32 @@ pub fn run(args: &StackgrowthArgs) -> anyhow::Result<ExitCode> {
         COPYSTACK_RET_PROGRAM,
     )?;
     let mut mappings = Mappings::read(&target)?;
-    if !args.quiet {
+    if !run.quiet {
         eprintln!(
             "gomemtrace: tracing stack copies of pid {} ({}, copystack entry + {rets} RET probes)",
             target.pid,
             analysed.go.binary.version_string(),
         );
     }
-    let started = super::monotonic_ns();
+    let started = monotonic_ns();
+    let started_at = Instant::now();
     target.release()?;
     let mut raw = Vec::new();
-    let end = wait_for_end(
-        args.duration,
+    let end = engine::run_until_end(
+        run.duration,
+        started_at,
         &mut target,
         Duration::from_millis(100),
         |t| {
             raw.extend(probes.drain_growth());
             mappings.refresh(t.pid);
-            Ok(())
+            Ok(None)
         },
     )?;
     raw.extend(probes.drain_growth());
     let counters = probes.counters()?;
     drop(probes);
-    let ended = super::monotonic_ns();
+    let ended = monotonic_ns();
 
     let binary = &analysed.go.binary;
     let mut sym = mappings.symbolizer(binary, &target.exe_path)?;
@@ -280,8 +285,8 @@ pub fn run(args: &StackgrowthArgs) -> anyhow::Result<ExitCode> {
             duration_ns: report.duration_ns as i64,
         }),
     };
-    write_output(args.output.as_ref(), &bytes)?;
-    if !args.quiet {
+    engine::write_report(run.output.as_deref(), &bytes)?;
+    if !run.quiet {
         let lost = counters[RtCounter::DropStackRingFull as usize]
             + counters[RtCounter::StackRetWithoutEntry as usize];
         eprintln!(
@@ -295,7 +300,7 @@ pub fn run(args: &StackgrowthArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    finish(&mut target, end)
+    engine::finish(&mut target, end)
 }
 
 fn text(r: &Report, top: usize) -> String {
