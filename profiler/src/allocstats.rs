@@ -334,18 +334,9 @@ mod tests {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "paused");
-        let bias = crate::engine::procmaps::executable_mappings(child.id())
-            .ok()
-            .and_then(|m| {
-                crate::symbolizer::ExeLayout::find(
-                    &binary,
-                    std::fs::metadata(&prog)
-                        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-                        .ok()?,
-                    &m,
-                )
-            })
-            .map(|l| l.bias)
+        let bias = crate::engine::ExeMappings::read(child.id(), &prog)
+            .expect("stat the program")
+            .bias(&binary)
             .expect("load bias");
         let ours = read(child.id(), &layout, bias).unwrap_or_else(|e| panic!("{e}"));
         // The fixture's last allocations are still in its mcaches: the test covers them.

@@ -22,25 +22,19 @@ use crate::{
     cli::{Cli, ModeArg, TotalsArg},
     collect::{self, CollectInput},
     duty, enable,
-    engine::{self, End, Target, TargetConfig, procmaps, status_line},
-    output,
-    symbolizer::{ExeLayout, Symbolizer},
-    trace_counters,
+    engine::{self, End, ExeMappings, Target, TargetConfig, status_line},
+    output, trace_counters,
 };
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let run = cli.run.config();
     let mut target = engine::open(&run.target)?;
     let analysed = analyse(&target, cli, run.quiet)?;
-    let exe_inode =
-        std::fs::metadata(&target.exe_link).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
-    let mut mappings = procmaps::executable_mappings(target.pid).unwrap_or_default();
+    let mut mappings = ExeMappings::read(target.pid, &target.exe_link)?;
     let mut config = analysed.config;
     if let Some(vaddr) = analysed.rate_vaddr {
         // PIE: the probe reads the rate at its relocated address.
-        let layout = ExeLayout::find(&analysed.binary, exe_inode, &mappings)
-            .context("the executable's text mapping was not found in /proc/PID/maps")?;
-        config.mem_profile_rate_addr = vaddr.wrapping_add(layout.bias);
+        config.mem_profile_rate_addr = vaddr.wrapping_add(mappings.bias(&analysed.binary)?);
     }
     let mut probes = AllocProbes::new(&Bpf::load()?);
     probes.configure(target.pid, config)?;
@@ -107,14 +101,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     // The runtime's counters from here on (a launched target has not run yet).
-    let mut watch = match ExeLayout::find(&analysed.binary, exe_inode, &mappings) {
-        Some(layout) => trace_counters::Watch::start(
+    let mut watch = match mappings.bias(&analysed.binary) {
+        Ok(bias) => trace_counters::Watch::start(
             target.pid,
             analysed.alloc_stats.clone(),
-            layout.bias,
+            bias,
             target.child.is_some(),
         ),
-        None => Err("the executable's text mapping was not found in /proc/PID/maps".into()),
+        Err(e) => Err(e.to_string()),
     };
     let started = Instant::now();
     target.release()?;
@@ -164,14 +158,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     let snapshot = snapshot?;
     drop(probes); // detach before writing: the target runs at full speed again
-    if target.is_alive()
-        && let Ok(fresh) = procmaps::executable_mappings(target.pid)
-    {
-        mappings = fresh;
-    }
-    let layout = ExeLayout::find(&analysed.binary, exe_inode, &mappings)
-        .context("the executable's text mapping was not found in /proc/PID/maps")?;
-    let mut symbolizer = Symbolizer::new(&analysed.binary, layout, &target.exe_path, &mappings);
+    mappings.refresh(target.pid);
+    let mut symbolizer = mappings.symbolizer(&analysed.binary, &target.exe_path)?;
     let profile = collect::build_profile(
         CollectInput {
             snapshot: &snapshot,
@@ -360,7 +348,7 @@ fn wait_for_end(
     started: Instant,
     target: &mut Target,
     probes: &AllocProbes,
-    mappings: &mut Vec<procmaps::MappedFile>,
+    mappings: &mut ExeMappings,
     mut watch: Option<&mut trace_counters::Watch>,
 ) -> anyhow::Result<End> {
     let interactive = std::io::stderr().is_terminal() && !run.quiet;
@@ -382,9 +370,7 @@ fn wait_for_end(
             if last_status.elapsed() >= status_every {
                 last_status = Instant::now();
                 // Libraries may be loaded late (cgo, plugins): keep the map fresh.
-                if let Ok(fresh) = procmaps::executable_mappings(target.pid) {
-                    *mappings = fresh;
-                }
+                mappings.refresh(target.pid);
                 if !run.quiet {
                     live_status(&probes.counters()?, interactive);
                 }

@@ -16,9 +16,8 @@ use crate::{
     analysis::GoTarget,
     bpf::{AllocProbes, Bpf},
     cli::ModeArg,
-    engine::procmaps,
+    engine::ExeMappings,
     session::{self, Analysed},
-    symbolizer::ExeLayout,
 };
 
 /// A traced process.
@@ -144,8 +143,9 @@ impl Attachments {
         self.unused.retain(|&u| u != exe.id);
         let mut config = analysis.config;
         config.flags |= PROCESS_FLAG_NO_GOID;
-        let mappings = procmaps::executable_mappings(pid).unwrap_or_default();
-        let bias = ExeLayout::find(&analysis.binary, exe.id.ino, &mappings).map(|l| l.bias);
+        let bias = ExeMappings::with_inode(pid, exe.id.ino)
+            .bias(&analysis.binary)
+            .ok();
         if let Some(vaddr) = analysis.rate_vaddr {
             // PIE: the probe reads the rate at its relocated address in this process.
             config.mem_profile_rate_addr = vaddr.wrapping_add(bias.ok_or(Skip::AttachFailed)?);

@@ -44,7 +44,8 @@ impl GcTracker {
         };
         let pid = process.pid;
         let attached = plan
-            .config(process.binary(), &process.exe.link, pid)
+            .config(process.binary(), process.bias)
+            .map_err(anyhow::Error::from)
             .and_then(|config| self.probes.configure(pid, &config))
             .and_then(|()| {
                 for (offset, program) in &plan.attach {

@@ -8,7 +8,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context as _;
 use gomemtrace_common::{AllocKey, AllocStats, NO_STACK};
 use gomemtrace_report::model::{Mode, TargetInfo};
 
@@ -16,8 +15,7 @@ use crate::{
     agent::attachments::Process,
     bpf::{AllocProbes, Snapshot},
     collect::{self, CollectInput},
-    engine::procmaps,
-    symbolizer::{ExeLayout, Symbolizer},
+    engine::ExeMappings,
 };
 
 /// One process's cumulative tables since it was attached.
@@ -238,11 +236,8 @@ pub fn pprof(
         sample_rates: later.rate.map(|r| (process.pid, r)).into_iter().collect(),
         ..Snapshot::default()
     };
-    let mappings = procmaps::executable_mappings(process.pid)
-        .with_context(|| format!("read /proc/{}/maps", process.pid))?;
-    let layout = ExeLayout::find(process.binary(), process.exe.id.ino, &mappings)
-        .context("the executable's text mapping was not found in /proc/PID/maps")?;
-    let mut symbolizer = Symbolizer::new(process.binary(), layout, &process.exe.path, &mappings);
+    let mappings = ExeMappings::with_inode(process.pid, process.exe.id.ino);
+    let mut symbolizer = mappings.symbolizer(process.binary(), &process.exe.path)?;
     let now_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

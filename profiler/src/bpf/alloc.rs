@@ -63,6 +63,14 @@ pub struct AllocProbes {
     links: Links,
 }
 
+/// The handle's uprobes go with it: the target stops trapping there (the object and the
+/// other capabilities' links stay).
+impl Drop for AllocProbes {
+    fn drop(&mut self) {
+        let _ = self.bpf.close_links(&mut self.links, |_, _| true);
+    }
+}
+
 impl AllocProbes {
     /// The allocation handle on `bpf`; programs are verified when first attached.
     pub fn new(bpf: &Bpf) -> Self {

@@ -33,6 +33,14 @@ pub struct GcProbes {
     links: Links,
 }
 
+/// The handle's uprobes go with it: the target stops trapping there (the object and the
+/// other capabilities' links stay).
+impl Drop for GcProbes {
+    fn drop(&mut self) {
+        let _ = self.bpf.close_links(&mut self.links, |_, _| true);
+    }
+}
+
 impl GcProbes {
     /// Verifies every GC program and takes the cycle ring buffer of `bpf`.
     pub fn new(bpf: &Bpf) -> anyhow::Result<Self> {

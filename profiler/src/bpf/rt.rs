@@ -22,6 +22,14 @@ pub struct RtProbes {
     links: Links,
 }
 
+/// The handle's uprobes go with it: the target stops trapping there (the object and the
+/// other capabilities' links stay).
+impl Drop for RtProbes {
+    fn drop(&mut self) {
+        let _ = self.bpf.close_links(&mut self.links, |_, _| true);
+    }
+}
+
 impl RtProbes {
     /// Verifies `programs` (`*_PROGRAM` names of gomemtrace-common's rt module) and takes
     /// the stack-event ring buffer of `bpf`.

@@ -3,6 +3,7 @@
 //! one poll loop that ends on the duration, Ctrl-C or the target's exit, the exit status,
 //! the status line, the report's destination and the probes' clock.
 
+mod mappings;
 pub mod preflight;
 pub mod procmaps;
 mod run;
@@ -17,6 +18,7 @@ use std::{
 
 use anyhow::Context as _;
 
+pub use mappings::{ExeMappings, MappingNotFound};
 pub use run::{End, finish, run_until_end};
 pub use target::Target;
 

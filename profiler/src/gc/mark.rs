@@ -27,7 +27,7 @@ use crate::{
     analysis::GoTarget,
     bpf::{GcProbes, MarkProbes},
     cli::GcFormat,
-    engine::procmaps::{self, MappedFile},
+    engine::ExeMappings,
     engine::target::Target,
     symbolizer::{ExeLayout, Symbolizer},
 };
@@ -209,33 +209,23 @@ pub struct Tracer {
     probes: MarkProbes,
     pending: VecDeque<MarkCycleEvent>,
     prev: MarkTotals,
-    exe: Option<ExeLayout>,
-    mappings: Vec<MappedFile>,
+    mappings: ExeMappings,
     started: std::time::Instant,
 }
 
 impl Tracer {
     /// Loads and attaches the mark probes for `target` (still stopped when launched).
-    pub fn start(
-        gc: &mut GcProbes,
-        plan: &Plan,
-        target: &Target,
-        binary: &GoBinary,
-    ) -> anyhow::Result<Self> {
+    pub fn start(gc: &mut GcProbes, plan: &Plan, target: &Target) -> anyhow::Result<Self> {
         let probes = MarkProbes::load(gc, target.pid, &plan.config)?;
         for (offset, program) in &plan.attach {
             gc.attach(program, &target.exe_link, *offset, target.pid)?;
         }
-        let mappings = procmaps::executable_mappings(target.pid).unwrap_or_default();
-        let inode = std::fs::metadata(&target.exe_link)
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        let mappings = ExeMappings::read(target.pid, &target.exe_link)
             .context("stat the target's executable")?;
-        let exe = ExeLayout::find(binary, inode, &mappings);
         Ok(Self {
             probes,
             pending: VecDeque::new(),
             prev: MarkTotals::default(),
-            exe,
             mappings,
             started: std::time::Instant::now(),
         })
@@ -290,12 +280,13 @@ impl Tracer {
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
         let snapshot = self.probes.snapshot()?;
-        let exe = self.exe.unwrap_or(ExeLayout {
+        // Not found (the target exited at once): file addresses, unbiased.
+        let exe = self.mappings.layout(binary).unwrap_or(ExeLayout {
             bias: 0,
             start: 0,
             end: u64::MAX,
         });
-        let mut symbolizer = Symbolizer::new(binary, exe, exe_path, &self.mappings);
+        let mut symbolizer = Symbolizer::new(binary, exe, exe_path, &self.mappings.mappings);
         let report = Report::build(&snapshot, &mut symbolizer);
         match format {
             GcFormat::Text => write!(out, "{}", report.text())?,

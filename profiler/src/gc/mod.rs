@@ -30,8 +30,7 @@ use crate::{
     analysis::GoTarget,
     bpf::{Bpf, GcProbes},
     cli::{GcFormat, GctraceArgs},
-    engine::{self, Target, clock_ns, monotonic_ns, procmaps},
-    symbolizer::ExeLayout,
+    engine::{self, ExeMappings, MappingNotFound, Target, clock_ns, monotonic_ns},
 };
 use layout::{Globals, Slot, Values};
 use line::Cycle;
@@ -83,12 +82,7 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
         probes.attach(program, &target.exe_link, *offset, target.pid)?;
     }
     let mark = match &analysed.mark {
-        Some(plan) => Some(mark::Tracer::start(
-            &mut probes,
-            plan,
-            &target,
-            &analysed.binary,
-        )?),
+        Some(plan) => Some(mark::Tracer::start(&mut probes, plan, &target)?),
         None => None,
     };
     if !run.quiet {
@@ -188,7 +182,10 @@ fn analyse(target: &Target, assists: bool) -> anyhow::Result<Analysed> {
     } else {
         None
     };
-    let config = plan.config(&go.binary, &target.exe_link, target.pid)?;
+    let bias = ExeMappings::read(target.pid, &target.exe_link)?
+        .bias(&go.binary)
+        .ok();
+    let config = plan.config(&go.binary, bias)?;
     Ok(Analysed {
         binary: go.binary,
         config,
@@ -258,21 +255,16 @@ impl Plan {
         Ok(plan)
     }
 
-    /// The probes' settings for process `pid` running `binary` (opened at `exe_link`).
+    /// The probes' settings for a process running `binary` loaded at `bias` (None: its
+    /// text mapping was not found).
     pub fn config(
         &self,
         binary: &GoBinary,
-        exe_link: &std::path::Path,
-        pid: u32,
-    ) -> anyhow::Result<GcConfig> {
+        bias: Option<u64>,
+    ) -> Result<GcConfig, MappingNotFound> {
         // PIE: globals are read at their runtime addresses.
         let bias = if binary.is_pie() && self.globals.any() {
-            let inode =
-                std::fs::metadata(exe_link).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
-            let mappings = procmaps::executable_mappings(pid).unwrap_or_default();
-            ExeLayout::find(binary, inode, &mappings)
-                .context("the executable's text mapping was not found in /proc/PID/maps")?
-                .bias
+            bias.ok_or(MappingNotFound)?
         } else {
             0
         };

@@ -37,9 +37,9 @@ use gomemtrace_common::NumaCounter;
 
 use crate::bpf::{self, Bpf, NumaProbes};
 use crate::{
-    engine::{self, monotonic_ns, preflight},
+    engine::{self, ExeMappings, monotonic_ns, preflight},
     error::UserError,
-    rt::{self, Mappings, RtArgs, RtFormat, TargetJson, analyse, end_reason, pprof},
+    rt::{self, RtArgs, RtFormat, TargetJson, analyse, end_reason, pprof},
 };
 use availability::NumaHost;
 use report::{Method, Report};
@@ -86,10 +86,10 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     let task_fsbase = btf::task_fsbase_offset(Path::new("/sys/kernel/btf/vmlinux"));
     let config = bpf::numa_config(&analysed.go.offsets, *task_fsbase.as_ref().unwrap_or(&0));
     probes.configure(target.pid, &config)?;
-    let mut mappings = Mappings::read(&target)?;
+    let mut mappings = ExeMappings::read(target.pid, &target.exe_link)?;
     let heap = mappings
         .layout(&analysed.go.binary)
-        .ok_or_else(|| "the executable's mapping was not found".to_string())
+        .map_err(|e| e.to_string())
         .and_then(|layout| {
             let elf = std::fs::read(&target.exe_link).map_err(|e| e.to_string())?;
             placement::HeapArenas::locate(&analysed.go.binary, &elf, layout.bias)
@@ -101,7 +101,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
         &analysed.go,
         &target.exe_link,
         target.pid,
-        mappings.layout(&analysed.go.binary).map(|l| l.bias),
+        mappings.bias(&analysed.go.binary).ok(),
     );
     let seen_since = if target.child.is_some() {
         "start"

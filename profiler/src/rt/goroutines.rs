@@ -18,11 +18,11 @@ use gomemtrace_report::model::Location;
 use serde::Serialize;
 
 use super::{
-    FrameJson, Mappings, RtArgs, RtFormat, TargetJson, analyse, duration, end_reason, frames, pprof,
+    FrameJson, RtArgs, RtFormat, TargetJson, analyse, duration, end_reason, frames, pprof,
 };
 use crate::{
     bpf::{Bpf, RtProbes},
-    engine::{self, monotonic_ns},
+    engine::{self, ExeMappings, monotonic_ns},
 };
 
 #[derive(Debug, Args)]
@@ -143,7 +143,7 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
         "runtime.goexit0"
     };
     analysed.attach_entry(&mut probes, &target, exit_fn, GOROUTINE_EXIT_PROGRAM)?;
-    let mut mappings = Mappings::read(&target)?;
+    let mut mappings = ExeMappings::read(target.pid, &target.exe_link)?;
     if !run.quiet {
         eprintln!(
             "gomemtrace: tracing goroutines of pid {} ({}, newproc1 RET + {exit_fn}){}",

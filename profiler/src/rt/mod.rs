@@ -10,14 +10,14 @@ pub mod stackgrowth;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use gomemtrace_common::RtConfig;
-use gomemtrace_gobin::{GoBinary, GoVersion, offsets};
+use gomemtrace_gobin::{GoVersion, offsets};
 use serde::Serialize;
 
 use crate::{
     analysis::GoTarget,
     bpf::RtProbes,
-    engine::{End, Target, procmaps},
-    symbolizer::{ExeLayout, Symbolizer},
+    engine::{End, Target},
+    symbolizer::Symbolizer,
 };
 
 /// Options shared by both subcommands.
@@ -169,47 +169,6 @@ impl Analysed {
             probes.attach(program, &target.exe_link, offset, target.pid)?;
         }
         Ok(rets.len())
-    }
-}
-
-/// The executable's mappings and inode, kept fresh while the target lives, for
-/// symbolization after it exited.
-pub struct Mappings {
-    inode: u64,
-    pub mappings: Vec<procmaps::MappedFile>,
-}
-
-impl Mappings {
-    pub fn read(target: &Target) -> anyhow::Result<Self> {
-        let inode =
-            std::fs::metadata(&target.exe_link).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
-        Ok(Self {
-            inode,
-            mappings: procmaps::executable_mappings(target.pid).unwrap_or_default(),
-        })
-    }
-
-    pub fn refresh(&mut self, pid: u32) {
-        if let Ok(fresh) = procmaps::executable_mappings(pid)
-            && !fresh.is_empty()
-        {
-            self.mappings = fresh;
-        }
-    }
-
-    /// Where the executable is loaded (its PIE bias), if its text mapping is found.
-    pub fn layout(&self, binary: &GoBinary) -> Option<ExeLayout> {
-        ExeLayout::find(binary, self.inode, &self.mappings)
-    }
-
-    pub fn symbolizer<'a>(
-        &self,
-        binary: &'a GoBinary,
-        exe_path: &str,
-    ) -> anyhow::Result<Symbolizer<'a>> {
-        let layout = ExeLayout::find(binary, self.inode, &self.mappings)
-            .context("the executable's text mapping was not found in /proc/PID/maps")?;
-        Ok(Symbolizer::new(binary, layout, exe_path, &self.mappings))
     }
 }
 

@@ -15,12 +15,11 @@ use gomemtrace_report::model::{Frame, Location};
 use serde::Serialize;
 
 use super::{
-    FrameJson, Mappings, RtArgs, RtFormat, TargetJson, analyse, duration, end_reason, frames,
-    pprof, size,
+    FrameJson, RtArgs, RtFormat, TargetJson, analyse, duration, end_reason, frames, pprof, size,
 };
 use crate::{
     bpf::{Bpf, RtProbes},
-    engine::{self, monotonic_ns},
+    engine::{self, ExeMappings, monotonic_ns},
 };
 
 #[derive(Debug, Args)]
@@ -111,7 +110,7 @@ pub fn run(args: &StackgrowthArgs) -> anyhow::Result<ExitCode> {
         "runtime.copystack",
         COPYSTACK_RET_PROGRAM,
     )?;
-    let mut mappings = Mappings::read(&target)?;
+    let mut mappings = ExeMappings::read(target.pid, &target.exe_link)?;
     if !run.quiet {
         eprintln!(
             "gomemtrace: tracing stack copies of pid {} ({}, copystack entry + {rets} RET probes)",
