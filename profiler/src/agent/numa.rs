@@ -17,6 +17,11 @@ use crate::{
     },
 };
 
+/// Why remote NUMA accesses cannot be measured on this machine: every reason found.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct Unavailable(pub Vec<String>);
+
 pub struct NumaTracker {
     probes: NumaProbes,
     /// `task_struct.thread.fsbase`, for the TLS fallback (0: none).
@@ -28,7 +33,7 @@ pub struct NumaTracker {
 
 impl NumaTracker {
     /// The tracker, or why remote accesses cannot be measured here.
-    pub fn new() -> Result<Self, String> {
+    pub fn new() -> Result<Self, Unavailable> {
         let mut reasons = NumaHost::read(Path::new("/")).reasons();
         let probes = match NumaProbes::load() {
             Ok(p) => Some(p),
@@ -45,7 +50,7 @@ impl NumaTracker {
                 labels: HashMap::new(),
                 lost_seen: 0,
             }),
-            _ => Err(reasons.join("; ")),
+            _ => Err(Unavailable(reasons)),
         }
     }
 

@@ -188,7 +188,7 @@ impl Tracker {
             }
         }
         Finished {
-            pagemap_unavailable: self.pages.pagemap_unavailable().map(str::to_string),
+            pagemap_unavailable: self.pages.pagemap_unavailable().map(ToString::to_string),
             last: self.last,
             error: self.error,
             classifications: self.classifications,

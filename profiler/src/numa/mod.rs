@@ -84,9 +84,9 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     let mut mappings = Mappings::read(&target)?;
     let heap = mappings
         .layout(&analysed.go.binary)
-        .ok_or_else(|| "the executable's mapping was not found".to_string())
+        .ok_or(placement::HeapError::NoMapping)
         .and_then(|layout| {
-            let elf = std::fs::read(&target.exe_link).map_err(|e| e.to_string())?;
+            let elf = std::fs::read(&target.exe_link)?;
             placement::HeapArenas::locate(&analysed.go.binary, &elf, layout.bias)
         });
     let mut placement = placement::Placement::new(target.pid, heap);
@@ -185,7 +185,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             Err(why) => Method {
                 name: "hardware sampling (PEBS/IBS)",
                 active: false,
-                detail: why.clone(),
+                detail: why.to_string(),
             },
         },
     ];
