@@ -26,7 +26,7 @@ use crate::{
     procmaps,
     symbolizer::{ExeLayout, Symbolizer},
     target::Target,
-    trace_counters,
+    trace_counters::{self, CountersError},
 };
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -118,7 +118,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             layout.bias,
             target.child.is_some(),
         ),
-        None => Err("the executable's text mapping was not found in /proc/PID/maps".into()),
+        None => Err(CountersError::NoMapping),
     };
     let started = Instant::now();
     target.release()?;
@@ -219,7 +219,7 @@ pub(crate) struct Analysed {
     /// `--enable-runtime-sampling` at launch: file offset of the probe on `runtime.main`.
     pub stop_at_main: Option<u64>,
     /// Where the runtime's allocation counters are, or why they cannot be found.
-    pub alloc_stats: Result<AllocStatsLayout, String>,
+    pub alloc_stats: Result<AllocStatsLayout, CountersError>,
 }
 
 fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
@@ -265,7 +265,8 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
             }
         }
     };
-    let alloc_stats = AllocStatsLayout::locate(&go.binary, &data).map_err(|e| e.to_string());
+    let alloc_stats = AllocStatsLayout::locate(&go.binary, &data)
+        .map_err(|e| CountersError::Layout(std::sync::Arc::new(e)));
     let mut analysed = plan(go, config, sampler, cli.mode(), cli.empty_probe)?;
     analysed.stop_at_main = stop_at_main;
     analysed.alloc_stats = alloc_stats;
@@ -333,7 +334,7 @@ pub(crate) fn plan(
         rate_vaddr,
         auto_duty_reason,
         stop_at_main: None,
-        alloc_stats: Err("not looked for".into()),
+        alloc_stats: Err(CountersError::NotLookedFor),
     })
 }
 
