@@ -18,7 +18,7 @@ use gomemtrace_report::model::{AllocProfile, Mode, TargetInfo};
 
 use crate::{
     alloc_points,
-    analysis::GoTarget,
+    analysis::{GoTarget, Refused, SamplerError, Unsupported},
     cli::{Cli, ModeArg, TargetSpec, TotalsArg},
     collect::{self, CollectInput},
     duty, enable, output, preflight,
@@ -215,7 +215,7 @@ pub(crate) struct Analysed {
     /// Runtime-sampled mode: file address of `runtime.MemProfileRate`.
     pub rate_vaddr: Option<u64>,
     /// Mode auto fell back to duty-cycled: why the runtime's sampler cannot be used.
-    pub auto_duty_reason: Option<String>,
+    pub auto_duty_reason: Option<SamplerError>,
     /// `--enable-runtime-sampling` at launch: file offset of the probe on `runtime.main`.
     pub stop_at_main: Option<u64>,
     /// Where the runtime's allocation counters are, or why they cannot be found.
@@ -284,10 +284,10 @@ fn analyse(target: &Target, cli: &Cli) -> anyhow::Result<Analysed> {
 pub(crate) fn plan(
     go: GoTarget,
     mut config: ProcessConfig,
-    sampler: Result<crate::analysis::Sampler, String>,
+    sampler: Result<crate::analysis::Sampler, SamplerError>,
     mode_arg: ModeArg,
     empty_probe: bool,
-) -> anyhow::Result<Analysed> {
+) -> Result<Analysed, Refused> {
     let mut auto_duty_reason = None;
     let mode = match (mode_arg, &sampler) {
         // The benchmark's floor replaces the exact probe.
@@ -296,9 +296,7 @@ pub(crate) fn plan(
         (ModeArg::Duty, _) => Mode::Duty,
         (ModeArg::Runtime | ModeArg::Auto, Ok(_)) => Mode::Runtime,
         (ModeArg::Runtime, Err(why)) => {
-            return Err(go
-                .refuse(format!("runtime-sampled mode unavailable: {why}"))
-                .into());
+            return Err(go.refused(Unsupported::NoSampler(why.clone())));
         }
         (ModeArg::Auto, Err(why)) => {
             auto_duty_reason = Some(why.clone());
@@ -318,9 +316,8 @@ pub(crate) fn plan(
             } else {
                 ALLOC_PROGRAM
             };
-            let points = alloc_points::allocation_entry_points(&go.binary).ok_or_else(|| {
-                go.refuse("no allocation entry point (runtime.mallocgc) found".into())
-            })?;
+            let points = alloc_points::allocation_entry_points(&go.binary)
+                .ok_or_else(|| go.refused(Unsupported::NoAllocationEntryPoint))?;
             for f in &points {
                 probes.push((program, go.probe_file_offset(f)?, f.name.clone()));
             }
@@ -344,7 +341,7 @@ pub(crate) fn sampler_probes(
     go: &GoTarget,
     config: &mut ProcessConfig,
     sampler: &crate::analysis::Sampler,
-) -> Result<Vec<(&'static str, u64, String)>, crate::error::UserError> {
+) -> Result<Vec<(&'static str, u64, String)>, Refused> {
     config.bucket_size_offset = sampler.bucket_size_offset;
     config.special_kind_offset = sampler.special_kind_offset;
     config.special_kind_profile = sampler.special_kind_profile;
