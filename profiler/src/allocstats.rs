@@ -357,12 +357,13 @@ mod tests {
             free_objects: field(&line, "frees"),
         };
         eprintln!("go{version} {tag}: read {ours:?}\n   MemStats {theirs:?}");
-        // Reading stdin and stopping the world may allocate a few small objects.
+        // Waking from the stdin read and stopping the world may allocate a few objects
+        // (seen under load in CI: 6 objects, 5320 bytes) out of ~128 MB.
         let near = |a: u64, b: u64, slack: u64| a.abs_diff(b) <= slack;
         assert!(
-            near(ours.alloc_bytes, theirs.alloc_bytes, 4096)
+            near(ours.alloc_bytes, theirs.alloc_bytes, 16384)
                 && near(ours.alloc_objects, theirs.alloc_objects, 16)
-                && near(ours.free_bytes, theirs.free_bytes, 4096)
+                && near(ours.free_bytes, theirs.free_bytes, 16384)
                 && near(ours.free_objects, theirs.free_objects, 16),
             "go{version} {tag}: read {ours:?}, MemStats {theirs:?}"
         );

@@ -1,10 +1,91 @@
 //! What the target's executable tells us before anything is attached: that it is a Go
 //! binary gomemtrace can trace (amd64, Go ≥ 1.18), the runtime's struct
-//! offsets, and where each probe goes. Refusals are [`UserError::NotSupported`] (exit 4).
+//! offsets, and where each probe goes. Refusals are [`Refused`] (exit 4, as
+//! [`UserError::NotSupported`]), each with its [`Unsupported`] reason.
+
+use std::sync::Arc;
 
 use gomemtrace_gobin::{Arch, Function, GoBinary, GoVersion, offsets, offsets::RuntimeOffsets};
 
 use crate::error::UserError;
+
+/// Why an executable cannot be traced (in the mode asked for): one variant per cause, each
+/// with a fixed [`label`](Self::label) for the agent's metrics.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Unsupported {
+    /// gobin cannot read it as a Go binary gomemtrace traces; `message` is gobin's,
+    /// without the file's name.
+    #[error("{message}")]
+    Binary {
+        message: String,
+        error: Arc<gomemtrace_gobin::Error>,
+    },
+    #[error("unsupported architecture {0:?} (gomemtrace traces amd64)")]
+    Architecture(Arch),
+    #[error("unsupported Go version {0} (gomemtrace needs Go 1.18 or newer)")]
+    GoVersion(GoVersion),
+    #[error("unsupported Go version {0} without DWARF: no verified runtime layout")]
+    NoRuntimeLayout(GoVersion),
+    #[error("no code for {0}")]
+    NoCode(String),
+    #[error("{0} is outside any loadable segment")]
+    OutsideSegments(String),
+    #[error("runtime-sampled mode unavailable: {0}")]
+    NoSampler(SamplerError),
+    #[error("no allocation entry point (runtime.mallocgc) found")]
+    NoAllocationEntryPoint,
+}
+
+impl Unsupported {
+    /// The reason's name: one fixed snake_case name per cause (a metric label value).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Unsupported::Binary { error, .. } => match **error {
+                gomemtrace_gobin::Error::Io { .. } => "executable_unreadable",
+                gomemtrace_gobin::Error::NotElf { .. }
+                | gomemtrace_gobin::Error::Truncated { .. }
+                | gomemtrace_gobin::Error::NotGo { .. } => "not_go",
+                gomemtrace_gobin::Error::UnsupportedVersion { .. } => "unsupported_go_version",
+                gomemtrace_gobin::Error::Malformed { .. } => "malformed_binary",
+            },
+            Unsupported::Architecture(_) => "unsupported_architecture",
+            Unsupported::GoVersion(_) => "unsupported_go_version",
+            Unsupported::NoRuntimeLayout(_) => "no_runtime_layout",
+            Unsupported::NoCode(_) => "no_function_code",
+            Unsupported::OutsideSegments(_) => "function_outside_segments",
+            Unsupported::NoSampler(_) => "no_sampler",
+            Unsupported::NoAllocationEntryPoint => "no_allocation_entry_point",
+        }
+    }
+
+    /// Whether the file is no Go program at all (rather than one gomemtrace cannot trace).
+    pub fn is_not_go(&self) -> bool {
+        self.label() == "not_go"
+    }
+}
+
+/// An executable gomemtrace will not trace: its name and why.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct Refused {
+    pub path: String,
+    pub reason: Unsupported,
+}
+
+/// Why the runtime's heap sampler cannot be probed (runtime-sampled mode).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SamplerError {
+    #[error("sampler layout not verified for {0}")]
+    Unverified(GoVersion),
+    #[error(
+        "the runtime's heap sampler is compiled out ({0} is not linked: the program imports neither runtime/pprof nor net/http/pprof)"
+    )]
+    CompiledOut(&'static str),
+    #[error("no {0} in the binary")]
+    Missing(&'static str),
+    #[error("runtime.MemProfileRate not found")]
+    NoRate,
+}
 
 /// Oldest Go traced: 1.17 brought the register ABI (arguments in RAX, RBX, ...; g in
 /// R14), 1.18 the `.gopclntab` layout that gobin reads.
@@ -20,38 +101,30 @@ pub struct GoTarget {
 
 impl GoTarget {
     /// Checks `data`, the executable's bytes; `exe_path` names it in errors.
-    pub fn from_file_bytes(data: &[u8], exe_path: &str) -> Result<Self, UserError> {
-        let refuse = |reason: String| not_supported(exe_path, reason);
+    pub fn from_file_bytes(data: &[u8], exe_path: &str) -> Result<Self, Refused> {
+        let refuse = |reason| refused(exe_path, reason);
         let dwarf_offsets = offsets::from_dwarf(data).ok().flatten();
         let binary = GoBinary::from_bytes_named(data.to_vec(), exe_path).map_err(|e| {
             // The error names the file; the refusal names it once, in front.
             let message = e.to_string();
-            refuse(
-                message
+            refuse(Unsupported::Binary {
+                message: message
                     .strip_prefix(&format!("{exe_path}: "))
                     .unwrap_or(&message)
                     .to_string(),
-            )
+                error: Arc::new(e),
+            })
         })?;
         if binary.arch() != Arch::Amd64 {
-            return Err(refuse(format!(
-                "unsupported architecture {:?} (gomemtrace traces amd64)",
-                binary.arch()
-            )));
+            return Err(refuse(Unsupported::Architecture(binary.arch())));
         }
         let version = binary.version();
         if version < OLDEST_GO {
-            return Err(refuse(format!(
-                "unsupported Go version {version} (gomemtrace needs Go 1.18 or newer)"
-            )));
+            return Err(refuse(Unsupported::GoVersion(version)));
         }
         let offsets = dwarf_offsets
             .or_else(|| offsets::for_version(version))
-            .ok_or_else(|| {
-                refuse(format!(
-                    "unsupported Go version {version} without DWARF: no verified runtime layout"
-                ))
-            })?;
+            .ok_or_else(|| refuse(Unsupported::NoRuntimeLayout(version)))?;
         Ok(Self {
             binary,
             offsets,
@@ -61,15 +134,15 @@ impl GoTarget {
 
     /// File offset for an entry uprobe on `f`: just after its stack check, where the
     /// arguments are still in registers and a stack growth does not fire it twice.
-    pub fn probe_file_offset(&self, f: &Function) -> Result<u64, UserError> {
+    pub fn probe_file_offset(&self, f: &Function) -> Result<u64, Refused> {
         let code = self
             .binary
             .function_code(f)
-            .ok_or_else(|| self.refuse(format!("no code for {}", f.name)))?;
+            .ok_or_else(|| self.refused(Unsupported::NoCode(f.name.clone())))?;
         let vaddr = gomemtrace_gobin::disasm::attach_offset(code, f.entry);
         self.binary
             .vaddr_to_file_offset(vaddr)
-            .ok_or_else(|| self.refuse(format!("{} is outside any loadable segment", f.name)))
+            .ok_or_else(|| self.refused(Unsupported::OutsideSegments(f.name.clone())))
     }
 
     /// The allocation probes' settings common to every mode: the goroutine offsets.
@@ -83,8 +156,18 @@ impl GoTarget {
         }
     }
 
+    /// A refusal of this executable worded by the caller (the CLI's options, the GC and
+    /// stack probes).
     pub fn refuse(&self, reason: String) -> UserError {
-        not_supported(&self.exe_path, reason)
+        UserError::NotSupported {
+            path: self.exe_path.clone(),
+            reason,
+        }
+    }
+
+    /// A refusal of this executable for `reason`.
+    pub fn refused(&self, reason: Unsupported) -> Refused {
+        refused(&self.exe_path, reason)
     }
 }
 
@@ -111,17 +194,17 @@ const STATIC_MEM_PROFILE_RATES: [u64; 2] = [512 * 1024, 0];
 
 impl GoTarget {
     /// The heap sampler, or why runtime-sampled mode cannot be used.
-    pub fn sampler(&self) -> Result<Sampler, String> {
+    pub fn sampler(&self) -> Result<Sampler, SamplerError> {
         self.sampler_with(false)
     }
 
     /// As [`Self::sampler`]; `compiled_out_ok` accepts a binary whose profile reader is not
     /// linked (`--enable-runtime-sampling` turns its sampler on).
-    pub fn sampler_with(&self, compiled_out_ok: bool) -> Result<Sampler, String> {
+    pub fn sampler_with(&self, compiled_out_ok: bool) -> Result<Sampler, SamplerError> {
         let b = &self.binary;
         let (major, minor) = b.version().release();
         if major != 1 || minor > 27 {
-            return Err(format!("sampler layout not verified for {}", b.version()));
+            return Err(SamplerError::Unverified(b.version()));
         }
         // The linker compiles the sampler out unless the profile reader is reachable.
         let reader = if minor >= 23 {
@@ -130,20 +213,13 @@ impl GoTarget {
             "runtime.MemProfile"
         };
         if !compiled_out_ok && b.function(reader).is_none() {
-            return Err(format!(
-                "the runtime's heap sampler is compiled out ({reader} is not linked: the program imports neither runtime/pprof nor net/http/pprof)"
-            ));
+            return Err(SamplerError::CompiledOut(reader));
         }
-        let function = |name: &str| {
-            b.function(name)
-                .cloned()
-                .ok_or_else(|| format!("no {name} in the binary"))
-        };
+        let function =
+            |name: &'static str| b.function(name).cloned().ok_or(SamplerError::Missing(name));
         let set_profile_bucket = function("runtime.setprofilebucket")?;
         let free_special = function("runtime.freeSpecial")?;
-        let rate_vaddr = self
-            .mem_profile_rate_vaddr()
-            .ok_or("runtime.MemProfileRate not found")?;
+        let rate_vaddr = self.mem_profile_rate_vaddr().ok_or(SamplerError::NoRate)?;
         Ok(Sampler {
             set_profile_bucket,
             free_special,
@@ -187,8 +263,8 @@ impl GoTarget {
     }
 }
 
-fn not_supported(exe_path: &str, reason: String) -> UserError {
-    UserError::NotSupported {
+fn refused(exe_path: &str, reason: Unsupported) -> Refused {
+    Refused {
         path: exe_path.to_string(),
         reason,
     }
@@ -249,9 +325,11 @@ mod tests {
             eprintln!("SKIP: no Go toolchain (scripts/setup.sh installs it)");
             return;
         };
-        let err = GoTarget::from_file_bytes(&arm64, "prog-arm64")
+        let refused = GoTarget::from_file_bytes(&arm64, "prog-arm64")
             .err()
             .unwrap();
+        assert_eq!(refused.reason.label(), "unsupported_architecture");
+        let err = UserError::from(refused);
         assert!(matches!(err, UserError::NotSupported { .. }));
         assert!(
             err.to_string().contains("unsupported architecture"),
@@ -276,7 +354,14 @@ mod tests {
             }
         }
         assert!(rewritten > 0, "no version string found");
-        let err = GoTarget::from_file_bytes(&amd64, "old").err().unwrap();
+        let refused = GoTarget::from_file_bytes(&amd64, "old").err().unwrap();
+        // gobin refuses its pclntab before the register-ABI check: the same reason.
+        assert_eq!(
+            refused.reason.label(),
+            "unsupported_go_version",
+            "{refused}"
+        );
+        let err = UserError::from(refused);
         assert!(matches!(err, UserError::NotSupported { .. }), "{err}");
     }
 
@@ -285,5 +370,6 @@ mod tests {
         let data = std::fs::read("/bin/true").unwrap();
         let err = GoTarget::from_file_bytes(&data, "/bin/true").err().unwrap();
         assert!(err.to_string().contains("not a Go binary"), "{err}");
+        assert!(err.reason.is_not_go(), "{err}");
     }
 }

@@ -231,10 +231,15 @@ pub enum ModeArg {
     Exact,
 }
 
-fn parse_budget(s: &str) -> Result<f64, String> {
+/// An `--overhead-budget` that is no percentage in (0, 100].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: a percentage in (0, 100]")]
+pub struct BadBudget(String);
+
+fn parse_budget(s: &str) -> Result<f64, BadBudget> {
     match s.trim_end_matches('%').parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 100.0 => Ok(v),
-        _ => Err(format!("{s}: a percentage in (0, 100]")),
+        _ => Err(BadBudget(s.to_string())),
     }
 }
 

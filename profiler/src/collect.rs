@@ -28,7 +28,7 @@ pub struct CollectInput<'a> {
     pub duty: Option<&'a crate::duty::DutyRecord>,
     /// The runtime's counters over the trace, or why they could not be read; `None` where
     /// they were not asked for.
-    pub counters: Option<Result<RuntimeCounters, String>>,
+    pub counters: Option<Result<RuntimeCounters, crate::trace_counters::CountersError>>,
     /// Scale estimating modes' samples to `counters` (`--totals runtime`).
     pub scale_to_counters: bool,
 }
@@ -89,7 +89,7 @@ pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -
     }
     let (mut runtime_counters, runtime_counters_error) = match counters {
         Some(Ok(c)) => (Some(c), None),
-        Some(Err(why)) => (None, Some(why)),
+        Some(Err(why)) => (None, Some(why.to_string())),
         None => (None, None),
     };
     // Estimating modes: the probes give each stack's share, the runtime the volume.

@@ -38,10 +38,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("gomemtrace: {err:#}");
-            match err.downcast_ref::<error::UserError>() {
-                Some(user) => user.exit_code(),
-                None => ExitCode::FAILURE,
-            }
+            error::exit_code(&err)
         }
     }
 }

@@ -17,13 +17,14 @@ use gomemtrace_report::model::{AllocProfile, Mode, TargetInfo};
 
 use crate::{
     alloc_points,
-    analysis::GoTarget,
+    analysis::{GoTarget, Refused, SamplerError, Unsupported},
     bpf::{AllocProbes, Bpf, Counters},
     cli::{Cli, ModeArg, TotalsArg},
     collect::{self, CollectInput},
     duty, enable,
     engine::{self, End, ExeMappings, Target, TargetConfig, status_line},
-    output, trace_counters,
+    output,
+    trace_counters::{self, CountersError},
 };
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -108,7 +109,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             bias,
             target.child.is_some(),
         ),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(CountersError::from(e)),
     };
     let started = Instant::now();
     target.release()?;
@@ -200,11 +201,11 @@ pub(crate) struct Analysed {
     /// Runtime-sampled mode: file address of `runtime.MemProfileRate`.
     pub rate_vaddr: Option<u64>,
     /// Mode auto fell back to duty-cycled: why the runtime's sampler cannot be used.
-    pub auto_duty_reason: Option<String>,
+    pub auto_duty_reason: Option<SamplerError>,
     /// `--enable-runtime-sampling` at launch: file offset of the probe on `runtime.main`.
     pub stop_at_main: Option<u64>,
     /// Where the runtime's allocation counters are, or why they cannot be found.
-    pub alloc_stats: Result<AllocStatsLayout, String>,
+    pub alloc_stats: Result<AllocStatsLayout, CountersError>,
 }
 
 fn analyse(target: &Target, cli: &Cli, quiet: bool) -> anyhow::Result<Analysed> {
@@ -250,7 +251,8 @@ fn analyse(target: &Target, cli: &Cli, quiet: bool) -> anyhow::Result<Analysed> 
             }
         }
     };
-    let alloc_stats = AllocStatsLayout::locate(&go.binary, &data).map_err(|e| e.to_string());
+    let alloc_stats = AllocStatsLayout::locate(&go.binary, &data)
+        .map_err(|e| CountersError::Layout(std::sync::Arc::new(e)));
     let mut analysed = plan(go, config, sampler, cli.mode(), cli.empty_probe)?;
     analysed.stop_at_main = stop_at_main;
     analysed.alloc_stats = alloc_stats;
@@ -268,10 +270,10 @@ fn analyse(target: &Target, cli: &Cli, quiet: bool) -> anyhow::Result<Analysed> 
 pub(crate) fn plan(
     go: GoTarget,
     mut config: ProcessConfig,
-    sampler: Result<crate::analysis::Sampler, String>,
+    sampler: Result<crate::analysis::Sampler, SamplerError>,
     mode_arg: ModeArg,
     empty_probe: bool,
-) -> anyhow::Result<Analysed> {
+) -> Result<Analysed, Refused> {
     let mut auto_duty_reason = None;
     let mode = match (mode_arg, &sampler) {
         // The benchmark's floor replaces the exact probe.
@@ -280,9 +282,7 @@ pub(crate) fn plan(
         (ModeArg::Duty, _) => Mode::Duty,
         (ModeArg::Runtime | ModeArg::Auto, Ok(_)) => Mode::Runtime,
         (ModeArg::Runtime, Err(why)) => {
-            return Err(go
-                .refuse(format!("runtime-sampled mode unavailable: {why}"))
-                .into());
+            return Err(go.refused(Unsupported::NoSampler(why.clone())));
         }
         (ModeArg::Auto, Err(why)) => {
             auto_duty_reason = Some(why.clone());
@@ -302,9 +302,8 @@ pub(crate) fn plan(
             } else {
                 ALLOC_PROGRAM
             };
-            let points = alloc_points::allocation_entry_points(&go.binary).ok_or_else(|| {
-                go.refuse("no allocation entry point (runtime.mallocgc) found".into())
-            })?;
+            let points = alloc_points::allocation_entry_points(&go.binary)
+                .ok_or_else(|| go.refused(Unsupported::NoAllocationEntryPoint))?;
             for f in &points {
                 probes.push((program, go.probe_file_offset(f)?, f.name.clone()));
             }
@@ -318,7 +317,7 @@ pub(crate) fn plan(
         rate_vaddr,
         auto_duty_reason,
         stop_at_main: None,
-        alloc_stats: Err("not looked for".into()),
+        alloc_stats: Err(CountersError::NotLookedFor),
     })
 }
 
@@ -328,7 +327,7 @@ pub(crate) fn sampler_probes(
     go: &GoTarget,
     config: &mut ProcessConfig,
     sampler: &crate::analysis::Sampler,
-) -> Result<Vec<(&'static str, u64, String)>, crate::error::UserError> {
+) -> Result<Vec<(&'static str, u64, String)>, Refused> {
     config.bucket_size_offset = sampler.bucket_size_offset;
     config.special_kind_offset = sampler.special_kind_offset;
     config.special_kind_profile = sampler.special_kind_profile;

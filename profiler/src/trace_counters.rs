@@ -3,12 +3,36 @@
 //! and at the end. A target that exits takes its memory with it, so the last reading
 //! taken while it ran stands for the end then.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use gomemtrace_gobin::allocstats::{AllocStatsLayout, LayoutSource};
+use gomemtrace_gobin::allocstats::{AllocStatsLayout, LayoutSource, LocateError};
 use gomemtrace_report::model::{AllocSample, ProbeEstimate, RuntimeCounters};
 
-use crate::allocstats::{self, AllocCounters};
+use crate::allocstats::{self, AllocCounters, ReadError};
+
+/// Why the runtime's allocation counters over a trace are not known.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CountersError {
+    /// The binary does not tell where they are.
+    #[error("{0}")]
+    Layout(Arc<LocateError>),
+    /// Not looked for (the plan before the session looks).
+    #[error("not looked for")]
+    NotLookedFor,
+    #[error(transparent)]
+    NoMapping(#[from] crate::engine::MappingNotFound),
+    #[error("reading them at the start: {0}")]
+    Start(Arc<ReadError>),
+    /// No reading succeeded after the start; the last failure's reason, if any.
+    #[error(
+        "no reading during the trace{}",
+        .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+    )]
+    NoReading(Option<Arc<ReadError>>),
+}
 
 /// Readings at polls closer than this are skipped (the duty loop polls every 10 ms).
 const EVERY: Duration = Duration::from_millis(20);
@@ -20,7 +44,7 @@ pub(crate) struct Watch {
     start: AllocCounters,
     /// The latest reading, when, and the probes' event count then.
     last: Option<(AllocCounters, Instant, u64)>,
-    last_error: Option<String>,
+    last_error: Option<Arc<ReadError>>,
 }
 
 impl Watch {
@@ -28,15 +52,15 @@ impl Watch {
     /// ran, so its counters are zero even where they cannot be read yet (no Ps).
     pub fn start(
         pid: u32,
-        layout: Result<AllocStatsLayout, String>,
+        layout: Result<AllocStatsLayout, CountersError>,
         bias: u64,
         launched: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CountersError> {
         let layout = layout?;
         let start = match allocstats::read(pid, &layout, bias) {
             Ok(c) => c,
             Err(_) if launched => AllocCounters::default(),
-            Err(e) => return Err(format!("reading them at the start: {e}")),
+            Err(e) => return Err(CountersError::Start(Arc::new(e))),
         };
         Ok(Self {
             pid,
@@ -60,7 +84,7 @@ impl Watch {
     fn read(&mut self, events: u64) {
         match allocstats::read(self.pid, &self.layout, self.bias) {
             Ok(c) => self.last = Some((c, Instant::now(), events)),
-            Err(e) => self.last_error = Some(e.to_string()),
+            Err(e) => self.last_error = Some(Arc::new(e)),
         }
     }
 
@@ -72,7 +96,7 @@ impl Watch {
         alive: bool,
         ended: Instant,
         events: u64,
-    ) -> Result<RuntimeCounters, String> {
+    ) -> Result<RuntimeCounters, CountersError> {
         let mut read_at_end = false;
         if alive {
             let before = self.last.map(|(_, at, _)| at);
@@ -80,12 +104,7 @@ impl Watch {
             read_at_end = self.last.map(|(_, at, _)| at) != before;
         }
         let Some((end, at, events_then)) = self.last else {
-            return Err(format!(
-                "no reading during the trace{}",
-                self.last_error
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            ));
+            return Err(CountersError::NoReading(self.last_error));
         };
         let s = &self.start;
         Ok(RuntimeCounters {

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use gomemtrace_tests::{
     Proc, TempDir, Variant, copy_executable, fixture, go_tool, go_versions, gomemtrace_command,
-    latest_go, require_root,
+    latest_go, require_root, write_executable,
 };
 
 /// The fixture's allocation: COUNT buffers of SIZE bytes at one site.
@@ -823,6 +823,66 @@ fn max_processes_caps_and_counts() -> Result<()> {
         "attached {attached:?} with --max-processes 1"
     );
     drop((first, second));
+    Ok(())
+}
+
+/// A Go program the agent will not trace is counted under the real reason, not a catch-all:
+/// the fixture with every `go1.N.` version string rewritten as `go1.16.` (same length; the
+/// program runs as before) says it is a Go release before the register ABI, which
+/// gomemtrace refuses (`analysis::OLDEST_GO`). The reason is logged once, with the pid.
+#[test]
+fn a_go_program_not_traced_is_counted_under_its_reason() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let tmp = TempDir::new("agent-reason")?;
+    let version = latest_go();
+    let mut bytes = std::fs::read(fixture("agentload", &version, Variant::Normal)?)?;
+    let (from, to) = (format!("go{version}."), b"go1.16.");
+    ensure!(from.len() == to.len(), "go{version}: not a two-digit minor");
+    let mut rewritten = 0;
+    for at in 0..bytes.len().saturating_sub(from.len()) {
+        if &bytes[at..at + from.len()] == from.as_bytes() {
+            bytes[at..at + from.len()].copy_from_slice(to);
+            rewritten += 1;
+        }
+    }
+    ensure!(rewritten > 0, "no {from} in the fixture");
+    let exe = tmp.join("agentload-go1.16");
+    write_executable(&exe, &bytes)?;
+    let agent = Agent::start(&format!("{}/agentload-*", tmp.path().display()))?;
+    let fixture = spawn_fixture(&exe, 10)?;
+    let skipped = "gomemtrace_agent_skipped_processes_total";
+    let text = poll("the refusal to be counted", Duration::from_secs(10), || {
+        let text = agent.metrics()?;
+        Ok(
+            (samples(&text, skipped, &[("reason", "unsupported_go_version")]) == [1.0])
+                .then_some(text),
+        )
+    })?;
+    let counted: Vec<&str> = text.lines().filter(|l| l.starts_with(skipped)).collect();
+    ensure!(
+        counted.len() == 1,
+        "other reasons counted beside unsupported_go_version: {counted:?}"
+    );
+    let attached = samples(&text, "gomemtrace_agent_attached_processes", &[]);
+    ensure!(attached == [0.0], "attached {attached:?}");
+    let logged = format!(
+        "gomemtrace: agent: pid {} ({}): not traced: ",
+        fixture.pid(),
+        exe.display()
+    );
+    let line = agent.proc.wait_stderr(&logged, Duration::from_secs(10))?;
+    ensure!(
+        line.contains("not traced: unsupported Go version go1.16."),
+        "{line}"
+    );
+    // A few harvests later, still once.
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = agent.proc.stderr_text();
+    let times = lines.lines().filter(|l| l.contains(&logged)).count();
+    ensure!(times == 1, "logged {times} times:\n{lines}");
+    drop(fixture);
     Ok(())
 }
 

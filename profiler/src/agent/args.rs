@@ -73,11 +73,16 @@ pub enum KubernetesArg {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodSelector(pub Vec<(String, String)>);
 
-fn parse_selector(s: &str) -> Result<PodSelector, String> {
+/// A `--pod-selector` item that is not `key=value`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: expected key=value")]
+pub struct BadSelector(String);
+
+fn parse_selector(s: &str) -> Result<PodSelector, BadSelector> {
     s.split(',')
         .map(|pair| match pair.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().into(), v.trim().into())),
-            _ => Err(format!("{pair}: expected key=value")),
+            _ => Err(BadSelector(pair.to_string())),
         })
         .collect::<Result<_, _>>()
         .map(PodSelector)

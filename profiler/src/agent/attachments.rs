@@ -13,10 +13,10 @@ use crate::{
         goroutines::GoroutineLayout,
         metadata::Labels,
     },
-    analysis::GoTarget,
+    analysis::{GoTarget, Unsupported},
     bpf::{AllocProbes, Bpf},
     cli::ModeArg,
-    engine::ExeMappings,
+    engine::{ExeMappings, MappingNotFound},
     session::{self, Analysed},
 };
 
@@ -73,16 +73,43 @@ fn release(unused: &mut std::collections::VecDeque<ExeId>, id: ExeId, keep: usiz
 type Verdict = (Arc<Analysed>, Arc<RuntimeLayout>);
 
 /// Why a process is not traced.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Skip {
-    /// Not a Go program (or not one gomemtrace traces): not counted, most processes.
+    /// Not a Go program, or its executable could not be read (it exited): not counted,
+    /// most processes.
+    #[error("not a Go program")]
     NotGo,
-    /// A Go program this agent cannot trace in the asked mode; the label of its count.
-    Unsupported(&'static str),
+    /// A Go program this agent cannot trace in the asked mode.
+    #[error("{0}")]
+    Unsupported(Unsupported),
     /// --max-processes reached.
-    Cap,
+    #[error("--max-processes ({0}) reached")]
+    Cap(usize),
     /// The uprobes could not be attached (it may have exited meanwhile).
-    AttachFailed,
+    #[error("{0}")]
+    AttachFailed(AttachError),
+}
+
+/// Why the probes of a process that can be traced were not attached.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    NoMapping(#[from] MappingNotFound),
+    #[error("attaching the probes: {0:#}")]
+    Probes(Arc<anyhow::Error>),
+}
+
+impl Skip {
+    /// The `reason` label of the count of processes not traced: a fixed snake_case name
+    /// per cause.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Skip::NotGo => "not_go",
+            Skip::Unsupported(why) => why.label(),
+            Skip::Cap(_) => "max_processes",
+            Skip::AttachFailed(_) => "attach_failed",
+        }
+    }
 }
 
 pub struct Attachments {
@@ -137,7 +164,7 @@ impl Attachments {
             return Ok(process.clone());
         }
         if self.processes.len() >= self.max_processes {
-            return Err(Skip::Cap);
+            return Err(Skip::Cap(self.max_processes));
         }
         let (analysis, runtime) = self.verdict(&exe)?;
         self.unused.retain(|&u| u != exe.id);
@@ -148,7 +175,9 @@ impl Attachments {
             .ok();
         if let Some(vaddr) = analysis.rate_vaddr {
             // PIE: the probe reads the rate at its relocated address in this process.
-            config.mem_profile_rate_addr = vaddr.wrapping_add(bias.ok_or(Skip::AttachFailed)?);
+            config.mem_profile_rate_addr = vaddr.wrapping_add(
+                bias.ok_or(Skip::AttachFailed(AttachError::NoMapping(MappingNotFound)))?,
+            );
         }
         // Duty-cycled processes get their probes window by window (agent::duty).
         let attached = self.probes.configure(pid, config).and_then(|()| {
@@ -159,9 +188,9 @@ impl Attachments {
             }
             Ok(())
         });
-        if attached.is_err() {
+        if let Err(e) = attached {
             self.forget(pid);
-            return Err(Skip::AttachFailed);
+            return Err(Skip::AttachFailed(AttachError::Probes(Arc::new(e))));
         }
         let process = Arc::new(Process {
             pid,
@@ -208,14 +237,24 @@ fn analyse(exe: &Exe, mode: ModeArg) -> Result<(Analysed, RuntimeLayout), Skip> 
     if !GoBinary::looks_like_go(&data) {
         return Err(Skip::NotGo);
     }
-    let go = GoTarget::from_file_bytes(&data, &exe.path).map_err(|_| Skip::NotGo)?;
+    let go = GoTarget::from_file_bytes(&data, &exe.path).map_err(|refused| skip(refused.reason))?;
     let runtime = runtime_layout(&go, &data, &exe.path);
     drop(data);
     let config = go.process_config();
     let sampler = go.sampler();
-    let analysed = session::plan(go, config, sampler, mode, false)
-        .map_err(|_| Skip::Unsupported("no_sampler"))?;
+    let analysed =
+        session::plan(go, config, sampler, mode, false).map_err(|refused| skip(refused.reason))?;
     Ok((analysed, runtime))
+}
+
+/// A refusal of an executable that looks like Go: counted with its reason, unless it is
+/// no Go program after all.
+fn skip(why: Unsupported) -> Skip {
+    if why.is_not_go() {
+        Skip::NotGo
+    } else {
+        Skip::Unsupported(why)
+    }
 }
 
 fn runtime_layout(go: &GoTarget, data: &[u8], exe_path: &str) -> RuntimeLayout {
@@ -256,6 +295,97 @@ mod tests {
             ino,
             mtime_ns: 0,
         }
+    }
+
+    #[test]
+    fn each_reason_not_traced_has_its_own_documented_label() {
+        use gomemtrace_gobin::{Arch, GoVersion};
+
+        use crate::analysis::SamplerError;
+
+        let go = GoVersion::new(1, 16, 0);
+        let binary = |error: gomemtrace_gobin::Error| Unsupported::Binary {
+            message: error.to_string(),
+            error: Arc::new(error),
+        };
+        let cases = [
+            (Skip::Cap(1), "max_processes"),
+            (
+                Skip::AttachFailed(AttachError::NoMapping(MappingNotFound)),
+                "attach_failed",
+            ),
+            (
+                Skip::AttachFailed(AttachError::Probes(Arc::new(anyhow::anyhow!("EBUSY")))),
+                "attach_failed",
+            ),
+            (
+                Skip::Unsupported(Unsupported::NoSampler(SamplerError::CompiledOut(
+                    "runtime.MemProfile",
+                ))),
+                "no_sampler",
+            ),
+            (
+                Skip::Unsupported(Unsupported::GoVersion(go)),
+                "unsupported_go_version",
+            ),
+            (
+                Skip::Unsupported(binary(gomemtrace_gobin::Error::UnsupportedVersion {
+                    version: "go1.16.5".into(),
+                })),
+                "unsupported_go_version",
+            ),
+            (
+                Skip::Unsupported(Unsupported::Architecture(Arch::Arm64)),
+                "unsupported_architecture",
+            ),
+            (
+                Skip::Unsupported(Unsupported::NoRuntimeLayout(go)),
+                "no_runtime_layout",
+            ),
+            (
+                Skip::Unsupported(binary(gomemtrace_gobin::Error::Malformed {
+                    what: "pclntab".into(),
+                })),
+                "malformed_binary",
+            ),
+            (
+                Skip::Unsupported(binary(gomemtrace_gobin::Error::Io {
+                    path: "/x".into(),
+                    source: std::io::Error::from_raw_os_error(libc::EACCES),
+                })),
+                "executable_unreadable",
+            ),
+            (
+                Skip::Unsupported(Unsupported::NoCode("runtime.mallocgc".into())),
+                "no_function_code",
+            ),
+            (
+                Skip::Unsupported(Unsupported::OutsideSegments("runtime.mallocgc".into())),
+                "function_outside_segments",
+            ),
+            (
+                Skip::Unsupported(Unsupported::NoAllocationEntryPoint),
+                "no_allocation_entry_point",
+            ),
+        ];
+        for (skip, label) in cases {
+            assert_eq!(skip.label(), label, "{skip}");
+            assert!(
+                crate::agent::metrics::SKIPPED_HELP
+                    .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                    .any(|word| word == label),
+                "{label} is not in the metric's help"
+            );
+        }
+        // Not a Go program after all: not counted.
+        let not_go = binary(gomemtrace_gobin::Error::NotGo {
+            object: "/bin/true".into(),
+        });
+        assert!(matches!(skip(not_go), Skip::NotGo));
+        assert!(matches!(
+            skip(Unsupported::GoVersion(go)),
+            Skip::Unsupported(_)
+        ));
     }
 
     #[test]

@@ -10,6 +10,9 @@ use prometheus::{
 
 use crate::agent::metadata::Labels;
 
+/// The help of the count of processes not traced: every `reason` it may have.
+pub const SKIPPED_HELP: &str = "Go processes not traced, by reason (max_processes, attach_failed, no_sampler, unsupported_go_version, unsupported_architecture, no_runtime_layout, malformed_binary, executable_unreadable, no_function_code, function_outside_segments, no_allocation_entry_point; gc_probes, stack_probe, numa: traced without those metrics)";
+
 pub struct Metrics {
     registry: Registry,
     pub allocated_bytes: CounterVec,
@@ -210,10 +213,7 @@ impl Metrics {
             "Processes the agent traces now",
         )?;
         let skipped = IntCounterVec::new(
-            opts(
-                "gomemtrace_agent_skipped_processes_total",
-                "Go processes not traced, by reason (max_processes, no_sampler, attach_failed; gc_probes: traced without GC metrics)",
-            ),
+            opts("gomemtrace_agent_skipped_processes_total", SKIPPED_HELP),
             &["reason"],
         )?;
         let probe_events = IntCounter::new(

@@ -14,6 +14,11 @@ use crate::{
     numa::{availability::NumaHost, btf},
 };
 
+/// Why remote NUMA accesses cannot be measured on this machine: every reason found.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct Unavailable(pub Vec<String>);
+
 pub struct NumaTracker {
     probes: NumaProbes,
     /// `task_struct.thread.fsbase`, for the TLS fallback (0: none).
@@ -25,7 +30,7 @@ pub struct NumaTracker {
 
 impl NumaTracker {
     /// The tracker, or why remote accesses cannot be measured here.
-    pub fn new(bpf: &Bpf) -> Result<Self, String> {
+    pub fn new(bpf: &Bpf) -> Result<Self, Unavailable> {
         let mut reasons = NumaHost::read(Path::new("/")).reasons();
         let probes = match NumaProbes::load(bpf) {
             Ok(p) => Some(p),
@@ -42,7 +47,7 @@ impl NumaTracker {
                 labels: HashMap::new(),
                 lost_seen: 0,
             }),
-            _ => Err(reasons.join("; ")),
+            _ => Err(Unavailable(reasons)),
         }
     }
 

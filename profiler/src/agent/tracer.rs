@@ -3,7 +3,7 @@
 //! shared tables and the metrics.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -63,6 +63,9 @@ pub struct Tracer {
     pending: HashMap<u32, Instant>,
     /// Process events lost so far, as of the latest rescan.
     events_lost_seen: u64,
+    /// Processes not traced whose reason was counted and logged: once per process, not
+    /// at every rescan.
+    not_traced: HashSet<u32>,
 }
 
 /// The probe sets beside the allocation probes: GC cycles always; stack copies unless
@@ -110,6 +113,7 @@ impl Tracer {
             harvests: 0,
             pending: HashMap::new(),
             events_lost_seen: 0,
+            not_traced: HashSet::new(),
         }
     }
 
@@ -173,6 +177,8 @@ impl Tracer {
                 for pid in dead {
                     self.forget(pid);
                 }
+                // Those not traced whose exit event was lost.
+                self.not_traced.retain(|&pid| discovery::is_alive(pid));
                 // Exec events lost to a full ring buffer: a /proc scan finds those processes.
                 let lost = self
                     .events
@@ -231,6 +237,7 @@ impl Tracer {
         if !self.filter.allows_pod(pod.as_ref()) {
             return;
         }
+        let exe_path = exe.path.clone();
         match self.attachments.attach(pid, exe, labels) {
             Ok(process) => {
                 if process.mode() == gomemtrace_report::model::Mode::Duty {
@@ -263,19 +270,20 @@ impl Tracer {
             }
             Err(Skip::NotGo) => {}
             Err(skip) => {
-                let reason = match skip {
-                    Skip::Cap => "max_processes",
-                    Skip::AttachFailed => "attach_failed",
-                    Skip::Unsupported(why) => why,
-                    Skip::NotGo => unreachable!(),
-                };
-                self.metrics().skipped.with_label_values(&[reason]).inc();
+                if self.not_traced.insert(pid) {
+                    eprintln!("gomemtrace: agent: pid {pid} ({exe_path}): not traced: {skip}");
+                    self.metrics()
+                        .skipped
+                        .with_label_values(&[skip.label()])
+                        .inc();
+                }
             }
         }
     }
 
     fn forget(&mut self, pid: u32) {
         self.pending.remove(&pid);
+        self.not_traced.remove(&pid);
         let Some(process) = self.attachments.detach(pid) else {
             return;
         };

@@ -11,7 +11,7 @@ use crate::symbolizer::{ExeLayout, Symbolizer};
 
 /// The executable's text mapping is not in `/proc/PID/maps` (the process exited before it
 /// was read, or runs another file than the one analysed).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Copy, Debug, thiserror::Error)]
 #[error("the executable's text mapping was not found in /proc/PID/maps")]
 pub struct MappingNotFound;
 

@@ -16,13 +16,40 @@ use serde::Serialize;
 
 use super::pages::PageNodes;
 use crate::{
-    analysis::GoTarget,
+    analysis::{GoTarget, Refused, SamplerError},
     bpf::{AllocProbes, Bpf, Counters},
     collect::{insert_direct_caller, unbias},
     rt::{FrameJson, duration, frames},
     session::sampler_probes,
     symbolizer::Symbolizer,
 };
+
+/// Why allocations per node are not measured.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocationsError {
+    #[error("{0}")]
+    Sampler(#[from] SamplerError),
+    #[error("{0}")]
+    Refused(#[from] Refused),
+    #[error(transparent)]
+    NoMapping(#[from] crate::engine::MappingNotFound),
+    #[error("{0:#}")]
+    Probes(anyhow::Error),
+    #[error("uprobe on {function}: {error:#}")]
+    Uprobe {
+        function: String,
+        error: anyhow::Error,
+    },
+}
+
+/// Why one classification of the live sampled objects failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    #[error("{0:#}")]
+    LiveObjects(anyhow::Error),
+    #[error("move_pages(2) refused: {0}")]
+    MovePages(std::io::Error),
+}
 
 /// Shortest time between two classifications.
 pub const EVERY: Duration = Duration::from_secs(1);
@@ -37,7 +64,7 @@ pub struct Tracker {
     pages: PageNodes,
     last: Option<Classified>,
     /// Why the latest classification failed (the previous one is kept).
-    error: Option<String>,
+    error: Option<ClassifyError>,
     classifications: u64,
     failures: u64,
     next: Instant,
@@ -75,19 +102,24 @@ impl Tracker {
         go: &GoTarget,
         exe_link: &std::path::Path,
         pid: u32,
-        bias: Option<u64>,
-    ) -> Result<Self, String> {
+        bias: Result<u64, crate::engine::MappingNotFound>,
+    ) -> Result<Self, AllocationsError> {
         let sampler = go.sampler()?;
         let mut config = go.process_config();
-        let probes = sampler_probes(go, &mut config, &sampler).map_err(|e| e.to_string())?;
-        let bias = bias.ok_or("the executable's mapping was not found")?;
+        let probes = sampler_probes(go, &mut config, &sampler)?;
+        let bias = bias?;
         config.mem_profile_rate_addr = sampler.rate_vaddr.wrapping_add(bias);
         let mut alloc = AllocProbes::new(bpf);
-        alloc.configure(pid, config).map_err(|e| format!("{e:#}"))?;
+        alloc
+            .configure(pid, config)
+            .map_err(AllocationsError::Probes)?;
         for (program, offset, function) in &probes {
             alloc
                 .attach(program, exe_link, &[*offset], pid)
-                .map_err(|e| format!("uprobe on {function}: {e:#}"))?;
+                .map_err(|error| AllocationsError::Uprobe {
+                    function: function.clone(),
+                    error,
+                })?;
         }
         // SAFETY: sysconf takes no pointers.
         let page_size = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
@@ -136,11 +168,11 @@ impl Tracker {
         self.next = Instant::now() + EVERY.max(started.elapsed() * MAX_SHARE);
     }
 
-    fn read(&self, at_ns: u64) -> Result<Classified, String> {
+    fn read(&self, at_ns: u64) -> Result<Classified, ClassifyError> {
         let read = self
             .probes
             .live_objects(self.pid)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(ClassifyError::LiveObjects)?;
         let live: Vec<(u64, LiveObject)> = read.objects.into_iter().collect();
         let pages: Vec<usize> = live
             .iter()
@@ -149,7 +181,7 @@ impl Tracker {
         let status = self
             .pages
             .classify(self.pid, &pages)
-            .map_err(|e| format!("move_pages(2) refused: {e}"))?;
+            .map_err(ClassifyError::MovePages)?;
         Ok(Classified {
             at_ns,
             took_ns: 0,
@@ -174,7 +206,7 @@ impl Tracker {
         if alive {
             self.classify(at_ns);
         }
-        let counters = self.probes.counters().map_err(|e| format!("{e:#}"));
+        let counters = self.probes.counters();
         let rate = self
             .probes
             .sample_rates()
@@ -189,7 +221,7 @@ impl Tracker {
             }
         }
         Finished {
-            pagemap_unavailable: self.pages.pagemap_unavailable().map(str::to_string),
+            pagemap_unavailable: self.pages.pagemap_unavailable().map(ToString::to_string),
             last: self.last,
             error: self.error,
             classifications: self.classifications,
@@ -207,11 +239,11 @@ pub struct Finished {
     /// Why pages move_pages calls not present could not be looked up in pagemap.
     pub pagemap_unavailable: Option<String>,
     last: Option<Classified>,
-    error: Option<String>,
+    error: Option<ClassifyError>,
     classifications: u64,
     failures: u64,
     page_size: u64,
-    counters: Result<Counters, String>,
+    counters: anyhow::Result<Counters>,
     rate: Option<u64>,
     stacks: HashMap<u64, Vec<u64>>,
 }
@@ -221,7 +253,7 @@ impl Finished {
     pub fn missing(&self) -> Option<String> {
         match (&self.last, &self.error) {
             (Some(_), _) if let Err(e) = &self.counters => {
-                Some(format!("the probes' counters are unreadable: {e}"))
+                Some(format!("the probes' counters are unreadable: {e:#}"))
             }
             (Some(_), _) => None,
             (None, Some(e)) => Some(format!("no classification: {e}")),
@@ -681,10 +713,16 @@ mod tests {
 
     #[test]
     fn no_classification_is_no_measurement() {
+        // A move_pages(2) failure, as worded.
         let finished = |last: Option<Classified>, error: Option<&str>| Finished {
             pagemap_unavailable: None,
             last,
-            error: error.map(str::to_string),
+            error: error.map(|e| {
+                ClassifyError::MovePages(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    e,
+                ))
+            }),
             classifications: 0,
             failures: 0,
             page_size: 4096,
@@ -697,7 +735,7 @@ mod tests {
             Some("no classification: the target exited before the first")
         );
         assert_eq!(
-            finished(None, Some("move_pages(2) refused: Operation not permitted"))
+            finished(None, Some("Operation not permitted"))
                 .missing()
                 .as_deref(),
             Some("no classification: move_pages(2) refused: Operation not permitted")

@@ -3,11 +3,35 @@
 //! reader: the header, the type section walked by kind (include/uapi/linux/btf.h), the
 //! string section.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why the offset cannot be read from the kernel's BTF.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not little-endian BTF")]
+    NotLittleEndian,
+    #[error("BTF truncated")]
+    Truncated,
+    #[error("BTF section out of bounds")]
+    SectionOutOfBounds,
+    #[error("struct {strukt} has no member {member}")]
+    NoMember { strukt: String, member: String },
+    #[error("no struct {0} in the kernel's BTF")]
+    NoStruct(String),
+}
 
 /// `task_struct.thread.fsbase`, in bytes.
-pub fn task_fsbase_offset(vmlinux: &Path) -> Result<u32, String> {
-    let data = std::fs::read(vmlinux).map_err(|e| format!("{}: {e}", vmlinux.display()))?;
+pub fn task_fsbase_offset(vmlinux: &Path) -> Result<u32, BtfError> {
+    let data = std::fs::read(vmlinux).map_err(|source| BtfError::Read {
+        path: vmlinux.to_path_buf(),
+        source,
+    })?;
     let btf = Btf::parse(&data)?;
     let thread = btf.member_offset("task_struct", "thread")?;
     let fsbase = btf.member_offset("thread_struct", "fsbase")?;
@@ -34,21 +58,21 @@ struct Btf<'a> {
 struct Bits(u32);
 
 impl<'a> Btf<'a> {
-    fn parse(data: &'a [u8]) -> Result<Self, String> {
-        let u32_at = |at: usize| -> Result<u32, String> {
+    fn parse(data: &'a [u8]) -> Result<Self, BtfError> {
+        let u32_at = |at: usize| -> Result<u32, BtfError> {
             data.get(at..at + 4)
                 .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-                .ok_or_else(|| "BTF truncated".to_string())
+                .ok_or(BtfError::Truncated)
         };
         if data.get(0..2) != Some(&[0x9f, 0xeb]) {
-            return Err("not little-endian BTF".into());
+            return Err(BtfError::NotLittleEndian);
         }
         let hdr_len = u32_at(4)? as usize;
         let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
         let (str_off, str_len) = (u32_at(16)? as usize, u32_at(20)? as usize);
         let section = |off: usize, len: usize| {
             data.get(hdr_len + off..hdr_len + off + len)
-                .ok_or_else(|| "BTF section out of bounds".to_string())
+                .ok_or(BtfError::SectionOutOfBounds)
         };
         Ok(Self {
             types: section(type_off, type_len)?,
@@ -62,7 +86,7 @@ impl<'a> Btf<'a> {
     }
 
     /// The bit offset of `member` in the struct named `name` (the first such struct).
-    fn member_offset(&self, name: &str, member: &str) -> Result<Bits, String> {
+    fn member_offset(&self, name: &str, member: &str) -> Result<Bits, BtfError> {
         let word = |at: usize| -> Option<u32> {
             self.types
                 .get(at..at + 4)
@@ -91,11 +115,14 @@ impl<'a> Btf<'a> {
                         return Ok(Bits(if kind_flag { m_off & 0xff_ffff } else { m_off }));
                     }
                 }
-                return Err(format!("struct {name} has no member {member}"));
+                return Err(BtfError::NoMember {
+                    strukt: name.to_string(),
+                    member: member.to_string(),
+                });
             }
             at = body + extra;
         }
-        Err(format!("no struct {name} in the kernel's BTF"))
+        Err(BtfError::NoStruct(name.to_string()))
     }
 }
 

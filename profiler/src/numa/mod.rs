@@ -89,9 +89,9 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     let mut mappings = ExeMappings::read(target.pid, &target.exe_link)?;
     let heap = mappings
         .layout(&analysed.go.binary)
-        .map_err(|e| e.to_string())
+        .map_err(placement::HeapError::from)
         .and_then(|layout| {
-            let elf = std::fs::read(&target.exe_link).map_err(|e| e.to_string())?;
+            let elf = std::fs::read(&target.exe_link)?;
             placement::HeapArenas::locate(&analysed.go.binary, &elf, layout.bias)
         });
     let mut placement = placement::Placement::new(target.pid, heap);
@@ -101,7 +101,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
         &analysed.go,
         &target.exe_link,
         target.pid,
-        mappings.bias(&analysed.go.binary).ok(),
+        mappings.bias(&analysed.go.binary),
     );
     let seen_since = if target.child.is_some() {
         "start"
@@ -193,7 +193,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             Err(why) => Method {
                 name: "hardware sampling (PEBS/IBS)",
                 active: false,
-                detail: why.clone(),
+                detail: why.to_string(),
             },
         },
     ];
@@ -285,13 +285,13 @@ fn exiting(pid: u32) -> bool {
 
 /// The method line of allocations per node: what ran, or why it did not.
 fn allocations_method(
-    allocs: &Result<allocations::Finished, String>,
+    allocs: &Result<allocations::Finished, allocations::AllocationsError>,
     report: Option<&allocations::Json>,
     seen_since: &str,
 ) -> Method {
     const NAME: &str = "allocations per node";
     let why = match (allocs, report) {
-        (Err(why), _) => why.clone(),
+        (Err(why), _) => why.to_string(),
         (Ok(a), None) => a
             .missing()
             .unwrap_or_else(|| "no classification".to_string()),
@@ -346,9 +346,11 @@ mod tests {
 
     #[test]
     fn allocations_not_measured_say_why_and_are_not_active() {
-        let why =
-            "the runtime's heap sampler is compiled out (runtime.memProfileInternal is not linked)";
-        let m = allocations_method(&Err(why.to_string()), None, "start");
+        let error = allocations::AllocationsError::Sampler(
+            crate::analysis::SamplerError::CompiledOut("runtime.memProfileInternal"),
+        );
+        let why = error.to_string();
+        let m = allocations_method(&Err(error), None, "start");
         assert!(!m.active);
         assert_eq!(m.detail, why);
     }

@@ -13,6 +13,19 @@ use std::{collections::BTreeMap, os::unix::fs::FileExt as _, path::Path};
 const PM_PRESENT: u64 = 1 << 63;
 const PM_PFN_MASK: u64 = (1 << 55) - 1;
 
+/// Why the memory blocks' nodes cannot be read from sysfs.
+#[derive(Debug, thiserror::Error)]
+pub enum BlocksError {
+    #[error("memory/block_size_bytes: {0}")]
+    BlockSize(#[source] std::io::Error),
+    #[error("memory/block_size_bytes: {0:?}")]
+    BadBlockSize(String),
+    #[error("node/: {0}")]
+    Nodes(#[source] std::io::Error),
+    #[error("no node/nodeN/memoryM entries (no memory hotplug in sysfs)")]
+    NoBlocks,
+}
+
 /// Which physical memory block is on which node (sysfs `node/nodeN/memoryM`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct MemoryBlocks {
@@ -22,16 +35,16 @@ pub struct MemoryBlocks {
 
 impl MemoryBlocks {
     /// From `root`/sys (`/` on a live system).
-    pub fn read(root: &Path) -> Result<Self, String> {
+    pub fn read(root: &Path) -> Result<Self, BlocksError> {
         let sys = root.join("sys/devices/system");
         let size = std::fs::read_to_string(sys.join("memory/block_size_bytes"))
-            .map_err(|e| format!("memory/block_size_bytes: {e}"))?;
+            .map_err(BlocksError::BlockSize)?;
         let block_bytes = u64::from_str_radix(size.trim(), 16)
             .ok()
             .filter(|&b| b > 0)
-            .ok_or_else(|| format!("memory/block_size_bytes: {:?}", size.trim()))?;
+            .ok_or_else(|| BlocksError::BadBlockSize(size.trim().to_string()))?;
         let mut nodes = BTreeMap::new();
-        let dir = std::fs::read_dir(sys.join("node")).map_err(|e| format!("node/: {e}"))?;
+        let dir = std::fs::read_dir(sys.join("node")).map_err(BlocksError::Nodes)?;
         for node_dir in dir.filter_map(Result::ok) {
             let name = node_dir.file_name();
             let Some(node) = name
@@ -56,7 +69,7 @@ impl MemoryBlocks {
             }
         }
         if nodes.is_empty() {
-            return Err("no node/nodeN/memoryM entries (no memory hotplug in sysfs)".into());
+            return Err(BlocksError::NoBlocks);
         }
         Ok(Self { block_bytes, nodes })
     }
@@ -78,7 +91,7 @@ pub struct PageNode {
 
 pub struct PageNodes {
     page_size: u64,
-    blocks: Result<MemoryBlocks, String>,
+    blocks: Result<MemoryBlocks, BlocksError>,
 }
 
 impl PageNodes {
@@ -90,8 +103,8 @@ impl PageNodes {
     }
 
     /// Why pages move_pages calls not present cannot be looked up in pagemap, if so.
-    pub fn pagemap_unavailable(&self) -> Option<&str> {
-        self.blocks.as_ref().err().map(String::as_str)
+    pub fn pagemap_unavailable(&self) -> Option<&BlocksError> {
+        self.blocks.as_ref().err()
     }
 
     /// The node of each page (page-aligned addresses in `pid`).

@@ -3,7 +3,7 @@
 //! Go 1.25 — read with `process_vm_readv`: arena addresses are randomized from Go 1.26),
 //! other anonymous memory (mmap'd buffers, C heap, thread stacks) and file-backed pages.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use gomemtrace_gobin::{GoBinary, offsets};
 use serde::Serialize;
@@ -15,6 +15,32 @@ use crate::remote_memory;
 const HEAP_ARENA_BYTES: u64 = 64 << 20;
 const ARENA_BASE_OFFSET: u64 = 0xffff_8000_0000_0000;
 
+/// Why the Go heap's arenas cannot be told apart from other anonymous memory.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum HeapError {
+    #[error("no runtime.mheap_ symbol (stripped binary)")]
+    NoSymbol,
+    #[error("no DWARF for runtime.mheap")]
+    NoDwarf,
+    #[error("no runtime.mheap in DWARF")]
+    NotInDwarf,
+    #[error("runtime.mheap has neither heapArenas nor allArenas")]
+    NoArenasField,
+    #[error(transparent)]
+    NoMapping(#[from] crate::engine::MappingNotFound),
+    /// The executable or the process's memory could not be read.
+    #[error("{0}")]
+    Read(Arc<std::io::Error>),
+    #[error("implausible allArenas length {0}")]
+    ImplausibleLength(u64),
+}
+
+impl From<std::io::Error> for HeapError {
+    fn from(e: std::io::Error) -> Self {
+        HeapError::Read(Arc::new(e))
+    }
+}
+
 /// Reads the Go heap's arenas out of a running process.
 pub struct HeapArenas {
     /// Runtime address of the `mheap_.heapArenas` slice header.
@@ -24,35 +50,29 @@ pub struct HeapArenas {
 impl HeapArenas {
     /// From the binary's DWARF (`runtime.mheap` layout) and symbol table
     /// (`runtime.mheap_`); `bias` is the PIE load bias.
-    pub fn locate(binary: &GoBinary, elf: &[u8], bias: u64) -> Result<Self, String> {
-        let mheap = binary
-            .symbol("runtime.mheap_")
-            .ok_or("no runtime.mheap_ symbol (stripped binary)")?;
+    pub fn locate(binary: &GoBinary, elf: &[u8], bias: u64) -> Result<Self, HeapError> {
+        let mheap = binary.symbol("runtime.mheap_").ok_or(HeapError::NoSymbol)?;
         let structs = offsets::struct_offsets_from_dwarf(elf, &["runtime.mheap"])
             .ok()
             .flatten()
-            .ok_or("no DWARF for runtime.mheap")?;
-        let mheap_fields = structs
-            .get("runtime.mheap")
-            .ok_or("no runtime.mheap in DWARF")?;
+            .ok_or(HeapError::NoDwarf)?;
+        let mheap_fields = structs.get("runtime.mheap").ok_or(HeapError::NotInDwarf)?;
         let field = mheap_fields
             .get("heapArenas")
             .or_else(|| mheap_fields.get("allArenas"))
-            .ok_or("runtime.mheap has neither heapArenas nor allArenas")?;
+            .ok_or(HeapError::NoArenasField)?;
         Ok(Self {
             all_arenas: mheap.wrapping_add(bias) + *field as u64,
         })
     }
 
     /// `[start, end)` of every arena, sorted.
-    pub fn read(&self, pid: u32) -> Result<Vec<(u64, u64)>, String> {
-        let (ptr, len) =
-            remote_memory::slice_header(pid, self.all_arenas).map_err(|e| e.to_string())?;
+    pub fn read(&self, pid: u32) -> Result<Vec<(u64, u64)>, HeapError> {
+        let (ptr, len) = remote_memory::slice_header(pid, self.all_arenas)?;
         if len > 1 << 20 {
-            return Err(format!("implausible allArenas length {len}"));
+            return Err(HeapError::ImplausibleLength(len));
         }
-        let mut arenas: Vec<(u64, u64)> = remote_memory::read_u64s(pid, ptr, len as usize)
-            .map_err(|e| e.to_string())?
+        let mut arenas: Vec<(u64, u64)> = remote_memory::read_u64s(pid, ptr, len as usize)?
             .into_iter()
             .map(arena_range)
             .collect();
@@ -64,15 +84,15 @@ impl HeapArenas {
 /// Snapshots of a process's residency per node; the last one is reported.
 pub struct Placement {
     pid: u32,
-    heap: Result<HeapArenas, String>,
+    heap: Result<HeapArenas, HeapError>,
     /// Why the last snapshot has no Go heap split, if it has none.
-    heap_error: Option<String>,
+    heap_error: Option<HeapError>,
     /// Residency per node, and when it was read (ns since tracing started).
     pub last: Option<(Vec<NodeResidency>, u64)>,
 }
 
 impl Placement {
-    pub fn new(pid: u32, heap: Result<HeapArenas, String>) -> Self {
+    pub fn new(pid: u32, heap: Result<HeapArenas, HeapError>) -> Self {
         Self {
             pid,
             heap_error: heap.as_ref().err().cloned(),

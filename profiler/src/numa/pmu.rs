@@ -23,8 +23,32 @@ pub enum Pmu {
     Ibs { pmu_type: u32 },
 }
 
+/// Neither hardware sampler is present.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no PEBS (cpu PMU with ldlat) or IBS (ibs_op) PMU; event sources: {}",
+    if .present.is_empty() { "none".to_string() } else { .present.join(", ") }
+)]
+pub struct NoPmu {
+    /// The event sources the kernel exposes, sorted.
+    pub present: Vec<String>,
+}
+
+/// Why a sample record cannot be decoded.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("sample_type {sample_type:#x} has fields this decoder does not walk ({unwalked:#x})")]
+    SampleType { sample_type: u64, unwalked: u64 },
+    #[error("record type {0} is not PERF_RECORD_SAMPLE")]
+    NotSample(u32),
+    #[error("record says {said} bytes, {given} given")]
+    Size { said: usize, given: usize },
+    #[error("record truncated at byte {0}")]
+    Truncated(usize),
+}
+
 /// The PMU, or why there is none: from `root/sys/bus/event_source/devices`.
-pub fn detect(root: &Path) -> Result<Pmu, String> {
+pub fn detect(root: &Path) -> Result<Pmu, NoPmu> {
     let devices = root.join("sys/bus/event_source/devices");
     let pmu_type = |dev: &str| {
         std::fs::read_to_string(devices.join(dev).join("type"))
@@ -50,14 +74,7 @@ pub fn detect(root: &Path) -> Result<Pmu, String> {
         })
         .unwrap_or_default();
     present.sort();
-    Err(format!(
-        "no PEBS (cpu PMU with ldlat) or IBS (ibs_op) PMU; event sources: {}",
-        if present.is_empty() {
-            "none".to_string()
-        } else {
-            present.join(", ")
-        }
-    ))
+    Err(NoPmu { present })
 }
 
 // perf_event_attr.sample_type bits (include/uapi/linux/perf_event.h).
@@ -121,19 +138,19 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| format!("record truncated at byte {}", self.at))?;
+        let end = end.ok_or(DecodeError::Truncated(self.at))?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
     }
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
@@ -142,12 +159,16 @@ impl Reader<'_> {
 
 /// Decodes one `PERF_RECORD_SAMPLE` (header included) written with `sample_type` and
 /// `sample_regs_user`, fields in the order of perf_event.h.
-pub fn decode_sample(record: &[u8], sample_type: u64, regs_user: u64) -> Result<MemSample, String> {
+pub fn decode_sample(
+    record: &[u8],
+    sample_type: u64,
+    regs_user: u64,
+) -> Result<MemSample, DecodeError> {
     if sample_type & !SUPPORTED != 0 {
-        return Err(format!(
-            "sample_type {sample_type:#x} has fields this decoder does not walk ({:#x})",
-            sample_type & !SUPPORTED
-        ));
+        return Err(DecodeError::SampleType {
+            sample_type,
+            unwalked: sample_type & !SUPPORTED,
+        });
     }
     let mut r = Reader {
         bytes: record,
@@ -157,10 +178,13 @@ pub fn decode_sample(record: &[u8], sample_type: u64, regs_user: u64) -> Result<
     let _misc = r.take(2)?;
     let size = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes")) as usize;
     if kind != PERF_RECORD_SAMPLE {
-        return Err(format!("record type {kind} is not PERF_RECORD_SAMPLE"));
+        return Err(DecodeError::NotSample(kind));
     }
     if size > record.len() {
-        return Err(format!("record says {size} bytes, {} given", record.len()));
+        return Err(DecodeError::Size {
+            said: size,
+            given: record.len(),
+        });
     }
     r.bytes = &record[..size];
     let mut s = MemSample::default();
@@ -305,7 +329,7 @@ pub struct IbsOp {
 /// Decodes the `PERF_SAMPLE_RAW` of an `ibs_op` sample: `u32 caps`, then `IBS_OP_CTL`,
 /// `IBS_OP_RIP`, `IBS_OP_DATA`, `IBS_OP_DATA2`, `IBS_OP_DATA3`, `IBS_DC_LINADDR`, ...
 /// (arch/x86/events/amd/ibs.c, AMD PPR MSRC001_1033..1038).
-pub fn decode_ibs_op(raw: &[u8]) -> Result<IbsOp, String> {
+pub fn decode_ibs_op(raw: &[u8]) -> Result<IbsOp, DecodeError> {
     let mut r = Reader { bytes: raw, at: 0 };
     let _caps = r.u32()?;
     let _ctl = r.u64()?;
@@ -482,7 +506,7 @@ mod tests {
             std::fs::create_dir_all(devices.join(dev)).unwrap();
             std::fs::write(devices.join(dev).join("type"), ty).unwrap();
         }
-        let err = detect(&root).unwrap_err();
+        let err = detect(&root).unwrap_err().to_string();
         assert!(err.contains("software, tracepoint"), "{err}");
         std::fs::create_dir_all(devices.join("cpu/format")).unwrap();
         std::fs::create_dir_all(devices.join("cpu/caps")).unwrap();
