@@ -96,6 +96,8 @@ pub struct GoTarget {
     pub binary: GoBinary,
     /// `g`/`m` field offsets: from DWARF, else the verified table of the Go release.
     pub offsets: RuntimeOffsets,
+    /// Where `offsets` came from: `dwarf` or the per-release `table`.
+    pub offsets_source: &'static str,
     exe_path: String,
 }
 
@@ -122,12 +124,18 @@ impl GoTarget {
         if version < OLDEST_GO {
             return Err(refuse(Unsupported::GoVersion(version)));
         }
+        let offsets_source = if dwarf_offsets.is_some() {
+            "dwarf"
+        } else {
+            "table"
+        };
         let offsets = dwarf_offsets
             .or_else(|| offsets::for_version(version))
             .ok_or_else(|| refuse(Unsupported::NoRuntimeLayout(version)))?;
         Ok(Self {
             binary,
             offsets,
+            offsets_source,
             exe_path: exe_path.to_string(),
         })
     }
@@ -267,6 +275,16 @@ fn refused(exe_path: &str, reason: Unsupported) -> Refused {
     Refused {
         path: exe_path.to_string(),
         reason,
+    }
+}
+
+/// A refusal of an executable is the CLI's "not supported" (exit 4), in its words.
+impl From<Refused> for UserError {
+    fn from(refused: Refused) -> Self {
+        UserError::NotSupported {
+            path: refused.path,
+            reason: refused.reason.to_string(),
+        }
     }
 }
 

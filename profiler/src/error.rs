@@ -32,28 +32,6 @@ pub enum UserError {
     NumaUnavailable { why: String },
 }
 
-/// A refusal of an executable is the CLI's "not supported" (exit 4), in its words.
-impl From<crate::analysis::Refused> for UserError {
-    fn from(refused: crate::analysis::Refused) -> Self {
-        UserError::NotSupported {
-            path: refused.path,
-            reason: refused.reason.to_string(),
-        }
-    }
-}
-
-/// The exit code of an error that ends the program: a [`UserError`]'s own (a refused
-/// executable's is [`UserError::NotSupported`]'s), else 1.
-pub fn exit_code(err: &anyhow::Error) -> ExitCode {
-    if let Some(user) = err.downcast_ref::<UserError>() {
-        user.exit_code()
-    } else if let Some(refused) = err.downcast_ref::<crate::analysis::Refused>() {
-        UserError::from(refused.clone()).exit_code()
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
 impl UserError {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {

@@ -1,24 +1,17 @@
 //! gomemtrace: where a Go program's memory goes, traced from outside the process.
 
 mod agent;
-mod alloc_points;
-mod allocstats;
+mod alloc;
 mod analysis;
 mod bpf;
 mod cli;
-mod collect;
-mod duty;
-mod enable;
 mod engine;
 mod error;
 mod gc;
 mod numa;
-mod output;
 mod remote_memory;
 mod rt;
-mod session;
 mod symbolizer;
-mod trace_counters;
 
 use std::process::ExitCode;
 
@@ -32,13 +25,25 @@ fn main() -> ExitCode {
         Some(cli::View::Goroutines(args)) => rt::goroutines::run(args),
         Some(cli::View::Agent(args)) => agent::run(args),
         Some(cli::View::Numa(args)) => numa::run(args),
-        None => session::run(&cli),
+        None => alloc::run(&cli),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("gomemtrace: {err:#}");
-            error::exit_code(&err)
+            exit_code(&err)
         }
+    }
+}
+
+/// The exit code of an error that ends the program: a [`error::UserError`]'s own (a refused
+/// executable's is [`error::UserError::NotSupported`]'s), else 1.
+pub fn exit_code(err: &anyhow::Error) -> ExitCode {
+    if let Some(user) = err.downcast_ref::<error::UserError>() {
+        user.exit_code()
+    } else if let Some(refused) = err.downcast_ref::<analysis::Refused>() {
+        error::UserError::from(refused.clone()).exit_code()
+    } else {
+        ExitCode::FAILURE
     }
 }

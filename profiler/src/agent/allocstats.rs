@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::{
     agent::{attachments::Process, metadata::Labels, metrics::Metrics},
-    allocstats::{self, AllocCounters},
+    alloc::runtime_counters::{self as allocstats, AllocCounters},
 };
 
 /// Where a process's allocation counters come from: the values of the `source` label.

@@ -13,11 +13,11 @@ use crate::{
         goroutines::GoroutineLayout,
         metadata::Labels,
     },
+    alloc::plan::{self, Analysed},
     analysis::{GoTarget, Unsupported},
     bpf::{AllocProbes, Bpf},
     cli::ModeArg,
     engine::{ExeMappings, MappingNotFound},
-    session::{self, Analysed},
 };
 
 /// A traced process.
@@ -243,7 +243,7 @@ fn analyse(exe: &Exe, mode: ModeArg) -> Result<(Analysed, RuntimeLayout), Skip> 
     let config = go.process_config();
     let sampler = go.sampler();
     let analysed =
-        session::plan(go, config, sampler, mode, false).map_err(|refused| skip(refused.reason))?;
+        plan::plan(go, config, sampler, mode, false).map_err(|refused| skip(refused.reason))?;
     Ok((analysed, runtime))
 }
 

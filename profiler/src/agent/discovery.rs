@@ -6,10 +6,7 @@ use std::{os::unix::fs::MetadataExt as _, path::PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use crate::{
-    agent::{args::AgentArgs, metadata::PodInfo},
-    error::UserError,
-};
+use crate::{agent::metadata::PodInfo, cli::AgentArgs, error::UserError};
 
 /// The identity of an executable file: processes of the same file share its analysis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -3,7 +3,7 @@
 //! and detached, and the next window opens as soon as the estimated trap cost so far plus
 //! the next window's stays within 1% of the process's own CPU time (the one-process
 //! profiler's default budget), decided at every tick on the process's CPU read then
-//! ([`crate::duty::window_length`]; shorter windows where traps are costly). Each window's counts stand for the time since the previous
+//! ([`crate::alloc::duty::window_length`]; shorter windows where traps are costly). Each window's counts stand for the time since the previous
 //! window closed: they are scaled by (that time / the window's length).
 
 use std::{
@@ -14,8 +14,8 @@ use std::{
 
 use crate::{
     agent::{attachments::Process, profiles::Totals},
+    alloc::duty::{self, Costs, cpu_ns},
     bpf::AllocProbes,
-    duty::{self, Costs, cpu_ns},
 };
 
 /// The CPU budget of the probes, as a fraction of the process's own CPU time.

@@ -2,11 +2,11 @@
 //! Prometheus metrics on /metrics and pprof profiles over HTTP (docs/AGENT.md).
 
 mod allocstats;
-pub mod args;
 mod attachments;
 mod discovery;
 mod duty;
 mod gc;
+mod goroutine_metrics;
 mod goroutines;
 mod http;
 mod kubernetes;
@@ -31,8 +31,9 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    agent::{args::KubernetesArg, attachments::Attachments, discovery::Filter},
+    agent::{attachments::Attachments, discovery::Filter},
     bpf::{Bpf, ProcEvents},
+    cli::{AgentArgs, KubernetesArg},
     engine::preflight,
     error::UserError,
 };
@@ -70,7 +71,7 @@ fn unix_seconds() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn run(args: &args::AgentArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &AgentArgs) -> anyhow::Result<ExitCode> {
     preflight::check()?;
     let filter = Filter::new(args)?;
     // Every traced process needs a slot in the probes' per-process maps.

@@ -13,8 +13,8 @@ use gomemtrace_report::model::{Mode, TargetInfo};
 
 use crate::{
     agent::attachments::Process,
+    alloc::collect::{self, CollectInput},
     bpf::{AllocProbes, Snapshot},
-    collect::{self, CollectInput},
     engine::ExeMappings,
 };
 

@@ -18,7 +18,7 @@ use crate::{
         discovery::{self, Exe, Filter},
         duty::DutyCycler,
         gc::GcTracker,
-        goroutines::GoroutineTracker,
+        goroutine_metrics::GoroutineTracker,
         kubernetes::SharedIndex,
         metadata,
         metrics::{self, Metrics},

@@ -18,6 +18,8 @@ use std::{
 
 use anyhow::Context as _;
 
+use crate::analysis::GoTarget;
+
 pub use mappings::{ExeMappings, MappingNotFound};
 pub use run::{End, finish, run_until_end};
 pub use target::Target;
@@ -49,6 +51,15 @@ pub fn open(spec: &TargetSpec) -> anyhow::Result<Target> {
         TargetSpec::Pid(pid) => Target::existing(*pid)?,
         TargetSpec::Launch(command) => Target::launch(command)?,
     })
+}
+
+/// The target's executable read and checked: supported, with the runtime offsets the
+/// probes need; and its bytes, for what else a view looks up in them (DWARF).
+pub fn read_go_target(target: &Target) -> anyhow::Result<(GoTarget, Vec<u8>)> {
+    let data =
+        std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
+    let go = GoTarget::from_file_bytes(&data, &target.exe_path)?;
+    Ok((go, data))
 }
 
 /// Where the report goes: the file asked for, else stdout.

@@ -17,7 +17,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use gomemtrace_common::{
     GC_FINISH_TRANSITION_PROGRAM, GC_FLAG_START_HAS_WORLDSTOP, GC_FLAG_STW_REASON,
     GC_MARK_DONE_PROGRAM, GC_MARK_TERMINATION_PROGRAM, GC_START_PROGRAM,
@@ -173,9 +172,8 @@ struct Analysed {
 }
 
 fn analyse(target: &Target, assists: bool) -> anyhow::Result<Analysed> {
-    let data =
-        std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
-    let (plan, go) = Plan::of_exe(&data, &target.exe_path)?;
+    let (go, data) = engine::read_go_target(target)?;
+    let plan = Plan::of_target(&go, &data)?;
     drop(data);
     let mark = if assists {
         Some(mark::plan(&go)?)
@@ -207,13 +205,6 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan for the executable `data` (named `exe_path` in errors).
-    pub fn of_exe(data: &[u8], exe_path: &str) -> anyhow::Result<(Plan, GoTarget)> {
-        let go = GoTarget::from_file_bytes(data, exe_path)?;
-        let plan = Self::of_target(&go, data)?;
-        Ok((plan, go))
-    }
-
     /// The plan for `go`, whose executable's bytes are `data`.
     pub fn of_target(go: &GoTarget, data: &[u8]) -> anyhow::Result<Plan> {
         let structs = offsets::struct_offsets_from_dwarf(data, &layout::STRUCTS)

@@ -16,11 +16,11 @@ use serde::Serialize;
 
 use super::pages::PageNodes;
 use crate::{
+    alloc::collect::{insert_direct_caller, unbias},
+    alloc::plan::sampler_probes,
     analysis::{GoTarget, Refused, SamplerError},
     bpf::{AllocProbes, Bpf, Counters},
-    collect::{insert_direct_caller, unbias},
     rt::{FrameJson, duration, frames},
-    session::sampler_probes,
     symbolizer::Symbolizer,
 };
 

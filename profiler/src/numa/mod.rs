@@ -32,23 +32,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::Args;
 use gomemtrace_common::NumaCounter;
 
 use crate::bpf::{self, Bpf, NumaProbes};
 use crate::{
+    cli::{NumaArgs, RtFormat},
     engine::{self, ExeMappings, monotonic_ns, preflight},
     error::UserError,
-    rt::{self, RtArgs, RtFormat, TargetJson, analyse, end_reason, pprof},
+    rt::{self, TargetJson, end_reason, pprof},
 };
 use availability::NumaHost;
 use report::{Method, Report};
-
-#[derive(Debug, Args)]
-pub struct NumaArgs {
-    #[command(flatten)]
-    pub common: RtArgs,
-}
 
 /// Faults listed one by one in the json report (all are counted).
 const MAX_EVENTS: usize = 200_000;
@@ -82,26 +76,26 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     let hardware = pmu::detect(Path::new("/"));
 
     let mut target = engine::open(&run.target)?;
-    let analysed = analyse(&target, 0)?;
+    let (go, _) = engine::read_go_target(&target)?;
     let task_fsbase = btf::task_fsbase_offset(Path::new("/sys/kernel/btf/vmlinux"));
-    let config = bpf::numa_config(&analysed.go.offsets, *task_fsbase.as_ref().unwrap_or(&0));
+    let config = bpf::numa_config(&go.offsets, *task_fsbase.as_ref().unwrap_or(&0));
     probes.configure(target.pid, &config)?;
     let mut mappings = ExeMappings::read(target.pid, &target.exe_link)?;
     let heap = mappings
-        .layout(&analysed.go.binary)
+        .layout(&go.binary)
         .map_err(placement::HeapError::from)
         .and_then(|layout| {
             let elf = std::fs::read(&target.exe_link)?;
-            placement::HeapArenas::locate(&analysed.go.binary, &elf, layout.bias)
+            placement::HeapArenas::locate(&go.binary, &elf, layout.bias)
         });
     let mut placement = placement::Placement::new(target.pid, heap);
     // Where the binary links the runtime's heap sampler; otherwise the report says why not.
     let mut allocs = allocations::Tracker::attach(
         &bpf,
-        &analysed.go,
+        &go,
         &target.exe_link,
         target.pid,
-        mappings.bias(&analysed.go.binary),
+        mappings.bias(&go.binary),
     );
     let seen_since = if target.child.is_some() {
         "start"
@@ -112,7 +106,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "gomemtrace: tracing NUMA hint faults of pid {} ({}, nodes {:?}); allocations per node: {}",
             target.pid,
-            analysed.go.binary.version_string(),
+            go.binary.version_string(),
             host.nodes,
             match &allocs {
                 Ok(_) => "runtime heap sampler".to_string(),
@@ -152,7 +146,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     drop(probes);
     let ended = monotonic_ns();
 
-    let mut sym = mappings.symbolizer(&analysed.go.binary, &target.exe_path)?;
+    let mut sym = mappings.symbolizer(&go.binary, &target.exe_path)?;
     let (totals, goroutines, stack_rows, samples) = report::aggregate(&events, &stacks, &mut sym);
     let allocations = allocs
         .as_ref()
@@ -203,7 +197,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     };
     let report = Report {
         schema: report::SCHEMA,
-        target: TargetJson::new(&target, &analysed),
+        target: TargetJson::new(&target, &go, go.offsets_source),
         duration_ns: ended.saturating_sub(started),
         end: end_reason(end),
         nodes_online: host.nodes.clone(),

@@ -10,31 +10,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::Args;
 use gomemtrace_common::{
     GOROUTINE_EXIT_PROGRAM, NEWPROC1_RET_PROGRAM, RT_FLAG_CREATION_STACKS, RtCounter, SiteKey,
 };
 use gomemtrace_report::model::Location;
 use serde::Serialize;
 
-use super::{
-    FrameJson, RtArgs, RtFormat, TargetJson, analyse, duration, end_reason, frames, pprof,
-};
+use super::{FrameJson, TargetJson, analyse, duration, end_reason, frames, pprof};
 use crate::{
     bpf::{Bpf, RtProbes},
+    cli::{GoroutinesArgs, RtFormat},
     engine::{self, ExeMappings, monotonic_ns},
 };
-
-#[derive(Debug, Args)]
-pub struct GoroutinesArgs {
-    #[command(flatten)]
-    pub common: RtArgs,
-
-    /// Record only the `go` statement of each creation (`gopc`), not the creating
-    /// goroutine's stack: cheaper per creation (docs/BENCHMARKS.md).
-    #[arg(long)]
-    pub no_stacks: bool,
-}
 
 pub const SCHEMA: &str = "gomemtrace.goroutines/v1";
 
@@ -316,7 +303,7 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
     let exited = counters[RtCounter::Exited as usize];
     let report = Report {
         schema: SCHEMA,
-        target: TargetJson::new(&target, &analysed),
+        target: TargetJson::new(&target, &analysed.go, analysed.offsets_source),
         duration_ns: ended.saturating_sub(started),
         end: end_reason(end),
         creation_stacks: stacks,

@@ -7,8 +7,6 @@ pub mod goroutines;
 pub mod pprof;
 pub mod stackgrowth;
 
-use anyhow::Context as _;
-use clap::{Args, ValueEnum};
 use gomemtrace_common::RtConfig;
 use gomemtrace_gobin::{GoVersion, offsets};
 use serde::Serialize;
@@ -16,34 +14,9 @@ use serde::Serialize;
 use crate::{
     analysis::GoTarget,
     bpf::RtProbes,
-    engine::{End, Target},
+    engine::{self, End, Target},
     symbolizer::Symbolizer,
 };
-
-/// Options shared by both subcommands.
-#[derive(Debug, Args)]
-pub struct RtArgs {
-    #[command(flatten)]
-    pub run: crate::cli::TargetArgs,
-
-    /// Report format.
-    #[arg(long, value_enum, default_value_t = RtFormat::Text)]
-    pub format: RtFormat,
-
-    /// Rows per table in the text report.
-    #[arg(long, default_value_t = 10, value_name = "N")]
-    pub top: usize,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum RtFormat {
-    /// Human-readable report.
-    Text,
-    /// The full report as one json object (docs/STACKS-GOROUTINES.md).
-    Json,
-    /// gzipped pprof profile.proto (`go tool pprof` opens it).
-    Pprof,
-}
 
 /// `g.sched.{sp,pc,bp}` for stripped binaries of the verified releases (GO-RUNTIME.md
 /// §5.1, read from the DWARF of each release; checked against DWARF by
@@ -76,9 +49,7 @@ pub struct Analysed {
 }
 
 pub fn analyse(target: &Target, flags: u32) -> anyhow::Result<Analysed> {
-    let data =
-        std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
-    let go = GoTarget::from_file_bytes(&data, &target.exe_path)?;
+    let (go, data) = engine::read_go_target(target)?;
     let (config, offsets_source) = config_of(&go, &data, flags)?;
     Ok(Analysed {
         go,
@@ -187,8 +158,9 @@ pub struct TargetJson {
 }
 
 impl TargetJson {
-    pub fn new(target: &Target, analysed: &Analysed) -> Self {
-        let b = &analysed.go.binary;
+    /// `offsets`: where the `g` offsets the view relies on came from.
+    pub fn new(target: &Target, go: &GoTarget, offsets: &'static str) -> Self {
+        let b = &go.binary;
         Self {
             pid: target.pid,
             exe: target.exe_path.clone(),
@@ -200,7 +172,7 @@ impl TargetJson {
             } else {
                 "pid"
             },
-            offsets: analysed.offsets_source,
+            offsets,
         }
     }
 }

@@ -9,24 +9,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::Args;
 use gomemtrace_common::{COPYSTACK_ENTRY_PROGRAM, COPYSTACK_RET_PROGRAM, RtCounter};
 use gomemtrace_report::model::{Frame, Location};
 use serde::Serialize;
 
-use super::{
-    FrameJson, RtArgs, RtFormat, TargetJson, analyse, duration, end_reason, frames, pprof, size,
-};
+use super::{FrameJson, TargetJson, analyse, duration, end_reason, frames, pprof, size};
 use crate::{
     bpf::{Bpf, RtProbes},
+    cli::{RtFormat, StackgrowthArgs},
     engine::{self, ExeMappings, monotonic_ns},
 };
-
-#[derive(Debug, Args)]
-pub struct StackgrowthArgs {
-    #[command(flatten)]
-    pub common: RtArgs,
-}
 
 pub const SCHEMA: &str = "gomemtrace.stackgrowth/v1";
 
@@ -237,7 +229,7 @@ pub fn run(args: &StackgrowthArgs) -> anyhow::Result<ExitCode> {
     });
     let report = Report {
         schema: SCHEMA,
-        target: TargetJson::new(&target, &analysed),
+        target: TargetJson::new(&target, &analysed.go, analysed.offsets_source),
         duration_ns: ended.saturating_sub(started),
         end: end_reason(end),
         growths,

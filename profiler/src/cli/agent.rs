@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use clap::{Args, ValueEnum};
 
-use crate::cli::ModeArg;
+use super::ModeArg;
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {

@@ -11,7 +11,7 @@ use std::{
 use gomemtrace_gobin::allocstats::{AllocStatsLayout, LayoutSource, LocateError};
 use gomemtrace_report::model::{AllocSample, ProbeEstimate, RuntimeCounters};
 
-use crate::allocstats::{self, AllocCounters, ReadError};
+use super::runtime_counters::{self as allocstats, AllocCounters, ReadError};
 
 /// Why the runtime's allocation counters over a trace are not known.
 #[derive(Clone, Debug, thiserror::Error)]

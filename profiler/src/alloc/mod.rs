@@ -1,5 +1,23 @@
-//! One tracing session: validate the target, attach the allocation probes, collect until
-//! the duration ends, Ctrl-C, or the target exits, then write the report.
+//! The allocation profile (`gomemtrace -p PID` / `gomemtrace -- CMD`): allocations by
+//! stack, type and goroutine, from the allocation probes in one of three modes (exact,
+//! runtime-sampled, duty-cycled), totals from the runtime's own counters.
+//!
+//! - [`plan`]: the mode and the attach points, worked out from the binary (the agent uses
+//!   it too); [`points`]: the allocation entry points of each Go release.
+//! - this file: the view: attach, run on the engine's loop, collect, write.
+//! - [`collect`]: the probes' maps into the report model; [`duty`]: the duty cycle and its
+//!   estimator; [`counters`]: the runtime's counters during a trace, read with
+//!   [`runtime_counters`]; [`enable`]: the opt-in write of `runtime.MemProfileRate`;
+//!   [`output`]: the report in the format asked for.
+
+pub mod collect;
+pub mod counters;
+pub mod duty;
+pub mod enable;
+pub mod output;
+pub mod plan;
+pub mod points;
+pub mod runtime_counters;
 
 use std::{
     io::{IsTerminal as _, Write as _},
@@ -7,25 +25,18 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context as _;
-use gomemtrace_common::{
-    ALLOC_PROGRAM, Counter, EMPTY_PROGRAM, FREE_SPECIAL_PROGRAM, ProcessConfig,
-    SET_PROFILE_BUCKET_PROGRAM, STOP_AT_MAIN_PROGRAM,
-};
-use gomemtrace_gobin::{GoBinary, allocstats::AllocStatsLayout};
+use gomemtrace_common::{Counter, STOP_AT_MAIN_PROGRAM};
+use gomemtrace_gobin::allocstats::AllocStatsLayout;
 use gomemtrace_report::model::{AllocProfile, Mode, TargetInfo};
 
 use crate::{
-    alloc_points,
-    analysis::{GoTarget, Refused, SamplerError, Unsupported},
     bpf::{AllocProbes, Bpf, Counters},
     cli::{Cli, ModeArg, TotalsArg},
-    collect::{self, CollectInput},
-    duty, enable,
     engine::{self, End, ExeMappings, Target, TargetConfig, status_line},
-    output,
-    trace_counters::{self, CountersError},
 };
+use collect::CollectInput;
+use counters::CountersError;
+use plan::{Analysed, plan};
 
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let run = cli.run.config();
@@ -103,7 +114,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         .unwrap_or(0);
     // The runtime's counters from here on (a launched target has not run yet).
     let mut watch = match mappings.bias(&analysed.binary) {
-        Ok(bias) => trace_counters::Watch::start(
+        Ok(bias) => counters::Watch::start(
             target.pid,
             analysed.alloc_stats.clone(),
             bias,
@@ -191,155 +202,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     engine::finish(&mut target, end)
 }
 
-/// What the binary tells us before anything is attached.
-pub(crate) struct Analysed {
-    pub binary: GoBinary,
-    pub config: ProcessConfig,
-    pub mode: Mode,
-    /// (program, file offset, probed function) per probe.
-    pub probes: Vec<(&'static str, u64, String)>,
-    /// Runtime-sampled mode: file address of `runtime.MemProfileRate`.
-    pub rate_vaddr: Option<u64>,
-    /// Mode auto fell back to duty-cycled: why the runtime's sampler cannot be used.
-    pub auto_duty_reason: Option<SamplerError>,
-    /// `--enable-runtime-sampling` at launch: file offset of the probe on `runtime.main`.
-    pub stop_at_main: Option<u64>,
-    /// Where the runtime's allocation counters are, or why they cannot be found.
-    pub alloc_stats: Result<AllocStatsLayout, CountersError>,
-}
-
-fn analyse(target: &Target, cli: &Cli, quiet: bool) -> anyhow::Result<Analysed> {
-    let data =
-        std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
-    let go = GoTarget::from_file_bytes(&data, &target.exe_path)?;
-    let config = go.process_config();
-    let mut stop_at_main = None;
-    let sampler = match cli.enable_runtime_sampling {
-        None => go.sampler(),
-        Some(_) => {
-            let (major, minor) = go.binary.version().release();
-            if !enable::verified(major, minor) {
-                return Err(go
-                    .refuse(format!(
-                        "--enable-runtime-sampling: runtime.MemProfileRate's effect is verified only for Go 1.19–1.27, not {}",
-                        go.binary.version()
-                    ))
-                    .into());
-            }
-            if target.child.is_some() {
-                // At launch the rate is written when runtime.main starts: schedinit, before
-                // it, resets the rate of binaries whose sampler is compiled out.
-                let main = go.binary.function("runtime.main").ok_or_else(|| {
-                    go.refuse("--enable-runtime-sampling at launch: runtime.main not found".into())
-                })?;
-                stop_at_main = Some(go.probe_file_offset(main)?);
-            }
-            if !matches!(cli.mode(), ModeArg::Auto | ModeArg::Runtime) || cli.empty_probe {
-                return Err(go
-                    .refuse(
-                        "--enable-runtime-sampling goes with --mode runtime or auto only".into(),
-                    )
-                    .into());
-            }
-            match go.sampler_with(true) {
-                Ok(s) => Ok(s),
-                Err(why) => {
-                    return Err(go
-                        .refuse(format!("--enable-runtime-sampling: {why}"))
-                        .into());
-                }
-            }
-        }
-    };
-    let alloc_stats = AllocStatsLayout::locate(&go.binary, &data)
-        .map_err(|e| CountersError::Layout(std::sync::Arc::new(e)));
-    let mut analysed = plan(go, config, sampler, cli.mode(), cli.empty_probe)?;
-    analysed.stop_at_main = stop_at_main;
-    analysed.alloc_stats = alloc_stats;
-    if let Some(why) = analysed.auto_duty_reason.as_ref().filter(|_| !quiet) {
-        status_line(&format!(
-            "mode auto: duty (exact probes in short windows under a {}% CPU overhead budget; counts are estimates), because {why}",
-            cli.overhead_budget
-        ));
-    }
-    Ok(analysed)
-}
-
-/// The mode and the probes for `go`, given the sampler's availability and the mode asked
-/// for: shared by the one-shot CLI and the agent.
-pub(crate) fn plan(
-    go: GoTarget,
-    mut config: ProcessConfig,
-    sampler: Result<crate::analysis::Sampler, SamplerError>,
-    mode_arg: ModeArg,
-    empty_probe: bool,
-) -> Result<Analysed, Refused> {
-    let mut auto_duty_reason = None;
-    let mode = match (mode_arg, &sampler) {
-        // The benchmark's floor replaces the exact probe.
-        _ if empty_probe => Mode::Exact,
-        (ModeArg::Exact, _) => Mode::Exact,
-        (ModeArg::Duty, _) => Mode::Duty,
-        (ModeArg::Runtime | ModeArg::Auto, Ok(_)) => Mode::Runtime,
-        (ModeArg::Runtime, Err(why)) => {
-            return Err(go.refused(Unsupported::NoSampler(why.clone())));
-        }
-        (ModeArg::Auto, Err(why)) => {
-            auto_duty_reason = Some(why.clone());
-            Mode::Duty
-        }
-    };
-    let mut probes = Vec::new();
-    let mut rate_vaddr = None;
-    match (mode, sampler) {
-        (Mode::Runtime, Ok(sampler)) => {
-            rate_vaddr = Some(sampler.rate_vaddr);
-            probes = sampler_probes(&go, &mut config, &sampler)?;
-        }
-        _ => {
-            let program = if empty_probe {
-                EMPTY_PROGRAM
-            } else {
-                ALLOC_PROGRAM
-            };
-            let points = alloc_points::allocation_entry_points(&go.binary)
-                .ok_or_else(|| go.refused(Unsupported::NoAllocationEntryPoint))?;
-            for f in &points {
-                probes.push((program, go.probe_file_offset(f)?, f.name.clone()));
-            }
-        }
-    }
-    Ok(Analysed {
-        binary: go.binary,
-        config,
-        mode,
-        probes,
-        rate_vaddr,
-        auto_duty_reason,
-        stop_at_main: None,
-        alloc_stats: Err(CountersError::NotLookedFor),
-    })
-}
-
-/// Runtime-sampled mode's probes on the heap sampler (program, file offset, function),
-/// and the sampler's fields of `config`: shared by [`plan`] and `gomemtrace numa`.
-pub(crate) fn sampler_probes(
-    go: &GoTarget,
-    config: &mut ProcessConfig,
-    sampler: &crate::analysis::Sampler,
-) -> Result<Vec<(&'static str, u64, String)>, Refused> {
-    config.bucket_size_offset = sampler.bucket_size_offset;
-    config.special_kind_offset = sampler.special_kind_offset;
-    config.special_kind_profile = sampler.special_kind_profile;
-    [
-        (SET_PROFILE_BUCKET_PROGRAM, &sampler.set_profile_bucket),
-        (FREE_SPECIAL_PROGRAM, &sampler.free_special),
-    ]
-    .into_iter()
-    .map(|(program, f)| Ok((program, go.probe_file_offset(f)?, f.name.clone())))
-    .collect()
-}
-
 /// Polls until the end, feeding the runtime's counters the probes' event count and
 /// printing the live status line.
 fn wait_for_end(
@@ -348,7 +210,7 @@ fn wait_for_end(
     target: &mut Target,
     probes: &AllocProbes,
     mappings: &mut ExeMappings,
-    mut watch: Option<&mut trace_counters::Watch>,
+    mut watch: Option<&mut counters::Watch>,
 ) -> anyhow::Result<End> {
     let interactive = std::io::stderr().is_terminal() && !run.quiet;
     let status_every = if interactive {
@@ -408,4 +270,59 @@ fn final_status(profile: &AllocProfile, end: End) {
         profile.events,
         profile.drops.total()
     );
+}
+
+fn analyse(target: &Target, cli: &Cli, quiet: bool) -> anyhow::Result<Analysed> {
+    let (go, data) = engine::read_go_target(target)?;
+    let config = go.process_config();
+    let mut stop_at_main = None;
+    let sampler = match cli.enable_runtime_sampling {
+        None => go.sampler(),
+        Some(_) => {
+            let (major, minor) = go.binary.version().release();
+            if !enable::verified(major, minor) {
+                return Err(go
+                    .refuse(format!(
+                        "--enable-runtime-sampling: runtime.MemProfileRate's effect is verified only for Go 1.19–1.27, not {}",
+                        go.binary.version()
+                    ))
+                    .into());
+            }
+            if target.child.is_some() {
+                // At launch the rate is written when runtime.main starts: schedinit, before
+                // it, resets the rate of binaries whose sampler is compiled out.
+                let main = go.binary.function("runtime.main").ok_or_else(|| {
+                    go.refuse("--enable-runtime-sampling at launch: runtime.main not found".into())
+                })?;
+                stop_at_main = Some(go.probe_file_offset(main)?);
+            }
+            if !matches!(cli.mode(), ModeArg::Auto | ModeArg::Runtime) || cli.empty_probe {
+                return Err(go
+                    .refuse(
+                        "--enable-runtime-sampling goes with --mode runtime or auto only".into(),
+                    )
+                    .into());
+            }
+            match go.sampler_with(true) {
+                Ok(s) => Ok(s),
+                Err(why) => {
+                    return Err(go
+                        .refuse(format!("--enable-runtime-sampling: {why}"))
+                        .into());
+                }
+            }
+        }
+    };
+    let alloc_stats = AllocStatsLayout::locate(&go.binary, &data)
+        .map_err(|e| CountersError::Layout(std::sync::Arc::new(e)));
+    let mut analysed = plan(go, config, sampler, cli.mode(), cli.empty_probe)?;
+    analysed.stop_at_main = stop_at_main;
+    analysed.alloc_stats = alloc_stats;
+    if let Some(why) = analysed.auto_duty_reason.as_ref().filter(|_| !quiet) {
+        status_line(&format!(
+            "mode auto: duty (exact probes in short windows under a {}% CPU overhead budget; counts are estimates), because {why}",
+            cli.overhead_budget
+        ));
+    }
+    Ok(analysed)
 }

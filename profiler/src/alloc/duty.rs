@@ -370,7 +370,7 @@ pub fn run(
     config: ProcessConfig,
     costs: Costs,
     started: Instant,
-    mut watch: Option<&mut crate::trace_counters::Watch>,
+    mut watch: Option<&mut crate::alloc::counters::Watch>,
 ) -> anyhow::Result<(End, DutyRecord)> {
     let pid = target.pid;
     let cpu_start = cpu_ns(pid).unwrap_or(0);

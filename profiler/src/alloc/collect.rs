@@ -25,10 +25,10 @@ pub struct CollectInput<'a> {
     pub start_unix_ns: u64,
     pub duration_ns: u64,
     /// Duty-cycled mode: the windows, to scale counts by.
-    pub duty: Option<&'a crate::duty::DutyRecord>,
+    pub duty: Option<&'a crate::alloc::duty::DutyRecord>,
     /// The runtime's counters over the trace, or why they could not be read; `None` where
     /// they were not asked for.
-    pub counters: Option<Result<RuntimeCounters, crate::trace_counters::CountersError>>,
+    pub counters: Option<Result<RuntimeCounters, crate::alloc::counters::CountersError>>,
     /// Scale estimating modes' samples to `counters` (`--totals runtime`).
     pub scale_to_counters: bool,
 }
@@ -98,7 +98,7 @@ pub fn build_profile(input: CollectInput<'_>, symbolizer: &mut Symbolizer<'_>) -
         && scale_to_counters
         && c.events_after_reading == 0
     {
-        crate::trace_counters::scale(&mut samples, c);
+        crate::alloc::counters::scale(&mut samples, c);
     }
     samples.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.objects.cmp(&a.objects)));
     let goroutines = goroutine_totals(&samples, snapshot, pid, symbolizer);

@@ -4,6 +4,12 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod agent;
+mod views;
+
+pub use agent::{AgentArgs, KubernetesArg};
+pub use views::{GoroutinesArgs, NumaArgs, RtFormat, StackgrowthArgs};
+
 use crate::engine::{TargetConfig, TargetSpec};
 
 /// Where a Go program's memory goes — traced from outside the process with eBPF uprobes:
@@ -100,27 +106,27 @@ pub enum View {
         after_help = "Examples:\n  sudo gomemtrace stackgrowth -p 1234 -d 10s\n  \
         sudo gomemtrace stackgrowth --format pprof -o growth.pb.gz -- ./server"
     )]
-    Stackgrowth(crate::rt::stackgrowth::StackgrowthArgs),
+    Stackgrowth(StackgrowthArgs),
     /// Every Go process on the node: Prometheus metrics on /metrics and pprof profiles over
     /// HTTP (docs/AGENT.md).
     #[command(
         after_help = "Examples:\n  sudo gomemtrace agent --listen 127.0.0.1:9470\n  \
         curl -s localhost:9470/metrics | grep gomemtrace_alloc"
     )]
-    Agent(crate::agent::args::AgentArgs),
+    Agent(AgentArgs),
     /// Goroutine creation and exit: live goroutines by creation site with creation
     /// stacks, ages, a count timeline and leak suspects (docs/STACKS-GOROUTINES.md).
     #[command(
         after_help = "Examples:\n  sudo gomemtrace goroutines -p 1234 -d 30s\n  \
         sudo gomemtrace goroutines --format json -- ./server"
     )]
-    Goroutines(crate::rt::goroutines::GoroutinesArgs),
+    Goroutines(GoroutinesArgs),
     /// Remote NUMA accesses per goroutine and stack, from NUMA-balancing hint faults
     /// (fentry on task_numa_fault), with resident memory per node (docs/NUMA.md). Where
     /// the machine cannot measure them: `NUMA: not available (<why>)`, exit code 7.
     #[command(after_help = "Examples:\n  sudo gomemtrace numa -p 1234 -d 30s\n  \
         sudo gomemtrace numa --format pprof -o remote.pb.gz -- ./server")]
-    Numa(crate::numa::NumaArgs),
+    Numa(NumaArgs),
 }
 
 #[derive(Debug, Args)]

@@ -1,0 +1,107 @@
+//! The allocation probes' plan for one executable: the collection mode and the attach
+//! points, from what the binary gives (the heap sampler, the allocation entry points);
+//! shared by the CLI's allocation profile, `gomemtrace numa` and the agent.
+
+use gomemtrace_common::{
+    ALLOC_PROGRAM, EMPTY_PROGRAM, FREE_SPECIAL_PROGRAM, ProcessConfig, SET_PROFILE_BUCKET_PROGRAM,
+};
+use gomemtrace_gobin::{GoBinary, allocstats::AllocStatsLayout};
+use gomemtrace_report::model::Mode;
+
+use super::{counters::CountersError, points};
+use crate::{
+    analysis::{GoTarget, Refused, SamplerError, Unsupported},
+    cli::ModeArg,
+};
+
+/// What the binary tells us before anything is attached.
+pub(crate) struct Analysed {
+    pub binary: GoBinary,
+    pub config: ProcessConfig,
+    pub mode: Mode,
+    /// (program, file offset, probed function) per probe.
+    pub probes: Vec<(&'static str, u64, String)>,
+    /// Runtime-sampled mode: file address of `runtime.MemProfileRate`.
+    pub rate_vaddr: Option<u64>,
+    /// Mode auto fell back to duty-cycled: why the runtime's sampler cannot be used.
+    pub auto_duty_reason: Option<SamplerError>,
+    /// `--enable-runtime-sampling` at launch: file offset of the probe on `runtime.main`.
+    pub stop_at_main: Option<u64>,
+    /// Where the runtime's allocation counters are, or why they cannot be found.
+    pub alloc_stats: Result<AllocStatsLayout, CountersError>,
+}
+
+/// The mode and the probes for `go`, given the sampler's availability and the mode asked
+/// for: shared by the one-shot CLI and the agent.
+pub(crate) fn plan(
+    go: GoTarget,
+    mut config: ProcessConfig,
+    sampler: Result<crate::analysis::Sampler, SamplerError>,
+    mode_arg: ModeArg,
+    empty_probe: bool,
+) -> Result<Analysed, Refused> {
+    let mut auto_duty_reason = None;
+    let mode = match (mode_arg, &sampler) {
+        // The benchmark's floor replaces the exact probe.
+        _ if empty_probe => Mode::Exact,
+        (ModeArg::Exact, _) => Mode::Exact,
+        (ModeArg::Duty, _) => Mode::Duty,
+        (ModeArg::Runtime | ModeArg::Auto, Ok(_)) => Mode::Runtime,
+        (ModeArg::Runtime, Err(why)) => {
+            return Err(go.refused(Unsupported::NoSampler(why.clone())));
+        }
+        (ModeArg::Auto, Err(why)) => {
+            auto_duty_reason = Some(why.clone());
+            Mode::Duty
+        }
+    };
+    let mut probes = Vec::new();
+    let mut rate_vaddr = None;
+    match (mode, sampler) {
+        (Mode::Runtime, Ok(sampler)) => {
+            rate_vaddr = Some(sampler.rate_vaddr);
+            probes = sampler_probes(&go, &mut config, &sampler)?;
+        }
+        _ => {
+            let program = if empty_probe {
+                EMPTY_PROGRAM
+            } else {
+                ALLOC_PROGRAM
+            };
+            let points = points::allocation_entry_points(&go.binary)
+                .ok_or_else(|| go.refused(Unsupported::NoAllocationEntryPoint))?;
+            for f in &points {
+                probes.push((program, go.probe_file_offset(f)?, f.name.clone()));
+            }
+        }
+    }
+    Ok(Analysed {
+        binary: go.binary,
+        config,
+        mode,
+        probes,
+        rate_vaddr,
+        auto_duty_reason,
+        stop_at_main: None,
+        alloc_stats: Err(CountersError::NotLookedFor),
+    })
+}
+
+/// Runtime-sampled mode's probes on the heap sampler (program, file offset, function),
+/// and the sampler's fields of `config`: shared by [`plan`] and `gomemtrace numa`.
+pub(crate) fn sampler_probes(
+    go: &GoTarget,
+    config: &mut ProcessConfig,
+    sampler: &crate::analysis::Sampler,
+) -> Result<Vec<(&'static str, u64, String)>, Refused> {
+    config.bucket_size_offset = sampler.bucket_size_offset;
+    config.special_kind_offset = sampler.special_kind_offset;
+    config.special_kind_profile = sampler.special_kind_profile;
+    [
+        (SET_PROFILE_BUCKET_PROGRAM, &sampler.set_profile_bucket),
+        (FREE_SPECIAL_PROGRAM, &sampler.free_special),
+    ]
+    .into_iter()
+    .map(|(program, f)| Ok((program, go.probe_file_offset(f)?, f.name.clone())))
+    .collect()
+}
