@@ -137,10 +137,19 @@ pub enum Counter {
     Frees = 11,
     /// Runtime-sampled mode: a sample whose size could not be read from its bucket: lost.
     DropSampleUnreadable = 12,
+    /// Runtime-sampled mode: a sample at which `MemProfileRate` could not be read or
+    /// stored in [`RATES_MAP`]: the rate there may be stale or missing.
+    RateUnrecorded = 13,
+    /// Runtime-sampled mode: the frees map was full: a sampled object's free is lost (it
+    /// stays counted as in use).
+    DropFreeMapFull = 14,
+    /// Runtime-sampled mode: a freed special whose kind could not be read: if it was a
+    /// heap-profile record, its object's free is lost (it stays counted as in use).
+    DropSpecialUnreadable = 15,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Events,
         Counter::NoConfig,
@@ -155,6 +164,9 @@ impl Counter {
         Counter::FreeBeforeTrace,
         Counter::Frees,
         Counter::DropSampleUnreadable,
+        Counter::RateUnrecorded,
+        Counter::DropFreeMapFull,
+        Counter::DropSpecialUnreadable,
     ];
 }
 

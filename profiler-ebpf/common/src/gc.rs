@@ -165,10 +165,16 @@ pub enum GcCounter {
     StartWithoutStop = 6,
     /// Stops that were not the GC's (ReadMemStats, GOMAXPROCS, profiles, ...).
     OtherStws = 7,
+    /// A `gcStart`/`gcMarkDone` entry could not be stored in the caller map: that
+    /// goroutine's stop may be misclassified (before Go 1.21) and its trigger unknown.
+    CallerNotRemembered = 8,
+    /// A runtime global of [`GcConfig::slots`] could not be read at the end of a cycle:
+    /// sent as 0.
+    SlotUnreadable = 9,
 }
 
 impl GcCounter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
     pub const ALL: [GcCounter; Self::COUNT as usize] = [
         GcCounter::Hits,
         GcCounter::NoConfig,
@@ -178,7 +184,25 @@ impl GcCounter {
         GcCounter::CurgUnreadable,
         GcCounter::StartWithoutStop,
         GcCounter::OtherStws,
+        GcCounter::CallerNotRemembered,
+        GcCounter::SlotUnreadable,
     ];
+
+    /// Name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            GcCounter::Hits => "hits",
+            GcCounter::NoConfig => "no_config",
+            GcCounter::Cycles => "cycles",
+            GcCounter::DropRingFull => "ring_full",
+            GcCounter::DropStateMapFull => "state_map_full",
+            GcCounter::CurgUnreadable => "curg_unreadable",
+            GcCounter::StartWithoutStop => "start_without_stop",
+            GcCounter::OtherStws => "other_stws",
+            GcCounter::CallerNotRemembered => "caller_not_remembered",
+            GcCounter::SlotUnreadable => "slot_unreadable",
+        }
+    }
 }
 
 pub const GC_CONFIG_MAP: &str = "GC_CONFIG";
@@ -220,6 +244,13 @@ mod gc_user {
 #[cfg(test)]
 mod gc_tests {
     use super::*;
+
+    #[test]
+    fn gc_counters_are_listed_in_order() {
+        for (i, c) in GcCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
 
     #[test]
     fn gc_layouts_have_no_implicit_padding() {

@@ -153,10 +153,22 @@ pub enum MarkCounter {
     AssistOnSystemStack = 8,
     /// A span entry on a g0 with an unfinished span (missed RET): the old one is dropped.
     StaleSpan = 9,
+    /// The totals map was full (too many traced processes): that process's totals are
+    /// not kept.
+    DropTotalsMapFull = 10,
+    /// A `gcAssistAlloc` entry could not be stored in the in-flight map: its RET counts
+    /// under [`MarkCounter::RetWithoutEntry`] too, and the assist is lost.
+    InflightNotRemembered = 11,
+    /// A span entry could not be stored in the span map: its RET counts under
+    /// [`MarkCounter::RetWithoutEntry`] too, and the span is lost.
+    SpanNotRemembered = 12,
+    /// `g0.m.curg` could not be read at `gcAssistAlloc1`: its time and scan work count in
+    /// the totals but not in its assist's row.
+    CurgUnreadable = 13,
 }
 
 impl MarkCounter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 14;
     pub const ALL: [MarkCounter; Self::COUNT as usize] = [
         MarkCounter::Hits,
         MarkCounter::NoConfig,
@@ -168,7 +180,31 @@ impl MarkCounter {
         MarkCounter::DropRingFull,
         MarkCounter::AssistOnSystemStack,
         MarkCounter::StaleSpan,
+        MarkCounter::DropTotalsMapFull,
+        MarkCounter::InflightNotRemembered,
+        MarkCounter::SpanNotRemembered,
+        MarkCounter::CurgUnreadable,
     ];
+
+    /// Name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            MarkCounter::Hits => "hits",
+            MarkCounter::NoConfig => "no_config",
+            MarkCounter::StaleAssist => "stale_assist",
+            MarkCounter::RetWithoutEntry => "ret_without_entry",
+            MarkCounter::DropAssistMapFull => "assist_map_full",
+            MarkCounter::StackUnreadable => "stack_unreadable",
+            MarkCounter::StackMapFull => "stack_map_full",
+            MarkCounter::DropRingFull => "ring_full",
+            MarkCounter::AssistOnSystemStack => "assist_on_system_stack",
+            MarkCounter::StaleSpan => "stale_span",
+            MarkCounter::DropTotalsMapFull => "totals_map_full",
+            MarkCounter::InflightNotRemembered => "inflight_not_remembered",
+            MarkCounter::SpanNotRemembered => "span_not_remembered",
+            MarkCounter::CurgUnreadable => "curg_unreadable",
+        }
+    }
 }
 
 pub const MARK_CONFIG_MAP: &str = "MARK_CONFIG";
@@ -234,6 +270,13 @@ mod mark_user {
 #[cfg(test)]
 mod mark_tests {
     use super::*;
+
+    #[test]
+    fn mark_counters_are_listed_in_order() {
+        for (i, c) in MarkCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
 
     #[test]
     fn mark_layouts_have_no_implicit_padding() {
