@@ -24,9 +24,10 @@
 //! The stop/start probes of one process run one at a time (the runtime holds `worldsema`
 //! across a stop), so the per-process state needs no atomics.
 
+use crate::helpers::{
+    Entry, config, count, counter_array, entry, finish, ktime, read_u64, reg, tgid,
+};
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::ProbeContext,
@@ -67,86 +68,45 @@ const EMPTY_STATE: GcState = GcState {
     cycle: GcEvent::EMPTY,
 };
 
-#[inline(always)]
-fn count(counter: GcCounter) {
-    if let Some(slot) = GC_COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: a per-CPU slot of this CPU; a BPF program does not migrate while running.
-        unsafe { *slot += 1 };
-    }
-}
-
-#[inline(always)]
-fn read_u64(addr: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_user fails cleanly on a bad address; any bit pattern is a
-    // valid u64.
-    unsafe { bpf_probe_read_user(addr as *const u64).ok() }
-}
-
-#[inline(always)]
-fn ktime() -> u64 {
-    // SAFETY: bpf_ktime_get_ns takes no arguments and only reads the clock.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-#[inline(always)]
-fn tgid() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
-}
+counter_array!(GcCounter => GC_COUNTERS);
 
 /// The process's configuration, counting hits with and without one.
 #[inline(always)]
-fn config(tgid: u32) -> Option<&'static GcConfig> {
-    // SAFETY: values are replaced whole by userspace, never partially written.
-    match unsafe { GC_CONFIG.get(&tgid) } {
-        Some(cfg) => {
-            count(GcCounter::Hits);
-            Some(cfg)
-        }
-        None => {
-            count(GcCounter::NoConfig);
-            None
-        }
-    }
+fn gc_config(tgid: u32) -> Result<&'static GcConfig, GcCounter> {
+    let cfg = config(&GC_CONFIG, tgid).ok_or(GcCounter::NoConfig)?;
+    count(GcCounter::Hits);
+    Ok(cfg)
 }
 
 /// The process's state, created on first use.
 #[inline(always)]
-fn state(tgid: u32) -> Option<&'static mut GcState> {
-    if let Some(state) = GC_STATE.get_ptr_mut(&tgid) {
-        // SAFETY: a live map value; only the serialized stop/start probes write it.
-        return Some(unsafe { &mut *state });
-    }
-    if GC_STATE
-        .insert(&tgid, &EMPTY_STATE, BPF_NOEXIST as u64)
-        .is_err()
-        && GC_STATE.get_ptr_mut(&tgid).is_none()
-    {
-        count(GcCounter::DropStateMapFull);
-        return None;
-    }
-    // SAFETY: as above.
-    GC_STATE.get_ptr_mut(&tgid).map(|s| unsafe { &mut *s })
+fn state(tgid: u32) -> Result<&'static mut GcState, GcCounter> {
+    let state = match entry(&GC_STATE, &tgid, &EMPTY_STATE) {
+        Some(Entry::Existing(state)) => Some(state),
+        Some(Entry::Inserted) => GC_STATE.get_ptr_mut(&tgid),
+        None => None,
+    };
+    // SAFETY: a live map value; only the serialized stop/start probes write it.
+    state
+        .map(|s| unsafe { &mut *s })
+        .ok_or(GcCounter::DropStateMapFull)
 }
 
 #[uprobe]
 pub fn gc_start(ctx: ProbeContext) -> u32 {
-    remember_caller(&ctx, GC_CALLER_START);
-    0
+    finish(remember_caller(&ctx, GC_CALLER_START))
 }
 
 #[uprobe]
 pub fn gc_mark_done(ctx: ProbeContext) -> u32 {
-    remember_caller(&ctx, GC_CALLER_MARK_DONE);
-    0
+    finish(remember_caller(&ctx, GC_CALLER_MARK_DONE))
 }
 
 /// `gcStart(trigger)` / `gcMarkDone()` entry, on the calling goroutine (R14).
 #[inline(always)]
-fn remember_caller(ctx: &ProbeContext, kind: u32) {
+fn remember_caller(ctx: &ProbeContext, kind: u32) -> Result<(), GcCounter> {
     let tgid = tgid();
-    if config(tgid).is_none() {
-        return;
-    }
+    gc_config(tgid)?;
     // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
     let regs = unsafe { &*ctx.regs };
     // SAFETY: read-only copy of a plain value.
@@ -164,7 +124,7 @@ fn remember_caller(ctx: &ProbeContext, kind: u32) {
         {
             // A nested gcStart (an allocation inside gcStart, which returns at once as
             // the M holds locks) must not replace the outer call's trigger.
-            return;
+            return Ok(());
         }
     }
     let caller = GcCaller {
@@ -177,7 +137,9 @@ fn remember_caller(ctx: &ProbeContext, kind: u32) {
         seq,
         _pad: 0,
     };
-    let _ = GC_CALLERS.insert(&key, &caller, 0);
+    GC_CALLERS
+        .insert(&key, &caller, 0)
+        .map_err(|_| GcCounter::CallerNotRemembered)
 }
 
 /// A plain value rather than an `Option`: the verifier rejects LLVM's speculative reads
@@ -256,17 +218,16 @@ fn begin_stw(
 /// only add its own cost to the pause the runtime measures.
 #[uprobe]
 pub fn gc_stop_the_world(ctx: ProbeContext) -> u32 {
+    finish(try_gc_stop_the_world(&ctx))
+}
+
+#[inline(always)]
+fn try_gc_stop_the_world(ctx: &ProbeContext) -> Result<(), GcCounter> {
     let tgid = tgid();
-    let Some(cfg) = config(tgid) else { return 0 };
+    let cfg = gc_config(tgid)?;
     let now = ktime();
-    let Some(state) = state(tgid) else { return 0 };
-    // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
-    let (rax, r14) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*ctx.regs).rax),
-            core::ptr::read_volatile(&raw const (*ctx.regs).r14),
-        )
-    };
+    let state = state(tgid)?;
+    let (rax, r14) = (reg!(ctx, rax), reg!(ctx, r14));
     let caller = caller_of(r14, cfg, tgid);
     let current = caller.seq == state.cycles_done;
     let kind = if cfg.flags & GC_FLAG_STW_REASON != 0 {
@@ -281,40 +242,41 @@ pub fn gc_stop_the_world(ctx: ProbeContext) -> u32 {
         STW_OTHER
     };
     begin_stw(state, tgid, kind, &caller, now, 0);
-    0
+    Ok(())
 }
 
 /// `gcMarkTermination` entry: the world is stopped for the last time in this cycle.
 #[uprobe]
 pub fn gc_mark_termination(_ctx: ProbeContext) -> u32 {
+    finish(try_gc_mark_termination())
+}
+
+#[inline(always)]
+fn try_gc_mark_termination() -> Result<(), GcCounter> {
     let tgid = tgid();
-    if config(tgid).is_none() {
-        return 0;
-    }
-    if let Some(state) = state(tgid) {
-        state.in_mark_termination = 1;
-    }
-    0
+    gc_config(tgid)?;
+    state(tgid)?.in_mark_termination = 1;
+    Ok(())
 }
 
 /// `startTheWorldWithSema` entry, on g0: a pause ends.
 #[uprobe]
 pub fn gc_start_the_world(ctx: ProbeContext) -> u32 {
+    finish(try_gc_start_the_world(&ctx))
+}
+
+#[inline(always)]
+fn try_gc_start_the_world(ctx: &ProbeContext) -> Result<(), GcCounter> {
     let tgid = tgid();
-    let Some(cfg) = config(tgid) else { return 0 };
+    let cfg = gc_config(tgid)?;
     let now = ktime();
-    let Some(state) = state(tgid) else { return 0 };
-    // Volatile loads, each at a constant offset from ctx: the verifier rejects loads
-    // through a ctx pointer LLVM has offset first (as it does for a select of addresses).
-    // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
-    let (rax, rbx, rcx, r14) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*ctx.regs).rax),
-            core::ptr::read_volatile(&raw const (*ctx.regs).rbx),
-            core::ptr::read_volatile(&raw const (*ctx.regs).rcx),
-            core::ptr::read_volatile(&raw const (*ctx.regs).r14),
-        )
-    };
+    let state = state(tgid)?;
+    let (rax, rbx, rcx, r14) = (
+        reg!(ctx, rax),
+        reg!(ctx, rbx),
+        reg!(ctx, rcx),
+        reg!(ctx, r14),
+    );
     if cfg.flags & GC_FLAG_START_HAS_WORLDSTOP != 0 {
         // Go 1.22+: the stop is described by the worldStop argument (reason in BL).
         let kind = kind_of_reason(rbx);
@@ -328,8 +290,7 @@ pub fn gc_start_the_world(ctx: ProbeContext) -> u32 {
     }
     let kind = core::mem::replace(&mut state.stw_kind, STW_NONE);
     if kind == STW_NONE {
-        count(GcCounter::StartWithoutStop);
-        return 0;
+        return Err(GcCounter::StartWithoutStop);
     }
     let (started, ended) = if cfg.flags & GC_FLAG_START_HAS_WORLDSTOP != 0 {
         // now (RAX; 0 = "take the time now"), worldStop{reason BL, startedStopping RCX}.
@@ -352,10 +313,10 @@ pub fn gc_start_the_world(ctx: ProbeContext) -> u32 {
         cycle.pause_ns = pause;
         state.in_cycle = 1;
         state.awaiting_tmark = 1;
-        return 0;
+        return Ok(());
     }
     if kind != STW_MARK_TERM {
-        return 0;
+        return Ok(());
     }
     if state.in_cycle == 0 {
         // Attached during this cycle's marking: its sweep termination was not seen.
@@ -370,37 +331,40 @@ pub fn gc_start_the_world(ctx: ProbeContext) -> u32 {
     cycle.mark_term_end = ended;
     if state.in_mark_termination == 0 {
         // gcMarkDone found more work and restarted the world: marking goes on.
-        return 0;
+        return Ok(());
     }
     for i in 0..GC_SLOTS {
         let addr = cfg.slots[i];
         cycle.slots[i] = if addr == 0 {
             0
         } else {
-            read_u64(addr).unwrap_or(0)
+            read_u64(addr).unwrap_or_else(|| {
+                count(GcCounter::SlotUnreadable);
+                0
+            })
         };
     }
-    if GC_EVENTS.output(cycle, 0).is_ok() {
-        count(GcCounter::Cycles);
-    } else {
-        count(GcCounter::DropRingFull);
-    }
+    let sent = GC_EVENTS.output(cycle, 0);
     state.in_mark_termination = 0;
     state.in_cycle = 0;
     state.cycles_done = state.cycles_done.wrapping_add(1);
-    0
+    sent.map_err(|_| GcCounter::DropRingFull)?;
+    count(GcCounter::Cycles);
+    Ok(())
 }
 
 /// `(*gcCPULimiterState).finishGCTransition(l, now)` entry: RBX = the runtime's `now`.
 #[uprobe]
 pub fn gc_finish_transition(ctx: ProbeContext) -> u32 {
+    finish(try_gc_finish_transition(&ctx))
+}
+
+#[inline(always)]
+fn try_gc_finish_transition(ctx: &ProbeContext) -> Result<(), GcCounter> {
     let tgid = tgid();
-    if config(tgid).is_none() {
-        return 0;
-    }
-    // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
-    let now = unsafe { core::ptr::read_volatile(&raw const (*ctx.regs).rbx) };
-    let Some(state) = state(tgid) else { return 0 };
+    gc_config(tgid)?;
+    let now = reg!(ctx, rbx);
+    let state = state(tgid)?;
     if state.awaiting_tmark != 0 {
         // gcStart, the world just restarted: now = work.tMark.
         state.awaiting_tmark = 0;
@@ -413,23 +377,22 @@ pub fn gc_finish_transition(ctx: ProbeContext) -> u32 {
         // gcMarkTermination, world still stopped: now = work.tEnd.
         state.tend_hint = now;
     }
-    0
+    Ok(())
 }
 
 /// `(*gcCPULimiterState).startGCTransition(l, enableGC, now)` entry, world stopped:
 /// BL = enableGC (true in gcStart, false in gcMarkDone), RCX = the runtime's `now`.
 #[uprobe]
 pub fn gc_start_transition(ctx: ProbeContext) -> u32 {
+    finish(try_gc_start_transition(&ctx))
+}
+
+#[inline(always)]
+fn try_gc_start_transition(ctx: &ProbeContext) -> Result<(), GcCounter> {
     let tgid = tgid();
-    let Some(cfg) = config(tgid) else { return 0 };
-    // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
-    let (rbx, now) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*ctx.regs).rbx),
-            core::ptr::read_volatile(&raw const (*ctx.regs).rcx),
-        )
-    };
-    let Some(state) = state(tgid) else { return 0 };
+    let cfg = gc_config(tgid)?;
+    let (rbx, now) = (reg!(ctx, rbx), reg!(ctx, rcx));
+    let state = state(tgid)?;
     if cfg.flags & GC_FLAG_START_HAS_WORLDSTOP != 0 {
         // Go 1.22+: the stop is classified when the world starts again; keep the time
         // until then (the cycle is reset at that point).
@@ -438,7 +401,7 @@ pub fn gc_start_transition(ctx: ProbeContext) -> u32 {
         } else {
             state.cycle.t_mark_term = now;
         }
-        return 0;
+        return Ok(());
     }
     // Before 1.22 the stop was classified at its entry, and the runtime's pause starts
     // here (work.pauseStart).
@@ -451,5 +414,5 @@ pub fn gc_start_transition(ctx: ProbeContext) -> u32 {
         state.cycle.t_mark_term = now;
         state.stop_ns = now;
     }
-    0
+    Ok(())
 }

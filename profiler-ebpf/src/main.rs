@@ -14,6 +14,8 @@
 #[cfg(target_arch = "bpf")]
 mod gc;
 #[cfg(target_arch = "bpf")]
+mod helpers;
+#[cfg(target_arch = "bpf")]
 mod probes;
 #[cfg(target_arch = "bpf")]
 mod procevents;

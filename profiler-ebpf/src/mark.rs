@@ -16,10 +16,14 @@
 //! - `gcMarkTermination` entry: the world is stopped and every worker and assist of the
 //!   cycle has finished: the per-process totals go to userspace, which takes differences.
 
-use crate::stacks::{StackError, record_user_stack};
+use crate::{
+    helpers::{
+        Entry, atomic_add, config, count, counter_array, entry, finish, ktime, read_u64, reg, tgid,
+    },
+    stacks::user_stack_key,
+};
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::ProbeContext,
@@ -28,8 +32,7 @@ use gomemtrace_common::{
     AssistInflight, AssistKey, AssistStats, G0Span, GC_DRAIN_FLUSH_BG_CREDIT, GC_DRAIN_FRACTIONAL,
     GC_DRAIN_IDLE, MARK_EVENTS_BYTES, MARK_SPAN_ASSIST, MARK_SPAN_DEDICATED, MARK_SPAN_FRACTIONAL,
     MARK_SPAN_IDLE, MARK_SPAN_OTHER, MAX_ASSIST_KEYS, MAX_ASSIST_STACKS, MAX_MARK_INFLIGHT,
-    MAX_PROCESSES, MarkConfig, MarkCounter, MarkCycleEvent, MarkGKey, MarkTotals, NO_STACK,
-    UserStack,
+    MAX_PROCESSES, MarkConfig, MarkCounter, MarkCycleEvent, MarkGKey, MarkTotals, UserStack,
 };
 
 #[map(name = "MARK_CONFIG")]
@@ -60,112 +63,42 @@ static MARK_EVENTS: RingBuf = RingBuf::with_byte_size(MARK_EVENTS_BYTES, 0);
 #[map(name = "MARK_COUNTERS")]
 static MARK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MarkCounter::COUNT, 0);
 
-#[inline(always)]
-fn count(counter: MarkCounter) {
-    if let Some(slot) = MARK_COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: a per-CPU slot of this CPU; a BPF program does not migrate while running.
-        unsafe { *slot += 1 };
-    }
-}
+counter_array!(MarkCounter => MARK_COUNTERS);
 
+/// The process's configuration, counting hits with and without one.
 #[inline(always)]
-fn read_u64(addr: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_user fails cleanly on a bad address; any bit pattern is a
-    // valid u64.
-    unsafe { bpf_probe_read_user(addr as *const u64).ok() }
-}
-
-#[inline(always)]
-fn ktime() -> u64 {
-    // SAFETY: bpf_ktime_get_ns takes no arguments and only reads the clock.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-#[inline(always)]
-fn tgid() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
-}
-
-#[inline(always)]
-fn config(tgid: u32) -> Option<&'static MarkConfig> {
-    // SAFETY: values are replaced whole by userspace, never partially written.
-    match unsafe { MARK_CONFIG.get(&tgid) } {
-        Some(cfg) => {
-            count(MarkCounter::Hits);
-            Some(cfg)
-        }
-        None => {
-            count(MarkCounter::NoConfig);
-            None
-        }
-    }
-}
-
-/// The user registers, read with volatile loads at constant offsets from ctx (the
-/// verifier rejects loads through a ctx pointer LLVM has offset first).
-#[inline(always)]
-fn regs(ctx: &ProbeContext) -> (u64, u64, u64, u64) {
-    // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
-    unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*ctx.regs).rax),
-            core::ptr::read_volatile(&raw const (*ctx.regs).rbx),
-            core::ptr::read_volatile(&raw const (*ctx.regs).rsp),
-            core::ptr::read_volatile(&raw const (*ctx.regs).r14),
-        )
-    }
-}
-
-/// Adds `n` to a `u64` of a map value shared by all CPUs.
-///
-/// # Safety
-/// `field` must point into a live map value.
-#[inline(always)]
-unsafe fn add(field: *mut u64, n: u64) {
-    use core::intrinsics::{AtomicOrdering, atomic_xadd};
-    // SAFETY: the caller guarantees a live value; BPF_ATOMIC add is atomic across CPUs.
-    unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, n);
-    }
+fn mark_config(tgid: u32) -> Result<&'static MarkConfig, MarkCounter> {
+    let cfg = config(&MARK_CONFIG, tgid).ok_or(MarkCounter::NoConfig)?;
+    count(MarkCounter::Hits);
+    Ok(cfg)
 }
 
 /// The process's cumulative totals, created on first use.
 #[inline(always)]
-fn totals(tgid: u32) -> Option<*mut MarkTotals> {
-    if let Some(t) = MARK_TOTALS.get_ptr_mut(&tgid) {
-        return Some(t);
+fn totals(tgid: u32) -> Result<*mut MarkTotals, MarkCounter> {
+    match entry(&MARK_TOTALS, &tgid, &MarkTotals::default()) {
+        Some(Entry::Existing(t)) => Some(t),
+        Some(Entry::Inserted) => MARK_TOTALS.get_ptr_mut(&tgid),
+        None => None,
     }
-    let _ = MARK_TOTALS.insert(&tgid, &MarkTotals::default(), BPF_NOEXIST as u64);
-    MARK_TOTALS.get_ptr_mut(&tgid)
-}
-
-/// The user stack's key in [`MARK_STACKS`], or [`NO_STACK`] (counted) when it cannot be had.
-#[inline(always)]
-fn record_stack(ctx: &ProbeContext) -> u64 {
-    match record_user_stack(ctx, &MARK_STACKS) {
-        Ok(key) => key,
-        Err(StackError::Unreadable) => {
-            count(MarkCounter::StackUnreadable);
-            NO_STACK
-        }
-        Err(StackError::MapFull) => {
-            count(MarkCounter::StackMapFull);
-            NO_STACK
-        }
-    }
+    .ok_or(MarkCounter::DropTotalsMapFull)
 }
 
 /// `gcAssistAlloc(gp)` entry, after the stack check, on the allocating goroutine.
 #[uprobe]
 pub fn mark_assist_entry(ctx: ProbeContext) -> u32 {
+    finish(try_mark_assist_entry(&ctx))
+}
+
+#[inline(always)]
+fn try_mark_assist_entry(ctx: &ProbeContext) -> Result<(), MarkCounter> {
     let tgid = tgid();
-    let Some(cfg) = config(tgid) else { return 0 };
+    let cfg = mark_config(tgid)?;
     let now = ktime();
-    let (gp, _, rsp, r14) = regs(&ctx);
+    let (gp, rsp, r14) = (reg!(ctx, rax), reg!(ctx, rsp), reg!(ctx, r14));
     if gp != r14 {
         // Called on the system stack: the runtime returns at once without assisting.
-        count(MarkCounter::AssistOnSystemStack);
-        return 0;
+        return Err(MarkCounter::AssistOnSystemStack);
     }
     let key = MarkGKey {
         tgid,
@@ -178,44 +111,54 @@ pub fn mark_assist_entry(ctx: ProbeContext) -> u32 {
     }
     let record = AssistInflight {
         start_ns: now,
-        stack: record_stack(&ctx),
+        stack: user_stack_key(
+            ctx,
+            &MARK_STACKS,
+            MarkCounter::StackUnreadable,
+            MarkCounter::StackMapFull,
+        ),
         caller_pc: read_u64(rsp).unwrap_or(0),
         goid: read_u64(gp + cfg.g_goid as u64).unwrap_or(0),
         start_pc: read_u64(gp + cfg.g_startpc as u64).unwrap_or(0),
         cpu_ns: 0,
         scan_work: 0,
     };
-    let _ = MARK_INFLIGHT.insert(&key, &record, 0);
-    0
+    MARK_INFLIGHT
+        .insert(&key, &record, 0)
+        .map_err(|_| MarkCounter::InflightNotRemembered)
 }
 
 /// A RET of `gcAssistAlloc`, on the assisting goroutine (R14 = gp).
 #[uprobe]
 pub fn mark_assist_ret(ctx: ProbeContext) -> u32 {
+    finish(try_mark_assist_ret(&ctx))
+}
+
+#[inline(always)]
+fn try_mark_assist_ret(ctx: &ProbeContext) -> Result<(), MarkCounter> {
     let tgid = tgid();
-    if config(tgid).is_none() {
-        return 0;
-    }
+    mark_config(tgid)?;
     let now = ktime();
-    let (_, _, _, r14) = regs(&ctx);
     let key = MarkGKey {
         tgid,
         _pad: 0,
-        g: r14,
+        g: reg!(ctx, r14),
     };
     // SAFETY: read-only copy of a plain value.
-    let Some(record) = (unsafe { MARK_INFLIGHT.get(&key) }).copied() else {
-        count(MarkCounter::RetWithoutEntry);
-        return 0;
-    };
+    let record = (unsafe { MARK_INFLIGHT.get(&key) })
+        .copied()
+        .ok_or(MarkCounter::RetWithoutEntry)?;
+    // Cannot fail: the entry was just read, and only this goroutine's RET removes it.
     let _ = MARK_INFLIGHT.remove(&key);
     let wall = now.saturating_sub(record.start_ns);
-    if let Some(t) = totals(tgid) {
+    match totals(tgid) {
         // SAFETY: a live map value.
-        unsafe {
-            add(&raw mut (*t).assists, 1);
-            add(&raw mut (*t).assist_wall_ns, wall);
-        }
+        Ok(t) => unsafe {
+            atomic_add(&raw mut (*t).assists, 1);
+            atomic_add(&raw mut (*t).assist_wall_ns, wall);
+        },
+        // Counted; the assist still goes to its row below.
+        Err(reason) => count(reason),
     }
     let akey = AssistKey {
         tgid,
@@ -233,7 +176,7 @@ pub fn mark_assist_ret(ctx: ProbeContext) -> u32 {
         stats.wall_ns += wall;
         stats.cpu_ns += record.cpu_ns;
         stats.scan_work += record.scan_work;
-        return 0;
+        return Ok(());
     }
     let first = AssistStats {
         count: 1,
@@ -242,18 +185,14 @@ pub fn mark_assist_ret(ctx: ProbeContext) -> u32 {
         scan_work: record.scan_work,
         start_pc: record.start_pc,
     };
-    if MARK_ASSISTS
+    MARK_ASSISTS
         .insert(&akey, &first, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        count(MarkCounter::DropAssistMapFull);
-    }
-    0
+        .map_err(|_| MarkCounter::DropAssistMapFull)
 }
 
 /// Starts a span of mark work on the system stack (`g0` = R14).
 #[inline(always)]
-fn begin_span(tgid: u32, g0: u64, kind: u32, gp: u64) {
+fn begin_span(tgid: u32, g0: u64, kind: u32, gp: u64) -> Result<(), MarkCounter> {
     let key = MarkGKey {
         tgid,
         _pad: 0,
@@ -270,12 +209,14 @@ fn begin_span(tgid: u32, g0: u64, kind: u32, gp: u64) {
         gp,
         scan_work: 0,
     };
-    let _ = MARK_SPANS.insert(&key, &span, 0);
+    MARK_SPANS
+        .insert(&key, &span, 0)
+        .map_err(|_| MarkCounter::SpanNotRemembered)
 }
 
 /// Ends the span on `g0`, if one was seen to start.
 #[inline(always)]
-fn end_span(tgid: u32, g0: u64) -> Option<(G0Span, u64)> {
+fn end_span(tgid: u32, g0: u64) -> Result<(G0Span, u64), MarkCounter> {
     let now = ktime();
     let key = MarkGKey {
         tgid,
@@ -283,12 +224,12 @@ fn end_span(tgid: u32, g0: u64) -> Option<(G0Span, u64)> {
         g: g0,
     };
     // SAFETY: read-only copy of a plain value.
-    let Some(span) = (unsafe { MARK_SPANS.get(&key) }).copied() else {
-        count(MarkCounter::RetWithoutEntry);
-        return None;
-    };
+    let span = (unsafe { MARK_SPANS.get(&key) })
+        .copied()
+        .ok_or(MarkCounter::RetWithoutEntry)?;
+    // Cannot fail: the entry was just read, and only this g0 (one thread) removes it.
     let _ = MARK_SPANS.remove(&key);
-    Some((span, now.saturating_sub(span.start_ns)))
+    Ok((span, now.saturating_sub(span.start_ns)))
 }
 
 /// `gcAssistAlloc1(gp, scanWork)`, on g0: at its `startTime := nanotime()` call (or its
@@ -296,38 +237,48 @@ fn end_span(tgid: u32, g0: u64) -> Option<(G0Span, u64)> {
 /// runtime switched stacks with `systemstack`, which leaves `curg` alone.
 #[uprobe]
 pub fn mark_assist_work_entry(ctx: ProbeContext) -> u32 {
+    finish(try_mark_assist_work_entry(&ctx))
+}
+
+#[inline(always)]
+fn try_mark_assist_work_entry(ctx: &ProbeContext) -> Result<(), MarkCounter> {
     let tgid = tgid();
-    let Some(cfg) = config(tgid) else { return 0 };
-    let (_, _, _, g0) = regs(&ctx);
+    let cfg = mark_config(tgid)?;
+    let g0 = reg!(ctx, r14);
     let gp = read_u64(g0 + cfg.g_m as u64)
         .and_then(|m| read_u64(m + cfg.m_curg as u64))
-        .unwrap_or(0);
-    begin_span(tgid, g0, MARK_SPAN_ASSIST, gp);
-    0
+        .unwrap_or_else(|| {
+            // The span is still timed (the totals), but not added to its assist.
+            count(MarkCounter::CurgUnreadable);
+            0
+        });
+    begin_span(tgid, g0, MARK_SPAN_ASSIST, gp)
 }
 
 /// `gcAssistAlloc1`'s `now := nanotime()` call (or each RET, where that call is not
 /// found), on g0.
 #[uprobe]
 pub fn mark_assist_work_ret(ctx: ProbeContext) -> u32 {
+    finish(try_mark_assist_work_ret(&ctx))
+}
+
+#[inline(always)]
+fn try_mark_assist_work_ret(ctx: &ProbeContext) -> Result<(), MarkCounter> {
     let tgid = tgid();
-    if config(tgid).is_none() {
-        return 0;
-    }
-    let (_, _, _, r14) = regs(&ctx);
-    let Some((span, ns)) = end_span(tgid, r14) else {
-        return 0;
-    };
+    mark_config(tgid)?;
+    let (span, ns) = end_span(tgid, reg!(ctx, r14))?;
     if span.kind != MARK_SPAN_ASSIST {
-        return 0;
+        return Ok(());
     }
-    if let Some(t) = totals(tgid) {
+    match totals(tgid) {
         // SAFETY: a live map value.
-        unsafe {
-            add(&raw mut (*t).assist_work_calls, 1);
-            add(&raw mut (*t).assist_cpu_ns, ns);
-            add(&raw mut (*t).assist_scan_work, span.scan_work);
-        }
+        Ok(t) => unsafe {
+            atomic_add(&raw mut (*t).assist_work_calls, 1);
+            atomic_add(&raw mut (*t).assist_cpu_ns, ns);
+            atomic_add(&raw mut (*t).assist_scan_work, span.scan_work);
+        },
+        // Counted; the span still goes to its assist below.
+        Err(reason) => count(reason),
     }
     let key = MarkGKey {
         tgid,
@@ -340,17 +291,20 @@ pub fn mark_assist_work_ret(ctx: ProbeContext) -> u32 {
         record.cpu_ns += ns;
         record.scan_work += span.scan_work;
     }
-    0
+    Ok(())
 }
 
 /// A RET of `gcDrainN` (only called by `gcAssistAlloc1`), on g0: RAX = scan work done.
 #[uprobe]
 pub fn mark_drain_n_ret(ctx: ProbeContext) -> u32 {
+    finish(try_mark_drain_n_ret(&ctx))
+}
+
+#[inline(always)]
+fn try_mark_drain_n_ret(ctx: &ProbeContext) -> Result<(), MarkCounter> {
     let tgid = tgid();
-    if config(tgid).is_none() {
-        return 0;
-    }
-    let (work, _, _, r14) = regs(&ctx);
+    mark_config(tgid)?;
+    let (work, r14) = (reg!(ctx, rax), reg!(ctx, r14));
     let key = MarkGKey {
         tgid,
         _pad: 0,
@@ -360,17 +314,20 @@ pub fn mark_drain_n_ret(ctx: ProbeContext) -> u32 {
         // SAFETY: a live map value, written only on this M.
         unsafe { (*span).scan_work += work };
     }
-    0
+    Ok(())
 }
 
 /// `gcDrain(gcw, flags)` entry, on g0: RBX = flags.
 #[uprobe]
 pub fn mark_drain_entry(ctx: ProbeContext) -> u32 {
+    finish(try_mark_drain_entry(&ctx))
+}
+
+#[inline(always)]
+fn try_mark_drain_entry(ctx: &ProbeContext) -> Result<(), MarkCounter> {
     let tgid = tgid();
-    if config(tgid).is_none() {
-        return 0;
-    }
-    let (_, flags, _, r14) = regs(&ctx);
+    mark_config(tgid)?;
+    let (flags, r14) = (reg!(ctx, rbx), reg!(ctx, r14));
     let kind = if flags & GC_DRAIN_IDLE != 0 {
         MARK_SPAN_IDLE
     } else if flags & GC_DRAIN_FRACTIONAL != 0 {
@@ -380,46 +337,48 @@ pub fn mark_drain_entry(ctx: ProbeContext) -> u32 {
     } else {
         MARK_SPAN_OTHER
     };
-    begin_span(tgid, r14, kind, 0);
-    0
+    begin_span(tgid, r14, kind, 0)
 }
 
 /// A RET of `gcDrain`, on g0.
 #[uprobe]
 pub fn mark_drain_ret(ctx: ProbeContext) -> u32 {
+    finish(try_mark_drain_ret(&ctx))
+}
+
+#[inline(always)]
+fn try_mark_drain_ret(ctx: &ProbeContext) -> Result<(), MarkCounter> {
     let tgid = tgid();
-    if config(tgid).is_none() {
-        return 0;
-    }
-    let (_, _, _, r14) = regs(&ctx);
-    let Some((span, ns)) = end_span(tgid, r14) else {
-        return 0;
-    };
+    mark_config(tgid)?;
+    let (span, ns) = end_span(tgid, reg!(ctx, r14))?;
     let index = match span.kind {
         MARK_SPAN_DEDICATED => 0,
         MARK_SPAN_FRACTIONAL => 1,
         MARK_SPAN_IDLE => 2,
         MARK_SPAN_OTHER => 3,
-        _ => return 0,
+        // MARK_SPAN_ASSIST: not a mark worker's span.
+        _ => return Ok(()),
     };
-    if let Some(t) = totals(tgid) {
-        // SAFETY: a live map value; index < 4.
-        unsafe {
-            add(&raw mut (*t).drain_ns[index], ns);
-            add(&raw mut (*t).drain_calls[index], 1);
-        }
+    let t = totals(tgid)?;
+    // SAFETY: a live map value; index < 4.
+    unsafe {
+        atomic_add(&raw mut (*t).drain_ns[index], ns);
+        atomic_add(&raw mut (*t).drain_calls[index], 1);
     }
-    0
+    Ok(())
 }
 
 /// `gcMarkTermination` entry: this cycle's marking is over; send the totals.
 #[uprobe]
 pub fn mark_cycle_end(_ctx: ProbeContext) -> u32 {
+    finish(try_mark_cycle_end())
+}
+
+#[inline(always)]
+fn try_mark_cycle_end() -> Result<(), MarkCounter> {
     let tgid = tgid();
-    if config(tgid).is_none() {
-        return 0;
-    }
-    let Some(t) = totals(tgid) else { return 0 };
+    mark_config(tgid)?;
+    let t = totals(tgid)?;
     let event = MarkCycleEvent {
         tgid,
         _pad: 0,
@@ -428,8 +387,7 @@ pub fn mark_cycle_end(_ctx: ProbeContext) -> u32 {
         // cannot happen here: the world is stopped).
         totals: unsafe { *t },
     };
-    if MARK_EVENTS.output(&event, 0).is_err() {
-        count(MarkCounter::DropRingFull);
-    }
-    0
+    MARK_EVENTS
+        .output(&event, 0)
+        .map_err(|_| MarkCounter::DropRingFull)
 }

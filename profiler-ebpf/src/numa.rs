@@ -15,9 +15,8 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_numa_node_id,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_task_pt_regs,
+        bpf_get_current_task_btf, bpf_get_numa_node_id, bpf_get_smp_processor_id,
+        bpf_probe_read_kernel, bpf_task_pt_regs,
     },
     macros::{fentry, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -25,11 +24,13 @@ use aya_ebpf::{
 };
 use gomemtrace_common::{
     CachedGoroutine, GoidSource, MAX_CACHED_GOROUTINES, MAX_FAULTING_THREADS, MAX_NUMA_STACKS,
-    MAX_PROCESSES, NO_STACK, NUMA_EVENTS_BYTES, NumaConfig, NumaCounter, NumaFaultEvent, RtGKey,
-    UserStack,
+    MAX_PROCESSES, NUMA_EVENTS_BYTES, NumaConfig, NumaCounter, NumaFaultEvent, RtGKey, UserStack,
 };
 
-use crate::stacks::{StackError, record_user_stack};
+use crate::{
+    helpers::{config, count, counter_array, finish, ktime, read_u64, tgid_pid},
+    stacks::user_stack_key,
+};
 
 #[map(name = "NUMA_CONFIG")]
 static NUMA_CONFIG: HashMap<u32, NumaConfig> = HashMap::with_max_entries(MAX_PROCESSES, 0);
@@ -54,19 +55,13 @@ static NUMA_GOROUTINES: LruHashMap<RtGKey, CachedGoroutine> =
 #[map(name = "NUMA_EVENTS")]
 static NUMA_EVENTS: RingBuf = RingBuf::with_byte_size(NUMA_EVENTS_BYTES, 0);
 
-#[inline(always)]
-fn count(counter: NumaCounter) {
-    if let Some(slot) = NUMA_COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: a per-CPU slot of this CPU; a BPF program does not migrate while running.
-        unsafe { *slot += 1 };
-    }
-}
+counter_array!(NumaCounter => NUMA_COUNTERS);
 
+/// The word at `addr` in the current process, 0 if it cannot be read (faults are
+/// attributed from whatever can be read; see [`goroutine`]).
 #[inline(always)]
 fn read_user(addr: u64) -> u64 {
-    // SAFETY: bpf_probe_read_user fails cleanly on a bad address; any bit pattern is a
-    // valid u64.
-    unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
+    read_u64(addr).unwrap_or(0)
 }
 
 #[inline(always)]
@@ -78,22 +73,31 @@ fn read_kernel(addr: u64) -> u64 {
 /// `exceptions:page_fault_user`: remember the address per thread.
 #[tracepoint(category = "exceptions", name = "page_fault_user")]
 pub fn page_fault_user(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: read-only lookup of a plain value.
-    if unsafe { NUMA_CONFIG.get(&tgid) }.is_none() {
-        return 0;
+    finish(try_page_fault_user(&ctx))
+}
+
+#[inline(always)]
+fn try_page_fault_user(ctx: &TracePointContext) -> Result<(), NumaCounter> {
+    let (tgid, tid) = tgid_pid();
+    if config(&NUMA_CONFIG, tgid).is_none() {
+        // Every process's faults come here: only traced ones count.
+        return Ok(());
     }
     // SAFETY: `address` is the first field after the 8-byte common header.
-    let Ok(addr) = (unsafe { ctx.read_at::<u64>(8) }) else {
-        return 0;
-    };
+    let addr = unsafe { ctx.read_at::<u64>(8) }.map_err(|_| NumaCounter::FaultUnreadable)?;
     // SAFETY: as above; `ip` follows `address`.
-    let Ok(ip) = (unsafe { ctx.read_at::<u64>(16) }) else {
-        return 0;
-    };
-    let _ = FAULT_ADDRS.insert(&(pid_tgid as u32), &[addr, ip], 0);
-    0
+    let ip = unsafe { ctx.read_at::<u64>(16) }.map_err(|_| NumaCounter::FaultUnreadable)?;
+    FAULT_ADDRS
+        .insert(&tid, &[addr, ip], 0)
+        .map_err(|_| NumaCounter::FaultNotRemembered)
+}
+
+/// Remembers the goroutine of `g` for faults where that `g` cannot be read.
+#[inline(always)]
+fn cache_goroutine(key: &RtGKey, found: &CachedGoroutine) {
+    if NUMA_GOROUTINES.insert(key, found, 0).is_err() {
+        count(NumaCounter::GoroutineNotCached);
+    }
 }
 
 /// The goroutine running in user mode: `(goid, gopc, startpc, source)`. A read `g` is
@@ -118,7 +122,7 @@ fn goroutine(cfg: &NumaConfig, tgid: u32, r14: u64, task: u64) -> (u64, u64, u64
                 _pad: 0,
             };
             if found.goid != 0 {
-                let _ = NUMA_GOROUTINES.insert(&key, &found, 0);
+                cache_goroutine(&key, &found);
                 return (found.goid, found.gopc, found.start_pc, GoidSource::R14);
             }
         }
@@ -127,7 +131,7 @@ fn goroutine(cfg: &NumaConfig, tgid: u32, r14: u64, task: u64) -> (u64, u64, u64
                 source: GoidSource::SystemStack as u32,
                 ..CachedGoroutine::default()
             };
-            let _ = NUMA_GOROUTINES.insert(&key, &g0, 0);
+            cache_goroutine(&key, &g0);
             return (0, 0, 0, GoidSource::SystemStack);
         }
     }
@@ -166,11 +170,15 @@ fn goroutine(cfg: &NumaConfig, tgid: u32, r14: u64, task: u64) -> (u64, u64, u64
 /// task.
 #[fentry(function = "task_numa_fault")]
 pub fn task_numa_fault(ctx: FEntryContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: values are replaced whole by userspace, never partially written.
-    let Some(cfg) = (unsafe { NUMA_CONFIG.get(&tgid) }).copied() else {
-        return 0;
+    finish(try_task_numa_fault(&ctx))
+}
+
+#[inline(always)]
+fn try_task_numa_fault(ctx: &FEntryContext) -> Result<(), NumaCounter> {
+    let (tgid, tid) = tgid_pid();
+    let Some(cfg) = config(&NUMA_CONFIG, tgid).copied() else {
+        // Every process's hint faults come here: only traced ones count.
+        return Ok(());
     };
     count(NumaCounter::Faults);
     let mem_node: i32 = ctx.arg(1);
@@ -191,11 +199,11 @@ pub fn task_numa_fault(ctx: FEntryContext) -> u32 {
     if matches!(source, GoidSource::Unknown) {
         count(NumaCounter::GoidUnknown);
     }
-    let tid = pid_tgid as u32;
     // SAFETY: read-only copy of a plain value.
     let addr = match unsafe { FAULT_ADDRS.get(&tid) } {
         Some(&[addr, fault_ip]) if fault_ip == ip => {
             // Used once: the thread's next hint fault comes with its own user fault.
+            // Cannot fail: the entry was just read, and only this thread removes it.
             let _ = FAULT_ADDRS.remove(&tid);
             addr
         }
@@ -204,17 +212,12 @@ pub fn task_numa_fault(ctx: FEntryContext) -> u32 {
             0
         }
     };
-    let stack = match record_user_stack(&ctx, &NUMA_STACKS) {
-        Ok(key) => key,
-        Err(StackError::Unreadable) => {
-            count(NumaCounter::StackUnreadable);
-            NO_STACK
-        }
-        Err(StackError::MapFull) => {
-            count(NumaCounter::StackMapFull);
-            NO_STACK
-        }
-    };
+    let stack = user_stack_key(
+        ctx,
+        &NUMA_STACKS,
+        NumaCounter::StackUnreadable,
+        NumaCounter::StackMapFull,
+    );
     let event = NumaFaultEvent {
         tgid,
         tid,
@@ -232,13 +235,11 @@ pub fn task_numa_fault(ctx: FEntryContext) -> u32 {
         addr,
         ip,
         stack,
-        // SAFETY: as above.
-        t_ns: unsafe { bpf_ktime_get_ns() },
+        t_ns: ktime(),
     };
-    if NUMA_EVENTS.output(&event, 0).is_ok() {
-        count(NumaCounter::EventsSent);
-    } else {
-        count(NumaCounter::DropRingFull);
-    }
-    0
+    NUMA_EVENTS
+        .output(&event, 0)
+        .map_err(|_| NumaCounter::DropRingFull)?;
+    count(NumaCounter::EventsSent);
+    Ok(())
 }

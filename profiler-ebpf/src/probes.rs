@@ -1,14 +1,18 @@
-use crate::stacks::{StackError, record_user_stack};
+use crate::{
+    helpers::{
+        Entry, atomic_add, config, count, count_n, counter_array, entry, finish, read_u64, tgid,
+    },
+    stacks::user_stack_key,
+};
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{HashMap, PerCpuArray},
     programs::ProbeContext,
 };
 use gomemtrace_common::{
     AllocKey, AllocStats, Counter, GoroutineInfo, GoroutineKey, MAX_ALLOC_KEYS, MAX_GOROUTINES,
-    MAX_PROCESSES, MAX_STACKS, NO_STACK, PROCESS_FLAG_NO_GOID, ProcessConfig, UserStack,
+    MAX_PROCESSES, MAX_STACKS, PROCESS_FLAG_NO_GOID, ProcessConfig, UserStack,
 };
 
 #[map(name = "CONFIG")]
@@ -29,21 +33,7 @@ pub(crate) static GOROUTINES: HashMap<GoroutineKey, GoroutineInfo> =
 #[map(name = "COUNTERS")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-#[inline(always)]
-pub(crate) fn count(counter: Counter, n: u64) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: the pointer comes from a per-CPU array slot of this CPU; BPF programs do
-        // not migrate CPUs while running, so nothing else writes it concurrently.
-        unsafe { *slot += n };
-    }
-}
-
-#[inline(always)]
-pub(crate) fn read_u64(addr: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_user copies from user memory and fails cleanly on a bad
-    // address; the value is a plain integer, valid for any bit pattern.
-    unsafe { bpf_probe_read_user(addr as *const u64).ok() }
-}
+counter_array!(Counter => COUNTERS);
 
 /// Goroutine id of the current user goroutine: `g.goid`, or `g.m.curg.goid` when the
 /// runtime is on the system stack (g0, whose goid is 0).
@@ -68,16 +58,14 @@ fn current_goid(g: u64, cfg: &ProcessConfig) -> Option<(u64, u64)> {
 
 #[uprobe]
 pub fn alloc_entry(ctx: ProbeContext) -> u32 {
-    let _ = try_alloc_entry(&ctx);
-    0
+    finish(try_alloc_entry(&ctx))
 }
 
 /// [`alloc_entry`] as a multi-uprobe (Linux 6.6+): duty-cycled mode attaches every entry
 /// point with one link, which detaches with one RCU grace period instead of one each.
 #[uprobe(multi)]
 pub fn alloc_entry_multi(ctx: ProbeContext) -> u32 {
-    let _ = try_alloc_entry(&ctx);
-    0
+    finish(try_alloc_entry(&ctx))
 }
 
 /// Does nothing: attached instead of [`alloc_entry`] by the benchmark, to measure the
@@ -88,22 +76,14 @@ pub fn empty_entry(_ctx: ProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_alloc_entry(ctx: &ProbeContext) -> Result<(), ()> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: CONFIG values are only replaced whole by userspace; we copy what we need.
-    let cfg = match unsafe { CONFIG.get(&tgid) } {
-        Some(cfg) => *cfg,
-        None => {
-            count(Counter::NoConfig, 1);
-            return Ok(());
-        }
-    };
+fn try_alloc_entry(ctx: &ProbeContext) -> Result<(), Counter> {
+    let tgid = tgid();
+    let cfg = *config(&CONFIG, tgid).ok_or(Counter::NoConfig)?;
     // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
     let regs = unsafe { &*ctx.regs };
     let size = regs.rax;
     if size == 0 {
-        count(Counter::ZeroSize, 1);
-        return Ok(());
+        return Err(Counter::ZeroSize);
     }
     record_allocation(ctx, tgid, &cfg, regs.rbx, size, 0)?;
     Ok(())
@@ -111,7 +91,8 @@ fn try_alloc_entry(ctx: &ProbeContext) -> Result<(), ()> {
 
 /// Counts one allocation event of `size` bytes of type `typ` under its goroutine, user
 /// stack and direct caller (and `sample_size`: see [`AllocKey::sample_size`]), and returns
-/// the key it was aggregated under.
+/// the key it was aggregated under; the error is the drop counter of an event that could
+/// not be aggregated.
 #[inline(always)]
 pub(crate) fn record_allocation(
     ctx: &ProbeContext,
@@ -120,18 +101,18 @@ pub(crate) fn record_allocation(
     typ: u64,
     size: u64,
     sample_size: u32,
-) -> Result<AllocKey, ()> {
+) -> Result<AllocKey, Counter> {
     // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
     let regs = unsafe { &*ctx.regs };
-    count(Counter::Events, 1);
-    count(Counter::EventBytes, size);
+    count(Counter::Events);
+    count_n(Counter::EventBytes, size);
     let (g, goid) = if cfg.flags & PROCESS_FLAG_NO_GOID != 0 {
         (0, 0)
     } else {
         match current_goid(regs.r14, cfg) {
             Some(found) => found,
             None => {
-                count(Counter::GoidUnreadable, 1);
+                count(Counter::GoidUnreadable);
                 (0, 0)
             }
         }
@@ -139,7 +120,12 @@ pub(crate) fn record_allocation(
     let key = AllocKey {
         tgid,
         sample_size,
-        stack: record_stack(ctx),
+        stack: user_stack_key(
+            ctx,
+            &STACKS,
+            Counter::StackUnreadable,
+            Counter::StackMapFull,
+        ),
         goid,
         typ,
         caller_pc: read_u64(regs.rsp).unwrap_or(0),
@@ -165,57 +151,27 @@ enum Added {
 /// `stats` must point at a live map value.
 #[inline(always)]
 pub(crate) unsafe fn add_stats(stats: *mut AllocStats, size: u64) {
-    use core::intrinsics::{AtomicOrdering, atomic_xadd};
-    // SAFETY: the caller guarantees a live value; BPF_ATOMIC add (XADD) is atomic across
-    // CPUs. core's AtomicU64::fetch_add is not available on the bpf target, so the
-    // intrinsic is used directly.
+    // SAFETY: the caller guarantees a live value.
     unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).bytes, size);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).objects, 1);
+        atomic_add(&raw mut (*stats).bytes, size);
+        atomic_add(&raw mut (*stats).objects, 1);
     }
 }
 
 #[inline(always)]
-fn add(key: &AllocKey, size: u64) -> Result<Added, ()> {
-    if let Some(stats) = ALLOCS.get_ptr_mut(key) {
-        // SAFETY: the pointer is to a live map value.
-        unsafe { add_stats(stats, size) };
-        return Ok(Added::Existing);
-    }
+fn add(key: &AllocKey, size: u64) -> Result<Added, Counter> {
     let first = AllocStats {
         bytes: size,
         objects: 1,
     };
-    match ALLOCS.insert(key, &first, BPF_NOEXIST as u64) {
-        Ok(()) => Ok(Added::NewKey),
-        // Another CPU inserted the key first: add to its entry.
-        Err(_) => match ALLOCS.get_ptr_mut(key) {
-            Some(stats) => {
-                // SAFETY: as above.
-                unsafe { add_stats(stats, size) };
-                Ok(Added::Existing)
-            }
-            None => {
-                count(Counter::DropAllocMapFull, 1);
-                Err(())
-            }
-        },
-    }
-}
-
-/// The user stack's key in [`STACKS`], or [`NO_STACK`] (counted) when it cannot be had.
-#[inline(always)]
-fn record_stack(ctx: &ProbeContext) -> u64 {
-    match record_user_stack(ctx, &STACKS) {
-        Ok(key) => key,
-        Err(StackError::Unreadable) => {
-            count(Counter::StackUnreadable, 1);
-            NO_STACK
+    match entry(&ALLOCS, key, &first) {
+        Some(Entry::Existing(stats)) => {
+            // SAFETY: the pointer is to a live map value.
+            unsafe { add_stats(stats, size) };
+            Ok(Added::Existing)
         }
-        Err(StackError::MapFull) => {
-            count(Counter::StackMapFull, 1);
-            NO_STACK
-        }
+        Some(Entry::Inserted) => Ok(Added::NewKey),
+        None => Err(Counter::DropAllocMapFull),
     }
 }
 
@@ -237,7 +193,7 @@ fn remember_goroutine(tgid: u32, g: u64, goid: u64, cfg: &ProcessConfig) {
         // SAFETY: as above.
         && unsafe { GOROUTINES.get(&key) }.is_none()
     {
-        count(Counter::DropGoroutineMapFull, 1);
+        count(Counter::DropGoroutineMapFull);
     }
 }
 

@@ -13,9 +13,11 @@
 //! - `runtime.gdestroy(gp)` (Go 1.22+) / `runtime.goexit0(gp)` (before) entry, RAX = gp:
 //!   the goroutine exits.
 
+use crate::helpers::{
+    Entry, atomic_add, config, count, counter_array, entry, finish, ktime, read_u64, reg, tgid,
+};
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::ProbeContext,
@@ -61,56 +63,11 @@ static STACK_TOTALS: HashMap<u32, StackTotals> = HashMap::with_max_entries(MAX_P
 static GOROUTINE_LIVE: HashMap<GoroutineLiveKey, GoroutineLive> =
     HashMap::with_max_entries(MAX_LIVE_GOROUTINES, BPF_F_NO_PREALLOC);
 
-#[inline(always)]
-fn count(counter: RtCounter) {
-    if let Some(slot) = RT_COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: a per-CPU slot of this CPU; a BPF program does not migrate while running.
-        unsafe { *slot += 1 };
-    }
-}
+counter_array!(RtCounter => RT_COUNTERS);
 
 #[inline(always)]
-fn read_u64(addr: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_user fails cleanly on a bad address; any bit pattern is a
-    // valid u64.
-    unsafe { bpf_probe_read_user(addr as *const u64).ok() }
-}
-
-#[inline(always)]
-fn ktime() -> u64 {
-    // SAFETY: bpf_ktime_get_ns takes no arguments and only reads the clock.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-#[inline(always)]
-fn tgid() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
-}
-
-#[inline(always)]
-fn config(tgid: u32) -> Option<RtConfig> {
-    // SAFETY: values are replaced whole by userspace, never partially written.
-    match unsafe { RT_CONFIG.get(&tgid) } {
-        Some(cfg) => Some(*cfg),
-        None => {
-            count(RtCounter::NoConfig);
-            None
-        }
-    }
-}
-
-/// Registers RAX, RBX, R14, each a volatile load at a constant offset from the context
-/// (the verifier rejects loads through a ctx pointer LLVM has offset first).
-#[inline(always)]
-fn regs(ctx: &ProbeContext) -> (u64, u64, u64) {
-    // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
-    unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*ctx.regs).rax),
-            core::ptr::read_volatile(&raw const (*ctx.regs).rbx),
-            core::ptr::read_volatile(&raw const (*ctx.regs).r14),
-        )
-    }
+fn rt_config(tgid: u32) -> Result<RtConfig, RtCounter> {
+    config(&RT_CONFIG, tgid).copied().ok_or(RtCounter::NoConfig)
 }
 
 /// Appends the return addresses of the frame-pointer chain from `bp` to `stack`, while
@@ -146,16 +103,21 @@ fn walk_frames(stack: &mut RtStack, mut bp: u64, lo: u64, hi: u64) {
 /// `runtime.copystack(gp *g, newsize uintptr)` entry, on g0.
 #[uprobe]
 pub fn copystack_entry(ctx: ProbeContext) -> u32 {
+    finish(try_copystack_entry(&ctx))
+}
+
+#[inline(always)]
+fn try_copystack_entry(ctx: &ProbeContext) -> Result<(), RtCounter> {
     let tgid = tgid();
-    let Some(cfg) = config(tgid) else { return 0 };
+    let cfg = rt_config(tgid)?;
     count(RtCounter::StackCopies);
-    let (gp, newsize, g0) = regs(&ctx);
+    let (gp, newsize, g0) = (reg!(ctx, rax), reg!(ctx, rbx), reg!(ctx, r14));
     if cfg.flags & RT_FLAG_TOTALS_ONLY != 0 {
-        add_stack_totals(&cfg, tgid, gp, newsize);
-        return 0;
+        return add_stack_totals(&cfg, tgid, gp, newsize);
     }
     let Some(ev) = GROWTH_SCRATCH.get_ptr_mut(0) else {
-        return 0;
+        // Cannot fail: index 0 of a one-entry array (the verifier wants the check).
+        return Ok(());
     };
     // SAFETY: the scratch slot belongs to this CPU for the duration of the program.
     let ev = unsafe { &mut *ev };
@@ -197,70 +159,63 @@ pub fn copystack_entry(ctx: ProbeContext) -> u32 {
         g: g0,
     };
     ev.start_ns = ktime();
-    let _ = PENDING_COPIES.insert(&key, ev, 0);
-    0
+    PENDING_COPIES
+        .insert(&key, ev, 0)
+        .map_err(|_| RtCounter::PendingNotRemembered)
 }
 
 /// Adds one copy of `gp`'s stack to `newsize` bytes to the process's totals.
 #[inline(always)]
-fn add_stack_totals(cfg: &RtConfig, tgid: u32, gp: u64, newsize: u64) {
-    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+fn add_stack_totals(cfg: &RtConfig, tgid: u32, gp: u64, newsize: u64) -> Result<(), RtCounter> {
     let field = |off: u32| read_u64(gp + off as u64).unwrap_or(0);
     let lo = field(cfg.g_stack_lo);
     let hi = field(cfg.g_stack_hi);
     let sp = field(cfg.g_sched_sp);
     let used = if sp >= lo && sp <= hi { hi - sp } else { 0 };
-    let Some(totals) = STACK_TOTALS.get_ptr_mut(&tgid) else {
-        count(RtCounter::NoConfig);
-        return;
-    };
-    // SAFETY: a live map value (entries are only removed with the process's config);
-    // BPF_ATOMIC adds are atomic across CPUs.
+    let totals = STACK_TOTALS
+        .get_ptr_mut(&tgid)
+        .ok_or(RtCounter::NoStackTotals)?;
+    // SAFETY: a live map value (entries are only removed with the process's config).
     unsafe {
         if newsize > hi.wrapping_sub(lo) {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*totals).growths, 1u64);
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                &raw mut (*totals).growth_bytes,
-                used,
-            );
+            atomic_add(&raw mut (*totals).growths, 1);
+            atomic_add(&raw mut (*totals).growth_bytes, used);
         } else {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*totals).shrinks, 1u64);
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                &raw mut (*totals).shrink_bytes,
-                used,
-            );
+            atomic_add(&raw mut (*totals).shrinks, 1);
+            atomic_add(&raw mut (*totals).shrink_bytes, used);
         }
     }
+    Ok(())
 }
 
 /// A RET of `runtime.copystack`, on the same g0 as its entry.
 #[uprobe]
 pub fn copystack_ret(ctx: ProbeContext) -> u32 {
+    finish(try_copystack_ret(&ctx))
+}
+
+#[inline(always)]
+fn try_copystack_ret(ctx: &ProbeContext) -> Result<(), RtCounter> {
     let now = ktime();
     let tgid = tgid();
-    if config(tgid).is_none() {
-        return 0;
-    }
-    let (_, _, g0) = regs(&ctx);
+    rt_config(tgid)?;
     let key = RtGKey {
         tgid,
         _pad: 0,
-        g: g0,
+        g: reg!(ctx, r14),
     };
-    let Some(ev) = PENDING_COPIES.get_ptr_mut(&key) else {
-        count(RtCounter::StackRetWithoutEntry);
-        return 0;
-    };
+    let ev = PENDING_COPIES
+        .get_ptr_mut(&key)
+        .ok_or(RtCounter::StackRetWithoutEntry)?;
     // SAFETY: a live map value of this g0's copy; only this g0 (one thread) writes it.
     let ev = unsafe { &mut *ev };
     ev.end_ns = now;
-    if STACK_EVENTS.output(ev, 0).is_ok() {
-        count(RtCounter::StackEventsSent);
-    } else {
-        count(RtCounter::DropStackRingFull);
-    }
+    let sent = STACK_EVENTS.output(ev, 0);
+    // Cannot fail: the entry was just found, and only this g0 (one thread) removes it.
     let _ = PENDING_COPIES.remove(&key);
-    0
+    sent.map_err(|_| RtCounter::DropStackRingFull)?;
+    count(RtCounter::StackEventsSent);
+    Ok(())
 }
 
 /// Atomic adds to a site's counters, shared by all CPUs.
@@ -269,21 +224,14 @@ pub fn copystack_ret(ctx: ProbeContext) -> u32 {
 /// `stats` must point at a live map value.
 #[inline(always)]
 unsafe fn add_site(stats: *mut SiteStats, created: u64, exited: u64, lifetime: u64) {
-    use core::intrinsics::{AtomicOrdering, atomic_xadd};
-    // SAFETY: the caller guarantees a live value; BPF_ATOMIC add is atomic across CPUs.
+    // SAFETY: the caller guarantees a live value.
     unsafe {
         if created != 0 {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                &raw mut (*stats).created,
-                created,
-            );
+            atomic_add(&raw mut (*stats).created, created);
         }
         if exited != 0 {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*stats).exited, exited);
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                &raw mut (*stats).lifetime_ns,
-                lifetime,
-            );
+            atomic_add(&raw mut (*stats).exited, exited);
+            atomic_add(&raw mut (*stats).lifetime_ns, lifetime);
         }
     }
 }
@@ -295,9 +243,14 @@ fn creation_stack(cfg: &RtConfig, g: u64) -> u64 {
         Some(c) if c != 0 => c,
         // Created from the system stack with no user goroutine (the runtime's own, e.g.
         // the main goroutine from rt0_go): no creating stack.
-        _ => return 0,
+        Some(_) => return 0,
+        None => {
+            count(RtCounter::CreationStackMissing);
+            return 0;
+        }
     };
     let Some(scratch) = RT_STACK_SCRATCH.get_ptr_mut(0) else {
+        // Cannot fail: index 0 of a one-entry array (the verifier wants the check).
         return 0;
     };
     // SAFETY: the scratch slot belongs to this CPU for the duration of the program.
@@ -332,7 +285,7 @@ fn creation_stack(cfg: &RtConfig, g: u64) -> u64 {
         // SAFETY: as above.
         && unsafe { RT_STACKS.get(&key) }.is_none()
     {
-        count(RtCounter::CreationStackMissing);
+        count(RtCounter::CreationStackMapFull);
         return 0;
     }
     key
@@ -341,13 +294,15 @@ fn creation_stack(cfg: &RtConfig, g: u64) -> u64 {
 /// The RET of `runtime.newproc1`: RAX = the new goroutine, runnable, goid assigned.
 #[uprobe]
 pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
+    finish(try_newproc1_ret(&ctx))
+}
+
+#[inline(always)]
+fn try_newproc1_ret(ctx: &ProbeContext) -> Result<(), RtCounter> {
     let tgid = tgid();
-    let Some(cfg) = config(tgid) else { return 0 };
-    let (newg, _, g) = regs(&ctx);
-    let Some(goid) = read_u64(newg + cfg.g_goid as u64) else {
-        count(RtCounter::Unreadable);
-        return 0;
-    };
+    let cfg = rt_config(tgid)?;
+    let (newg, g) = (reg!(ctx, rax), reg!(ctx, r14));
+    let goid = read_u64(newg + cfg.g_goid as u64).ok_or(RtCounter::Unreadable)?;
     count(RtCounter::Created);
     let now = ktime();
     let stack = if cfg.flags & RT_FLAG_CREATION_STACKS != 0 {
@@ -362,25 +317,16 @@ pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
         gopc: read_u64(newg + cfg.g_gopc as u64).unwrap_or(0),
         start_pc: read_u64(newg + cfg.g_startpc as u64).unwrap_or(0),
     };
-    if let Some(stats) = GOROUTINE_SITES.get_ptr_mut(&site) {
+    let first = SiteStats {
+        created: 1,
+        exited: 0,
+        lifetime_ns: 0,
+    };
+    match entry(&GOROUTINE_SITES, &site, &first) {
         // SAFETY: a live map value.
-        unsafe { add_site(stats, 1, 0, 0) };
-    } else {
-        let first = SiteStats {
-            created: 1,
-            exited: 0,
-            lifetime_ns: 0,
-        };
-        if GOROUTINE_SITES
-            .insert(&site, &first, BPF_NOEXIST as u64)
-            .is_err()
-        {
-            match GOROUTINE_SITES.get_ptr_mut(&site) {
-                // SAFETY: a live map value.
-                Some(stats) => unsafe { add_site(stats, 1, 0, 0) },
-                None => count(RtCounter::DropSiteMapFull),
-            }
-        }
+        Some(Entry::Existing(stats)) => unsafe { add_site(stats, 1, 0, 0) },
+        Some(Entry::Inserted) => {}
+        None => count(RtCounter::DropSiteMapFull),
     }
     let key = GoroutineLiveKey {
         tgid,
@@ -391,38 +337,39 @@ pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
         site,
         created_ns: now,
     };
-    if GOROUTINE_LIVE.insert(&key, &live, 0).is_err() {
-        count(RtCounter::DropLiveMapFull);
-    }
-    0
+    GOROUTINE_LIVE
+        .insert(&key, &live, 0)
+        .map_err(|_| RtCounter::DropLiveMapFull)
 }
 
 /// `runtime.gdestroy(gp)` (Go 1.22+) / `runtime.goexit0(gp)` entry: RAX = the exiting g.
 #[uprobe]
 pub fn goroutine_exit(ctx: ProbeContext) -> u32 {
+    finish(try_goroutine_exit(&ctx))
+}
+
+#[inline(always)]
+fn try_goroutine_exit(ctx: &ProbeContext) -> Result<(), RtCounter> {
     let tgid = tgid();
-    let Some(cfg) = config(tgid) else { return 0 };
+    let cfg = rt_config(tgid)?;
     let now = ktime();
-    let (gp, _, _) = regs(&ctx);
-    let Some(goid) = read_u64(gp + cfg.g_goid as u64) else {
-        count(RtCounter::Unreadable);
-        return 0;
-    };
+    let gp = reg!(ctx, rax);
+    let goid = read_u64(gp + cfg.g_goid as u64).ok_or(RtCounter::Unreadable)?;
     let key = GoroutineLiveKey {
         tgid,
         _pad: 0,
         goid,
     };
     // SAFETY: read-only copy of a plain value.
-    let Some(live) = (unsafe { GOROUTINE_LIVE.get(&key) }).copied() else {
-        count(RtCounter::ExitedUnknown);
-        return 0;
-    };
+    let live = (unsafe { GOROUTINE_LIVE.get(&key) })
+        .copied()
+        .ok_or(RtCounter::ExitedUnknown)?;
+    // Cannot fail: the entry was just read, and a goroutine exits once.
     let _ = GOROUTINE_LIVE.remove(&key);
     count(RtCounter::Exited);
     if let Some(stats) = GOROUTINE_SITES.get_ptr_mut(&live.site) {
         // SAFETY: a live map value.
         unsafe { add_site(stats, 0, 1, now.saturating_sub(live.created_ns)) };
     }
-    0
+    Ok(())
 }

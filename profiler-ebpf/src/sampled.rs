@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::bpf_probe_read_user,
     macros::{map, uprobe},
     maps::HashMap,
     programs::ProbeContext,
@@ -22,7 +22,10 @@ use gomemtrace_common::{
     MAX_PROCESSES, TYPE_NOT_RECORDED,
 };
 
-use crate::probes::{CONFIG, add_stats, count, read_u64, record_allocation};
+use crate::{
+    helpers::{Entry, config, count, entry, finish, read_u64, tgid},
+    probes::{CONFIG, add_stats, record_allocation},
+};
 
 #[map(name = "LIVE")]
 static LIVE: HashMap<LiveKey, LiveObject> =
@@ -36,28 +39,22 @@ static FREES: HashMap<AllocKey, AllocStats> = HashMap::with_max_entries(MAX_ALLO
 
 #[uprobe]
 pub fn set_profile_bucket(ctx: ProbeContext) -> u32 {
-    let _ = try_set_profile_bucket(&ctx);
-    0
+    finish(try_set_profile_bucket(&ctx))
 }
 
 /// `setprofilebucket(p unsafe.Pointer, b *bucket)`: p in RAX, b in RBX.
 #[inline(always)]
-fn try_set_profile_bucket(ctx: &ProbeContext) -> Result<(), ()> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: CONFIG values are only replaced whole by userspace; we copy what we need.
-    let Some(cfg) = (unsafe { CONFIG.get(&tgid) }).copied() else {
-        count(Counter::NoConfig, 1);
-        return Ok(());
-    };
+fn try_set_profile_bucket(ctx: &ProbeContext) -> Result<(), Counter> {
+    let tgid = tgid();
+    let cfg = *config(&CONFIG, tgid).ok_or(Counter::NoConfig)?;
     // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
     let regs = unsafe { &*ctx.regs };
     let addr = regs.rax;
-    let Some(size) = read_u64(regs.rbx + cfg.bucket_size_offset as u64) else {
-        count(Counter::DropSampleUnreadable, 1);
-        return Err(());
-    };
-    if let Some(rate) = read_u64(cfg.mem_profile_rate_addr) {
-        let _ = RATES.insert(&tgid, &rate, 0);
+    let size =
+        read_u64(regs.rbx + cfg.bucket_size_offset as u64).ok_or(Counter::DropSampleUnreadable)?;
+    match read_u64(cfg.mem_profile_rate_addr) {
+        Some(rate) if RATES.insert(&tgid, &rate, 0).is_ok() => {}
+        _ => count(Counter::RateUnrecorded),
     }
     let sample_size = u32::try_from(size).unwrap_or(u32::MAX);
     let key = record_allocation(ctx, tgid, &cfg, TYPE_NOT_RECORDED, size, sample_size)?;
@@ -66,37 +63,28 @@ fn try_set_profile_bucket(ctx: &ProbeContext) -> Result<(), ()> {
         _pad: 0,
         addr,
     };
-    if LIVE
-        .insert(&live, &LiveObject { key, size }, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        // An address is reused only after its previous object's free was seen, so a
-        // failed insert means the map is full.
-        count(Counter::DropLiveMapFull, 1);
-    }
-    Ok(())
+    // An address is reused only after its previous object's free was seen, so a failed
+    // insert means the map is full.
+    LIVE.insert(&live, &LiveObject { key, size }, BPF_NOEXIST as u64)
+        .map_err(|_| Counter::DropLiveMapFull)
 }
 
 #[uprobe]
 pub fn free_special(ctx: ProbeContext) -> u32 {
-    let _ = try_free_special(&ctx);
-    0
+    finish(try_free_special(&ctx))
 }
 
 /// `freeSpecial(s *special, p unsafe.Pointer, size uintptr)`: s in RAX, p in RBX.
 #[inline(always)]
-fn try_free_special(ctx: &ProbeContext) -> Result<(), ()> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: as in try_set_profile_bucket.
-    let Some(cfg) = (unsafe { CONFIG.get(&tgid) }).copied() else {
-        return Ok(());
-    };
-    // SAFETY: as above.
+fn try_free_special(ctx: &ProbeContext) -> Result<(), Counter> {
+    let tgid = tgid();
+    let cfg = *config(&CONFIG, tgid).ok_or(Counter::NoConfig)?;
+    // SAFETY: for a uprobe, ctx.regs points at the user registers saved by the kernel.
     let regs = unsafe { &*ctx.regs };
     // SAFETY: bpf_probe_read_user fails cleanly on a bad address; a u8 has no invalid values.
     let kind =
         unsafe { bpf_probe_read_user((regs.rax + cfg.special_kind_offset as u64) as *const u8) }
-            .map_err(|_| ())?;
+            .map_err(|_| Counter::DropSpecialUnreadable)?;
     if kind as u32 != cfg.special_kind_profile {
         return Ok(());
     }
@@ -106,32 +94,25 @@ fn try_free_special(ctx: &ProbeContext) -> Result<(), ()> {
         addr: regs.rbx,
     };
     // SAFETY: read-only copy of a plain value.
-    let Some(object) = (unsafe { LIVE.get(&live) }).copied() else {
-        count(Counter::FreeBeforeTrace, 1);
-        return Ok(());
-    };
+    let object = (unsafe { LIVE.get(&live) })
+        .copied()
+        .ok_or(Counter::FreeBeforeTrace)?;
+    // Cannot fail: the entry was just read, and an object's special is freed once.
     let _ = LIVE.remove(&live);
-    count(Counter::Frees, 1);
-    if let Some(stats) = FREES.get_ptr_mut(&object.key) {
-        // SAFETY: a live map value.
-        unsafe { add_stats(stats, object.size) };
-        return Ok(());
-    }
+    count(Counter::Frees);
     let first = AllocStats {
         bytes: object.size,
         objects: 1,
     };
-    if FREES
-        .insert(&object.key, &first, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        match FREES.get_ptr_mut(&object.key) {
+    match entry(&FREES, &object.key, &first) {
+        Some(Entry::Existing(stats)) => {
             // SAFETY: a live map value.
-            Some(stats) => unsafe { add_stats(stats, object.size) },
-            None => count(Counter::DropAllocMapFull, 1),
+            unsafe { add_stats(stats, object.size) };
+            Ok(())
         }
+        Some(Entry::Inserted) => Ok(()),
+        None => Err(Counter::DropFreeMapFull),
     }
-    Ok(())
 }
 
 /// `--enable-runtime-sampling` at launch: on `runtime.main`'s entry (after `schedinit`,

@@ -4,6 +4,7 @@
 //! The kernel's own stack-id map is not used: it keys by a hash masked to its bucket count
 //! and refuses colliding stacks, which with a few hundred distinct stacks is near certain.
 
+use crate::helpers::{Counted, count};
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
@@ -19,7 +20,7 @@ use gomemtrace_common::{MAX_STACK_DEPTH, NO_STACK, STACK_HASH_SEED, UserStack, s
 static STACK_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 0);
 
 /// Why no stack key could be returned; each caller counts it under its own counter.
-pub(crate) enum StackError {
+enum StackError {
     /// The user stack could not be read.
     Unreadable,
     /// `stacks` was full.
@@ -29,7 +30,7 @@ pub(crate) enum StackError {
 /// Reads the current user stack (the kernel's frame-pointer walk), stores it in `stacks`
 /// unless already there, and returns its key.
 #[inline(always)]
-pub(crate) fn record_user_stack(
+fn record_user_stack(
     ctx: &impl EbpfContext,
     stacks: &HashMap<u64, UserStack>,
 ) -> Result<u64, StackError> {
@@ -70,4 +71,26 @@ pub(crate) fn record_user_stack(
         return Err(StackError::MapFull);
     }
     Ok(key)
+}
+
+/// The key of the current user stack in `stacks` ([`record_user_stack`]), or [`NO_STACK`]
+/// with the failure counted under `unreadable` or `map_full`.
+#[inline(always)]
+pub(crate) fn user_stack_key<C: Counted>(
+    ctx: &impl EbpfContext,
+    stacks: &HashMap<u64, UserStack>,
+    unreadable: C,
+    map_full: C,
+) -> u64 {
+    match record_user_stack(ctx, stacks) {
+        Ok(key) => key,
+        Err(StackError::Unreadable) => {
+            count(unreadable);
+            NO_STACK
+        }
+        Err(StackError::MapFull) => {
+            count(map_full);
+            NO_STACK
+        }
+    }
 }

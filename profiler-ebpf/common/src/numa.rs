@@ -130,10 +130,19 @@ pub enum NumaCounter {
     NoFaultAddress = 5,
     /// No goroutine found for the fault.
     GoidUnknown = 6,
+    /// A traced process's `page_fault_user` whose address or ip could not be read: its
+    /// hint fault will count under [`NumaCounter::NoFaultAddress`].
+    FaultUnreadable = 7,
+    /// A traced process's user fault could not be stored in the per-thread map: its hint
+    /// fault will count under [`NumaCounter::NoFaultAddress`].
+    FaultNotRemembered = 8,
+    /// A goroutine read through its `g` could not be cached: a later fault whose `g` is
+    /// unreadable may find no goroutine.
+    GoroutineNotCached = 9,
 }
 
 impl NumaCounter {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 10;
     pub const ALL: [NumaCounter; Self::COUNT as usize] = [
         NumaCounter::Faults,
         NumaCounter::EventsSent,
@@ -142,6 +151,9 @@ impl NumaCounter {
         NumaCounter::StackMapFull,
         NumaCounter::NoFaultAddress,
         NumaCounter::GoidUnknown,
+        NumaCounter::FaultUnreadable,
+        NumaCounter::FaultNotRemembered,
+        NumaCounter::GoroutineNotCached,
     ];
 
     pub fn name(self) -> &'static str {
@@ -153,6 +165,9 @@ impl NumaCounter {
             NumaCounter::StackMapFull => "stack_map_full",
             NumaCounter::NoFaultAddress => "no_fault_address",
             NumaCounter::GoidUnknown => "goid_unknown",
+            NumaCounter::FaultUnreadable => "fault_unreadable",
+            NumaCounter::FaultNotRemembered => "fault_not_remembered",
+            NumaCounter::GoroutineNotCached => "goroutine_not_cached",
         }
     }
 }

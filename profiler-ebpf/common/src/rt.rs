@@ -151,7 +151,8 @@ pub enum RtCounter {
     StackEventsSent = 2,
     /// The ring buffer was full: a copystack event is lost.
     DropStackRingFull = 3,
-    /// A copystack RET without its entry (attached mid-copy, or the pending map full).
+    /// A copystack RET without its entry (attached mid-copy, its entry evicted from the
+    /// pending map, or not stored: [`RtCounter::PendingNotRemembered`]).
     StackRetWithoutEntry = 4,
     /// Goroutines created (newproc1 RET).
     Created = 5,
@@ -163,14 +164,21 @@ pub enum RtCounter {
     DropLiveMapFull = 8,
     /// The site map was full: the creation is not counted by site.
     DropSiteMapFull = 9,
-    /// The stack map was full or the stack unreadable: the site has no stack.
+    /// The creating goroutine's stack could not be read: the site has no stack.
     CreationStackMissing = 10,
     /// The new g or its goid could not be read.
     Unreadable = 11,
+    /// A copystack entry could not be stored in the pending map: its RET counts under
+    /// [`RtCounter::StackRetWithoutEntry`] too, and the copy is not reported.
+    PendingNotRemembered = 12,
+    /// Totals-only mode: the process has no [`StackTotals`] entry: a copy is not counted.
+    NoStackTotals = 13,
+    /// The creation stack map was full: the site has no stack.
+    CreationStackMapFull = 14,
 }
 
 impl RtCounter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 15;
     pub const ALL: [RtCounter; Self::COUNT as usize] = [
         RtCounter::NoConfig,
         RtCounter::StackCopies,
@@ -184,6 +192,9 @@ impl RtCounter {
         RtCounter::DropSiteMapFull,
         RtCounter::CreationStackMissing,
         RtCounter::Unreadable,
+        RtCounter::PendingNotRemembered,
+        RtCounter::NoStackTotals,
+        RtCounter::CreationStackMapFull,
     ];
 
     /// Name in reports.
@@ -201,6 +212,9 @@ impl RtCounter {
             RtCounter::DropSiteMapFull => "site_map_full",
             RtCounter::CreationStackMissing => "creation_stack_missing",
             RtCounter::Unreadable => "unreadable",
+            RtCounter::PendingNotRemembered => "stack_pending_not_remembered",
+            RtCounter::NoStackTotals => "no_stack_totals",
+            RtCounter::CreationStackMapFull => "creation_stack_map_full",
         }
     }
 }

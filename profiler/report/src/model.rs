@@ -140,6 +140,18 @@ pub struct Drops {
     pub sample_unreadable: u64,
     /// Goroutines whose start function is unknown because the goroutine map was full.
     pub goroutine_map_full: u64,
+    /// Runtime-sampled mode: frees of sampled objects lost because the frees map was full
+    /// (the objects stay counted as in use).
+    #[serde(default)]
+    pub free_map_full: u64,
+    /// Runtime-sampled mode: freed specials whose kind could not be read (a sampled
+    /// object's free may be lost: it stays counted as in use).
+    #[serde(default)]
+    pub special_unreadable: u64,
+    /// Runtime-sampled mode: samples at which `MemProfileRate` could not be read or kept
+    /// (the rate reported may be stale or missing).
+    #[serde(default)]
+    pub rate_unrecorded: u64,
 }
 
 impl Drops {
@@ -151,6 +163,9 @@ impl Drops {
             + self.goroutine_map_full
             + self.live_map_full
             + self.sample_unreadable
+            + self.free_map_full
+            + self.special_unreadable
+            + self.rate_unrecorded
     }
 }
 

@@ -329,14 +329,17 @@ fn build(p: &AllocProfile, frames: Frames) -> proto::Profile {
         },
         format!("events: {} ({} bytes)", p.events, p.event_bytes),
         format!(
-            "drops: alloc_map_full={} stack_unreadable={} stack_map_full={} goid_unreadable={} goroutine_map_full={} live_map_full={} sample_unreadable={}",
+            "drops: alloc_map_full={} stack_unreadable={} stack_map_full={} goid_unreadable={} goroutine_map_full={} live_map_full={} sample_unreadable={} free_map_full={} special_unreadable={} rate_unrecorded={}",
             d.alloc_map_full,
             d.stack_unreadable,
             d.stack_map_full,
             d.goid_unreadable,
             d.goroutine_map_full,
             d.live_map_full,
-            d.sample_unreadable
+            d.sample_unreadable,
+            d.free_map_full,
+            d.special_unreadable,
+            d.rate_unrecorded
         ),
     ]
     .iter()

@@ -537,6 +537,21 @@ fn drops_section(out: &mut String, p: &AllocProfile) {
             d.sample_unreadable,
             "runtime samples lost: their size could not be read",
         ),
+        (
+            "free_map_full",
+            d.free_map_full,
+            "sampled objects whose free is lost: the frees map was full",
+        ),
+        (
+            "special_unreadable",
+            d.special_unreadable,
+            "frees possibly lost: a freed special's kind could not be read",
+        ),
+        (
+            "rate_unrecorded",
+            d.rate_unrecorded,
+            "samples where MemProfileRate could not be read or kept",
+        ),
     ]
     .iter()
     .map(|(name, n, why)| vec![(*name).to_owned(), n.to_string(), (*why).to_owned()])

@@ -176,6 +176,9 @@ fn fixture() -> AllocProfile {
             goroutine_map_full: 0,
             live_map_full: 0,
             sample_unreadable: 0,
+            free_map_full: 0,
+            special_unreadable: 0,
+            rate_unrecorded: 0,
         },
         duty: None,
         runtime_counters: None,
@@ -350,7 +353,19 @@ fn text_drops_are_never_hidden() {
         words(drops[6]).starts_with(&["sample_unreadable", "0"]),
         "{text}"
     );
-    assert_eq!(drops[7], "  total: 2");
+    assert!(
+        words(drops[7]).starts_with(&["free_map_full", "0"]),
+        "{text}"
+    );
+    assert!(
+        words(drops[8]).starts_with(&["special_unreadable", "0"]),
+        "{text}"
+    );
+    assert!(
+        words(drops[9]).starts_with(&["rate_unrecorded", "0"]),
+        "{text}"
+    );
+    assert_eq!(drops[10], "  total: 2");
     assert!(!text.contains("none:"));
 
     p.drops = Drops::default();
@@ -358,14 +373,14 @@ fn text_drops_are_never_hidden() {
     let drops = section(&text, "Drops");
     assert_eq!(
         drops.len(),
-        8,
-        "all seven counters and the none line:\n{text}"
+        11,
+        "all ten counters and the none line:\n{text}"
     );
     assert!(
         words(drops[0]).starts_with(&["alloc_map_full", "0"]),
         "{text}"
     );
-    assert_eq!(drops[7], "  none: every event was aggregated in full");
+    assert_eq!(drops[10], "  none: every event was aggregated in full");
 }
 
 #[test]
@@ -545,7 +560,7 @@ fn pprof_decodes_to_the_same_profile() {
     assert_eq!(pb.duration_nanos, 2_500_000_000);
     assert!(pb.comment.iter().any(|&c| s(c).contains("exact")));
     assert!(pb.comment.iter().any(|&c| s(c)
-        == "drops: alloc_map_full=1 stack_unreadable=1 stack_map_full=0 goid_unreadable=0 goroutine_map_full=0 live_map_full=0 sample_unreadable=0"));
+        == "drops: alloc_map_full=1 stack_unreadable=1 stack_map_full=0 goid_unreadable=0 goroutine_map_full=0 live_map_full=0 sample_unreadable=0 free_map_full=0 special_unreadable=0 rate_unrecorded=0"));
 
     // Mapping.
     assert_eq!(pb.mapping.len(), 1);

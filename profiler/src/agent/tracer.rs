@@ -77,13 +77,16 @@ pub struct Trackers {
 }
 
 /// The drop counters of the probes, by the `reason` label.
-const DROPS: [(&str, Counter); 6] = [
+const DROPS: [(&str, Counter); 9] = [
     ("alloc_map_full", Counter::DropAllocMapFull),
     ("stack_map_full", Counter::StackMapFull),
     ("stack_unreadable", Counter::StackUnreadable),
     ("goroutine_map_full", Counter::DropGoroutineMapFull),
     ("live_map_full", Counter::DropLiveMapFull),
     ("sample_unreadable", Counter::DropSampleUnreadable),
+    ("free_map_full", Counter::DropFreeMapFull),
+    ("special_unreadable", Counter::DropSpecialUnreadable),
+    ("rate_unrecorded", Counter::RateUnrecorded),
 ];
 
 impl Tracer {

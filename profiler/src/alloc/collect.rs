@@ -156,6 +156,9 @@ pub fn drops(counters: &Counters) -> Drops {
         goroutine_map_full: counters.get(Counter::DropGoroutineMapFull),
         live_map_full: counters.get(Counter::DropLiveMapFull),
         sample_unreadable: counters.get(Counter::DropSampleUnreadable),
+        free_map_full: counters.get(Counter::DropFreeMapFull),
+        special_unreadable: counters.get(Counter::DropSpecialUnreadable),
+        rate_unrecorded: counters.get(Counter::RateUnrecorded),
     }
 }
 

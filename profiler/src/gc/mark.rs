@@ -444,7 +444,7 @@ impl Report {
             .sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then(a.site.cmp(&b.site)));
         for c in MarkCounter::ALL {
             json.counters
-                .insert(counter_name(c).to_string(), snapshot.counters[c as usize]);
+                .insert(c.name().to_string(), snapshot.counters[c as usize]);
         }
         Report { json, samples }
     }
@@ -544,21 +544,6 @@ fn short(file: &str) -> &str {
     match parts.next() {
         Some(dir) => &file[file.len() - last.len() - dir.len() - 1..],
         None => last,
-    }
-}
-
-fn counter_name(c: MarkCounter) -> &'static str {
-    match c {
-        MarkCounter::Hits => "hits",
-        MarkCounter::NoConfig => "no_config",
-        MarkCounter::StaleAssist => "stale_assist",
-        MarkCounter::RetWithoutEntry => "ret_without_entry",
-        MarkCounter::DropAssistMapFull => "assist_map_full",
-        MarkCounter::StackUnreadable => "stack_unreadable",
-        MarkCounter::StackMapFull => "stack_map_full",
-        MarkCounter::DropRingFull => "ring_full",
-        MarkCounter::AssistOnSystemStack => "assist_on_system_stack",
-        MarkCounter::StaleSpan => "stale_span",
     }
 }
 

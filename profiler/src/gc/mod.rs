@@ -156,6 +156,25 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
                 String::new()
             }
         );
+        // What the probes could not measure in full, beside the lost cycles.
+        let degraded: Vec<String> = GcCounter::ALL
+            .iter()
+            .filter(|k| {
+                !matches!(
+                    k,
+                    GcCounter::Hits
+                        | GcCounter::NoConfig
+                        | GcCounter::Cycles
+                        | GcCounter::OtherStws
+                        | GcCounter::DropRingFull
+                        | GcCounter::DropStateMapFull
+                ) && c[**k as usize] > 0
+            })
+            .map(|&k| format!("{} {}", k.name(), c[k as usize]))
+            .collect();
+        if !degraded.is_empty() {
+            eprintln!("gomemtrace: GC probe counters: {}", degraded.join(", "));
+        }
     }
     drop(probes);
     engine::finish(&mut target, end)

@@ -327,6 +327,8 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
                         | RtCounter::StackEventsSent
                         | RtCounter::DropStackRingFull
                         | RtCounter::StackRetWithoutEntry
+                        | RtCounter::PendingNotRemembered
+                        | RtCounter::NoStackTotals
                 )
             })
             .map(|&c| (c.name(), counters[c as usize]))

@@ -249,6 +249,8 @@ pub fn run(args: &StackgrowthArgs) -> anyhow::Result<ExitCode> {
                         | RtCounter::DropStackRingFull
                         | RtCounter::StackRetWithoutEntry
                         | RtCounter::NoConfig
+                        | RtCounter::PendingNotRemembered
+                        | RtCounter::NoStackTotals
                 )
             })
             .map(|&c| (c.name(), counters[c as usize]))
