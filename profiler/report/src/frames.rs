@@ -25,7 +25,7 @@ pub enum Frames {
 
 /// Package runtime and, since Go 1.24's maps, `internal/runtime/...`: the prefixes
 /// `writeHeapProto` hides. `runtime/debug` and the like are ordinary callers.
-pub(crate) fn is_runtime(function: &str) -> bool {
+pub fn is_runtime(function: &str) -> bool {
     function.starts_with("runtime.") || function.starts_with("internal/runtime/")
 }
 

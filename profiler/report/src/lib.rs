@@ -23,7 +23,7 @@ mod text;
 
 pub use error::Error;
 pub use folded::{Weight, to_folded};
-pub use frames::{Frames, elided, visible};
+pub use frames::{Frames, elided, is_runtime, visible};
 pub use json::{SCHEMA, from_json, to_json};
 pub use pprof::{NIL_TYPE_LABEL, proto, to_pprof};
 pub use svg::to_svg;

@@ -1,5 +1,7 @@
 //! pprof's `profile.proto`, gzipped: the format `go tool pprof`, Parca, Pyroscope and
-//! speedscope open.
+//! speedscope open. One encoder ([`encode`]) for every profile gomemtrace writes: the
+//! allocation profile ([`to_pprof`], shaped like Go's heap profile) and the weighted views
+//! ([`crate::to_weighted_pprof`]: mark assists, stack growth, goroutines, NUMA).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -10,7 +12,7 @@ use prost::Message as _;
 
 use crate::folded::NO_STACK;
 use crate::frames::{Frames, elided, visible};
-use crate::model::{AllocProfile, Location, Mode};
+use crate::model::{AllocProfile, Location, Mapping, Mode};
 
 /// The prost types generated from `proto/profile.proto` (package `perftools.profiles`).
 pub mod proto {
@@ -49,42 +51,6 @@ impl Strings {
     }
 }
 
-/// The profile as a gzipped pprof protobuf, shaped like the Go runtime's own heap profile
-/// (`runtime/pprof` `writeHeapProto`), so that `go tool pprof` shows the same lines for both
-/// and `-diff_base` accepts one against the other:
-///
-/// - sample types `alloc_objects/count`, `alloc_space/bytes`, `inuse_objects/count`,
-///   `inuse_space/bytes`, always all four, in Go's order (pprof merges and diffs only
-///   profiles with identical sample types). The in-use values are measured where frees are
-///   traced (runtime-sampled mode); elsewhere they are zero, and a comment says so.
-/// - default sample type: `inuse_space` where it is measured, which is what Go's heap
-///   profile shows by default (it leaves the field unset, and pprof takes the last type);
-///   `alloc_space` elsewhere, as Go's `allocs` profile.
-/// - period type `space/bytes`; period the target's `MemProfileRate` in runtime-sampled
-///   mode (values already unbiased, as Go's), else 1.
-/// - stacks cut as `frames` says, by default the runtime frames above the allocation hidden
-///   as Go hides them ([`crate::Frames`]).
-/// - string labels per sample: `goroutine` (goid in decimal, `0` when unreadable) and `type`
-///   (the Go type name, [`NIL_TYPE_LABEL`] for a nil `typ`).
-/// - locations deduplicated by (address, mapping); inlined frames are several lines of one
-///   location, innermost first as pprof expects.
-/// - functions deduplicated by (name, file).
-/// - a sample whose stack could not be read has the single frame `[no stack]` (address 0,
-///   no mapping), because pprof readers drop samples without locations.
-/// - mappings in model order, except that the target executable's mappings come first,
-///   because pprof takes the first mapping as the main binary. Each mapping's `has_*` flags
-///   say what its locations carry, so pprof does not try to symbolize what is already
-///   symbolized (and does try for what is not).
-/// - comments carry the mode, the probes and the drop counters.
-pub fn to_pprof(p: &AllocProfile, frames: Frames) -> Vec<u8> {
-    let profile = build(p, frames);
-    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    // Writing into a Vec cannot fail.
-    gz.write_all(&profile.encode_to_vec())
-        .expect("gzip into memory");
-    gz.finish().expect("gzip into memory")
-}
-
 /// What the locations of one mapping carry, for its `has_*` flags.
 #[derive(Default, Clone, Copy)]
 struct Has {
@@ -102,8 +68,9 @@ struct Tables<'a> {
     functions: Vec<proto::Function>,
     function_ids: HashMap<(&'a str, Option<&'a str>), u64>,
     locations: Vec<proto::Location>,
-    /// `None`: every frame of the PC is elided.
-    location_ids: HashMap<(u64, Option<usize>), Option<u64>>,
+    /// By (address, mapping, and for address 0 — no PC — the function named); `None`:
+    /// every frame of the PC is elided.
+    location_ids: HashMap<(u64, Option<usize>, &'a str), Option<u64>>,
     /// The location standing for unreadable stacks, once created.
     no_stack: Option<u64>,
 }
@@ -151,17 +118,22 @@ impl<'a> Tables<'a> {
         id
     }
 
-    /// The location of `loc`, without the frames `frames` elides; `None` when that leaves
-    /// none (a PC of `runtime.goexit` under Go's convention).
-    fn location_id(&mut self, loc: &'a Location, frames: Frames) -> Option<u64> {
+    /// The location of `loc` with the frames `keep` keeps; `None` when that leaves none
+    /// (a PC of `runtime.goexit` under Go's convention).
+    fn location_id(&mut self, loc: &'a Location, keep: &dyn Fn(&str) -> bool) -> Option<u64> {
         // A mapping index outside the table is treated as no mapping rather than trusted.
         let mapping = loc.mapping.filter(|&m| m < self.mapping_ids.len());
-        if let Some(&id) = self.location_ids.get(&(loc.address, mapping)) {
+        let name = match loc.address {
+            0 => loc.frames.first().map_or("", |f| f.function.as_str()),
+            _ => "",
+        };
+        let key = (loc.address, mapping, name);
+        if let Some(&id) = self.location_ids.get(&key) {
             return id;
         }
-        let shown = || loc.frames.iter().filter(|f| !elided(&f.function, frames));
+        let shown = || loc.frames.iter().filter(|f| keep(&f.function));
         if !loc.frames.is_empty() && shown().next().is_none() {
-            self.location_ids.insert((loc.address, mapping), None);
+            self.location_ids.insert(key, None);
             return None;
         }
         let mut lines = Vec::with_capacity(loc.frames.len());
@@ -187,42 +159,88 @@ impl<'a> Tables<'a> {
             line: lines,
             is_folded: false,
         });
-        self.location_ids.insert((loc.address, mapping), Some(id));
+        self.location_ids.insert(key, Some(id));
         Some(id)
     }
 }
 
-/// The profile before encoding.
-fn build(p: &AllocProfile, frames: Frames) -> proto::Profile {
+/// One sample: its stack (leaf first), one value per sample type, string labels.
+pub struct Sample<'a> {
+    pub stack: &'a [Location],
+    pub values: Vec<i64>,
+    pub labels: Vec<(&'a str, String)>,
+}
+
+/// What a profile measures and what it says about itself.
+pub struct Spec<'a> {
+    /// (type, unit) per value, e.g. `("alloc_space", "bytes")`.
+    pub sample_types: &'a [(&'a str, &'a str)],
+    /// Index into `sample_types` that pprof shows by default.
+    pub default_sample_type: usize,
+    /// (type, unit) of `period`.
+    pub period_type: (&'a str, &'a str),
+    pub period: i64,
+    /// Unix ns when collection started; 0: not said.
+    pub time_nanos: i64,
+    pub duration_nanos: i64,
+    pub mappings: &'a [Mapping],
+    /// The path of the target executable: its mappings go first, because pprof takes the
+    /// first mapping as the main binary.
+    pub main_binary: Option<&'a str>,
+    pub comments: Vec<String>,
+}
+
+/// The profile as a gzipped `profile.proto`:
+///
+/// - locations deduplicated by (address, mapping); inlined frames are several lines of one
+///   location, innermost first as pprof expects; only the frames `keep` keeps.
+/// - functions deduplicated by (name, file).
+/// - a sample whose stack is empty (or wholly dropped by `keep`) has the single frame
+///   `[no stack]` (address 0, no mapping), because pprof readers drop samples without
+///   locations (Go 1.19's pprof does, and with them their values from every total).
+/// - mappings in model order, except that the main binary's come first. Each mapping's
+///   `has_*` flags say what its locations carry, so pprof does not try to symbolize what is
+///   already symbolized (and does try for what is not).
+pub fn encode<'a>(
+    spec: &Spec<'a>,
+    samples: impl IntoIterator<Item = Sample<'a>>,
+    keep: &dyn Fn(&str) -> bool,
+) -> Vec<u8> {
+    let profile = build(spec, samples, keep);
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    // Writing into a Vec cannot fail.
+    gz.write_all(&profile.encode_to_vec())
+        .expect("gzip into memory");
+    gz.finish().expect("gzip into memory")
+}
+
+fn build<'a>(
+    spec: &Spec<'a>,
+    samples: impl IntoIterator<Item = Sample<'a>>,
+    keep: &dyn Fn(&str) -> bool,
+) -> proto::Profile {
     let mut strings = Strings::new();
-
-    let sample_type = [
-        ("alloc_objects", "count"),
-        ("alloc_space", "bytes"),
-        ("inuse_objects", "count"),
-        ("inuse_space", "bytes"),
-    ]
-    .map(|(ty, unit)| proto::ValueType {
-        r#type: strings.intern(ty),
-        unit: strings.intern(unit),
-    })
-    .to_vec();
-    // Frees are traced in runtime-sampled mode only (every sample then has `inuse`).
-    let has_inuse = p.samples.iter().any(|s| s.inuse.is_some()) || p.mode == Mode::Runtime;
-    let default_sample_type = sample_type[if has_inuse { 3 } else { 1 }].r#type;
+    let sample_type: Vec<proto::ValueType> = spec
+        .sample_types
+        .iter()
+        .map(|(ty, unit)| proto::ValueType {
+            r#type: strings.intern(ty),
+            unit: strings.intern(unit),
+        })
+        .collect();
+    let default_sample_type = sample_type
+        .get(spec.default_sample_type)
+        .map_or(0, |t| t.r#type);
     let period_type = proto::ValueType {
-        r#type: strings.intern("space"),
-        unit: strings.intern("bytes"),
+        r#type: strings.intern(spec.period_type.0),
+        unit: strings.intern(spec.period_type.1),
     };
-    let goroutine_key = strings.intern("goroutine");
-    let type_key = strings.intern("type");
 
-    // Mapping order: the executable first (pprof's "main binary"), then the others in model
-    // order.
-    let is_exe = |i: &usize| p.mappings[*i].path == p.target.exe;
-    let mut order: Vec<usize> = (0..p.mappings.len()).filter(is_exe).collect();
-    order.extend((0..p.mappings.len()).filter(|i| !is_exe(i)));
-    let mut mapping_ids = vec![0u64; p.mappings.len()];
+    let mappings = spec.mappings;
+    let is_main = |i: &usize| Some(mappings[*i].path.as_str()) == spec.main_binary;
+    let mut order: Vec<usize> = (0..mappings.len()).filter(is_main).collect();
+    order.extend((0..mappings.len()).filter(|i| !is_main(i)));
+    let mut mapping_ids = vec![0u64; mappings.len()];
     for (pos, &i) in order.iter().enumerate() {
         mapping_ids[i] = pos as u64 + 1;
     }
@@ -230,7 +248,7 @@ fn build(p: &AllocProfile, frames: Frames) -> proto::Profile {
     let mut t = Tables {
         strings,
         mapping_ids,
-        has: vec![Has::default(); p.mappings.len()],
+        has: vec![Has::default(); mappings.len()],
         functions: Vec::new(),
         function_ids: HashMap::new(),
         locations: Vec::new(),
@@ -238,41 +256,29 @@ fn build(p: &AllocProfile, frames: Frames) -> proto::Profile {
         no_stack: None,
     };
 
-    let mut samples = Vec::with_capacity(p.samples.len());
-    for s in &p.samples {
-        let stack = visible(&s.stack, frames, &p.target.go_version);
-        let mut location_id: Vec<u64> = stack
+    let mut encoded = Vec::new();
+    for s in samples {
+        let mut location_id: Vec<u64> = s
+            .stack
             .iter()
-            .filter_map(|loc| t.location_id(loc, frames))
+            .filter_map(|loc| t.location_id(loc, keep))
             .collect();
         if location_id.is_empty() {
             location_id.push(t.no_stack_location());
         }
-        let type_name = s.type_name.as_deref().unwrap_or(NIL_TYPE_LABEL);
-        let label = vec![
-            proto::Label {
-                key: goroutine_key,
-                str: t.strings.intern(&s.goid.to_string()),
+        let label = s
+            .labels
+            .iter()
+            .map(|(key, value)| proto::Label {
+                key: t.strings.intern(key),
+                str: t.strings.intern(value),
                 num: 0,
                 num_unit: 0,
-            },
-            proto::Label {
-                key: type_key,
-                str: t.strings.intern(type_name),
-                num: 0,
-                num_unit: 0,
-            },
-        ];
-        let inuse = s.inuse.unwrap_or_default();
-        let value = vec![
-            saturate(s.objects),
-            saturate(s.bytes),
-            saturate(inuse.objects),
-            saturate(inuse.bytes),
-        ];
-        samples.push(proto::Sample {
+            })
+            .collect();
+        encoded.push(proto::Sample {
             location_id,
-            value,
+            value: s.values,
             label,
         });
     }
@@ -280,7 +286,7 @@ fn build(p: &AllocProfile, frames: Frames) -> proto::Profile {
     let mapping = order
         .iter()
         .map(|&i| {
-            let m = &p.mappings[i];
+            let m = &mappings[i];
             let has = t.has[i];
             proto::Mapping {
                 id: t.mapping_ids[i],
@@ -298,7 +304,58 @@ fn build(p: &AllocProfile, frames: Frames) -> proto::Profile {
             }
         })
         .collect();
+    let comment = spec.comments.iter().map(|c| t.strings.intern(c)).collect();
 
+    proto::Profile {
+        sample_type,
+        sample: encoded,
+        mapping,
+        location: t.locations,
+        function: t.functions,
+        string_table: t.strings.table,
+        drop_frames: 0,
+        keep_frames: 0,
+        time_nanos: spec.time_nanos,
+        duration_nanos: spec.duration_nanos,
+        period_type: Some(period_type),
+        period: spec.period,
+        comment,
+        default_sample_type,
+        doc_url: 0,
+    }
+}
+
+/// The allocation profile's sample types, in Go's heap-profile order.
+const ALLOC_SAMPLE_TYPES: [(&str, &str); 4] = [
+    ("alloc_objects", "count"),
+    ("alloc_space", "bytes"),
+    ("inuse_objects", "count"),
+    ("inuse_space", "bytes"),
+];
+
+/// The profile as a gzipped pprof protobuf, shaped like the Go runtime's own heap profile
+/// (`runtime/pprof` `writeHeapProto`), so that `go tool pprof` shows the same lines for both
+/// and `-diff_base` accepts one against the other:
+///
+/// - sample types `alloc_objects/count`, `alloc_space/bytes`, `inuse_objects/count`,
+///   `inuse_space/bytes`, always all four, in Go's order (pprof merges and diffs only
+///   profiles with identical sample types). The in-use values are measured where frees are
+///   traced (runtime-sampled mode); elsewhere they are zero, and a comment says so.
+/// - default sample type: `inuse_space` where it is measured, which is what Go's heap
+///   profile shows by default (it leaves the field unset, and pprof takes the last type);
+///   `alloc_space` elsewhere, as Go's `allocs` profile.
+/// - period type `space/bytes`; period the target's `MemProfileRate` in runtime-sampled
+///   mode (values already unbiased, as Go's), else 1.
+/// - stacks cut as `frames` says, by default the runtime frames above the allocation hidden
+///   as Go hides them ([`crate::Frames`]).
+/// - string labels per sample: `goroutine` (goid in decimal, `0` when unreadable) and `type`
+///   (the Go type name, [`NIL_TYPE_LABEL`] for a nil `typ`).
+/// - locations, functions, `[no stack]` and mappings as [`encode`] writes them, the target
+///   executable as the main binary.
+/// - comments carry the mode, the probes and the drop counters.
+pub fn to_pprof(p: &AllocProfile, frames: Frames) -> Vec<u8> {
+    // Frees are traced in runtime-sampled mode only (every sample then has `inuse`).
+    let has_inuse = p.samples.iter().any(|s| s.inuse.is_some()) || p.mode == Mode::Runtime;
     let mode = match p.mode {
         Mode::Exact => "mode: exact (every allocation recorded, period 1, no sampling)".to_owned(),
         Mode::Runtime => format!(
@@ -311,7 +368,7 @@ fn build(p: &AllocProfile, frames: Frames) -> proto::Profile {
         ),
     };
     let d = &p.drops;
-    let comment = [
+    let comments = [
         format!(
             "gomemtrace allocation profile of {} (pid {}, {})",
             p.target.exe, p.target.pid, p.target.go_version
@@ -342,27 +399,38 @@ fn build(p: &AllocProfile, frames: Frames) -> proto::Profile {
             d.rate_unrecorded
         ),
     ]
-    .iter()
-    .map(|c| t.strings.intern(c))
-    .collect();
-
-    proto::Profile {
-        sample_type,
-        sample: samples,
-        mapping,
-        location: t.locations,
-        function: t.functions,
-        string_table: t.strings.table,
-        drop_frames: 0,
-        keep_frames: 0,
+    .to_vec();
+    let spec = Spec {
+        sample_types: &ALLOC_SAMPLE_TYPES,
+        default_sample_type: if has_inuse { 3 } else { 1 },
+        period_type: ("space", "bytes"),
+        period: p.sample_rate.map_or(1, |rate| rate as i64),
         time_nanos: saturate(p.start_unix_ns),
         duration_nanos: saturate(p.duration_ns),
-        period_type: Some(period_type),
-        period: p.sample_rate.map_or(1, |rate| rate as i64),
-        comment,
-        default_sample_type,
-        doc_url: 0,
-    }
+        mappings: &p.mappings,
+        main_binary: Some(&p.target.exe),
+        comments,
+    };
+    let samples = p.samples.iter().map(|s| {
+        let inuse = s.inuse.unwrap_or_default();
+        Sample {
+            stack: visible(&s.stack, frames, &p.target.go_version),
+            values: vec![
+                saturate(s.objects),
+                saturate(s.bytes),
+                saturate(inuse.objects),
+                saturate(inuse.bytes),
+            ],
+            labels: vec![
+                ("goroutine", s.goid.to_string()),
+                (
+                    "type",
+                    s.type_name.as_deref().unwrap_or(NIL_TYPE_LABEL).to_string(),
+                ),
+            ],
+        }
+    });
+    encode(&spec, samples, &|function| !elided(function, frames))
 }
 
 /// pprof values are int64; a u64 beyond that range (never in practice) is clamped rather

@@ -65,7 +65,7 @@ impl StartClassifier {
     /// As the runtime decides for `runtime.NumGoroutine`: a goroutine whose start
     /// function is in package runtime is the runtime's, except `runtime.main` and the
     /// coroutines of `iter.Pull` (`runtime.corostart`).
-    fn is_runtime(&mut self, binary: &GoBinary, file_pc: u64) -> bool {
+    fn started_by_runtime(&mut self, binary: &GoBinary, file_pc: u64) -> bool {
         *self.by_pc.entry(file_pc).or_insert_with(|| {
             binary.function_at(file_pc).is_some_and(|f| {
                 f.name.starts_with("runtime.")
@@ -111,7 +111,7 @@ pub fn count(
         .into_iter()
         .flatten()
     {
-        if classifier.is_runtime(binary, start.wrapping_sub(bias)) {
+        if classifier.started_by_runtime(binary, start.wrapping_sub(bias)) {
             out.runtime += 1;
         } else {
             out.user += 1;

@@ -531,9 +531,10 @@ fn saturate(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Runtime code, not where the program was: skipped when naming the drafting site.
+/// Runtime code (or an unsymbolized PC), not where the program was: skipped when naming
+/// the drafting site.
 fn is_runtime(function: &str) -> bool {
-    function.starts_with("runtime.")
+    gomemtrace_report::is_runtime(function)
         || function.starts_with("internal/")
         || function.starts_with("0x")
 }

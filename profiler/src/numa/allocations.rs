@@ -12,6 +12,7 @@ use std::{
 };
 
 use gomemtrace_common::{AllocKey, Counter, LiveObject};
+use gomemtrace_report::is_runtime;
 use serde::Serialize;
 
 use super::pages::PageNodes;
@@ -337,10 +338,6 @@ impl Finished {
             counters,
         })
     }
-}
-
-fn is_runtime(function: &str) -> bool {
-    function.starts_with("runtime.") || function.starts_with("internal/runtime/")
 }
 
 /// Sampled and estimated objects and bytes.

@@ -39,9 +39,10 @@ use crate::{
     cli::{NumaArgs, RtFormat},
     engine::{self, ExeMappings, monotonic_ns, preflight},
     error::UserError,
-    rt::{self, TargetJson, end_reason, pprof},
+    rt::{self, TargetJson, end_reason},
 };
 use availability::NumaHost;
+use gomemtrace_report::{WeightedProfile, to_weighted_pprof};
 use report::{Method, Report};
 
 /// Faults listed one by one in the json report (all are counted).
@@ -226,16 +227,16 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             s.into_bytes()
         }
         RtFormat::Text => report::text(&report, args.top).into_bytes(),
-        RtFormat::Pprof => pprof::encode(&pprof::Profile {
-            sample_types: vec![
+        RtFormat::Pprof => to_weighted_pprof(&WeightedProfile {
+            sample_types: &[
                 ("remote_samples", "count"),
                 ("local_samples", "count"),
                 ("remote_pages", "count"),
             ],
-            default_type: "remote_samples",
-            samples,
-            mappings: sym.mappings.clone(),
-            comments: vec![format!(
+            default_sample_type: 0,
+            samples: &samples,
+            mappings: &sym.mappings,
+            comments: &[format!(
                 "gomemtrace numa: {} remote, {} local hint-fault samples",
                 report.totals.remote_samples, report.totals.local_samples
             )],

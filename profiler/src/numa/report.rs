@@ -5,14 +5,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use gomemtrace_common::{GoidSource, NumaFaultEvent};
-use gomemtrace_report::model::{Frame, Location};
+use gomemtrace_report::model::Location;
 use serde::Serialize;
 
 use super::placement::NodeResidency;
 use crate::{
-    rt::{FrameJson, TargetJson, duration, frames, pprof, size},
+    rt::{FrameJson, TargetJson, duration, frames, size},
     symbolizer::Symbolizer,
 };
+use gomemtrace_report::WeightedSample;
 
 pub const SCHEMA: &str = "gomemtrace.numa/v1";
 
@@ -147,7 +148,12 @@ pub fn aggregate(
     events: &[NumaFaultEvent],
     stacks: &HashMap<u64, Vec<u64>>,
     sym: &mut Symbolizer<'_>,
-) -> (Counts, Vec<GoroutineRow>, Vec<StackRow>, Vec<pprof::Sample>) {
+) -> (
+    Counts,
+    Vec<GoroutineRow>,
+    Vec<StackRow>,
+    Vec<WeightedSample>,
+) {
     let mut totals = Counts::default();
     let mut by_goid: BTreeMap<u64, (GoroutineRow, u64, u64)> = BTreeMap::new();
     let mut by_stack: HashMap<u64, (Counts, Vec<u64>)> = HashMap::new();
@@ -228,30 +234,20 @@ pub fn aggregate(
         .into_iter()
         .map(|((goid, key), counts)| {
             let pcs = stacks.get(&key).unwrap_or(&no_stack);
-            let mut stack: Vec<Location> = pcs
+            let stack: Vec<Location> = pcs
                 .iter()
                 .enumerate()
                 .map(|(i, &pc)| sym.location(pc, i > 0))
                 .collect();
-            if stack.is_empty() {
-                stack.push(Location {
-                    address: 0,
-                    mapping: None,
-                    frames: vec![Frame {
-                        function: "[no stack]".into(),
-                        file: None,
-                        line: 0,
-                    }],
-                });
-            }
-            pprof::Sample {
+            // An empty stack is encoded as `[no stack]`.
+            WeightedSample {
                 stack,
                 values: vec![
                     counts.remote_samples as i64,
                     counts.local_samples as i64,
                     counts.remote_pages as i64,
                 ],
-                labels: vec![("goroutine", goid.to_string())],
+                labels: vec![("goroutine".into(), goid.to_string())],
             }
         })
         .collect();

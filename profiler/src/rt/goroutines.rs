@@ -16,12 +16,13 @@ use gomemtrace_common::{
 use gomemtrace_report::model::Location;
 use serde::Serialize;
 
-use super::{FrameJson, TargetJson, analyse, duration, end_reason, frames, pprof};
+use super::{FrameJson, TargetJson, analyse, duration, end_reason, frames};
 use crate::{
     bpf::{Bpf, RtProbes},
     cli::{GoroutinesArgs, RtFormat},
     engine::{self, ExeMappings, monotonic_ns},
 };
+use gomemtrace_report::{WeightedProfile, WeightedSample, to_weighted_pprof};
 
 pub const SCHEMA: &str = "gomemtrace.goroutines/v1";
 
@@ -252,12 +253,12 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
         if stack_locs.is_empty() {
             stack_locs.push(creation_loc.clone());
         }
-        samples.push(pprof::Sample {
+        samples.push(WeightedSample {
             stack: stack_locs,
             values: vec![live as i64, stats.created as i64, stats.exited as i64],
             labels: vec![
-                ("start_function", start_function.clone()),
-                ("system", system.to_string()),
+                ("start_function".into(), start_function.clone()),
+                ("system".into(), system.to_string()),
             ],
         });
         sites.push(Site {
@@ -287,7 +288,7 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
     let mut sorted_sites = Vec::with_capacity(sites.len());
     let mut sorted_samples = Vec::with_capacity(samples.len());
     let mut sites_opt: Vec<Option<Site>> = sites.into_iter().map(Some).collect();
-    let mut samples_opt: Vec<Option<pprof::Sample>> = samples.into_iter().map(Some).collect();
+    let mut samples_opt: Vec<Option<WeightedSample>> = samples.into_iter().map(Some).collect();
     for i in order {
         sorted_sites.extend(sites_opt[i].take());
         sorted_samples.extend(samples_opt[i].take());
@@ -341,16 +342,16 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
             s.into_bytes()
         }
         RtFormat::Text => text(&report, args.common.top).into_bytes(),
-        RtFormat::Pprof => pprof::encode(&pprof::Profile {
-            sample_types: vec![
+        RtFormat::Pprof => to_weighted_pprof(&WeightedProfile {
+            sample_types: &[
                 ("goroutines", "count"),
                 ("created", "count"),
                 ("exited", "count"),
             ],
-            default_type: "goroutines",
-            samples: sorted_samples,
-            mappings: sym.mappings.clone(),
-            comments: vec![format!(
+            default_sample_type: 0,
+            samples: &sorted_samples,
+            mappings: &sym.mappings,
+            comments: &[format!(
                 "gomemtrace goroutines: live = created since attach and not exited{}",
                 if launched {
                     ""

@@ -4,7 +4,7 @@
 //! (profiler-ebpf/src/rt.rs, docs/STACKS-GOROUTINES.md).
 
 pub mod goroutines;
-pub mod pprof;
+
 pub mod stackgrowth;
 
 use gomemtrace_common::RtConfig;

@@ -10,15 +10,16 @@ use std::{
 };
 
 use gomemtrace_common::{COPYSTACK_ENTRY_PROGRAM, COPYSTACK_RET_PROGRAM, RtCounter};
-use gomemtrace_report::model::{Frame, Location};
+use gomemtrace_report::model::Location;
 use serde::Serialize;
 
-use super::{FrameJson, TargetJson, analyse, duration, end_reason, frames, pprof, size};
+use super::{FrameJson, TargetJson, analyse, duration, end_reason, frames, size};
 use crate::{
     bpf::{Bpf, RtProbes},
     cli::{RtFormat, StackgrowthArgs},
     engine::{self, ExeMappings, monotonic_ns},
 };
+use gomemtrace_report::{WeightedProfile, WeightedSample, to_weighted_pprof};
 
 pub const SCHEMA: &str = "gomemtrace.stackgrowth/v1";
 
@@ -178,29 +179,19 @@ pub fn run(args: &StackgrowthArgs) -> anyhow::Result<ExitCode> {
                 count: 1,
             }),
         }
-        let mut stack: Vec<Location> = pcs
+        let stack: Vec<Location> = pcs
             .iter()
             .enumerate()
             .map(|(i, &pc)| sym.location(pc, i > 0))
             .collect();
-        if stack.is_empty() {
-            stack.push(Location {
-                address: 0,
-                mapping: None,
-                frames: vec![Frame {
-                    function: "[no stack]".into(),
-                    file: None,
-                    line: 0,
-                }],
-            });
-        }
-        samples.push(pprof::Sample {
+        // An empty stack is encoded as `[no stack]`.
+        samples.push(WeightedSample {
             stack,
             values: vec![1, e.used as i64, took as i64],
             labels: vec![
-                ("kind", kind.to_string()),
-                ("goroutine", e.goid.to_string()),
-                ("step", format!("{}->{}", e.old_size, e.new_size)),
+                ("kind".into(), kind.to_string()),
+                ("goroutine".into(), e.goid.to_string()),
+                ("step".into(), format!("{}->{}", e.old_size, e.new_size)),
             ],
         });
         if events.len() < MAX_EVENTS {
@@ -263,16 +254,16 @@ pub fn run(args: &StackgrowthArgs) -> anyhow::Result<ExitCode> {
             s.into_bytes()
         }
         RtFormat::Text => text(&report, args.top).into_bytes(),
-        RtFormat::Pprof => pprof::encode(&pprof::Profile {
-            sample_types: vec![
+        RtFormat::Pprof => to_weighted_pprof(&WeightedProfile {
+            sample_types: &[
                 ("copies", "count"),
                 ("copied", "bytes"),
                 ("copy_time", "nanoseconds"),
             ],
-            default_type: "copied",
-            samples,
-            mappings: sym.mappings.clone(),
-            comments: vec![format!(
+            default_sample_type: 1,
+            samples: &samples,
+            mappings: &sym.mappings,
+            comments: &[format!(
                 "gomemtrace stackgrowth: {growths} growths, {shrinks} shrinks"
             )],
             duration_ns: report.duration_ns as i64,
