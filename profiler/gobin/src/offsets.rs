@@ -338,6 +338,41 @@ pub fn sched_for_version(v: GoVersion) -> Option<SchedOffsets> {
     })
 }
 
+/// Where `g.sched` (a `gobuf`) keeps a parked goroutine's registers: the stack-copy
+/// probe walks the stack of a goroutine that is not running from them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GobufOffsets {
+    /// `g.sched.sp`, `g.sched.pc`, `g.sched.bp`, from the start of `g`.
+    pub sp: u32,
+    pub pc: u32,
+    pub bp: u32,
+}
+
+/// [`GobufOffsets`] from DWARF; `None` without DWARF or the members.
+pub fn gobuf_from_dwarf(elf_bytes: &[u8]) -> Option<GobufOffsets> {
+    let structs = struct_offsets_from_dwarf(elf_bytes, &["runtime.g", "runtime.gobuf"]).ok()??;
+    let sched = *structs.get("runtime.g")?.get("sched")?;
+    let gobuf = structs.get("runtime.gobuf")?;
+    let field = |name: &str| u32::try_from(sched + *gobuf.get(name)?).ok();
+    Some(GobufOffsets {
+        sp: field("sp")?,
+        pc: field("pc")?,
+        bp: field("bp")?,
+    })
+}
+
+/// [`GobufOffsets`] of the verified releases, for stripped binaries (GO-RUNTIME.md §5.1,
+/// read from the DWARF of each release; checked against DWARF by
+/// tests/tests/stackgrowth.rs): `gobuf` lost its `ret` field in 1.25.
+pub fn gobuf_for_version(v: GoVersion) -> Option<GobufOffsets> {
+    let (sp, pc, bp) = match v.release() {
+        (1, 19) | (1, 21..=24) => (0x38, 0x40, 0x68),
+        (1, 25..=27) => (0x38, 0x40, 0x60),
+        _ => return None,
+    };
+    Some(GobufOffsets { sp, pc, bp })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,8 @@ mod support;
 
 use gomemtrace_gobin::GoVersion;
 use gomemtrace_gobin::offsets::{
-    RuntimeOffsets, for_version, from_dwarf, sched_for_version, sched_from_dwarf,
+    RuntimeOffsets, for_version, from_dwarf, gobuf_for_version, gobuf_from_dwarf,
+    sched_for_version, sched_from_dwarf,
 };
 use support::{Variant, go_binary, go_versions};
 
@@ -107,4 +108,15 @@ fn stripped_binary_has_no_dwarf() {
 #[test]
 fn not_an_elf_is_an_error() {
     assert!(from_dwarf(b"definitely not an ELF file").is_err());
+}
+
+/// The stack-copy probe's `g.sched.{sp,pc,bp}`: the per-release table (stripped binaries)
+/// against the DWARF of every release.
+#[test]
+fn gobuf_table_matches_dwarf_of_every_release() {
+    for v in go_versions() {
+        let bytes = std::fs::read(go_binary(v, Variant::Normal)).expect("read test binary");
+        let dwarf = gobuf_from_dwarf(&bytes).unwrap_or_else(|| panic!("go{v}: no DWARF"));
+        assert_eq!(gobuf_for_version(version(v)), Some(dwarf), "go{v}");
+    }
 }

@@ -8,7 +8,7 @@ pub mod goroutines;
 pub mod stackgrowth;
 
 use gomemtrace_common::RtConfig;
-use gomemtrace_gobin::{GoVersion, offsets};
+use gomemtrace_gobin::offsets;
 use serde::Serialize;
 
 use crate::{
@@ -17,28 +17,6 @@ use crate::{
     engine::{self, End, Target},
     symbolizer::Symbolizer,
 };
-
-/// `g.sched.{sp,pc,bp}` for stripped binaries of the verified releases (GO-RUNTIME.md
-/// §5.1, read from the DWARF of each release; checked against DWARF by
-/// tests/tests/stackgrowth.rs): `gobuf` lost its `ret` field in 1.25.
-fn sched_offsets_for_version(v: GoVersion) -> Option<(u32, u32, u32)> {
-    match v.release() {
-        (1, 19) | (1, 21..=24) => Some((0x38, 0x40, 0x68)),
-        (1, 25..=27) => Some((0x38, 0x40, 0x60)),
-        _ => None,
-    }
-}
-
-/// `g.sched.{sp,pc,bp}` from DWARF.
-fn sched_offsets_from_dwarf(data: &[u8]) -> Option<(u32, u32, u32)> {
-    let structs = offsets::struct_offsets_from_dwarf(data, &["runtime.g", "runtime.gobuf"])
-        .ok()
-        .flatten()?;
-    let sched = *structs.get("runtime.g")?.get("sched")?;
-    let gobuf = structs.get("runtime.gobuf")?;
-    let field = |name: &str| u32::try_from(sched + *gobuf.get(name)?).ok();
-    Some((field("sp")?, field("pc")?, field("bp")?))
-}
 
 /// A target checked and analysed for these probes.
 pub struct Analysed {
@@ -65,10 +43,10 @@ pub fn config_of(
     data: &[u8],
     flags: u32,
 ) -> Result<(RtConfig, &'static str), crate::error::UserError> {
-    let (sched, offsets_source) = match sched_offsets_from_dwarf(data) {
+    let (sched, offsets_source) = match offsets::gobuf_from_dwarf(data) {
         Some(s) => (s, "dwarf"),
         None => (
-            sched_offsets_for_version(go.binary.version()).ok_or_else(|| {
+            offsets::gobuf_for_version(go.binary.version()).ok_or_else(|| {
                 go.refuse(format!(
                     "no DWARF and no verified g.sched layout for Go {}",
                     go.binary.version()
@@ -86,9 +64,9 @@ pub fn config_of(
         g_gopc: o.g_gopc,
         g_stack_lo: o.g_stack_lo,
         g_stack_hi: o.g_stack_hi,
-        g_sched_sp: sched.0,
-        g_sched_pc: sched.1,
-        g_sched_bp: sched.2,
+        g_sched_sp: sched.sp,
+        g_sched_pc: sched.pc,
+        g_sched_bp: sched.bp,
         flags,
         _pad: 0,
     };
