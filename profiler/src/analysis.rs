@@ -101,6 +101,15 @@ pub struct GoTarget {
     exe_path: String,
 }
 
+/// One uprobe of a plan: the program, where it goes (a file offset of the executable)
+/// and the function there (for reports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachPoint {
+    pub program: &'static str,
+    pub file_offset: u64,
+    pub function: String,
+}
+
 impl GoTarget {
     /// Checks `data`, the executable's bytes; `exe_path` names it in errors.
     pub fn from_file_bytes(data: &[u8], exe_path: &str) -> Result<Self, Refused> {
@@ -137,6 +146,15 @@ impl GoTarget {
             offsets,
             offsets_source,
             exe_path: exe_path.to_string(),
+        })
+    }
+
+    /// An entry uprobe of `program` on `f`, at [`GoTarget::probe_file_offset`].
+    pub fn entry_point(&self, program: &'static str, f: &Function) -> Result<AttachPoint, Refused> {
+        Ok(AttachPoint {
+            program,
+            file_offset: self.probe_file_offset(f)?,
+            function: f.name.clone(),
         })
     }
 

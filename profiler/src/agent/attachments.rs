@@ -182,8 +182,9 @@ impl Attachments {
         // Duty-cycled processes get their probes window by window (agent::duty).
         let attached = self.probes.configure(pid, config).and_then(|()| {
             if analysis.mode != Mode::Duty {
-                for (program, offset, _) in &analysis.probes {
-                    self.probes.attach(program, &exe.link, &[*offset], pid)?;
+                for point in &analysis.probes {
+                    self.probes
+                        .attach(point.program, &exe.link, &[point.file_offset], pid)?;
                 }
             }
             Ok(())

@@ -27,7 +27,7 @@ type OpenWindow = (Instant, Duration, (u64, u64), Option<u64>);
 
 struct State {
     exe_link: PathBuf,
-    points: Vec<(&'static str, u64, String)>,
+    points: Vec<crate::analysis::AttachPoint>,
     cpu_start_ns: Option<u64>,
     open: Option<OpenWindow>,
     last_close: Instant,

@@ -48,9 +48,9 @@ impl GcTracker {
             .map_err(anyhow::Error::from)
             .and_then(|config| self.probes.configure(pid, &config))
             .and_then(|()| {
-                for (offset, program) in &plan.attach {
+                for point in &plan.attach {
                     self.probes
-                        .attach(program, &process.exe.link, *offset, pid)?;
+                        .attach(point.program, &process.exe.link, point.file_offset, pid)?;
                 }
                 Ok(())
             });

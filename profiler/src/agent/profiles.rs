@@ -257,7 +257,7 @@ pub fn pprof(
                     .analysis
                     .probes
                     .iter()
-                    .map(|p| p.2.clone())
+                    .map(|p| p.function.clone())
                     .collect(),
             },
             mode: process.mode(),

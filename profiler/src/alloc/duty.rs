@@ -26,6 +26,7 @@ use gomemtrace_common::{AllocKey, Counter, ProcessConfig};
 use gomemtrace_report::model::{DutyCycle, Estimate};
 
 use crate::{
+    analysis::AttachPoint,
     bpf::AllocProbes,
     engine::{self, End, Target},
 };
@@ -342,16 +343,16 @@ pub fn window_length(
 /// else one link per point.
 pub fn attach(
     probes: &mut AllocProbes,
-    points: &[(&'static str, u64, String)],
+    points: &[AttachPoint],
     exe: &Path,
     pid: u32,
 ) -> anyhow::Result<()> {
-    let offsets: Vec<u64> = points.iter().map(|p| p.1).collect();
+    let offsets: Vec<u64> = points.iter().map(|p| p.file_offset).collect();
     if points.len() > 1 && probes.attach_alloc_multi(exe, &offsets, pid).is_ok() {
         return Ok(());
     }
-    for (program, offset, _) in points {
-        probes.attach(program, exe, &[*offset], pid)?;
+    for point in points {
+        probes.attach(point.program, exe, &[point.file_offset], pid)?;
     }
     Ok(())
 }
@@ -365,7 +366,7 @@ pub fn run(
     budget_percent: f64,
     target: &mut Target,
     probes: &mut AllocProbes,
-    attach_points: &[(&'static str, u64, String)],
+    attach_points: &[AttachPoint],
     exe: &Path,
     config: ProcessConfig,
     costs: Costs,
@@ -417,7 +418,7 @@ struct Cycle<'a> {
     pid: u32,
     budget: f64,
     probes: &'a mut AllocProbes,
-    attach_points: &'a [(&'static str, u64, String)],
+    attach_points: &'a [AttachPoint],
     exe: &'a Path,
     config: ProcessConfig,
     record: DutyRecord,

@@ -55,8 +55,13 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         costs = duty::Costs::new(probes.measure_trap_ns(2000));
         duty::attach(&mut probes, &analysed.probes, &target.exe_link, target.pid)?;
     } else {
-        for (program, offset, _) in &analysed.probes {
-            probes.attach(program, &target.exe_link, &[*offset], target.pid)?;
+        for point in &analysed.probes {
+            probes.attach(
+                point.program,
+                &target.exe_link,
+                &[point.file_offset],
+                target.pid,
+            )?;
         }
     }
     // The one write into the target, opt-in: after the probes are attached, so the first
@@ -183,7 +188,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 go_version: analysed.binary.version_string().to_string(),
                 stripped: analysed.binary.is_stripped(),
                 pie: analysed.binary.is_pie(),
-                probes: analysed.probes.iter().map(|p| p.2.clone()).collect(),
+                probes: analysed.probes.iter().map(|p| p.function.clone()).collect(),
             },
             mode: analysed.mode,
             sample_rate: snapshot.sample_rates.get(&target.pid).copied(),

@@ -10,7 +10,7 @@ use gomemtrace_report::model::Mode;
 
 use super::{counters::CountersError, points};
 use crate::{
-    analysis::{GoTarget, Refused, SamplerError, Unsupported},
+    analysis::{AttachPoint, GoTarget, Refused, SamplerError, Unsupported},
     cli::ModeArg,
 };
 
@@ -20,7 +20,7 @@ pub(crate) struct Analysed {
     pub config: ProcessConfig,
     pub mode: Mode,
     /// (program, file offset, probed function) per probe.
-    pub probes: Vec<(&'static str, u64, String)>,
+    pub probes: Vec<AttachPoint>,
     /// Runtime-sampled mode: file address of `runtime.MemProfileRate`.
     pub rate_vaddr: Option<u64>,
     /// Mode auto fell back to duty-cycled: why the runtime's sampler cannot be used.
@@ -71,7 +71,7 @@ pub(crate) fn plan(
             let points = points::allocation_entry_points(&go.binary)
                 .ok_or_else(|| go.refused(Unsupported::NoAllocationEntryPoint))?;
             for f in &points {
-                probes.push((program, go.probe_file_offset(f)?, f.name.clone()));
+                probes.push(go.entry_point(program, f)?);
             }
         }
     }
@@ -87,13 +87,13 @@ pub(crate) fn plan(
     })
 }
 
-/// Runtime-sampled mode's probes on the heap sampler (program, file offset, function),
+/// Runtime-sampled mode's probes on the heap sampler,
 /// and the sampler's fields of `config`: shared by [`plan`] and `gomemtrace numa`.
 pub(crate) fn sampler_probes(
     go: &GoTarget,
     config: &mut ProcessConfig,
     sampler: &crate::analysis::Sampler,
-) -> Result<Vec<(&'static str, u64, String)>, Refused> {
+) -> Result<Vec<AttachPoint>, Refused> {
     config.bucket_size_offset = sampler.bucket_size_offset;
     config.special_kind_offset = sampler.special_kind_offset;
     config.special_kind_profile = sampler.special_kind_profile;
@@ -102,6 +102,6 @@ pub(crate) fn sampler_probes(
         (FREE_SPECIAL_PROGRAM, &sampler.free_special),
     ]
     .into_iter()
-    .map(|(program, f)| Ok((program, go.probe_file_offset(f)?, f.name.clone())))
+    .map(|(program, f)| go.entry_point(program, f))
     .collect()
 }

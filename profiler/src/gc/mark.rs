@@ -24,7 +24,7 @@ use gomemtrace_report::{WeightedProfile, WeightedSample, model::Location, to_wei
 use serde::Serialize;
 
 use crate::{
-    analysis::GoTarget,
+    analysis::{AttachPoint, GoTarget},
     bpf::{GcProbes, MarkProbes},
     cli::GcFormat,
     engine::ExeMappings,
@@ -35,7 +35,7 @@ use crate::{
 /// Where the mark probes go: (file offset, program).
 pub struct Plan {
     pub config: MarkConfig,
-    pub attach: Vec<(u64, &'static str)>,
+    pub attach: Vec<AttachPoint>,
 }
 
 /// Where the runtime times an assist's work (gctrace's `b`).
@@ -103,10 +103,16 @@ fn assist_clock_calls(go: &GoTarget, code: &[u8], entry: u64) -> Option<(u64, u6
 /// Finds every probe location; all five functions exist in Go 1.19–1.27.
 pub fn plan(go: &GoTarget) -> anyhow::Result<Plan> {
     let mut attach = Vec::new();
-    let file_offset = |vaddr: u64, name: &str| {
-        go.binary
+    let at = |program: &'static str, vaddr: u64, name: &str| {
+        let file_offset = go
+            .binary
             .vaddr_to_file_offset(vaddr)
-            .ok_or_else(|| go.refuse(format!("{name} is outside any segment")))
+            .ok_or_else(|| go.refuse(format!("{name} is outside any segment")))?;
+        Ok::<_, crate::error::UserError>(AttachPoint {
+            program,
+            file_offset,
+            function: name.to_string(),
+        })
     };
     for (name, entry, ret) in FUNCTIONS {
         let f = go
@@ -120,18 +126,18 @@ pub fn plan(go: &GoTarget) -> anyhow::Result<Plan> {
         if name == ASSIST_WORK_FUNCTION
             && let Some((start, end)) = assist_clock_calls(go, code, f.entry)
         {
-            attach.push((file_offset(start, name)?, MARK_ASSIST_WORK_ENTRY_PROGRAM));
-            attach.push((file_offset(end, name)?, MARK_ASSIST_WORK_RET_PROGRAM));
+            attach.push(at(MARK_ASSIST_WORK_ENTRY_PROGRAM, start, name)?);
+            attach.push(at(MARK_ASSIST_WORK_RET_PROGRAM, end, name)?);
             continue;
         }
         if let Some(program) = entry {
-            attach.push((go.probe_file_offset(f)?, program));
+            attach.push(go.entry_point(program, f)?);
         }
         if let Some(program) = ret {
             let rets = gomemtrace_gobin::disasm::ret_offsets(code, f.entry);
             anyhow::ensure!(!rets.is_empty(), "no RET instruction found in {name}");
             for vaddr in rets {
-                attach.push((file_offset(vaddr, name)?, program));
+                attach.push(at(program, vaddr, name)?);
             }
         }
     }
@@ -217,8 +223,13 @@ impl Tracer {
     /// Loads and attaches the mark probes for `target` (still stopped when launched).
     pub fn start(gc: &mut GcProbes, plan: &Plan, target: &Target) -> anyhow::Result<Self> {
         let probes = MarkProbes::load(gc, target.pid, &plan.config)?;
-        for (offset, program) in &plan.attach {
-            gc.attach(program, &target.exe_link, *offset, target.pid)?;
+        for point in &plan.attach {
+            gc.attach(
+                point.program,
+                &target.exe_link,
+                point.file_offset,
+                target.pid,
+            )?;
         }
         let mappings = ExeMappings::read(target.pid, &target.exe_link)
             .context("stat the target's executable")?;

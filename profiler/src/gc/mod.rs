@@ -26,7 +26,7 @@ use gomemtrace_common::{
 use gomemtrace_gobin::{GoBinary, offsets};
 
 use crate::{
-    analysis::GoTarget,
+    analysis::{AttachPoint, GoTarget},
     bpf::{Bpf, GcProbes},
     cli::{GcFormat, GctraceArgs},
     engine::{self, ExeMappings, MappingNotFound, Target, clock_ns, monotonic_ns},
@@ -77,8 +77,13 @@ pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
 
     let mut probes = GcProbes::new(&Bpf::load()?)?;
     probes.configure(target.pid, &analysed.config)?;
-    for (offset, program) in &analysed.attach {
-        probes.attach(program, &target.exe_link, *offset, target.pid)?;
+    for point in &analysed.attach {
+        probes.attach(
+            point.program,
+            &target.exe_link,
+            point.file_offset,
+            target.pid,
+        )?;
     }
     let mark = match &analysed.mark {
         Some(plan) => Some(mark::Tracer::start(&mut probes, plan, &target)?),
@@ -184,7 +189,7 @@ struct Analysed {
     binary: GoBinary,
     config: GcConfig,
     /// (file offset, program) per probe.
-    attach: Vec<(u64, &'static str)>,
+    attach: Vec<AttachPoint>,
     globals: Globals,
     /// Mark assist and mark worker probes (--assists).
     mark: Option<mark::Plan>,
@@ -216,7 +221,7 @@ fn analyse(target: &Target, assists: bool) -> anyhow::Result<Analysed> {
 /// one-process `gctrace` and the agent.
 pub struct Plan {
     /// (file offset, program) per probe.
-    pub attach: Vec<(u64, &'static str)>,
+    pub attach: Vec<AttachPoint>,
     pub globals: Globals,
     flags: u32,
     g_m: u32,
@@ -245,7 +250,7 @@ impl Plan {
                 }
                 continue;
             };
-            attach.push((go.probe_file_offset(f)?, program));
+            attach.push(go.entry_point(program, f)?);
         }
         let globals = Globals::locate(&go.binary, structs.as_ref());
         let mut flags = 0;

@@ -114,11 +114,11 @@ impl Tracker {
         alloc
             .configure(pid, config)
             .map_err(AllocationsError::Probes)?;
-        for (program, offset, function) in &probes {
+        for point in &probes {
             alloc
-                .attach(program, exe_link, &[*offset], pid)
+                .attach(point.program, exe_link, &[point.file_offset], pid)
                 .map_err(|error| AllocationsError::Uprobe {
-                    function: function.clone(),
+                    function: point.function.clone(),
                     error,
                 })?;
         }
