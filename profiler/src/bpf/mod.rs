@@ -34,7 +34,7 @@ pub use alloc::{AllocProbes, Counters, Snapshot};
 pub use gc::{GcProbes, MarkProbes, MarkSnapshot};
 pub use numa::{HINT_FAULT_FUNCTION, NumaProbes, config as numa_config};
 pub use procevents::{Lifecycle, ProcEvents};
-pub use rt::RtProbes;
+pub use rt::{RtCounters, RtProbes};
 
 use crate::error::UserError;
 

@@ -42,7 +42,7 @@ use crate::{
     rt::{self, TargetJson, end_reason},
 };
 use availability::NumaHost;
-use gomemtrace_report::{WeightedProfile, to_weighted_pprof};
+use gomemtrace_report::{WeightedProfile, WeightedSample, to_weighted_pprof};
 use report::{Method, Report};
 
 /// Faults listed one by one in the json report (all are counted).
@@ -56,24 +56,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     let run = args.run.config();
     // Before anything else: without privileges the NUMA checks below would mislead.
     preflight::check()?;
-    let host = NumaHost::read(Path::new("/"));
-    let mut reasons = host.reasons();
-    let loaded = Bpf::load()
-        .map_err(|e| format!("loading the eBPF object failed: {e:#}"))
-        .and_then(|bpf| NumaProbes::load(&bpf).map(|probes| (bpf, probes)));
-    let probes = match loaded {
-        Ok(p) => Some(p),
-        Err(why) => {
-            reasons.push(why);
-            None
-        }
-    };
-    let (Some((bpf, mut probes)), true) = (probes, reasons.is_empty()) else {
-        return Err(UserError::NumaUnavailable {
-            why: reasons.join("; "),
-        }
-        .into());
-    };
+    let (host, bpf, mut probes) = available()?;
     let hardware = pmu::detect(Path::new("/"));
 
     let mut target = engine::open(&run.target)?;
@@ -220,29 +203,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
             .collect(),
         events_not_listed: events.len().saturating_sub(MAX_EVENTS) as u64,
     };
-    let bytes = match args.format {
-        RtFormat::Json => {
-            let mut s = serde_json::to_string_pretty(&report)?;
-            s.push('\n');
-            s.into_bytes()
-        }
-        RtFormat::Text => report::text(&report, args.top).into_bytes(),
-        RtFormat::Pprof => to_weighted_pprof(&WeightedProfile {
-            sample_types: &[
-                ("remote_samples", "count"),
-                ("local_samples", "count"),
-                ("remote_pages", "count"),
-            ],
-            default_sample_type: 0,
-            samples: &samples,
-            mappings: &sym.mappings,
-            comments: &[format!(
-                "gomemtrace numa: {} remote, {} local hint-fault samples",
-                report.totals.remote_samples, report.totals.local_samples
-            )],
-            duration_ns: report.duration_ns as i64,
-        }),
-    };
+    let bytes = render(&report, &samples, &sym.mappings, args.format, args.top)?;
     engine::write_report(run.output.as_deref(), &bytes)?;
     if !run.quiet {
         eprintln!(
@@ -257,6 +218,62 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
         );
     }
     engine::finish(&mut target, end)
+}
+
+/// The machine's nodes and the hint-fault probes, loaded and attached; or every reason
+/// remote accesses cannot be measured here (`NUMA: not available (...)`, exit 7), before
+/// the target is touched.
+fn available() -> Result<(NumaHost, Bpf, NumaProbes), UserError> {
+    let host = NumaHost::read(Path::new("/"));
+    let mut reasons = host.reasons();
+    let loaded = Bpf::load()
+        .map_err(|e| format!("loading the eBPF object failed: {e:#}"))
+        .and_then(|bpf| NumaProbes::load(&bpf).map(|probes| (bpf, probes)));
+    match loaded {
+        Ok((bpf, probes)) if reasons.is_empty() => Ok((host, bpf, probes)),
+        Ok(_) => Err(UserError::NumaUnavailable {
+            why: reasons.join("; "),
+        }),
+        Err(why) => {
+            reasons.push(why);
+            Err(UserError::NumaUnavailable {
+                why: reasons.join("; "),
+            })
+        }
+    }
+}
+
+/// The report in `format`: json, text (`top` rows per table) or pprof (`samples`).
+fn render(
+    report: &Report,
+    samples: &[WeightedSample],
+    mappings: &[gomemtrace_report::model::Mapping],
+    format: RtFormat,
+    top: usize,
+) -> anyhow::Result<Vec<u8>> {
+    Ok(match format {
+        RtFormat::Json => {
+            let mut s = serde_json::to_string_pretty(report)?;
+            s.push('\n');
+            s.into_bytes()
+        }
+        RtFormat::Text => report::text(report, top).into_bytes(),
+        RtFormat::Pprof => to_weighted_pprof(&WeightedProfile {
+            sample_types: &[
+                ("remote_samples", "count"),
+                ("local_samples", "count"),
+                ("remote_pages", "count"),
+            ],
+            default_sample_type: 0,
+            samples,
+            mappings,
+            comments: &[format!(
+                "gomemtrace numa: {} remote, {} local hint-fault samples",
+                report.totals.remote_samples, report.totals.local_samples
+            )],
+            duration_ns: report.duration_ns as i64,
+        }),
+    })
 }
 
 /// `PF_EXITING` in `/proc/PID/stat`'s flags (include/linux/sched.h).

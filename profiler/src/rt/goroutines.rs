@@ -11,16 +11,18 @@ use std::{
 };
 
 use gomemtrace_common::{
-    GOROUTINE_EXIT_PROGRAM, NEWPROC1_RET_PROGRAM, RT_FLAG_CREATION_STACKS, RtCounter, SiteKey,
+    GOROUTINE_EXIT_PROGRAM, GoroutineLive, GoroutineLiveKey, NEWPROC1_RET_PROGRAM,
+    RT_FLAG_CREATION_STACKS, RtCounter, SiteKey, SiteStats,
 };
 use gomemtrace_report::model::Location;
 use serde::Serialize;
 
-use super::{FrameJson, TargetJson, analyse, duration, end_reason, frames};
+use super::{Analysed, FrameJson, TargetJson, analyse, duration, end_reason, frames};
 use crate::{
-    bpf::{Bpf, RtProbes},
+    bpf::{Bpf, RtCounters, RtProbes},
     cli::{GoroutinesArgs, RtFormat},
-    engine::{self, ExeMappings, monotonic_ns},
+    engine::{self, End, ExeMappings, Target, TargetConfig, monotonic_ns},
+    symbolizer::Symbolizer,
 };
 use gomemtrace_report::{WeightedProfile, WeightedSample, to_weighted_pprof};
 
@@ -110,9 +112,56 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
     let stacks = !args.no_stacks;
     let run = args.common.run.config();
     let mut target = engine::open(&run.target)?;
-    let launched = target.child.is_some();
     let flags = if stacks { RT_FLAG_CREATION_STACKS } else { 0 };
     let analysed = analyse(&target, flags)?;
+    let (end, collected, mappings) = trace(&run, &mut target, &analysed)?;
+    let mut sym = mappings.symbolizer(&analysed.go.binary, &target.exe_path)?;
+    let about = TargetJson::new(&target, &analysed.go, analysed.offsets_source);
+    let (report, samples) = build(&collected, &mut sym, about, end, stacks);
+    let bytes = render(
+        &report,
+        &samples,
+        &sym.mappings,
+        args.common.format,
+        args.common.top,
+    )?;
+    engine::write_report(run.output.as_deref(), &bytes)?;
+    if !run.quiet {
+        eprintln!(
+            "gomemtrace: {}: {} goroutines created, {} exited, {} live ({} user), {} leak suspects",
+            end_reason(end),
+            report.created,
+            report.exited,
+            report.live,
+            report.live_user,
+            report.leak_suspects.len()
+        );
+    }
+    engine::finish(&mut target, end)
+}
+
+/// What the probes and the timeline gathered, read once the trace ended.
+struct Collected {
+    sites: Vec<(SiteKey, SiteStats)>,
+    live: Vec<(GoroutineLiveKey, GoroutineLive)>,
+    stack_pcs: HashMap<u64, Vec<u64>>,
+    counters: RtCounters,
+    /// Per site, (time, live count) at each change.
+    changes: HashMap<SiteKey, Vec<(u64, u64)>>,
+    timeline: Vec<Point>,
+    /// CLOCK_MONOTONIC ns at release and at the end.
+    started: u64,
+    ended: u64,
+}
+
+/// Attaches the creation and exit probes to `target`, releases it, samples the sites and
+/// the count timeline until the end, and reads what the probes gathered.
+fn trace(
+    run: &TargetConfig,
+    target: &mut Target,
+    analysed: &Analysed,
+) -> anyhow::Result<(End, Collected, ExeMappings)> {
+    let launched = target.child.is_some();
     let mut probes = RtProbes::new(
         &Bpf::load()?,
         &[NEWPROC1_RET_PROGRAM, GOROUTINE_EXIT_PROGRAM],
@@ -120,7 +169,7 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
     probes.configure(target.pid, &analysed.config)?;
     analysed.attach_rets(
         &mut probes,
-        &target,
+        target,
         "runtime.newproc1",
         NEWPROC1_RET_PROGRAM,
     )?;
@@ -130,7 +179,7 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
     } else {
         "runtime.goexit0"
     };
-    analysed.attach_entry(&mut probes, &target, exit_fn, GOROUTINE_EXIT_PROGRAM)?;
+    analysed.attach_entry(&mut probes, target, exit_fn, GOROUTINE_EXIT_PROGRAM)?;
     let mut mappings = ExeMappings::read(target.pid, &target.exe_link)?;
     if !run.quiet {
         eprintln!(
@@ -184,36 +233,58 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(())
     };
-    let end = engine::run_until_end(run.duration, started_at, &mut target, SAMPLE_EVERY, |t| {
+    let end = engine::run_until_end(run.duration, started_at, target, SAMPLE_EVERY, |t| {
         mappings.refresh(t.pid);
         sample(&probes, &mut timeline)?;
         Ok(None)
     })?;
     sample(&probes, &mut timeline)?;
     let ended = monotonic_ns();
-    let sites_raw = probes.sites()?;
-    let live_raw = probes.live()?;
-    let stack_pcs = probes.stacks(sites_raw.iter().map(|(k, _)| k.stack))?;
+    let sites = probes.sites()?;
+    let live = probes.live()?;
+    let stack_pcs = probes.stacks(sites.iter().map(|(k, _)| k.stack))?;
     let counters = probes.counters()?;
-    drop(probes);
+    let collected = Collected {
+        sites,
+        live,
+        stack_pcs,
+        counters,
+        changes,
+        timeline,
+        started,
+        ended,
+    };
+    Ok((end, collected, mappings))
+}
 
-    let binary = &analysed.go.binary;
-    let mut sym = mappings.symbolizer(binary, &target.exe_path)?;
+/// The report's model of what the target's goroutines did, and one pprof sample per
+/// creation site, in the sites' order.
+fn build(
+    c: &Collected,
+    sym: &mut Symbolizer<'_>,
+    target: TargetJson,
+    end: End,
+    creation_stacks: bool,
+) -> (Report, Vec<WeightedSample>) {
+    let pid = target.pid;
+    // Attached to a running process: goroutines may have existed before.
+    let unknown_before_attach = target.mode == "pid";
     let mut ages_by_site: HashMap<SiteKey, Vec<u64>> = HashMap::new();
     let mut all_ages = Vec::new();
-    for (key, live) in &live_raw {
-        if key.tgid != target.pid {
+    for (key, live) in &c.live {
+        if key.tgid != pid {
             continue;
         }
-        let age = ended.saturating_sub(live.created_ns);
+        let age = c.ended.saturating_sub(live.created_ns);
         ages_by_site.entry(live.site).or_default().push(age);
         all_ages.push(age);
     }
+    let mut changes = c.changes.clone();
     let mut sites = Vec::new();
     let mut samples = Vec::new();
     let (mut live_user, mut live_system) = (0, 0);
-    for (key, stats) in &sites_raw {
-        if key.tgid != target.pid {
+    for (key, stats) in &c.sites {
+        if key.tgid != pid {
             continue;
         }
         let live = stats.created.saturating_sub(stats.exited);
@@ -240,7 +311,7 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
         } else {
             live_user += live;
         }
-        let mut pcs = stack_pcs.get(&key.stack).cloned().unwrap_or_default();
+        let mut pcs = c.stack_pcs.get(&key.stack).cloned().unwrap_or_default();
         // From Go 1.21 systemstack keeps a frame of its own, so the walk starts in
         // runtime.newproc: the creating stack begins at the `go` statement (gopc).
         if let Some(at) = pcs.iter().position(|&pc| pc == key.gopc) {
@@ -276,7 +347,7 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
             }),
             leak_suspect: leak_suspect(&live_changes, live),
             live_changes,
-            stack: frames(&mut sym, &pcs, true),
+            stack: frames(sym, &pcs, true),
         });
     }
     // Most live first, then most created.
@@ -300,25 +371,26 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
         .filter(|(_, s)| s.leak_suspect)
         .map(|(i, _)| i)
         .collect();
+    let counters = &c.counters;
     let created = counters[RtCounter::Created as usize];
     let exited = counters[RtCounter::Exited as usize];
     let report = Report {
         schema: SCHEMA,
-        target: TargetJson::new(&target, &analysed.go, analysed.offsets_source),
-        duration_ns: ended.saturating_sub(started),
+        target,
+        duration_ns: c.ended.saturating_sub(c.started),
         end: end_reason(end),
-        creation_stacks: stacks,
+        creation_stacks,
         created,
         exited,
         live: created.saturating_sub(exited),
         live_user,
         live_system,
         exited_unknown_creation: counters[RtCounter::ExitedUnknown as usize],
-        unknown_before_attach: !launched,
+        unknown_before_attach,
         sites,
         leak_suspects,
         live_age_histogram: histogram(&all_ages),
-        timeline,
+        timeline: c.timeline.clone(),
         counters: RtCounter::ALL
             .iter()
             .filter(|c| {
@@ -335,13 +407,24 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
             .map(|&c| (c.name(), counters[c as usize]))
             .collect(),
     };
-    let bytes = match args.common.format {
+    (report, sorted_samples)
+}
+
+/// The report in `format`: json, text (`top` rows per table) or pprof (`samples`).
+fn render(
+    report: &Report,
+    samples: &[WeightedSample],
+    mappings: &[gomemtrace_report::model::Mapping],
+    format: RtFormat,
+    top: usize,
+) -> anyhow::Result<Vec<u8>> {
+    Ok(match format {
         RtFormat::Json => {
-            let mut s = serde_json::to_string_pretty(&report)?;
+            let mut s = serde_json::to_string_pretty(report)?;
             s.push('\n');
             s.into_bytes()
         }
-        RtFormat::Text => text(&report, args.common.top).into_bytes(),
+        RtFormat::Text => text(report, top).into_bytes(),
         RtFormat::Pprof => to_weighted_pprof(&WeightedProfile {
             sample_types: &[
                 ("goroutines", "count"),
@@ -349,30 +432,19 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
                 ("exited", "count"),
             ],
             default_sample_type: 0,
-            samples: &sorted_samples,
-            mappings: &sym.mappings,
+            samples,
+            mappings,
             comments: &[format!(
                 "gomemtrace goroutines: live = created since attach and not exited{}",
-                if launched {
-                    ""
-                } else {
+                if report.unknown_before_attach {
                     "; goroutines that existed before attach are not counted"
+                } else {
+                    ""
                 }
             )],
             duration_ns: report.duration_ns as i64,
         }),
-    };
-    engine::write_report(run.output.as_deref(), &bytes)?;
-    if !run.quiet {
-        eprintln!(
-            "gomemtrace: {}: {created} goroutines created, {exited} exited, {} live ({} user), {} leak suspects",
-            end_reason(end),
-            report.live,
-            report.live_user,
-            report.leak_suspects.len()
-        );
-    }
-    engine::finish(&mut target, end)
+    })
 }
 
 /// A site whose live count keeps growing: at least 3 rises, falls amounting to at most a
