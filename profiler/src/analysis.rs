@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use gomemtrace_gobin::{Arch, Function, GoBinary, GoVersion, offsets, offsets::RuntimeOffsets};
+use gomemtrace_gobin::{
+    Arch, FileBytes, Function, GoBinary, GoVersion, offsets, offsets::RuntimeOffsets,
+};
 
 use crate::error::UserError;
 
@@ -112,10 +114,17 @@ pub struct AttachPoint {
 
 impl GoTarget {
     /// Checks `data`, the executable's bytes; `exe_path` names it in errors.
+    #[cfg(test)]
     pub fn from_file_bytes(data: &[u8], exe_path: &str) -> Result<Self, Refused> {
+        Self::from_file(FileBytes::from(data.to_vec()), exe_path)
+    }
+
+    /// Checks the executable `data` (read or mapped; kept by the binary); `exe_path`
+    /// names it in errors.
+    pub fn from_file(data: FileBytes, exe_path: &str) -> Result<Self, Refused> {
         let refuse = |reason| refused(exe_path, reason);
-        let dwarf_offsets = offsets::from_dwarf(data).ok().flatten();
-        let binary = GoBinary::from_bytes_named(data.to_vec(), exe_path).map_err(|e| {
+        let dwarf_offsets = offsets::from_dwarf(&data).ok().flatten();
+        let binary = GoBinary::from_file_bytes(data, exe_path).map_err(|e| {
             // The error names the file; the refusal names it once, in front.
             let message = e.to_string();
             refuse(Unsupported::Binary {

@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::buildinfo::{self, BuildInfo};
 use crate::bytes::u64_le;
 use crate::elf::{ElfImage, go_build_id_note};
+use crate::file_bytes::FileBytes;
 use crate::moduledata::{self, ModuledataLayout};
 use crate::pclntab::{FuncEntry, Pclntab};
 use crate::{Arch, Error, Function, GoVersion};
@@ -18,7 +19,7 @@ const MAX_VERSION_LEN: usize = 96;
 
 /// A Go executable, parsed once; owns the file bytes.
 pub struct GoBinary {
-    pub(crate) data: Vec<u8>,
+    pub(crate) data: FileBytes,
     pub(crate) elf: ElfImage,
     build: BuildInfo,
     /// Whether `build` came from `.go.buildinfo`.
@@ -84,7 +85,24 @@ impl GoBinary {
         Self::parse(data, name)
     }
 
-    fn parse(data: Vec<u8>, object_name: &str) -> Result<Self, Error> {
+    /// Parses `data` (read or mapped), named `name` in errors.
+    pub fn from_file_bytes(data: FileBytes, name: &str) -> Result<Self, Error> {
+        Self::parse(data, name)
+    }
+
+    /// The executable's bytes (for what else is looked up in them: DWARF, counters).
+    pub fn file_data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Gives back the resident pages of a mapped executable (they are read again when
+    /// needed): after the analysis, most of a large binary is not touched again.
+    pub fn release_resident(&self) {
+        self.data.release_resident();
+    }
+
+    fn parse(data: impl Into<FileBytes>, object_name: &str) -> Result<Self, Error> {
+        let data: FileBytes = data.into();
         let elf = ElfImage::parse(&data, object_name)?;
         let not_go = || Error::NotGo {
             object: object_name.to_string(),

@@ -11,6 +11,7 @@ mod bytes;
 pub mod disasm;
 mod elf;
 mod error;
+mod file_bytes;
 mod moduledata;
 pub mod offsets;
 mod pclntab;
@@ -21,6 +22,7 @@ pub mod version;
 pub use binary::GoBinary;
 pub use elf::check_complete;
 pub use error::Error;
+pub use file_bytes::FileBytes;
 pub use version::GoVersion;
 
 /// A function of the binary. Addresses are ELF virtual addresses as in the file (for PIE:

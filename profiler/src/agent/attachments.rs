@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use gomemtrace_common::{PROCESS_FLAG_NO_GOID, RT_FLAG_TOTALS_ONLY, RtConfig};
-use gomemtrace_gobin::{GoBinary, allocstats::AllocStatsLayout, offsets};
+use gomemtrace_gobin::{FileBytes, GoBinary, allocstats::AllocStatsLayout, offsets};
 use gomemtrace_report::model::Mode;
 
 use crate::{
@@ -233,18 +233,21 @@ impl Attachments {
 
 /// What gomemtrace would attach to `exe` in `mode`, or why it will not.
 fn analyse(exe: &Exe, mode: ModeArg) -> Result<(Analysed, RuntimeLayout), Skip> {
-    let data = std::fs::read(&exe.link).map_err(|_| Skip::NotGo)?;
+    // Mapped, not read: a node's Go binaries are 50-150 MB each; only what the analysis
+    // touches becomes resident, and it is given back once the analysis is done.
+    let file = std::fs::File::open(&exe.link).map_err(|_| Skip::NotGo)?;
+    let data = FileBytes::map(&file).map_err(|_| Skip::NotGo)?;
     // Cheap refusal first: most executables on a node are not Go programs.
     if !GoBinary::looks_like_go(&data) {
         return Err(Skip::NotGo);
     }
-    let go = GoTarget::from_file_bytes(&data, &exe.path).map_err(|refused| skip(refused.reason))?;
-    let runtime = runtime_layout(&go, &data, &exe.path);
-    drop(data);
+    let go = GoTarget::from_file(data, &exe.path).map_err(|refused| skip(refused.reason))?;
+    let runtime = runtime_layout(&go, go.binary.file_data(), &exe.path);
     let config = go.process_config();
     let sampler = go.sampler();
     let analysed =
         plan::plan(go, config, sampler, mode, false).map_err(|refused| skip(refused.reason))?;
+    analysed.binary.release_resident();
     Ok((analysed, runtime))
 }
 

@@ -278,7 +278,7 @@ fn final_status(profile: &AllocProfile, end: End) {
 }
 
 fn analyse(target: &Target, cli: &Cli, quiet: bool) -> anyhow::Result<Analysed> {
-    let (go, data) = engine::read_go_target(target)?;
+    let go = engine::read_go_target(target)?;
     let config = go.process_config();
     let mut stop_at_main = None;
     let sampler = match cli.enable_runtime_sampling {
@@ -318,7 +318,7 @@ fn analyse(target: &Target, cli: &Cli, quiet: bool) -> anyhow::Result<Analysed> 
             }
         }
     };
-    let alloc_stats = AllocStatsLayout::locate(&go.binary, &data)
+    let alloc_stats = AllocStatsLayout::locate(&go.binary, go.binary.file_data())
         .map_err(|e| CountersError::Layout(std::sync::Arc::new(e)));
     let mut analysed = plan(go, config, sampler, cli.mode(), cli.empty_probe)?;
     analysed.stop_at_main = stop_at_main;

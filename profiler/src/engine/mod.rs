@@ -18,6 +18,8 @@ use std::{
 
 use anyhow::Context as _;
 
+use gomemtrace_gobin::FileBytes;
+
 use crate::analysis::GoTarget;
 
 pub use mappings::{ExeMappings, MappingNotFound};
@@ -53,13 +55,13 @@ pub fn open(spec: &TargetSpec) -> anyhow::Result<Target> {
     })
 }
 
-/// The target's executable read and checked: supported, with the runtime offsets the
-/// probes need; and its bytes, for what else a view looks up in them (DWARF).
-pub fn read_go_target(target: &Target) -> anyhow::Result<(GoTarget, Vec<u8>)> {
-    let data =
-        std::fs::read(&target.exe_link).with_context(|| format!("read {}", target.exe_path))?;
-    let go = GoTarget::from_file_bytes(&data, &target.exe_path)?;
-    Ok((go, data))
+/// The target's executable, mapped and checked: supported, with the runtime offsets the
+/// probes need (its bytes stay reachable through `go.binary.file_data()`).
+pub fn read_go_target(target: &Target) -> anyhow::Result<GoTarget> {
+    let file = std::fs::File::open(&target.exe_link)
+        .with_context(|| format!("open {}", target.exe_path))?;
+    let data = FileBytes::map(&file).with_context(|| format!("map {}", target.exe_path))?;
+    Ok(GoTarget::from_file(data, &target.exe_path)?)
 }
 
 /// Where the report goes: the file asked for, else stdout.

@@ -196,9 +196,8 @@ struct Analysed {
 }
 
 fn analyse(target: &Target, assists: bool) -> anyhow::Result<Analysed> {
-    let (go, data) = engine::read_go_target(target)?;
-    let plan = Plan::of_target(&go, &data)?;
-    drop(data);
+    let go = engine::read_go_target(target)?;
+    let plan = Plan::of_target(&go, go.binary.file_data())?;
     let mark = if assists {
         Some(mark::plan(&go)?)
     } else {

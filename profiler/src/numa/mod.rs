@@ -60,7 +60,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
     let hardware = pmu::detect(Path::new("/"));
 
     let mut target = engine::open(&run.target)?;
-    let (go, _) = engine::read_go_target(&target)?;
+    let go = engine::read_go_target(&target)?;
     let task_fsbase = btf::task_fsbase_offset(Path::new("/sys/kernel/btf/vmlinux"));
     let config = bpf::numa_config(&go.offsets, *task_fsbase.as_ref().unwrap_or(&0));
     probes.configure(target.pid, &config)?;
@@ -69,8 +69,7 @@ pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
         .layout(&go.binary)
         .map_err(placement::HeapError::from)
         .and_then(|layout| {
-            let elf = std::fs::read(&target.exe_link)?;
-            placement::HeapArenas::locate(&go.binary, &elf, layout.bias)
+            placement::HeapArenas::locate(&go.binary, go.binary.file_data(), layout.bias)
         });
     let mut placement = placement::Placement::new(target.pid, heap);
     // Where the binary links the runtime's heap sampler; otherwise the report says why not.

@@ -27,8 +27,8 @@ pub struct Analysed {
 }
 
 pub fn analyse(target: &Target, flags: u32) -> anyhow::Result<Analysed> {
-    let (go, data) = engine::read_go_target(target)?;
-    let (config, offsets_source) = config_of(&go, &data, flags)?;
+    let go = engine::read_go_target(target)?;
+    let (config, offsets_source) = config_of(&go, go.binary.file_data(), flags)?;
     Ok(Analysed {
         go,
         config,
