@@ -350,7 +350,7 @@ impl From<Refused> for UserError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{path::PathBuf, process::Command};
 
     use super::*;
@@ -367,7 +367,8 @@ mod tests {
         go.exists().then_some(go)
     }
 
-    fn build(goarch: &str) -> Option<Vec<u8>> {
+    /// A small Go program built for `goarch` with the cached Go 1.25, if installed.
+    pub(crate) fn build(goarch: &str) -> Option<Vec<u8>> {
         let go = go()?;
         // Tests run in parallel threads of one process: each build gets its own directory.
         static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
