@@ -74,6 +74,24 @@ pub struct Refused {
     pub reason: Unsupported,
 }
 
+impl Refused {
+    /// gobin's refusal of the file at `exe_path`.
+    pub fn binary(exe_path: &str, e: gomemtrace_gobin::Error) -> Self {
+        // The error names the file; the refusal names it once, in front.
+        let message = e.to_string();
+        refused(
+            exe_path,
+            Unsupported::Binary {
+                message: message
+                    .strip_prefix(&format!("{exe_path}: "))
+                    .unwrap_or(&message)
+                    .to_string(),
+                error: Arc::new(e),
+            },
+        )
+    }
+}
+
 /// Why the runtime's heap sampler cannot be probed (runtime-sampled mode).
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum SamplerError {
@@ -103,12 +121,16 @@ pub struct GoTarget {
     exe_path: String,
 }
 
-/// One uprobe of a plan: the program, where it goes (a file offset of the executable)
-/// and the function there (for reports).
+/// One uprobe of a plan: the program, where it goes (a file offset of the executable,
+/// and the same place as a link-time virtual address) and the function there (for
+/// reports).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttachPoint {
     pub program: &'static str,
     pub file_offset: u64,
+    /// The probed instruction's ELF virtual address as in the file (for PIE: before
+    /// relocation).
+    pub vaddr: u64,
     pub function: String,
 }
 
@@ -122,47 +144,62 @@ impl GoTarget {
     /// Checks the executable `data` (read or mapped; kept by the binary); `exe_path`
     /// names it in errors.
     pub fn from_file(data: FileBytes, exe_path: &str) -> Result<Self, Refused> {
-        let refuse = |reason| refused(exe_path, reason);
-        let dwarf_offsets = offsets::from_dwarf(&data).ok().flatten();
-        let binary = GoBinary::from_file_bytes(data, exe_path).map_err(|e| {
-            // The error names the file; the refusal names it once, in front.
-            let message = e.to_string();
-            refuse(Unsupported::Binary {
-                message: message
-                    .strip_prefix(&format!("{exe_path}: "))
-                    .unwrap_or(&message)
-                    .to_string(),
-                error: Arc::new(e),
-            })
-        })?;
+        let binary =
+            GoBinary::from_file_bytes(data, exe_path).map_err(|e| Refused::binary(exe_path, e))?;
+        let offsets = Self::runtime_offsets(&binary, binary.file_data())
+            .map_err(|reason| refused(exe_path, reason))?;
+        Ok(Self::new(binary, offsets, exe_path))
+    }
+
+    /// The first step of [`Self::from_file`]: `data` read as a Go binary, of any
+    /// architecture and release.
+    pub fn read_binary(data: &[u8], exe_path: &str) -> Result<GoBinary, Refused> {
+        GoBinary::from_bytes_named(data.to_vec(), exe_path)
+            .map_err(|e| Refused::binary(exe_path, e))
+    }
+
+    /// The second step: whether gomemtrace traces `binary` (whose bytes are `data`), and
+    /// then its runtime offsets and where they came from (`dwarf` or `table`).
+    pub fn runtime_offsets(
+        binary: &GoBinary,
+        data: &[u8],
+    ) -> Result<(RuntimeOffsets, &'static str), Unsupported> {
         if binary.arch() != Arch::Amd64 {
-            return Err(refuse(Unsupported::Architecture(binary.arch())));
+            return Err(Unsupported::Architecture(binary.arch()));
         }
         let version = binary.version();
         if version < OLDEST_GO {
-            return Err(refuse(Unsupported::GoVersion(version)));
+            return Err(Unsupported::GoVersion(version));
         }
-        let offsets_source = if dwarf_offsets.is_some() {
-            "dwarf"
-        } else {
-            "table"
-        };
-        let offsets = dwarf_offsets
-            .or_else(|| offsets::for_version(version))
-            .ok_or_else(|| refuse(Unsupported::NoRuntimeLayout(version)))?;
-        Ok(Self {
+        match offsets::from_dwarf(data).ok().flatten() {
+            Some(dwarf) => Ok((dwarf, "dwarf")),
+            None => offsets::for_version(version)
+                .map(|table| (table, "table"))
+                .ok_or(Unsupported::NoRuntimeLayout(version)),
+        }
+    }
+
+    /// A target of `binary` whose [`Self::runtime_offsets`] are `offsets`.
+    pub fn new(
+        binary: GoBinary,
+        (offsets, offsets_source): (RuntimeOffsets, &'static str),
+        exe_path: &str,
+    ) -> Self {
+        Self {
             binary,
             offsets,
             offsets_source,
             exe_path: exe_path.to_string(),
-        })
+        }
     }
 
     /// An entry uprobe of `program` on `f`, at [`GoTarget::probe_file_offset`].
     pub fn entry_point(&self, program: &'static str, f: &Function) -> Result<AttachPoint, Refused> {
+        let (vaddr, file_offset) = self.probe_location(f)?;
         Ok(AttachPoint {
             program,
-            file_offset: self.probe_file_offset(f)?,
+            file_offset,
+            vaddr,
             function: f.name.clone(),
         })
     }
@@ -170,14 +207,21 @@ impl GoTarget {
     /// File offset for an entry uprobe on `f`: just after its stack check, where the
     /// arguments are still in registers and a stack growth does not fire it twice.
     pub fn probe_file_offset(&self, f: &Function) -> Result<u64, Refused> {
+        Ok(self.probe_location(f)?.1)
+    }
+
+    /// [`Self::probe_file_offset`]'s place as (virtual address, file offset).
+    fn probe_location(&self, f: &Function) -> Result<(u64, u64), Refused> {
         let code = self
             .binary
             .function_code(f)
             .ok_or_else(|| self.refused(Unsupported::NoCode(f.name.clone())))?;
         let vaddr = gomemtrace_gobin::disasm::attach_offset(code, f.entry);
-        self.binary
+        let file_offset = self
+            .binary
             .vaddr_to_file_offset(vaddr)
-            .ok_or_else(|| self.refused(Unsupported::OutsideSegments(f.name.clone())))
+            .ok_or_else(|| self.refused(Unsupported::OutsideSegments(f.name.clone())))?;
+        Ok((vaddr, file_offset))
     }
 
     /// The allocation probes' settings common to every mode: the goroutine offsets.
@@ -316,7 +360,7 @@ impl From<Refused> for UserError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{path::PathBuf, process::Command};
 
     use super::*;
@@ -333,7 +377,8 @@ mod tests {
         go.exists().then_some(go)
     }
 
-    fn build(goarch: &str) -> Option<Vec<u8>> {
+    /// A small Go program built for `goarch` with the cached Go 1.25, if installed.
+    pub(crate) fn build(goarch: &str) -> Option<Vec<u8>> {
         let go = go()?;
         // Tests run in parallel threads of one process: each build gets its own directory.
         static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

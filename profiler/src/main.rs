@@ -8,6 +8,7 @@ mod cli;
 mod engine;
 mod error;
 mod gc;
+mod inspect;
 mod numa;
 mod remote_memory;
 mod rt;
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
         Some(cli::View::Goroutines(args)) => rt::goroutines::run(args),
         Some(cli::View::Agent(args)) => agent::run(args),
         Some(cli::View::Numa(args)) => numa::run(args),
+        Some(cli::View::Inspect(args)) => inspect::run(args),
         None => alloc::run(&cli),
     };
     match result {

@@ -202,6 +202,18 @@ pub fn check_complete(path: &std::path::Path) -> Result<(), Error> {
     let size = file.metadata().map_err(io)?.len();
     let mut head = Vec::new();
     file.take(HEADERS_READ).read_to_end(&mut head).map_err(io)?;
+    check_headers(&head, size, object)
+}
+
+/// [`check_complete`] for a file already read: `data` is all of it; `object` names it in
+/// errors.
+pub fn check_complete_bytes(data: &[u8], object: &str) -> Result<(), Error> {
+    let head = &data[..data.len().min(HEADERS_READ as usize)];
+    check_headers(head, data.len() as u64, object.to_string())
+}
+
+/// Whether the ELF headers at the start of a file (`head`) fit in its `size` bytes.
+fn check_headers(head: &[u8], size: u64, object: String) -> Result<(), Error> {
     if head.get(..4) != Some(&b"\x7fELF"[..]) {
         return Err(Error::NotElf {
             object,
@@ -212,12 +224,12 @@ pub fn check_complete(path: &std::path::Path) -> Result<(), Error> {
         object: object.clone(),
         reason: e.to_string(),
     };
-    let header = elf::FileHeader64::<Endianness>::parse(&head[..]).map_err(not_elf)?;
+    let header = elf::FileHeader64::<Endianness>::parse(head).map_err(not_elf)?;
     let endian = header.endian().map_err(not_elf)?;
     let mut needed = header
         .e_shoff(endian)
         .saturating_add(u64::from(header.e_shnum(endian)) * u64::from(header.e_shentsize(endian)));
-    let segments = header.program_headers(endian, &head[..]).map_err(not_elf)?;
+    let segments = header.program_headers(endian, head).map_err(not_elf)?;
     for ph in segments
         .iter()
         .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)

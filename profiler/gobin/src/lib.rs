@@ -20,7 +20,7 @@ pub mod types;
 pub mod version;
 
 pub use binary::GoBinary;
-pub use elf::check_complete;
+pub use elf::{check_complete, check_complete_bytes};
 pub use error::Error;
 pub use file_bytes::FileBytes;
 pub use version::GoVersion;

@@ -71,26 +71,35 @@ impl Pclntab {
         if magic != MAGIC_GO118 && magic != MAGIC_GO120 {
             return None;
         }
-        let (pad1, pad2, min_lc, ptr_size) = (pcln[4], pcln[5], pcln[6], pcln[7]);
+        let &[pad1, pad2, min_lc, ptr_size] = pcln.get(4..8)? else {
+            return None;
+        };
         if pad1 != 0 || pad2 != 0 || !matches!(min_lc, 1 | 2 | 4) || ptr_size != 8 {
             return None;
         }
         let word = |i: usize| u64_le(pcln, 8 + 8 * i);
         let as_offset = |v: u64| usize::try_from(v).ok().filter(|&o| o < pcln.len());
+        let nfunc = usize::try_from(word(0)?).ok()?;
+        let pcln_offset = as_offset(word(7)?)?;
+        // The functab (nfunc + 1 entries of 8 bytes) lies inside the table: a count no
+        // table can hold is a corrupt header, not an allocation to try.
+        if nfunc >= (pcln.len() - pcln_offset) / 8 {
+            return None;
+        }
         Some(Self {
             addr,
             file_offset,
             len: pcln.len(),
             magic,
             min_lc,
-            nfunc: usize::try_from(word(0)?).ok()?,
+            nfunc,
             text_start_raw: word(2)?,
-            text_start_slot: addr + 8 + 2 * 8,
+            text_start_slot: addr.wrapping_add(8 + 2 * 8),
             funcname_offset: as_offset(word(3)?)?,
             cu_offset: as_offset(word(4)?)?,
             filetab_offset: as_offset(word(5)?)?,
             pctab_offset: as_offset(word(6)?)?,
-            pcln_offset: as_offset(word(7)?)?,
+            pcln_offset,
         })
     }
 

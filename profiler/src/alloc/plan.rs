@@ -40,6 +40,39 @@ pub(crate) fn plan(
     mode_arg: ModeArg,
     empty_probe: bool,
 ) -> Result<Analysed, Refused> {
+    let chosen = choose(&go, &mut config, sampler, mode_arg, empty_probe)?;
+    Ok(Analysed {
+        binary: go.binary,
+        config,
+        mode: chosen.mode,
+        probes: chosen.probes,
+        rate_vaddr: chosen.rate_vaddr,
+        auto_duty_reason: chosen.auto_duty_reason,
+        stop_at_main: None,
+        alloc_stats: Err(CountersError::NotLookedFor),
+    })
+}
+
+/// What [`choose`] decided: the mode and its probes.
+pub(crate) struct Chosen {
+    pub mode: Mode,
+    pub probes: Vec<AttachPoint>,
+    /// Runtime-sampled mode: file address of `runtime.MemProfileRate`.
+    pub rate_vaddr: Option<u64>,
+    /// Mode auto fell back to duty-cycled: why the runtime's sampler cannot be used.
+    pub auto_duty_reason: Option<SamplerError>,
+}
+
+/// [`plan`]'s decision without taking `go`: the mode and the probes, and the sampler's
+/// fields of `config` in runtime-sampled mode (`gomemtrace inspect` asks it for two modes
+/// of one binary).
+pub(crate) fn choose(
+    go: &GoTarget,
+    config: &mut ProcessConfig,
+    sampler: Result<crate::analysis::Sampler, SamplerError>,
+    mode_arg: ModeArg,
+    empty_probe: bool,
+) -> Result<Chosen, Refused> {
     let mut auto_duty_reason = None;
     let mode = match (mode_arg, &sampler) {
         // The benchmark's floor replaces the exact probe.
@@ -60,7 +93,7 @@ pub(crate) fn plan(
     match (mode, sampler) {
         (Mode::Runtime, Ok(sampler)) => {
             rate_vaddr = Some(sampler.rate_vaddr);
-            probes = sampler_probes(&go, &mut config, &sampler)?;
+            probes = sampler_probes(go, config, &sampler)?;
         }
         _ => {
             let program = if empty_probe {
@@ -75,15 +108,11 @@ pub(crate) fn plan(
             }
         }
     }
-    Ok(Analysed {
-        binary: go.binary,
-        config,
+    Ok(Chosen {
         mode,
         probes,
         rate_vaddr,
         auto_duty_reason,
-        stop_at_main: None,
-        alloc_stats: Err(CountersError::NotLookedFor),
     })
 }
 

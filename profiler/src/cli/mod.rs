@@ -5,9 +5,11 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod agent;
+mod inspect;
 mod views;
 
 pub use agent::{AgentArgs, KubernetesArg};
+pub use inspect::{InspectArgs, InspectFormat};
 pub use views::{GoroutinesArgs, NumaArgs, RtFormat, StackgrowthArgs};
 
 use crate::engine::{TargetConfig, TargetSpec};
@@ -127,6 +129,12 @@ pub enum View {
     #[command(after_help = "Examples:\n  sudo gomemtrace numa -p 1234 -d 30s\n  \
         sudo gomemtrace numa --format pprof -o remote.pb.gz -- ./server")]
     Numa(NumaArgs),
+    /// What gomemtrace sees in a Go executable and would do with it, without tracing:
+    /// version, build, the mode `--mode auto` picks and why, every probe point, the
+    /// runtime offsets and their source. Reads the file only: no root, no BPF.
+    #[command(after_help = "Examples:\n  gomemtrace inspect ./server\n  \
+        gomemtrace inspect --format json -p 1234")]
+    Inspect(InspectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -333,6 +341,25 @@ mod tests {
         let cli = Cli::try_parse_from(["gomemtrace", "-p", "3", "--top", "5"]).unwrap();
         assert!(cli.view.is_none());
         assert_eq!(cli.run.config().target, TargetSpec::Pid(3));
+    }
+
+    #[test]
+    fn inspect_takes_a_binary_or_a_pid() {
+        let cli = Cli::try_parse_from(["gomemtrace", "inspect", "./app"]).unwrap();
+        let Some(View::Inspect(args)) = &cli.view else {
+            panic!("no inspect view: {cli:?}");
+        };
+        assert_eq!(args.binary.as_deref(), Some(std::path::Path::new("./app")));
+        assert_eq!(args.format, InspectFormat::Text);
+        let cli =
+            Cli::try_parse_from(["gomemtrace", "inspect", "--format", "json", "-p", "9"]).unwrap();
+        let Some(View::Inspect(args)) = &cli.view else {
+            panic!("no inspect view: {cli:?}");
+        };
+        assert_eq!((args.pid, args.binary.as_ref()), (Some(9), None));
+        assert_eq!(args.format, InspectFormat::Json);
+        assert!(Cli::try_parse_from(["gomemtrace", "inspect"]).is_err());
+        assert!(Cli::try_parse_from(["gomemtrace", "inspect", "./app", "-p", "1"]).is_err());
     }
 
     #[test]

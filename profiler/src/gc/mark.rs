@@ -111,6 +111,7 @@ pub fn plan(go: &GoTarget) -> anyhow::Result<Plan> {
         Ok::<_, crate::error::UserError>(AttachPoint {
             program,
             file_offset,
+            vaddr,
             function: name.to_string(),
         })
     };
