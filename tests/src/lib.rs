@@ -25,7 +25,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -643,6 +644,74 @@ pub fn assert_one_error_line(what: &str, out: &Finished) {
         "{what}: expected one stderr line starting 'gomemtrace: ', got:\n{}",
         out.stderr
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP, for the agent tests
+
+/// A GET over a fresh loopback connection (the agent tests' client): (status, body).
+pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    // HTTP/1.0: the server closes the connection after the body, no chunking.
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("read GET {path}"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("status line of {head}"))?;
+    Ok((status, raw[split + 4..].to_vec()))
+}
+
+pub fn get_text(addr: &str, path: &str) -> Result<String> {
+    let (status, body) = http_get(addr, path, Duration::from_secs(10))?;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    ensure!(status == 200, "GET {path}: {status} {text}");
+    Ok(text)
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `timeout`.
+pub fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sample values of `name` in Prometheus text whose labels include every `labels` pair.
+pub fn samples(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse().ok())
+            .flatten()
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -9,17 +9,16 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::TcpStream,
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use gomemtrace_tests::{
-    Proc, TempDir, Variant, copy_executable, fixture, go_tool, go_versions, gomemtrace_command,
-    latest_go, require_root, write_executable,
+    Proc, TempDir, Variant, copy_executable, fixture, get_text, go_tool, go_versions,
+    gomemtrace_command, http_get, latest_go, poll, require_root, samples, write_executable,
 };
 
 /// The fixture's allocation: COUNT buffers of SIZE bytes at one site.
@@ -34,71 +33,6 @@ const GROWTHS_EACH: u64 = 5;
 const DUTY_WINDOW_S: u64 = 35;
 /// Go's default `MemProfileRate`.
 const RATE: f64 = 512.0 * 1024.0;
-
-/// A GET over a fresh loopback connection: (status, body).
-fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    // HTTP/1.0: the server closes the connection after the body, no chunking.
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("read GET {path}"))?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of headers")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("status line of {head}"))?;
-    Ok((status, raw[split + 4..].to_vec()))
-}
-
-fn get_text(addr: &str, path: &str) -> Result<String> {
-    let (status, body) = http_get(addr, path, Duration::from_secs(10))?;
-    let text = String::from_utf8_lossy(&body).into_owned();
-    ensure!(status == 200, "GET {path}: {status} {text}");
-    Ok(text)
-}
-
-/// Polls `check` every 200 ms until it returns `Some`, for at most `timeout`.
-fn poll<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check()? {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Sample values of `name` in Prometheus text whose labels include every `labels` pair.
-fn samples(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse().ok())
-            .flatten()
-        })
-        .collect()
-}
 
 struct Agent {
     proc: Proc,

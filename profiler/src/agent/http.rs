@@ -1,35 +1,131 @@
 //! The HTTP endpoints of the contract: /metrics, /healthz, /readyz and the pprof
 //! profiles under /debug/pprof/.
+//!
+//! The profile endpoints hold a request for up to `seconds` (and a subcommand, or a
+//! blocking thread to symbolize): at most `--max-profile-requests` of them run at once,
+//! the others are refused at once (429). /metrics, /healthz and /readyz take no slot and
+//! never wait behind them. With basic auth (`--web-config-file`), everything but /healthz
+//! and /readyz needs the credentials.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::{Query, State},
+    extract::{Query, Request, State},
     http::{StatusCode, header},
+    middleware::{Next, from_fn_with_state},
     response::{IntoResponse, Response},
     routing::get,
 };
+use prometheus::IntCounter;
+use tokio::sync::Semaphore;
 
-use crate::agent::{Shared, profiles};
+use crate::agent::{Shared, profiles, webconfig::BasicAuth};
 
-/// Longest `seconds=` window.
-const MAX_SECONDS: u64 = 600;
+/// Longest `seconds=` window (docs/AGENT.md): longer ones are refused with 400.
+pub const MAX_SECONDS: u64 = 600;
 const DEFAULT_SECONDS: u64 = 30;
 /// A window's start waits at most this long for a just-attached process's first harvest
 /// (the tracer harvests every second).
 const HARVEST_WAIT: Duration = Duration::from_secs(5);
 
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+/// The HTTP server's limits and access control.
+pub struct Options {
+    /// Profile requests in flight at once (`--max-profile-requests`).
+    pub max_profile_requests: usize,
+    /// `basic_auth_users` of `--web-config-file`.
+    pub auth: Option<Arc<BasicAuth>>,
+}
+
+pub fn router(shared: Arc<Shared>, options: Options) -> Router {
+    let rejected = shared
+        .metrics
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .http_rejected
+        .clone();
+    let slots = ProfileSlots {
+        slots: Arc::new(Semaphore::new(options.max_profile_requests)),
+        max: options.max_profile_requests,
+        rejected: rejected.with_label_values(&["busy"]),
+    };
+    let profiles = Router::new()
         .route("/debug/pprof/allocs", get(allocs))
         .route("/debug/pprof/heap", get(heap))
         .route("/debug/pprof/goroutines", get(goroutines))
         .route("/debug/pprof/stackgrowth", get(stackgrowth))
+        .route_layer(from_fn_with_state(slots, limit_profiles));
+    let mut protected = Router::new()
+        .route("/metrics", get(metrics))
+        .merge(profiles);
+    if let Some(auth) = options.auth {
+        // Outside the slots: a request without credentials takes none.
+        let guard = Guard {
+            auth,
+            rejected: rejected.with_label_values(&["unauthorized"]),
+        };
+        protected = protected.route_layer(from_fn_with_state(guard, require_auth));
+    }
+    // The probes' endpoints say nothing but whether the agent is up: no credentials, so
+    // that Kubernetes probes need none.
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(protected)
         .with_state(shared)
+}
+
+/// The profile requests' slots.
+#[derive(Clone)]
+struct ProfileSlots {
+    slots: Arc<Semaphore>,
+    max: usize,
+    rejected: IntCounter,
+}
+
+/// Runs a profile request in a free slot (held until its response is ready, or its
+/// client went away), or refuses it at once.
+async fn limit_profiles(
+    State(slots): State<ProfileSlots>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(_slot) = slots.slots.try_acquire() else {
+        slots.rejected.inc();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            format!(
+                "{} profile requests already in flight (--max-profile-requests): try again when one has finished\n",
+                slots.max
+            ),
+        )
+            .into_response();
+    };
+    next.run(request).await
+}
+
+#[derive(Clone)]
+struct Guard {
+    auth: Arc<BasicAuth>,
+    rejected: IntCounter,
+}
+
+async fn require_auth(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    if guard
+        .auth
+        .allows(request.headers().get(header::AUTHORIZATION))
+        .await
+    {
+        return next.run(request).await;
+    }
+    guard.rejected.inc();
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic realm=\"gomemtrace\"")],
+        "unauthorized: basic-auth credentials of --web-config-file needed\n",
+    )
+        .into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

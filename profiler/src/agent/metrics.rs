@@ -42,6 +42,7 @@ pub struct Metrics {
     pub drops: IntCounterVec,
     pub process_events: IntCounterVec,
     pub pyroscope_pushes: IntCounterVec,
+    pub http_rejected: IntCounterVec,
     pub cpu_seconds: prometheus::Counter,
     pub resident_bytes: Gauge,
     pub links: IntGauge,
@@ -241,6 +242,13 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let http_rejected = IntCounterVec::new(
+            opts(
+                "gomemtrace_agent_http_rejected_total",
+                "HTTP requests refused before their handler ran, by reason (busy: --max-profile-requests profile requests already in flight; unauthorized: missing or wrong basic-auth credentials)",
+            ),
+            &["reason"],
+        )?;
         let cpu_seconds = prometheus::Counter::new(
             "gomemtrace_agent_cpu_seconds_total",
             "CPU time (user + system) the agent used",
@@ -298,6 +306,7 @@ impl Metrics {
             Box::new(drops.clone()),
             Box::new(process_events.clone()),
             Box::new(pyroscope_pushes.clone()),
+            Box::new(http_rejected.clone()),
             Box::new(cpu_seconds.clone()),
             Box::new(resident_bytes.clone()),
             Box::new(links.clone()),
@@ -335,6 +344,7 @@ impl Metrics {
             drops,
             process_events,
             pyroscope_pushes,
+            http_rejected,
             cpu_seconds,
             resident_bytes,
             links,

@@ -17,6 +17,7 @@ mod profiles;
 mod pyroscope;
 mod stacks;
 mod tracer;
+mod webconfig;
 
 use std::{
     path::PathBuf,
@@ -64,6 +65,18 @@ impl Shared {
     }
 }
 
+/// SIGINT or SIGTERM.
+async fn stopped() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -72,6 +85,12 @@ fn unix_seconds() -> u64 {
 }
 
 pub fn run(args: &AgentArgs) -> anyhow::Result<ExitCode> {
+    // A bad file is a bad argument: refused before anything is loaded.
+    let web = args
+        .web_config_file
+        .as_deref()
+        .map(webconfig::load)
+        .transpose()?;
     preflight::check()?;
     let filter = Filter::new(args)?;
     // Every traced process needs a slot in the probes' per-process maps.
@@ -136,9 +155,12 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<ExitCode> {
     // Before the /proc scan: a process exec'd during the scan is seen either way.
     let events = ProcEvents::attach(&bpf)?;
     eprintln!(
-        "gomemtrace: agent: listening on {}, mode {:?}",
+        "gomemtrace: agent: listening on {}, mode {:?}{}",
         listener.local_addr().unwrap_or(args.listen),
-        args.mode
+        args.mode,
+        web.as_ref()
+            .map(|w| format!(", {}", w.describe()))
+            .unwrap_or_default()
     );
     let gc = gc::GcTracker::new(&bpf)?;
     let stacks = (!args.no_stack_metrics)
@@ -176,21 +198,27 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<ExitCode> {
     let tracer = std::thread::Builder::new()
         .name("gomemtrace-agent".into())
         .spawn(move || tracer.run())?;
+    let (tls, auth) = web.map_or((None, None), |w| (w.tls, w.auth));
+    let app = http::router(
+        shared.clone(),
+        http::Options {
+            max_profile_requests: args.max_profile_requests,
+            auth,
+        },
+    );
     let served = runtime.block_on(async {
-        let stop = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        match tls {
+            Some(config) => {
+                axum::serve(webconfig::TlsListener::new(listener, config)?, app)
+                    .with_graceful_shutdown(stopped())
+                    .await
             }
-            Ok::<_, std::io::Error>(())
-        };
-        axum::serve(listener, http::router(shared.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = stop.await;
-            })
-            .await
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped())
+                    .await
+            }
+        }
     });
     shared.stop.store(true, Ordering::Release);
     let _ = tracer.join();

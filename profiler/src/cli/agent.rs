@@ -1,6 +1,6 @@
 //! `gomemtrace agent`'s options (the contract the DaemonSet manifests are written against).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, ValueEnum};
 
@@ -11,6 +11,17 @@ pub struct AgentArgs {
     /// Address of the HTTP server (/metrics, /healthz, /readyz, /debug/pprof/...).
     #[arg(long, default_value = "0.0.0.0:9470", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
+
+    /// TLS and basic auth for the HTTP server: a YAML file in the Prometheus exporters'
+    /// format (exporter-toolkit's --web.config.file): tls_server_config {cert_file,
+    /// key_file}, basic_auth_users {USER: BCRYPT-HASH}. /healthz and /readyz need no
+    /// credentials.
+    #[arg(long, value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// Most /debug/pprof requests in flight at once; more are refused at once with 429.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub max_profile_requests: usize,
 
     /// How allocations are collected, as for the one-process profiler.
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
@@ -106,6 +117,8 @@ mod tests {
         assert_eq!(args.mode, ModeArg::Auto);
         assert_eq!(args.kubernetes, KubernetesArg::Auto);
         assert_eq!(args.max_processes, 256);
+        assert_eq!(args.max_profile_requests, 4);
+        assert!(args.web_config_file.is_none());
     }
 
     #[test]
