@@ -35,7 +35,7 @@ impl NumaTracker {
         let probes = match NumaProbes::load(bpf) {
             Ok(p) => Some(p),
             Err(why) => {
-                reasons.push(why);
+                reasons.push(why.to_string());
                 None
             }
         };

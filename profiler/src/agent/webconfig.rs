@@ -69,35 +69,52 @@ impl WebConfig {
 /// Reads and checks the file: its YAML, the certificate and key (loaded into a rustls
 /// server configuration), each bcrypt hash.
 pub fn load(path: &Path) -> Result<WebConfig, UserError> {
-    let bad = |reason: String| UserError::BadArgument {
+    let bad = |reason: &dyn std::fmt::Display| UserError::BadArgument {
         what: format!("--web-config-file {}", path.display()),
         // One line, whatever the parser or the file system said.
-        reason: reason.split_whitespace().collect::<Vec<_>>().join(" "),
+        reason: reason
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
     };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    let file = parse(&text).map_err(bad)?;
+    let text = std::fs::read_to_string(path).map_err(|e| bad(&format!("cannot read it: {e}")))?;
+    let file = parse(&text).map_err(|e| bad(&e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let tls = file
         .tls_server_config
         .map(|files| server_config(dir, &files).map(Arc::new))
         .transpose()
-        .map_err(bad)?;
+        .map_err(|e| bad(&e))?;
     let auth = match file.basic_auth_users {
-        Some(users) if !users.is_empty() => Some(Arc::new(BasicAuth::new(users).map_err(bad)?)),
+        Some(users) if !users.is_empty() => {
+            Some(Arc::new(BasicAuth::new(users).map_err(|e| bad(&e))?))
+        }
         _ => None,
     };
     Ok(WebConfig { tls, auth })
 }
 
-fn parse(text: &str) -> Result<File, String> {
+/// What is wrong with the file, in one line (it becomes the bad-argument message).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Problem(String);
+
+impl From<String> for Problem {
+    fn from(reason: String) -> Self {
+        Problem(reason)
+    }
+}
+
+fn parse(text: &str) -> Result<File, Problem> {
     let options = serde_saphyr::options! { with_snippet: false };
     // An empty file (or one of comments) asks for nothing, as for exporter-toolkit.
     serde_saphyr::from_str_with_options::<Option<File>>(text, options)
         .map(Option::unwrap_or_default)
-        .map_err(|e| e.without_snippet().to_string())
+        .map_err(|e| Problem(e.without_snippet().to_string()))
 }
 
-fn server_config(dir: &Path, files: &TlsFiles) -> Result<ServerConfig, String> {
+fn server_config(dir: &Path, files: &TlsFiles) -> Result<ServerConfig, Problem> {
     let read = |key: &str, file: &Path| {
         let path = dir.join(file);
         std::fs::read(&path)
@@ -114,10 +131,10 @@ fn server_config(dir: &Path, files: &TlsFiles) -> Result<ServerConfig, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("tls_server_config.cert_file {}: {e}", cert_path.display()))?;
     if certs.is_empty() {
-        return Err(format!(
+        return Err(Problem::from(format!(
             "tls_server_config.cert_file {}: no PEM certificate in it",
             cert_path.display()
-        ));
+        )));
     }
     let (key_path, key_pem) = read("key_file", &files.key_file)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
@@ -158,12 +175,12 @@ pub struct BasicAuth {
 }
 
 impl BasicAuth {
-    fn new(users: BTreeMap<String, String>) -> Result<Self, String> {
+    fn new(users: BTreeMap<String, String>) -> Result<Self, Problem> {
         for (user, hash) in &users {
             if user.contains(':') {
-                return Err(format!(
+                return Err(Problem::from(format!(
                     "basic_auth_users: user {user:?}: a basic-auth user name has no ':'"
-                ));
+                )));
             }
             hash.parse::<bcrypt::HashParts>().map_err(|e| {
                 format!("basic_auth_users.{user}: not a bcrypt hash ($2a$, $2b$ or $2y$): {e}")
@@ -304,9 +321,9 @@ mod tests {
     fn unknown_keys_are_refused_in_one_line() {
         let e = parse("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAndVerifyClientCert\n")
             .unwrap_err();
-        assert!(e.contains("client_auth_type"), "{e}");
+        assert!(e.0.contains("client_auth_type"), "{e}");
         let e = parse("http_server_config:\n  http2: false\n").unwrap_err();
-        assert!(e.contains("http_server_config"), "{e}");
+        assert!(e.0.contains("http_server_config"), "{e}");
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub struct NumaProbes {
 impl NumaProbes {
     /// Loads and attaches both programs of `bpf`. Their error says, in a few words, why
     /// the kernel refused (it becomes the reason in `NUMA: not available (...)`).
-    pub fn load(bpf: &Bpf) -> Result<Self, String> {
+    pub fn load(bpf: &Bpf) -> Result<Self, Refused> {
         let btf = Btf::from_sys_fs().map_err(|e| why("reading the kernel's BTF", &e))?;
         let events = bpf
             .take_ring(NUMA_EVENTS_MAP)
@@ -148,6 +148,24 @@ impl Drop for NumaProbes {
                 let _ = program.detach(link);
             }
         });
+    }
+}
+
+/// Why the kernel refused the NUMA programs, in a few words (it becomes the reason in
+/// `NUMA: not available (...)`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+impl From<String> for Refused {
+    fn from(reason: String) -> Self {
+        Refused(reason)
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(reason: &str) -> Self {
+        Refused(reason.to_string())
     }
 }
 

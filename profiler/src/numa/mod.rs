@@ -227,7 +227,11 @@ fn available() -> Result<(NumaHost, Bpf, NumaProbes), UserError> {
     let mut reasons = host.reasons();
     let loaded = Bpf::load()
         .map_err(|e| format!("loading the eBPF object failed: {e:#}"))
-        .and_then(|bpf| NumaProbes::load(&bpf).map(|probes| (bpf, probes)));
+        .and_then(|bpf| {
+            NumaProbes::load(&bpf)
+                .map(|probes| (bpf, probes))
+                .map_err(|e| e.to_string())
+        });
     match loaded {
         Ok((bpf, probes)) if reasons.is_empty() => Ok((host, bpf, probes)),
         Ok(_) => Err(UserError::NumaUnavailable {
