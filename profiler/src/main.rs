@@ -20,14 +20,17 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // The command line becomes each view's typed settings here: no clap type below.
     let result = match &cli.view {
-        Some(cli::View::Gctrace(args)) => gc::run(args),
-        Some(cli::View::Stackgrowth(args)) => rt::stackgrowth::run(args),
-        Some(cli::View::Goroutines(args)) => rt::goroutines::run(args),
-        Some(cli::View::Agent(args)) => agent::run(args),
-        Some(cli::View::Numa(args)) => numa::run(args),
-        Some(cli::View::Inspect(args)) => inspect::run(args),
-        None => alloc::run(&cli),
+        Some(cli::View::Gctrace(args)) => gc::run(&args.config()),
+        Some(cli::View::Stackgrowth(args)) => rt::stackgrowth::run(&args.common.config()),
+        Some(cli::View::Goroutines(args)) => {
+            rt::goroutines::run(&args.common.config(), !args.no_stacks)
+        }
+        Some(cli::View::Agent(args)) => agent::run(&args.config()),
+        Some(cli::View::Numa(args)) => numa::run(&args.common.config()),
+        Some(cli::View::Inspect(args)) => inspect::run(&args.config()),
+        None => alloc::run(&cli.config()),
     };
     match result {
         Ok(code) => code,

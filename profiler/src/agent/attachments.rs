@@ -13,10 +13,10 @@ use crate::{
         goroutines::GoroutineLayout,
         metadata::Labels,
     },
+    alloc::plan::ModeRequest,
     alloc::plan::{self, Analysed},
     analysis::{GoTarget, Unsupported},
     bpf::{AllocProbes, Bpf},
-    cli::ModeArg,
     engine::{ExeMappings, MappingNotFound},
 };
 
@@ -122,12 +122,12 @@ pub struct Attachments {
     /// (a copy of the executable each) are kept for [`KEPT_UNUSED`] of them, so that a
     /// node running ever new binaries does not grow the agent.
     unused: std::collections::VecDeque<ExeId>,
-    mode: ModeArg,
+    mode: ModeRequest,
     max_processes: usize,
 }
 
 impl Attachments {
-    pub fn new(bpf: &Bpf, mode: ModeArg, max_processes: usize) -> anyhow::Result<Self> {
+    pub fn new(bpf: &Bpf, mode: ModeRequest, max_processes: usize) -> anyhow::Result<Self> {
         Ok(Self {
             probes: AllocProbes::new(bpf),
             processes: HashMap::new(),
@@ -232,7 +232,7 @@ impl Attachments {
 }
 
 /// What gomemtrace would attach to `exe` in `mode`, or why it will not.
-fn analyse(exe: &Exe, mode: ModeArg) -> Result<(Analysed, RuntimeLayout), Skip> {
+fn analyse(exe: &Exe, mode: ModeRequest) -> Result<(Analysed, RuntimeLayout), Skip> {
     // Mapped, not read: a node's Go binaries are 50-150 MB each; only what the analysis
     // touches becomes resident, and it is given back once the analysis is done.
     let file = std::fs::File::open(&exe.link).map_err(|_| Skip::NotGo)?;

@@ -6,7 +6,10 @@ use std::{os::unix::fs::MetadataExt as _, path::PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use crate::{agent::metadata::PodInfo, cli::AgentArgs, error::UserError};
+use crate::{
+    agent::{config::Config, metadata::PodInfo},
+    error::UserError,
+};
 
 /// The identity of an executable file: processes of the same file share its analysis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,7 +76,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn new(args: &AgentArgs) -> Result<Self, UserError> {
+    pub fn new(args: &Config) -> Result<Self, UserError> {
         let set = |globs: &[String]| -> Result<GlobSet, UserError> {
             let mut builder = GlobSetBuilder::new();
             for glob in globs {
@@ -96,7 +99,7 @@ impl Filter {
             exclude_exe: set(&args.exclude_exe)?,
             include_namespace: args.include_namespace.clone(),
             exclude_namespace: args.exclude_namespace.clone(),
-            pod_selector: args.pod_selector.clone().map(|s| s.0).unwrap_or_default(),
+            pod_selector: args.pod_selector.clone(),
         })
     }
 
@@ -138,7 +141,7 @@ mod tests {
         let Some(View::Agent(args)) = Cli::try_parse_from(argv).unwrap().view else {
             panic!("no agent view");
         };
-        Filter::new(&args).unwrap()
+        Filter::new(&args.config()).unwrap()
     }
 
     #[test]
@@ -178,7 +181,7 @@ mod tests {
             panic!("no agent view");
         };
         assert!(matches!(
-            Filter::new(&args),
+            Filter::new(&args.config()),
             Err(UserError::BadArgument { .. })
         ));
     }

@@ -3,6 +3,7 @@
 
 mod allocstats;
 mod attachments;
+mod config;
 mod discovery;
 mod duty;
 mod gc;
@@ -19,6 +20,8 @@ mod stacks;
 mod tracer;
 mod webconfig;
 
+pub use config::{Config, Kubernetes};
+
 use std::{
     path::PathBuf,
     process::ExitCode,
@@ -34,7 +37,6 @@ use anyhow::Context as _;
 use crate::{
     agent::{attachments::Attachments, discovery::Filter},
     bpf::{Bpf, ProcEvents},
-    cli::{AgentArgs, KubernetesArg},
     engine::preflight,
     error::UserError,
 };
@@ -84,7 +86,7 @@ fn unix_seconds() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn run(args: &AgentArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &Config) -> anyhow::Result<ExitCode> {
     // A bad file is a bad argument: refused before anything is loaded.
     let web = args
         .web_config_file
@@ -105,9 +107,9 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let kubernetes = match args.kubernetes {
-        KubernetesArg::Always => true,
-        KubernetesArg::Never => false,
-        KubernetesArg::Auto => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+        Kubernetes::Always => true,
+        Kubernetes::Never => false,
+        Kubernetes::Auto => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
     };
     let node = match (kubernetes, &args.node_name) {
         (false, _) => None,

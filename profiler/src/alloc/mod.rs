@@ -31,17 +31,40 @@ use gomemtrace_report::model::{AllocProfile, Mode, TargetInfo};
 
 use crate::{
     bpf::{AllocProbes, Bpf, Counters},
-    cli::{Cli, ModeArg, TotalsArg},
     engine::{self, End, ExeMappings, Target, TargetConfig, status_line},
 };
 use collect::CollectInput;
 use counters::CountersError;
-use plan::{Analysed, plan};
+use plan::{Analysed, ModeRequest, plan};
 
-pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let run = cli.run.config();
+/// Where the totals come from (`--totals`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Totals {
+    /// The target's own allocation counters, with the probes giving each stack's share.
+    Runtime,
+    /// The probes' own estimate.
+    Probes,
+}
+
+/// The allocation profile's settings, typed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub run: TargetConfig,
+    pub mode: ModeRequest,
+    /// Duty-cycled mode: the most CPU the probes may add, percent of the target's.
+    pub overhead_budget: f64,
+    pub totals: Totals,
+    /// `--enable-runtime-sampling`: the `MemProfileRate` to write.
+    pub enable_runtime_sampling: Option<u64>,
+    pub output: output::Options,
+    /// Benchmark floor: the empty program at the allocation probes' offsets.
+    pub empty_probe: bool,
+}
+
+pub fn run(settings: &Config) -> anyhow::Result<ExitCode> {
+    let run = settings.run.clone();
     let mut target = engine::open(&run.target)?;
-    let analysed = analyse(&target, cli, run.quiet)?;
+    let analysed = analyse(&target, settings, run.quiet)?;
     let mut mappings = ExeMappings::read(target.pid, &target.exe_link)?;
     let mut config = analysed.config;
     if let Some(vaddr) = analysed.rate_vaddr {
@@ -66,7 +89,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     // The one write into the target, opt-in: after the probes are attached, so the first
     // samples are seen.
-    let mut rate_write = match cli.enable_runtime_sampling {
+    let mut rate_write = match settings.enable_runtime_sampling {
         Some(rate) => {
             if let Some(offset) = analysed.stop_at_main {
                 probes.attach(
@@ -134,7 +157,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         let exe_link = target.exe_link.clone();
         let (end, record) = duty::run(
             run.duration,
-            cli.overhead_budget,
+            settings.overhead_budget,
             &mut target,
             &mut probes,
             &analysed.probes,
@@ -196,14 +219,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             duration_ns,
             duty: duty.as_ref(),
             counters: Some(counters),
-            scale_to_counters: cli.totals == TotalsArg::Runtime,
+            scale_to_counters: settings.totals == Totals::Runtime,
         },
         &mut symbolizer,
     );
     if !run.quiet {
         final_status(&profile, end);
     }
-    output::write(cli, &run, &profile)?;
+    output::write(&settings.output, &run, &profile)?;
     engine::finish(&mut target, end)
 }
 
@@ -277,11 +300,11 @@ fn final_status(profile: &AllocProfile, end: End) {
     );
 }
 
-fn analyse(target: &Target, cli: &Cli, quiet: bool) -> anyhow::Result<Analysed> {
+fn analyse(target: &Target, settings: &Config, quiet: bool) -> anyhow::Result<Analysed> {
     let go = engine::read_go_target(target)?;
     let config = go.process_config();
     let mut stop_at_main = None;
-    let sampler = match cli.enable_runtime_sampling {
+    let sampler = match settings.enable_runtime_sampling {
         None => go.sampler(),
         Some(_) => {
             let (major, minor) = go.binary.version().release();
@@ -301,7 +324,9 @@ fn analyse(target: &Target, cli: &Cli, quiet: bool) -> anyhow::Result<Analysed> 
                 })?;
                 stop_at_main = Some(go.probe_file_offset(main)?);
             }
-            if !matches!(cli.mode(), ModeArg::Auto | ModeArg::Runtime) || cli.empty_probe {
+            if !matches!(settings.mode, ModeRequest::Auto | ModeRequest::Runtime)
+                || settings.empty_probe
+            {
                 return Err(go
                     .refuse(
                         "--enable-runtime-sampling goes with --mode runtime or auto only".into(),
@@ -320,13 +345,13 @@ fn analyse(target: &Target, cli: &Cli, quiet: bool) -> anyhow::Result<Analysed> 
     };
     let alloc_stats = AllocStatsLayout::locate(&go.binary, go.binary.file_data())
         .map_err(|e| CountersError::Layout(std::sync::Arc::new(e)));
-    let mut analysed = plan(go, config, sampler, cli.mode(), cli.empty_probe)?;
+    let mut analysed = plan(go, config, sampler, settings.mode, settings.empty_probe)?;
     analysed.stop_at_main = stop_at_main;
     analysed.alloc_stats = alloc_stats;
     if let Some(why) = analysed.auto_duty_reason.as_ref().filter(|_| !quiet) {
         status_line(&format!(
             "mode auto: duty (exact probes in short windows under a {}% CPU overhead budget; counts are estimates), because {why}",
-            cli.overhead_budget
+            settings.overhead_budget
         ));
     }
     Ok(analysed)

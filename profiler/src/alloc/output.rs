@@ -2,21 +2,36 @@
 
 use gomemtrace_report::model::AllocProfile;
 
-use crate::{
-    cli::{Cli, Format},
-    engine::{self, TargetConfig},
-};
+use crate::engine::{self, TargetConfig};
 
-pub fn write(cli: &Cli, run: &TargetConfig, profile: &AllocProfile) -> anyhow::Result<()> {
-    let weight = match cli.weight {
-        crate::cli::Weight::Bytes => gomemtrace_report::Weight::Bytes,
-        crate::cli::Weight::Objects => gomemtrace_report::Weight::Objects,
-    };
-    let frames = if cli.all_frames {
-        gomemtrace_report::Frames::All
-    } else {
-        gomemtrace_report::Frames::GoHeap
-    };
+/// The report's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable report: totals, top sites, types, goroutines, drops.
+    Text,
+    /// gzipped pprof profile.proto.
+    Pprof,
+    /// Folded stacks.
+    Folded,
+    /// Flame graph.
+    Svg,
+    /// The full profile as json (docs/JSON.md).
+    Json,
+}
+
+/// How the profile is written.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub format: Format,
+    /// Rows per table in the text report.
+    pub top: usize,
+    /// Weight of folded stacks and flame graphs.
+    pub weight: gomemtrace_report::Weight,
+    pub frames: gomemtrace_report::Frames,
+}
+
+pub fn write(cli: &Options, run: &TargetConfig, profile: &AllocProfile) -> anyhow::Result<()> {
+    let (weight, frames) = (cli.weight, cli.frames);
     let bytes = match cli.format {
         Format::Text => gomemtrace_report::to_text(profile, cli.top).into_bytes(),
         Format::Pprof => gomemtrace_report::to_pprof(profile, frames),

@@ -9,10 +9,20 @@ use gomemtrace_gobin::{GoBinary, allocstats::AllocStatsLayout};
 use gomemtrace_report::model::Mode;
 
 use super::{counters::CountersError, points};
-use crate::{
-    analysis::{AttachPoint, GoTarget, Refused, SamplerError, Unsupported},
-    cli::ModeArg,
-};
+use crate::analysis::{AttachPoint, GoTarget, Refused, SamplerError, Unsupported};
+
+/// How allocations are to be collected, as asked for (`--mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeRequest {
+    /// `Runtime` where the binary links the heap sampler, else `Duty`.
+    Auto,
+    /// Probe the runtime's own heap sampler.
+    Runtime,
+    /// Exact probes attached in short windows under the overhead budget.
+    Duty,
+    /// Every allocation.
+    Exact,
+}
 
 /// What the binary tells us before anything is attached.
 pub(crate) struct Analysed {
@@ -37,7 +47,7 @@ pub(crate) fn plan(
     go: GoTarget,
     mut config: ProcessConfig,
     sampler: Result<crate::analysis::Sampler, SamplerError>,
-    mode_arg: ModeArg,
+    mode_arg: ModeRequest,
     empty_probe: bool,
 ) -> Result<Analysed, Refused> {
     let chosen = choose(&go, &mut config, sampler, mode_arg, empty_probe)?;
@@ -70,20 +80,20 @@ pub(crate) fn choose(
     go: &GoTarget,
     config: &mut ProcessConfig,
     sampler: Result<crate::analysis::Sampler, SamplerError>,
-    mode_arg: ModeArg,
+    mode_arg: ModeRequest,
     empty_probe: bool,
 ) -> Result<Chosen, Refused> {
     let mut auto_duty_reason = None;
     let mode = match (mode_arg, &sampler) {
         // The benchmark's floor replaces the exact probe.
         _ if empty_probe => Mode::Exact,
-        (ModeArg::Exact, _) => Mode::Exact,
-        (ModeArg::Duty, _) => Mode::Duty,
-        (ModeArg::Runtime | ModeArg::Auto, Ok(_)) => Mode::Runtime,
-        (ModeArg::Runtime, Err(why)) => {
+        (ModeRequest::Exact, _) => Mode::Exact,
+        (ModeRequest::Duty, _) => Mode::Duty,
+        (ModeRequest::Runtime | ModeRequest::Auto, Ok(_)) => Mode::Runtime,
+        (ModeRequest::Runtime, Err(why)) => {
             return Err(go.refused(Unsupported::NoSampler(why.clone())));
         }
-        (ModeArg::Auto, Err(why)) => {
+        (ModeRequest::Auto, Err(why)) => {
             auto_duty_reason = Some(why.clone());
             Mode::Duty
         }

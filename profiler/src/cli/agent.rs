@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, ValueEnum};
 
 use super::ModeArg;
+use crate::agent;
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
@@ -97,6 +98,33 @@ fn parse_selector(s: &str) -> Result<PodSelector, BadSelector> {
         })
         .collect::<Result<_, _>>()
         .map(PodSelector)
+}
+
+impl AgentArgs {
+    /// The agent's typed settings.
+    pub fn config(&self) -> agent::Config {
+        agent::Config {
+            listen: self.listen,
+            web_config_file: self.web_config_file.clone(),
+            max_profile_requests: self.max_profile_requests,
+            mode: self.mode.into(),
+            include_exe: self.include_exe.clone(),
+            exclude_exe: self.exclude_exe.clone(),
+            include_namespace: self.include_namespace.clone(),
+            exclude_namespace: self.exclude_namespace.clone(),
+            pod_selector: self.pod_selector.clone().map(|s| s.0).unwrap_or_default(),
+            node_name: self.node_name.clone(),
+            kubernetes: match self.kubernetes {
+                KubernetesArg::Auto => agent::Kubernetes::Auto,
+                KubernetesArg::Always => agent::Kubernetes::Always,
+                KubernetesArg::Never => agent::Kubernetes::Never,
+            },
+            max_processes: self.max_processes,
+            no_stack_metrics: self.no_stack_metrics,
+            pyroscope_url: self.pyroscope_url.clone(),
+            pyroscope_interval: self.pyroscope_interval,
+        }
+    }
 }
 
 #[cfg(test)]

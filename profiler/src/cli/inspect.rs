@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use crate::inspect;
+
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The Go executable to inspect (read as a file: no root needed).
@@ -30,4 +32,21 @@ pub enum InspectFormat {
     Text,
     /// One json object (schema in docs/JSON.md, `gomemtrace.inspect/v1`).
     Json,
+}
+
+impl InspectArgs {
+    /// `gomemtrace inspect`'s typed settings.
+    pub fn config(&self) -> inspect::Config {
+        inspect::Config {
+            source: match (self.pid, &self.binary) {
+                (Some(pid), _) => inspect::Source::Pid(pid),
+                // clap requires one of the two.
+                (None, binary) => inspect::Source::File(binary.clone().unwrap_or_default()),
+            },
+            format: match self.format {
+                InspectFormat::Text => inspect::Format::Text,
+                InspectFormat::Json => inspect::Format::Json,
+            },
+        }
+    }
 }

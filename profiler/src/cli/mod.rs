@@ -8,11 +8,15 @@ mod agent;
 mod inspect;
 mod views;
 
-pub use agent::{AgentArgs, KubernetesArg};
-pub use inspect::{InspectArgs, InspectFormat};
-pub use views::{GoroutinesArgs, NumaArgs, RtFormat, StackgrowthArgs};
+pub use agent::AgentArgs;
+pub use inspect::InspectArgs;
+pub use views::{GoroutinesArgs, NumaArgs, StackgrowthArgs};
 
-use crate::engine::{TargetConfig, TargetSpec};
+use crate::{
+    alloc::{self, plan::ModeRequest},
+    engine::{TargetConfig, TargetSpec},
+    gc,
+};
 
 /// Where a Go program's memory goes — traced from outside the process with eBPF uprobes:
 /// allocations by stack, type and goroutine, with no change to the target.
@@ -266,6 +270,66 @@ impl Cli {
             self.mode
         }
     }
+
+    /// The allocation profile's typed settings.
+    pub fn config(&self) -> alloc::Config {
+        alloc::Config {
+            run: self.run.config(),
+            mode: self.mode().into(),
+            overhead_budget: self.overhead_budget,
+            totals: match self.totals {
+                TotalsArg::Runtime => alloc::Totals::Runtime,
+                TotalsArg::Probes => alloc::Totals::Probes,
+            },
+            enable_runtime_sampling: self.enable_runtime_sampling,
+            output: alloc::output::Options {
+                format: match self.format {
+                    Format::Text => alloc::output::Format::Text,
+                    Format::Pprof => alloc::output::Format::Pprof,
+                    Format::Folded => alloc::output::Format::Folded,
+                    Format::Svg => alloc::output::Format::Svg,
+                    Format::Json => alloc::output::Format::Json,
+                },
+                top: self.top,
+                weight: match self.weight {
+                    Weight::Bytes => gomemtrace_report::Weight::Bytes,
+                    Weight::Objects => gomemtrace_report::Weight::Objects,
+                },
+                frames: if self.all_frames {
+                    gomemtrace_report::Frames::All
+                } else {
+                    gomemtrace_report::Frames::GoHeap
+                },
+            },
+            empty_probe: self.empty_probe,
+        }
+    }
+}
+
+impl From<ModeArg> for ModeRequest {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Auto => ModeRequest::Auto,
+            ModeArg::Runtime => ModeRequest::Runtime,
+            ModeArg::Duty => ModeRequest::Duty,
+            ModeArg::Exact => ModeRequest::Exact,
+        }
+    }
+}
+
+impl GctraceArgs {
+    /// `gomemtrace gctrace`'s typed settings.
+    pub fn config(&self) -> gc::Config {
+        gc::Config {
+            run: self.run.config(),
+            format: match self.format {
+                GcFormat::Text => gc::LineFormat::Text,
+                GcFormat::Json => gc::LineFormat::Json,
+            },
+            assists: self.assists || self.assists_pprof.is_some(),
+            assists_pprof: self.assists_pprof.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -350,14 +414,14 @@ mod tests {
             panic!("no inspect view: {cli:?}");
         };
         assert_eq!(args.binary.as_deref(), Some(std::path::Path::new("./app")));
-        assert_eq!(args.format, InspectFormat::Text);
+        assert_eq!(args.format, inspect::InspectFormat::Text);
         let cli =
             Cli::try_parse_from(["gomemtrace", "inspect", "--format", "json", "-p", "9"]).unwrap();
         let Some(View::Inspect(args)) = &cli.view else {
             panic!("no inspect view: {cli:?}");
         };
         assert_eq!((args.pid, args.binary.as_ref()), (Some(9), None));
-        assert_eq!(args.format, InspectFormat::Json);
+        assert_eq!(args.format, inspect::InspectFormat::Json);
         assert!(Cli::try_parse_from(["gomemtrace", "inspect"]).is_err());
         assert!(Cli::try_parse_from(["gomemtrace", "inspect", "./app", "-p", "1"]).is_err());
     }

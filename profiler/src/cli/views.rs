@@ -3,6 +3,7 @@
 use clap::{Args, ValueEnum};
 
 use super::TargetArgs;
+use crate::rt;
 
 /// Options of the stackgrowth, goroutines and numa views.
 #[derive(Debug, Args)]
@@ -50,4 +51,19 @@ pub struct GoroutinesArgs {
 pub struct NumaArgs {
     #[command(flatten)]
     pub common: RtArgs,
+}
+
+impl RtArgs {
+    /// The typed settings of the stackgrowth, goroutines and numa views.
+    pub fn config(&self) -> rt::Config {
+        rt::Config {
+            run: self.run.config(),
+            format: match self.format {
+                RtFormat::Text => rt::ReportFormat::Text,
+                RtFormat::Json => rt::ReportFormat::Json,
+                RtFormat::Pprof => rt::ReportFormat::Pprof,
+            },
+            top: self.top,
+        }
+    }
 }

@@ -26,7 +26,6 @@ use serde::Serialize;
 use crate::{
     analysis::{AttachPoint, GoTarget},
     bpf::{GcProbes, MarkProbes},
-    cli::GcFormat,
     engine::ExeMappings,
     engine::target::Target,
     symbolizer::{ExeLayout, Symbolizer},
@@ -261,14 +260,14 @@ impl Tracer {
     }
 
     /// `line` (the cycle's text or json) with the cycle's mark work added.
-    pub fn decorate(&mut self, e: &GcEvent, line: String, format: GcFormat) -> String {
+    pub fn decorate(&mut self, e: &GcEvent, line: String, format: super::LineFormat) -> String {
         let mark = self.cycle(e);
         match format {
-            GcFormat::Text => match mark {
+            super::LineFormat::Text => match mark {
                 Some(m) => format!("{line}\n{}", m.text()),
                 None => line,
             },
-            GcFormat::Json => match serde_json::from_str::<serde_json::Value>(&line) {
+            super::LineFormat::Json => match serde_json::from_str::<serde_json::Value>(&line) {
                 Ok(serde_json::Value::Object(mut object)) => {
                     object.insert(
                         "mark".into(),
@@ -287,7 +286,7 @@ impl Tracer {
         &self,
         binary: &GoBinary,
         exe_path: &str,
-        format: GcFormat,
+        format: super::LineFormat,
         pprof: Option<&Path>,
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
@@ -301,8 +300,10 @@ impl Tracer {
         let mut symbolizer = Symbolizer::new(binary, exe, exe_path, &self.mappings.mappings);
         let report = Report::build(&snapshot, &mut symbolizer);
         match format {
-            GcFormat::Text => write!(out, "{}", report.text())?,
-            GcFormat::Json => writeln!(out, "{}", serde_json::json!({ "assists": &report.json }))?,
+            super::LineFormat::Text => write!(out, "{}", report.text())?,
+            super::LineFormat::Json => {
+                writeln!(out, "{}", serde_json::json!({ "assists": &report.json }))?
+            }
         }
         out.flush()?;
         if let Some(path) = pprof {

@@ -28,8 +28,7 @@ use gomemtrace_gobin::{GoBinary, offsets};
 use crate::{
     analysis::{AttachPoint, GoTarget},
     bpf::{Bpf, GcProbes},
-    cli::{GcFormat, GctraceArgs},
-    engine::{self, ExeMappings, MappingNotFound, Target, clock_ns, monotonic_ns},
+    engine::{self, ExeMappings, MappingNotFound, Target, TargetConfig, clock_ns, monotonic_ns},
 };
 use layout::{Globals, Slot, Values};
 use line::Cycle;
@@ -68,11 +67,31 @@ const PROBES: [(&str, &str, bool); 7] = [
     ),
 ];
 
-pub fn run(args: &GctraceArgs) -> anyhow::Result<ExitCode> {
-    let run = args.run.config();
+/// How each cycle's line is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineFormat {
+    /// `gc N @Ts P%: ... P`, as the runtime prints with GODEBUG=gctrace=1.
+    Text,
+    /// One json object per cycle (docs/GCTRACE.md).
+    Json,
+}
+
+/// `gomemtrace gctrace`'s settings, typed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub run: TargetConfig,
+    pub format: LineFormat,
+    /// Also trace mark assists and mark workers.
+    pub assists: bool,
+    /// Where to write the assists' pprof profile.
+    pub assists_pprof: Option<std::path::PathBuf>,
+}
+
+pub fn run(args: &Config) -> anyhow::Result<ExitCode> {
+    let run = args.run.clone();
     let mut target = engine::open(&run.target)?;
     let launched = target.child.is_some();
-    let analysed = analyse(&target, args.assists || args.assists_pprof.is_some())?;
+    let analysed = analyse(&target, args.assists)?;
     let mut out = engine::open_output(run.output.as_deref())?;
 
     let mut probes = GcProbes::new(&Bpf::load()?)?;
@@ -295,7 +314,7 @@ impl Plan {
 /// Turns probe events into lines.
 struct Printer {
     globals: Globals,
-    format: GcFormat,
+    format: LineFormat,
     count_from_start: bool,
     seen: u64,
     /// The process's start (exec) on the monotonic clock: `@T`'s origin when
@@ -310,8 +329,8 @@ impl Printer {
         self.seen += 1;
         let cycle = self.cycle(event);
         let mut text = match self.format {
-            GcFormat::Text => cycle.text(),
-            GcFormat::Json => cycle.json(),
+            LineFormat::Text => cycle.text(),
+            LineFormat::Json => cycle.json(),
         };
         if let Some(mark) = &mut self.mark {
             text = mark.decorate(event, text, self.format);

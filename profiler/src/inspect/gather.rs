@@ -12,8 +12,8 @@ use super::model::{
 };
 use crate::{
     alloc::plan,
+    alloc::plan::ModeRequest,
     analysis::{AttachPoint, GoTarget, Refused, Unsupported},
-    cli::ModeArg,
     error::UserError,
 };
 
@@ -38,8 +38,8 @@ pub fn gather(data: &[u8], file: &str, pid: Option<u32>) -> Result<Inspection, R
         Ok(found) => {
             let go = GoTarget::new(binary, found, file);
             inspection.allocation = Allocation {
-                auto: alloc_plan(&go, ModeArg::Auto),
-                exact: alloc_plan(&go, ModeArg::Exact),
+                auto: alloc_plan(&go, ModeRequest::Auto),
+                exact: alloc_plan(&go, ModeRequest::Exact),
             };
             inspection.gc = match crate::gc::Plan::of_target(&go, data) {
                 Ok(plan) => GcPlan {
@@ -128,12 +128,12 @@ fn facts(binary: &GoBinary, data: &[u8], file: &str, pid: Option<u32>) -> Inspec
 
 /// The allocation profile's plan in `mode`, as `gomemtrace --mode MODE` makes it (without
 /// `--enable-runtime-sampling`).
-fn alloc_plan(go: &GoTarget, mode: ModeArg) -> AllocPlan {
+fn alloc_plan(go: &GoTarget, mode: ModeRequest) -> AllocPlan {
     let mut config = go.process_config();
     match plan::choose(go, &mut config, go.sampler(), mode, false) {
         Ok(chosen) => AllocPlan {
             mode: Some(chosen.mode),
-            why: (mode == ModeArg::Auto).then(|| match &chosen.auto_duty_reason {
+            why: (mode == ModeRequest::Auto).then(|| match &chosen.auto_duty_reason {
                 Some(why) => format!("runtime-sampled mode is unavailable: {why}"),
                 None => "the binary links the runtime's heap sampler, whose layout is \
                          verified for this release"

@@ -13,19 +13,40 @@ mod render;
 
 use std::{panic::AssertUnwindSafe, process::ExitCode};
 
-use crate::{
-    cli::{InspectArgs, InspectFormat},
-    engine,
-    error::UserError,
-};
+use crate::{engine, error::UserError};
 use model::Inspection;
 
-pub fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
+/// What to inspect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// An executable file (no root needed).
+    File(std::path::PathBuf),
+    /// The executable of a running process.
+    Pid(u32),
+}
+
+/// The report's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable.
+    Text,
+    /// One json object (docs/JSON.md, `gomemtrace.inspect/v1`).
+    Json,
+}
+
+/// `gomemtrace inspect`'s settings, typed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: Source,
+    pub format: Format,
+}
+
+pub fn run(args: &Config) -> anyhow::Result<ExitCode> {
     let exe = read::executable(args)?;
     let inspection = gather_guarded(&exe.data, &exe.path, exe.pid)?;
     let report = match args.format {
-        InspectFormat::Text => render::text(&inspection),
-        InspectFormat::Json => render::json(&inspection),
+        Format::Text => render::text(&inspection),
+        Format::Json => render::json(&inspection),
     };
     engine::write_report(None, report.as_bytes())?;
     Ok(ExitCode::SUCCESS)

@@ -6,7 +6,8 @@ use std::{fs::OpenOptions, io::Read as _, os::unix::fs::OpenOptionsExt as _, pat
 
 use anyhow::anyhow;
 
-use crate::{cli::InspectArgs, engine::Target, error::UserError};
+use super::{Config, Source};
+use crate::{engine::Target, error::UserError};
 
 /// The largest executable read: 1 GiB (the biggest Go binaries, with DWARF, are a few
 /// hundred MiB).
@@ -21,9 +22,9 @@ pub struct Executable {
 }
 
 /// Reads the file of `args`: `BINARY`, or `-p PID`'s `/proc/PID/exe`.
-pub fn executable(args: &InspectArgs) -> anyhow::Result<Executable> {
-    match (args.pid, &args.binary) {
-        (Some(pid), _) => {
+pub fn executable(args: &Config) -> anyhow::Result<Executable> {
+    match &args.source {
+        &Source::Pid(pid) => {
             // No such process: exit 3; a kernel thread: 4; a link we may not read: 5.
             let target = Target::existing(pid)?;
             let data = read(&target.exe_link, &target.exe_path).map_err(|e| match e {
@@ -48,7 +49,7 @@ pub fn executable(args: &InspectArgs) -> anyhow::Result<Executable> {
                 pid: Some(pid),
             })
         }
-        (None, Some(path)) => {
+        Source::File(path) => {
             let shown = path.display().to_string();
             let data = read(path, &shown).map_err(|e| match e {
                 // Exit 1, as a command `gomemtrace -- CMD` cannot find.
@@ -61,11 +62,6 @@ pub fn executable(args: &InspectArgs) -> anyhow::Result<Executable> {
                 pid: None,
             })
         }
-        (None, None) => Err(UserError::BadArgument {
-            what: "inspect".into(),
-            reason: "needs BINARY or -p PID".into(),
-        }
-        .into()),
     }
 }
 

@@ -36,7 +36,6 @@ use gomemtrace_common::NumaCounter;
 
 use crate::bpf::{self, Bpf, NumaProbes};
 use crate::{
-    cli::{NumaArgs, RtFormat},
     engine::{self, ExeMappings, monotonic_ns, preflight},
     error::UserError,
     rt::{self, TargetJson, end_reason},
@@ -51,9 +50,8 @@ const MAX_EVENTS: usize = 200_000;
 /// How often `/proc/PID/numa_maps` is read (it walks the page tables: not every tick).
 const PLACEMENT_EVERY_TICKS: u32 = 10;
 
-pub fn run(args: &NumaArgs) -> anyhow::Result<ExitCode> {
-    let args = &args.common;
-    let run = args.run.config();
+pub fn run(args: &rt::Config) -> anyhow::Result<ExitCode> {
+    let run = args.run.clone();
     // Before anything else: without privileges the NUMA checks below would mislead.
     preflight::check()?;
     let (host, bpf, mut probes) = available()?;
@@ -251,17 +249,17 @@ fn render(
     report: &Report,
     samples: &[WeightedSample],
     mappings: &[gomemtrace_report::model::Mapping],
-    format: RtFormat,
+    format: rt::ReportFormat,
     top: usize,
 ) -> anyhow::Result<Vec<u8>> {
     Ok(match format {
-        RtFormat::Json => {
+        rt::ReportFormat::Json => {
             let mut s = serde_json::to_string_pretty(report)?;
             s.push('\n');
             s.into_bytes()
         }
-        RtFormat::Text => report::text(report, top).into_bytes(),
-        RtFormat::Pprof => to_weighted_pprof(&WeightedProfile {
+        rt::ReportFormat::Text => report::text(report, top).into_bytes(),
+        rt::ReportFormat::Pprof => to_weighted_pprof(&WeightedProfile {
             sample_types: &[
                 ("remote_samples", "count"),
                 ("local_samples", "count"),

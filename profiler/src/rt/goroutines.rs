@@ -17,10 +17,11 @@ use gomemtrace_common::{
 use gomemtrace_report::model::Location;
 use serde::Serialize;
 
-use super::{Analysed, FrameJson, TargetJson, analyse, duration, end_reason, frames};
+use super::{
+    Analysed, Config, FrameJson, ReportFormat, TargetJson, analyse, duration, end_reason, frames,
+};
 use crate::{
     bpf::{Bpf, RtCounters, RtProbes},
-    cli::{GoroutinesArgs, RtFormat},
     engine::{self, End, ExeMappings, Target, TargetConfig, monotonic_ns},
     symbolizer::Symbolizer,
 };
@@ -108,9 +109,10 @@ struct Report {
     counters: BTreeMap<&'static str, u64>,
 }
 
-pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
-    let stacks = !args.no_stacks;
-    let run = args.common.run.config();
+/// `creation_stacks`: record each creating goroutine's stack, not only the `go` statement.
+pub fn run(args: &Config, creation_stacks: bool) -> anyhow::Result<ExitCode> {
+    let stacks = creation_stacks;
+    let run = args.run.clone();
     let mut target = engine::open(&run.target)?;
     let flags = if stacks { RT_FLAG_CREATION_STACKS } else { 0 };
     let analysed = analyse(&target, flags)?;
@@ -118,13 +120,7 @@ pub fn run(args: &GoroutinesArgs) -> anyhow::Result<ExitCode> {
     let mut sym = mappings.symbolizer(&analysed.go.binary, &target.exe_path)?;
     let about = TargetJson::new(&target, &analysed.go, analysed.offsets_source);
     let (report, samples) = build(&collected, &mut sym, about, end, stacks);
-    let bytes = render(
-        &report,
-        &samples,
-        &sym.mappings,
-        args.common.format,
-        args.common.top,
-    )?;
+    let bytes = render(&report, &samples, &sym.mappings, args.format, args.top)?;
     engine::write_report(run.output.as_deref(), &bytes)?;
     if !run.quiet {
         eprintln!(
@@ -415,17 +411,17 @@ fn render(
     report: &Report,
     samples: &[WeightedSample],
     mappings: &[gomemtrace_report::model::Mapping],
-    format: RtFormat,
+    format: ReportFormat,
     top: usize,
 ) -> anyhow::Result<Vec<u8>> {
     Ok(match format {
-        RtFormat::Json => {
+        ReportFormat::Json => {
             let mut s = serde_json::to_string_pretty(report)?;
             s.push('\n');
             s.into_bytes()
         }
-        RtFormat::Text => text(report, top).into_bytes(),
-        RtFormat::Pprof => to_weighted_pprof(&WeightedProfile {
+        ReportFormat::Text => text(report, top).into_bytes(),
+        ReportFormat::Pprof => to_weighted_pprof(&WeightedProfile {
             sample_types: &[
                 ("goroutines", "count"),
                 ("created", "count"),

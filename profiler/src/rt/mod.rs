@@ -18,6 +18,26 @@ use crate::{
     symbolizer::Symbolizer,
 };
 
+/// The report's format (stackgrowth, goroutines, numa).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// Human-readable report.
+    Text,
+    /// The full report as one json object.
+    Json,
+    /// gzipped pprof profile.proto.
+    Pprof,
+}
+
+/// The settings of the stackgrowth, goroutines and numa views, typed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub run: engine::TargetConfig,
+    pub format: ReportFormat,
+    /// Rows per table in the text report.
+    pub top: usize,
+}
+
 /// A target checked and analysed for these probes.
 pub struct Analysed {
     pub go: GoTarget,

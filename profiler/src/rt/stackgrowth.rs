@@ -13,10 +13,11 @@ use gomemtrace_common::{COPYSTACK_ENTRY_PROGRAM, COPYSTACK_RET_PROGRAM, RtCounte
 use gomemtrace_report::model::Location;
 use serde::Serialize;
 
-use super::{FrameJson, TargetJson, analyse, duration, end_reason, frames, size};
+use super::{
+    Config, FrameJson, ReportFormat, TargetJson, analyse, duration, end_reason, frames, size,
+};
 use crate::{
     bpf::{Bpf, RtProbes},
-    cli::{RtFormat, StackgrowthArgs},
     engine::{self, ExeMappings, monotonic_ns},
 };
 use gomemtrace_report::{WeightedProfile, WeightedSample, to_weighted_pprof};
@@ -81,9 +82,8 @@ struct Report {
     counters: BTreeMap<&'static str, u64>,
 }
 
-pub fn run(args: &StackgrowthArgs) -> anyhow::Result<ExitCode> {
-    let args = &args.common;
-    let run = args.run.config();
+pub fn run(args: &Config) -> anyhow::Result<ExitCode> {
+    let run = args.run.clone();
     let mut target = engine::open(&run.target)?;
     let analysed = analyse(&target, 0)?;
     let mut probes = RtProbes::new(
@@ -248,13 +248,13 @@ pub fn run(args: &StackgrowthArgs) -> anyhow::Result<ExitCode> {
             .collect(),
     };
     let bytes = match args.format {
-        RtFormat::Json => {
+        ReportFormat::Json => {
             let mut s = serde_json::to_string_pretty(&report)?;
             s.push('\n');
             s.into_bytes()
         }
-        RtFormat::Text => text(&report, args.top).into_bytes(),
-        RtFormat::Pprof => to_weighted_pprof(&WeightedProfile {
+        ReportFormat::Text => text(&report, args.top).into_bytes(),
+        ReportFormat::Pprof => to_weighted_pprof(&WeightedProfile {
             sample_types: &[
                 ("copies", "count"),
                 ("copied", "bytes"),
