@@ -1,0 +1,183 @@
+//! Faults at any moment: gomemtrace killed with SIGKILL at random points of its run —
+//! while it analyses the binary, loads and attaches its probes, in the middle of a
+//! duty-cycled window, while exact probes are attached — never harms the target. The
+//! oracles are the target's own: it keeps running, finishes its work and exits 0 with
+//! self-consistent counts; and its code in memory is the file's again, byte for byte, at
+//! every place a probe went (a uprobe left behind shows as an `int3`), read through
+//! /proc/PID/mem against the executable.
+
+use std::{
+    io::{Read as _, Seek as _, SeekFrom},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use gomemtrace_tests::{
+    Proc, Variant, fixture, gomemtrace_command, latest_go, process_alive, require_root, run,
+    send_signal,
+};
+
+/// The probe points gomemtrace attaches to `exe` in `mode` (`auto` or `exact`), as
+/// `gomemtrace inspect` lists them: (vaddr, file offset).
+fn probe_points(exe: &std::path::Path, mode: &str) -> Result<Vec<(u64, u64)>> {
+    let mut cmd = gomemtrace_command()?;
+    cmd.args(["inspect", "--format", "json"]).arg(exe);
+    let out = run(cmd, Duration::from_secs(30))?;
+    ensure!(out.code() == 0, "inspect: {}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    let probes = json["allocation"][mode]["probes"]
+        .as_array()
+        .with_context(|| format!("no allocation.{mode}.probes in {}", out.stdout))?;
+    probes
+        .iter()
+        .map(|p| {
+            Ok((
+                p["vaddr"].as_u64().context("vaddr")?,
+                p["file_offset"].as_u64().context("file_offset")?,
+            ))
+        })
+        .collect()
+}
+
+/// The byte at each probe point, in the running process (non-PIE: the vaddr is the
+/// address) and in the file.
+fn code_bytes(
+    pid: u32,
+    exe: &std::path::Path,
+    points: &[(u64, u64)],
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let file = std::fs::read(exe)?;
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    let (mut live, mut on_disk) = (Vec::new(), Vec::new());
+    for &(vaddr, offset) in points {
+        let mut byte = [0u8];
+        mem.seek(SeekFrom::Start(vaddr))?;
+        mem.read_exact(&mut byte)
+            .with_context(|| format!("read /proc/{pid}/mem at {vaddr:#x}"))?;
+        live.push(byte[0]);
+        on_disk.push(file[offset as usize]);
+    }
+    Ok((live, on_disk))
+}
+
+/// A small deterministic generator for the kill delays (xorshift).
+struct Delays(u64);
+
+impl Delays {
+    fn next_ms(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+#[test]
+fn sigkill_at_any_moment_leaves_the_target_running_and_unmodified() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    // The steady fixture never references the heap sampler: `auto` is duty-cycled, whose
+    // windows attach and detach all the time.
+    let exe = fixture("steady", &latest_go(), Variant::Normal)?;
+    let mut points = probe_points(&exe, "auto")?;
+    points.extend(probe_points(&exe, "exact")?);
+    points.sort_unstable();
+    points.dedup();
+    ensure!(!points.is_empty(), "no probe points listed");
+
+    let mut target_cmd = Command::new(&exe);
+    target_cmd.args(["-duration", "25s", "-spin", "20000"]);
+    let mut target = Proc::spawn(target_cmd)?;
+    let pid = target.pid();
+    let (_, on_disk) = code_bytes(pid, &exe, &points)?;
+
+    // The oracle sees probes: with exact probes attached the code at the points is not the
+    // file's (the uprobes' breakpoints).
+    let mut cmd = gomemtrace_command()?;
+    cmd.args(["-p", &pid.to_string(), "-d", "30s", "--mode", "exact"]);
+    let mut tracer = Proc::spawn(cmd)?;
+    tracer.wait_stderr("attached", Duration::from_secs(20))?;
+    let (live, _) = code_bytes(pid, &exe, &points)?;
+    ensure!(
+        live != on_disk && live.contains(&0xcc),
+        "no breakpoint seen at the probe points while attached: {live:02x?}"
+    );
+    send_signal(tracer.pid(), libc::SIGKILL)?;
+    tracer.wait(Duration::from_secs(10))?;
+
+    let mut delays = Delays(0x9e37_79b9_7f4a_7c15);
+    let runs: [&[&str]; 4] = [
+        &["--mode", "duty", "--overhead-budget", "5"],
+        &["--mode", "exact"],
+        &["--mode", "duty"],
+        &[],
+    ];
+    let mut kills = 0;
+    let started = Instant::now();
+    for round in 0..12 {
+        let mut cmd = gomemtrace_command()?;
+        cmd.args(["-q", "-p", &pid.to_string(), "-d", "30s"])
+            .args(runs[round % runs.len()]);
+        let mut tracer = Proc::spawn(cmd)?;
+        // From 0 (analysis) to 1.5 s (windows opening and closing, exact probes hit).
+        std::thread::sleep(Duration::from_millis(delays.next_ms(1500)));
+        send_signal(tracer.pid(), libc::SIGKILL)?;
+        let killed = tracer.wait(Duration::from_secs(10))?;
+        kills += usize::from(killed.code() == 128 + libc::SIGKILL);
+        ensure!(
+            process_alive(pid),
+            "the target died after gomemtrace was killed in round {round} ({:?}): {}",
+            runs[round % runs.len()],
+            target.stderr_text()
+        );
+        // The kernel removes a dead tracer's uprobes as it closes its descriptors.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (live, _) = code_bytes(pid, &exe, &points)?;
+            if live == on_disk {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "round {round}: the target's code differs from its file at the probe points \
+                 (a probe left behind): {live:02x?} vs {on_disk:02x?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    ensure!(
+        kills >= 10,
+        "only {kills} of 12 runs were still running when killed"
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(24),
+        "the rounds outlasted the target's run"
+    );
+    let done = target.wait(Duration::from_secs(60))?;
+    ensure!(
+        done.code() == 0,
+        "the target exited {} after the faults: {}",
+        done.code(),
+        done.stderr
+    );
+    // Its own accounting still adds up: a buffer every 4th iteration.
+    let json: serde_json::Value = serde_json::from_str(
+        done.stdout
+            .lines()
+            .last()
+            .context("the target printed nothing")?,
+    )?;
+    let small = json["sites"]["main.allocSmall"]["objects"]
+        .as_i64()
+        .context("small")?;
+    let buffers = json["sites"]["main.allocBuffers"]["objects"]
+        .as_i64()
+        .context("buffers")?;
+    ensure!(
+        small > 0 && buffers == (small + 3) / 4,
+        "the target's counts do not add up: {small} small, {buffers} buffers"
+    );
+    Ok(())
+}
