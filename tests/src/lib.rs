@@ -80,6 +80,9 @@ pub enum Variant {
     Pie,
     /// `go build -buildmode=pie -ldflags="-s -w"`
     StrippedPie,
+    /// Stripped, then the section headers removed too (as `sstrip` does): only the
+    /// program headers locate anything. Not in [`Variant::ALL`].
+    Headerless,
 }
 
 impl Variant {
@@ -96,6 +99,7 @@ impl Variant {
             Variant::Stripped => "stripped",
             Variant::Pie => "pie",
             Variant::StrippedPie => "stripped-pie",
+            Variant::Headerless => "headerless",
         }
     }
 
@@ -105,11 +109,15 @@ impl Variant {
             Variant::Stripped => &["-ldflags=-s -w"],
             Variant::Pie => &["-buildmode=pie"],
             Variant::StrippedPie => &["-buildmode=pie", "-ldflags=-s -w"],
+            Variant::Headerless => &["-ldflags=-s -w"],
         }
     }
 
     pub fn is_stripped(self) -> bool {
-        matches!(self, Variant::Stripped | Variant::StrippedPie)
+        matches!(
+            self,
+            Variant::Stripped | Variant::StrippedPie | Variant::Headerless
+        )
     }
 
     pub fn is_pie(self) -> bool {
@@ -243,6 +251,23 @@ fn build_fixture(name: &str, version: &str, variant: Variant) -> Result<PathBuf>
         variant.build_flags(),
         String::from_utf8_lossy(&output.stderr)
     );
+    if variant == Variant::Headerless {
+        // e_shoff, e_shentsize, e_shnum, e_shstrndx of the ELF64 header set to 0; the
+        // executable itself is written by a child process (see `copy_executable`).
+        let mut elf = fs::read(&tmp)?;
+        ensure!(
+            elf.len() > 0x40 && elf.starts_with(b"\x7fELF"),
+            "{tmp:?}: not ELF"
+        );
+        elf[0x28..0x30].fill(0);
+        elf[0x3a..0x40].fill(0);
+        let patched = out_dir.join(format!("{name}.patched"));
+        fs::write(&patched, &elf)?;
+        copy_executable(&patched, &binary)?;
+        let _ = fs::remove_file(&patched);
+        let _ = fs::remove_file(&tmp);
+        return Ok(binary);
+    }
     fs::rename(&tmp, &binary)?;
     Ok(binary)
 }

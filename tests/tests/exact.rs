@@ -56,6 +56,14 @@ fn launch_stripped_every_go_version() {
     every_version(Variant::Stripped, Attach::Launch);
 }
 
+/// Section headers removed (`sstrip`): the binary is found Go by its pclntab located
+/// through the program headers, and types are named through moduledata found in the loaded
+/// segments.
+#[test]
+fn launch_headerless_every_go_version() {
+    every_version(Variant::Headerless, Attach::Launch);
+}
+
 #[test]
 fn launch_pie_every_go_version() {
     every_version(Variant::Pie, Attach::Launch);

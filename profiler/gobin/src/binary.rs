@@ -388,17 +388,35 @@ impl GoBinary {
         {
             return Some(md);
         }
+        let scan = |bytes: &[u8]| {
+            (0..bytes.len().saturating_sub(15)).step_by(8).find(|&i| {
+                u64_le(bytes, i) == Some(pc_header) && u64_le(bytes, i + 8) == Some(funcnametab)
+            })
+        };
         // Otherwise: scan the data sections for the two words.
+        let mut sections_seen = false;
         for name in [".noptrdata", ".data", ".data.rel.ro", ".go.module"] {
             let Some(section) = self.elf.section(name) else {
                 continue;
             };
+            sections_seen = true;
             let bytes = section_bytes(&self.data, section.offset, section.size)?;
-            let found = (0..bytes.len().saturating_sub(15)).step_by(8).find(|&i| {
-                u64_le(bytes, i) == Some(pc_header) && u64_le(bytes, i + 8) == Some(funcnametab)
-            });
-            if let Some(i) = found {
+            if let Some(i) = scan(bytes) {
                 return Some(section.addr + i as u64);
+            }
+        }
+        // Section headers removed (`sstrip`): the loaded segments, which hold them all.
+        if !sections_seen {
+            for segment in &self.elf.segments {
+                let Some(bytes) = section_bytes(&self.data, segment.offset, segment.file_size)
+                else {
+                    continue;
+                };
+                // Segments start page-aligned in the file and in memory: 8-byte alignment
+                // holds for both.
+                if let Some(i) = scan(bytes) {
+                    return Some(segment.vaddr + i as u64);
+                }
             }
         }
         None
