@@ -1167,3 +1167,85 @@ fn the_ebpf_object_is_loaded_once_for_every_process_and_capability() -> Result<(
     drop(targets);
     Ok(())
 }
+
+/// Two tracers on one process, both right: the agent (its default mode) and a CLI run in
+/// exact mode trace the same program at once. The CLI's report has the fixture's
+/// arithmetic at its site to the object and the byte; the agent's allocation counter (the
+/// runtime's own) moves by at least as much, and neither drops an event.
+#[test]
+fn the_agent_and_a_cli_run_trace_one_process_both_right() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    const TWO_COUNT: u64 = 5_000;
+    let tmp = TempDir::new("agent-two-tracers")?;
+    let exe = own_fixture(tmp.path(), &latest_go())?;
+    let agent = Agent::start(&format!("{}/agentload-*", tmp.path().display()))?;
+    let mut target = spawn_fixture(&exe, TWO_COUNT)?;
+    wait_attached(&agent, &exe)?;
+    let exe_label = exe.display().to_string();
+    let runtime_bytes = |text: &str| {
+        samples(
+            text,
+            "gomemtrace_allocated_bytes_total",
+            &[("exe", exe_label.as_str()), ("source", "runtime")],
+        )
+        .first()
+        .copied()
+    };
+    let before = poll(
+        "the agent's runtime counter",
+        Duration::from_secs(10),
+        || Ok(runtime_bytes(&agent.metrics()?)),
+    )?;
+
+    let report = tmp.join("cli.json");
+    let mut cmd = gomemtrace_command()?;
+    cmd.args(["--exact", "--format", "json", "-o"])
+        .arg(&report)
+        .args(["-p", &target.pid().to_string()]);
+    let mut cli = Proc::spawn(cmd)?;
+    cli.wait_stderr("attached", Duration::from_secs(30))?;
+    target.signal(libc::SIGUSR1)?;
+    target.wait_stdout("done", Duration::from_secs(60))?;
+    // Ctrl-C ends the CLI run; it writes its report.
+    cli.signal(libc::SIGINT)?;
+    let finished = cli.wait(Duration::from_secs(30))?;
+    ensure!(finished.code() == 0, "CLI run: {}", finished.stderr);
+
+    let r = gomemtrace_tests::Report::read(&report)?;
+    // `make([]byte, n)`: the runtime's allocations under it (span bookkeeping) have other
+    // types or none.
+    let site = r
+        .by_site_and_type()
+        .get(&("main.allocBuffers".to_string(), Some("uint8".to_string())))
+        .copied()
+        .with_context(|| format!("no uint8 at main.allocBuffers: {:?}", r.by_site_and_type()))?;
+    ensure!(
+        site.objects == TWO_COUNT && site.bytes == TWO_COUNT * SIZE,
+        "CLI exact: main.allocBuffers {} objects, {} bytes; the fixture allocated {TWO_COUNT} × {SIZE} B",
+        site.objects,
+        site.bytes
+    );
+    ensure!(r.drops.values().all(|&n| n == 0), "CLI drops {:?}", r.drops);
+    let after = poll(
+        "the agent's counter to move by the fixture's allocation",
+        Duration::from_secs(10),
+        || {
+            let now = runtime_bytes(&agent.metrics()?);
+            Ok(now.filter(|&b| b >= before + (TWO_COUNT * SIZE) as f64))
+        },
+    )?;
+    let text = agent.metrics()?;
+    let drops: f64 = samples(&text, "gomemtrace_drops_total", &[]).iter().sum();
+    ensure!(drops == 0.0, "agent drops {drops}:\n{text}");
+    println!(
+        "two tracers: CLI {} objects / {} bytes exact; agent +{:.0} bytes",
+        site.objects,
+        site.bytes,
+        after - before
+    );
+    target.signal(libc::SIGUSR1)?;
+    target.wait(Duration::from_secs(10))?;
+    Ok(())
+}
