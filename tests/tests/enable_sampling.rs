@@ -9,7 +9,7 @@ use std::{os::unix::fs::FileExt as _, process::Command, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use gomemtrace_tests::{
     Proc, Report, TempDir, Variant, fixture, for_every_version, go_tool, gomemtrace_command,
-    require_root,
+    latest_go, require_root, run, send_signal,
 };
 
 const RATE: u64 = 512 * 1024;
@@ -253,4 +253,85 @@ fn enable_runtime_sampling_at_launch_every_go_version() {
         );
         check_sites(version, &report)
     });
+}
+
+/// What a SIGKILL can leave behind: `--enable-runtime-sampling` killed before it restores
+/// the rate leaves it written (nothing can run after SIGKILL). The next gomemtrace run on
+/// that process says so — the runtime keeps 0 in a binary whose sampler is compiled out —
+/// and a run with the flag restores 0, not the leftover it found.
+#[test]
+fn a_rate_left_by_a_killed_run_is_reported_and_restored_to_zero() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let version = latest_go();
+    let bin = fixture("nopprof", &version, Variant::Normal)?;
+    let addr = rate_address(&version, &bin)?;
+    let mut cmd = Command::new(&bin);
+    cmd.args(["-wait", "-hold"]);
+    let target = Proc::spawn(cmd)?;
+    target.wait_stdout("ready", Duration::from_secs(30))?;
+    let pid = target.pid().to_string();
+    ensure!(
+        read_rate(target.pid(), addr)? == 0,
+        "the compiled-out rate is not 0 at start"
+    );
+
+    let mut cmd = gomemtrace_command()?;
+    cmd.args(["-p", &pid, "-d", "60s", "--enable-runtime-sampling=4096"]);
+    let mut killed = Proc::spawn(cmd)?;
+    killed.wait_stderr("wrote runtime.MemProfileRate", Duration::from_secs(30))?;
+    send_signal(killed.pid(), libc::SIGKILL)?;
+    killed.wait(Duration::from_secs(10))?;
+    ensure!(
+        read_rate(target.pid(), addr)? == 4096,
+        "the killed run's rate is not there"
+    );
+
+    let mut cmd = gomemtrace_command()?;
+    cmd.args([
+        "-p",
+        &pid,
+        "-d",
+        "1s",
+        "--format",
+        "json",
+        "-o",
+        "/dev/null",
+    ]);
+    let out = run(cmd, Duration::from_secs(60))?;
+    ensure!(out.code() == 0, "plain run: {}", out.stderr);
+    ensure!(
+        out.stderr.contains("runtime.MemProfileRate is 4096")
+            && out.stderr.contains("written from outside"),
+        "the leftover rate is not reported:\n{}",
+        out.stderr
+    );
+    ensure!(
+        read_rate(target.pid(), addr)? == 4096,
+        "a plain run wrote the rate"
+    );
+
+    let mut cmd = gomemtrace_command()?;
+    cmd.args([
+        "-p",
+        &pid,
+        "-d",
+        "1s",
+        "--format",
+        "json",
+        "-o",
+        "/dev/null",
+    ])
+    .arg("--enable-runtime-sampling=8192");
+    let out = run(cmd, Duration::from_secs(60))?;
+    ensure!(out.code() == 0, "run with the flag: {}", out.stderr);
+    ensure!(
+        out.stderr.contains("4096 -> 8192 (restored to 0"),
+        "{}",
+        out.stderr
+    );
+    let rate = read_rate(target.pid(), addr)?;
+    ensure!(rate == 0, "rate {rate} after the run with the flag, not 0");
+    Ok(())
 }

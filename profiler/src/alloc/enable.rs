@@ -51,12 +51,15 @@ fn write_word(pid: u32, addr: u64, value: u64) -> anyhow::Result<()> {
 }
 
 impl RateWrite {
-    /// Sets `runtime.MemProfileRate` (runtime address `addr`) to `rate`, saying so on stderr.
-    pub fn set(pid: u32, addr: u64, rate: u64) -> anyhow::Result<Self> {
-        let old = read_word(pid, addr)?;
+    /// Sets `runtime.MemProfileRate` (runtime address `addr`) to `rate`, saying so on stderr;
+    /// the value restored at the end is the one found, or `restore` where the caller knows
+    /// the one found was not the program's own.
+    pub fn set(pid: u32, addr: u64, rate: u64, restore: Option<u64>) -> anyhow::Result<Self> {
+        let found = read_word(pid, addr)?;
+        let old = restore.unwrap_or(found);
         write_word(pid, addr, rate)?;
         eprintln!(
-            "gomemtrace: wrote runtime.MemProfileRate at {addr:#x} in pid {pid}: {old} -> {rate} (restored when tracing ends)"
+            "gomemtrace: wrote runtime.MemProfileRate at {addr:#x} in pid {pid}: {found} -> {rate} (restored to {old} when tracing ends)"
         );
         Ok(Self {
             pid,

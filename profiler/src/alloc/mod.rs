@@ -89,6 +89,29 @@ pub fn run(settings: &Config) -> anyhow::Result<ExitCode> {
     }
     // The one write into the target, opt-in: after the probes are attached, so the first
     // samples are seen.
+    // A rate left in a running binary whose sampler is compiled out: written from outside
+    // (an `--enable-runtime-sampling` run killed before it restored 0).
+    let leftover_rate = match (analysed.compiled_out_rate_vaddr, &target.child) {
+        (Some(vaddr), None) => mappings
+            .bias(&analysed.binary)
+            .ok()
+            .and_then(|bias| enable::read_word(target.pid, vaddr.wrapping_add(bias)).ok())
+            .filter(|&rate| rate != 0),
+        _ => None,
+    };
+    if let Some(rate) = leftover_rate
+        && !run.quiet
+    {
+        status_line(&format!(
+            "runtime.MemProfileRate is {rate} in pid {}, whose heap sampler is compiled out (the runtime keeps 0 there): it was written from outside, probably by a `gomemtrace --enable-runtime-sampling` that was killed before restoring it; the program samples its heap at that rate{}",
+            target.pid,
+            if settings.enable_runtime_sampling.is_some() {
+                "; this run restores 0 when it ends"
+            } else {
+                "; `--enable-runtime-sampling` restores 0 when it ends"
+            }
+        ));
+    }
     let mut rate_write = match settings.enable_runtime_sampling {
         Some(rate) => {
             if let Some(offset) = analysed.stop_at_main {
@@ -105,6 +128,8 @@ pub fn run(settings: &Config) -> anyhow::Result<ExitCode> {
                 target.pid,
                 config.mem_profile_rate_addr,
                 rate,
+                // A leftover is not the program's value: the runtime's own is 0.
+                leftover_rate.map(|_| 0),
             )?)
         }
         None => None,
@@ -304,6 +329,12 @@ fn analyse(target: &Target, settings: &Config, quiet: bool) -> anyhow::Result<An
     let go = engine::read_go_target(target)?;
     let config = go.process_config();
     let mut stop_at_main = None;
+    let compiled_out_rate_vaddr = match go.sampler() {
+        Err(crate::analysis::SamplerError::CompiledOut(_)) => {
+            go.sampler_with(true).ok().map(|s| s.rate_vaddr)
+        }
+        _ => None,
+    };
     let sampler = match settings.enable_runtime_sampling {
         None => go.sampler(),
         Some(_) => {
@@ -347,6 +378,7 @@ fn analyse(target: &Target, settings: &Config, quiet: bool) -> anyhow::Result<An
         .map_err(|e| CountersError::Layout(std::sync::Arc::new(e)));
     let mut analysed = plan(go, config, sampler, settings.mode, settings.empty_probe)?;
     analysed.stop_at_main = stop_at_main;
+    analysed.compiled_out_rate_vaddr = compiled_out_rate_vaddr;
     analysed.alloc_stats = alloc_stats;
     if let Some(why) = analysed.auto_duty_reason.as_ref().filter(|_| !quiet) {
         status_line(&format!(

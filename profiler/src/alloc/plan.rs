@@ -37,6 +37,10 @@ pub(crate) struct Analysed {
     pub auto_duty_reason: Option<SamplerError>,
     /// `--enable-runtime-sampling` at launch: file offset of the probe on `runtime.main`.
     pub stop_at_main: Option<u64>,
+    /// Where `runtime.MemProfileRate` is (file address) in a binary whose heap sampler is
+    /// compiled out: the runtime keeps it at 0 there, so another value was written from
+    /// outside.
+    pub compiled_out_rate_vaddr: Option<u64>,
     /// Where the runtime's allocation counters are, or why they cannot be found.
     pub alloc_stats: Result<AllocStatsLayout, CountersError>,
 }
@@ -59,6 +63,7 @@ pub(crate) fn plan(
         rate_vaddr: chosen.rate_vaddr,
         auto_duty_reason: chosen.auto_duty_reason,
         stop_at_main: None,
+        compiled_out_rate_vaddr: None,
         alloc_stats: Err(CountersError::NotLookedFor),
     })
 }
