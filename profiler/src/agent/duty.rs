@@ -3,8 +3,9 @@
 //! and detached, and the next window opens as soon as the estimated trap cost so far plus
 //! the next window's stays within 1% of the process's own CPU time (the one-process
 //! profiler's default budget), decided at every tick on the process's CPU read then
-//! ([`crate::alloc::duty::window_length`]; shorter windows where traps are costly). Each window's counts stand for the time since the previous
-//! window closed: they are scaled by (that time / the window's length).
+//! ([`crate::alloc::duty::window_length`]; shorter windows where traps are costly). Each
+//! window's counts stand for the time since the previous window closed: they are scaled by
+//! (that time / the window's length).
 
 use std::{
     collections::HashMap,
@@ -14,8 +15,9 @@ use std::{
 
 use crate::{
     agent::{attachments::Process, profiles::Totals},
-    alloc::duty::{self, Costs, cpu_ns},
+    alloc::duty::{self, Costs},
     bpf::AllocProbes,
+    engine::CpuClock,
 };
 
 /// The CPU budget of the probes, as a fraction of the process's own CPU time.
@@ -28,6 +30,8 @@ type OpenWindow = (Instant, Duration, (u64, u64), Option<u64>);
 struct State {
     exe_link: PathBuf,
     points: Vec<crate::analysis::AttachPoint>,
+    /// The process's CPU time (None from it: the process is gone).
+    clock: CpuClock,
     cpu_start_ns: Option<u64>,
     open: Option<OpenWindow>,
     last_close: Instant,
@@ -54,15 +58,18 @@ impl DutyCycler {
             self.costs = Some(Costs::new(probes.measure_trap_ns(2000)));
         }
         let now = Instant::now();
+        let mut clock = CpuClock::new(process.pid);
+        let cpu_start_ns = clock.read();
         self.states.insert(
             process.pid,
             State {
                 exe_link: process.exe.link.clone(),
                 points: process.analysis.probes.clone(),
-                cpu_start_ns: cpu_ns(process.pid),
+                clock,
+                cpu_start_ns,
                 open: None,
                 last_close: now,
-                last_open: (now, cpu_ns(process.pid)),
+                last_open: (now, cpu_start_ns),
                 events_per_cpu_ns: 0.0,
                 spent_ns: 0.0,
                 estimate: Totals::default(),
@@ -86,11 +93,11 @@ impl DutyCycler {
         for (&pid, state) in &mut self.states {
             match state.open {
                 None => {
-                    let Some(length) = state.window_length(pid, now, costs.event_ns) else {
+                    let Some(length) = state.window_length(now, costs.event_ns) else {
                         continue;
                     };
                     let before = observed(probes, pid);
-                    let cpu = cpu_ns(pid);
+                    let cpu = state.clock.read();
                     if duty::attach(probes, &state.points, &state.exe_link, pid).is_ok() {
                         state.open = Some((Instant::now(), length, before, cpu));
                     } else {
@@ -102,7 +109,7 @@ impl DutyCycler {
                     // kernel's RCU grace period, with the probes already gone.
                     let closed = Instant::now();
                     let _ = probes.detach_pid(pid);
-                    let cpu_closed = cpu_ns(pid);
+                    let cpu_closed = state.clock.read();
                     let after = observed(probes, pid);
                     let (objects, bytes) = (
                         after.0 - before.0.min(after.0),
@@ -135,8 +142,8 @@ impl DutyCycler {
 impl State {
     /// How long the next window may be if it opens now (None: not yet), on the process's
     /// CPU read now.
-    fn window_length(&self, pid: u32, now: Instant, event_ns: f64) -> Option<Duration> {
-        let cpu_now = cpu_ns(pid);
+    fn window_length(&mut self, now: Instant, event_ns: f64) -> Option<Duration> {
+        let cpu_now = self.clock.read();
         let (own_cpu_ns, recent_cpu_rate) = match (self.cpu_start_ns, cpu_now) {
             (Some(start), Some(now_ns)) => {
                 let (since, cpu_then) = self.last_open;

@@ -13,8 +13,8 @@
 //! between windows the trap alone. Where that cannot be done, the benchmark's constants
 //! ([`EVENT_COST_NS`], [`IGNORED_HIT_COST_NS`]). The cost is not read off the target's CPU
 //! time: a CPU-bound target's CPU rate does not rise under the probes (it gets less done
-//! instead), so its CPU inside windows against outside says nothing there. The target's own CPU time (utime + stime, /proc/PID/stat) is measured: it is
-//! the base the budget is a percentage of.
+//! instead), so its CPU inside windows against outside says nothing there. The target's
+//! own CPU time ([`CpuClock`]) is measured: it is the base the budget is a percentage of.
 
 use std::{
     collections::HashMap,
@@ -28,7 +28,7 @@ use gomemtrace_report::model::{DutyCycle, Estimate};
 use crate::{
     analysis::AttachPoint,
     bpf::AllocProbes,
-    engine::{self, End, Target},
+    engine::{self, CpuClock, End, Target},
 };
 
 /// Target CPU time per allocation event with the exact probe attached, where the trap
@@ -253,48 +253,6 @@ pub fn small_sample_factor(dof: f64) -> f64 {
     t / z
 }
 
-/// The target's CPU time so far, nanoseconds: the sum of its live threads' run time from
-/// `/proc/PID/task/*/schedstat` (exact to the ns and current), else utime + stime from
-/// `/proc/PID/stat` (whole clock ticks: 10 ms, as long as a 20-ms first window).
-pub(crate) fn cpu_ns(pid: u32) -> Option<u64> {
-    threads_run_ns(pid).or_else(|| stat_cpu_ns(pid))
-}
-
-fn threads_run_ns(pid: u32) -> Option<u64> {
-    let mut total = 0u64;
-    let mut any = false;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
-        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
-            continue;
-        };
-        if let Some(ns) = text
-            .split_whitespace()
-            .next()
-            .and_then(|f| f.parse::<u64>().ok())
-        {
-            total = total.saturating_add(ns);
-            any = true;
-        }
-    }
-    any.then_some(total)
-}
-
-fn stat_cpu_ns(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    // After the command: state is field 3; utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as u64 } else { 100 };
-    Some((utime + stime) * 1_000_000_000 / hz)
-}
-
 /// The least CPU a window that saw events is taken to have used, so that events per
 /// CPU-second stay finite when the CPU reading barely moved.
 pub const MIN_WINDOW_CPU_NS: f64 = 1e6;
@@ -374,9 +332,11 @@ pub fn run(
     mut watch: Option<&mut crate::alloc::counters::Watch>,
 ) -> anyhow::Result<(End, DutyRecord)> {
     let pid = target.pid;
-    let cpu_start = cpu_ns(pid).unwrap_or(0);
+    let mut clock = CpuClock::new(pid);
+    let cpu_start = clock.read().unwrap_or(0);
     let mut cycle = Cycle {
         pid,
+        clock,
         budget: budget_percent / 100.0,
         probes,
         attach_points,
@@ -416,6 +376,8 @@ pub fn run(
 /// The duty cycle of one trace: opens and closes windows on the engine's ticks.
 struct Cycle<'a> {
     pid: u32,
+    /// The target's CPU time, read at every tick.
+    clock: CpuClock,
     budget: f64,
     probes: &'a mut AllocProbes,
     attach_points: &'a [AttachPoint],
@@ -450,7 +412,7 @@ impl Cycle<'_> {
         // The next window opens as soon as the budget allows one, decided on the target's
         // CPU read now (`window_length`): its cost is expected from the latest window's
         // events per CPU-second and the target's CPU rate since that window opened.
-        let cpu_now = cpu_ns(self.pid).unwrap_or(self.cpu_last);
+        let cpu_now = self.clock.read().unwrap_or_else(|| self.clock.latest());
         let recent_cpu = cpu_now.saturating_sub(self.cpu_before) as f64;
         let recent_wall = self.window_start.elapsed().as_secs_f64().max(1e-3) * 1e9;
         let spent = self.record.cost_ns();
@@ -502,7 +464,7 @@ impl Cycle<'_> {
                 detaching.elapsed()
             );
         }
-        let cpu_now = cpu_ns(self.pid).unwrap_or(self.cpu_last);
+        let cpu_now = self.clock.read().unwrap_or_else(|| self.clock.latest());
         self.record.cpu_in_ns += cpu_now.saturating_sub(self.cpu_before);
         self.cpu_last = cpu_now;
         let index = self.record.windows.len() - 1;
@@ -529,7 +491,7 @@ impl Cycle<'_> {
         let Some((since, _)) = self.gap.take() else {
             return;
         };
-        let cpu_now = cpu_ns(self.pid).unwrap_or(self.cpu_last);
+        let cpu_now = self.clock.read().unwrap_or_else(|| self.clock.latest());
         self.record.cpu_out_ns += cpu_now.saturating_sub(self.cpu_last);
         self.record.wall_out += since.elapsed();
         self.cpu_last = cpu_now;

@@ -3,6 +3,7 @@
 //! one poll loop that ends on the duration, Ctrl-C or the target's exit, the exit status,
 //! the status line, the report's destination and the probes' clock.
 
+pub mod cpu_clock;
 mod mappings;
 pub mod preflight;
 pub mod procmaps;
@@ -22,6 +23,7 @@ use gomemtrace_gobin::FileBytes;
 
 use crate::analysis::GoTarget;
 
+pub use cpu_clock::CpuClock;
 pub use mappings::{ExeMappings, MappingNotFound};
 pub use run::{End, finish, run_until_end};
 pub use target::Target;
