@@ -7,7 +7,7 @@ use crate::{
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::{map, uprobe},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::ProbeContext,
 };
 use gomemtrace_common::{
@@ -19,8 +19,16 @@ use gomemtrace_common::{
 pub(crate) static CONFIG: HashMap<u32, ProcessConfig> = HashMap::with_max_entries(MAX_PROCESSES, 0);
 
 #[map(name = "ALLOCS")]
-pub(crate) static ALLOCS: HashMap<AllocKey, AllocStats> =
-    HashMap::with_max_entries(MAX_ALLOC_KEYS, 0);
+static ALLOCS: HashMap<AllocKey, AllocStats> = HashMap::with_max_entries(MAX_ALLOC_KEYS, 0);
+
+/// The second buffer of [`ALLOCS`]: user space drains one while the programs add to the
+/// other.
+#[map(name = "ALLOCS_ALT")]
+static ALLOCS_ALT: HashMap<AllocKey, AllocStats> = HashMap::with_max_entries(MAX_ALLOC_KEYS, 0);
+
+/// 0: the programs add to [`ALLOCS`]; 1: to [`ALLOCS_ALT`]. Flipped by user space.
+#[map(name = "ALLOC_BUFFER")]
+static ALLOC_BUFFER: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "STACKS")]
 pub(crate) static STACKS: HashMap<u64, UserStack> =
@@ -164,7 +172,13 @@ fn add(key: &AllocKey, size: u64) -> Result<Added, Counter> {
         bytes: size,
         objects: 1,
     };
-    match entry(&ALLOCS, key, &first) {
+    // SAFETY: read-only lookup of a plain value.
+    let allocs = if unsafe { ALLOC_BUFFER.get(0) } == Some(&1) {
+        &ALLOCS_ALT
+    } else {
+        &ALLOCS
+    };
+    match entry(allocs, key, &first) {
         Some(Entry::Existing(stats)) => {
             // SAFETY: the pointer is to a live map value.
             unsafe { add_stats(stats, size) };

@@ -180,6 +180,11 @@ impl TryFrom<u32> for Counter {
 /// Map names, shared so the loader cannot misspell them.
 pub const CONFIG_MAP: &str = "CONFIG";
 pub const ALLOCS_MAP: &str = "ALLOCS";
+/// The second allocation buffer: the programs add to [`ALLOCS_MAP`] or to this one, as
+/// [`ALLOC_BUFFER_MAP`] says, while user space drains the other.
+pub const ALLOCS_ALT_MAP: &str = "ALLOCS_ALT";
+/// One `u32`: 0 while the programs add to [`ALLOCS_MAP`], 1 to [`ALLOCS_ALT_MAP`].
+pub const ALLOC_BUFFER_MAP: &str = "ALLOC_BUFFER";
 pub const STACKS_MAP: &str = "STACKS";
 pub const GOROUTINES_MAP: &str = "GOROUTINES";
 pub const COUNTERS_MAP: &str = "COUNTERS";
@@ -200,9 +205,12 @@ pub const EMPTY_PROGRAM: &str = "empty_entry";
 /// `schedinit` (`--enable-runtime-sampling` in launch mode).
 pub const STOP_AT_MAIN_PROGRAM: &str = "stop_at_main";
 
-/// Map capacities. Overflow is counted ([`Counter::DropAllocMapFull`]) and reported.
+/// Map capacities. Overflow is counted ([`Counter::DropAllocMapFull`]) and reported. User
+/// space drains the allocation buffers, the stacks and the goroutines while tracing, so
+/// these bound what arrives between two drains, not a whole trace (each of the two
+/// allocation buffers has [`MAX_ALLOC_KEYS`]).
 pub const MAX_ALLOC_KEYS: u32 = 65_536;
-pub const MAX_STACKS: u32 = 16_384;
+pub const MAX_STACKS: u32 = 65_536;
 pub const MAX_GOROUTINES: u32 = 65_536;
 pub const MAX_LIVE_OBJECTS: u32 = 262_144;
 

@@ -156,6 +156,9 @@ impl Tracer {
                 }
             }
             self.duty.tick(&mut self.attachments.probes);
+            if let Err(e) = self.attachments.probes.drain_if_due() {
+                eprintln!("gomemtrace: agent: draining the allocation maps: {e:#}");
+            }
             {
                 let metrics = self
                     .shared

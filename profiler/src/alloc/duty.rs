@@ -361,6 +361,7 @@ pub fn run(
         if let Some(w) = watch.as_deref_mut() {
             w.tick(cycle.probes.counters()?.get(Counter::Events));
         }
+        cycle.probes.drain_if_due()?;
         cycle.tick(target)
     })?;
     match cycle.gap {

@@ -199,7 +199,7 @@ pub fn run(settings: &Config) -> anyhow::Result<ExitCode> {
                 &run,
                 started,
                 &mut target,
-                &probes,
+                &mut probes,
                 &mut mappings,
                 watch.as_mut().ok(),
             )?,
@@ -261,7 +261,7 @@ fn wait_for_end(
     run: &TargetConfig,
     started: Instant,
     target: &mut Target,
-    probes: &AllocProbes,
+    probes: &mut AllocProbes,
     mappings: &mut ExeMappings,
     mut watch: Option<&mut counters::Watch>,
 ) -> anyhow::Result<End> {
@@ -281,6 +281,7 @@ fn wait_for_end(
             if let Some(w) = watch.as_deref_mut() {
                 w.tick(probes.counters()?.get(Counter::Events));
             }
+            probes.drain_if_due()?;
             if last_status.elapsed() >= status_every {
                 last_status = Instant::now();
                 // Libraries may be loaded late (cgo, plugins): keep the map fresh.

@@ -10,12 +10,16 @@ use aya::{
     programs::{UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeScope},
 };
 use gomemtrace_common::{
-    ALLOCS_MAP, AllocKey, AllocStats, CONFIG_MAP, COUNTERS_MAP, Counter, EMPTY_PROGRAM, FREES_MAP,
-    GOROUTINES_MAP, GoroutineInfo, GoroutineKey, LIVE_MAP, LiveKey, LiveObject, ProcessConfig,
-    RATES_MAP, STACKS_MAP, UserStack,
+    ALLOCS_ALT_MAP, ALLOCS_MAP, AllocKey, AllocStats, CONFIG_MAP, COUNTERS_MAP, Counter,
+    EMPTY_PROGRAM, FREES_MAP, GOROUTINES_MAP, GoroutineInfo, GoroutineKey, LIVE_MAP, LiveKey,
+    LiveObject, ProcessConfig, RATES_MAP, STACKS_MAP, UserStack,
 };
 
-use super::{Bpf, Link, Links, uprobe};
+use super::{
+    Bpf, Link, Links,
+    alloc_drain::{self, BUFFERS, Drained},
+    uprobe,
+};
 
 /// Everything the probes aggregated so far.
 #[derive(Debug, Default)]
@@ -61,6 +65,8 @@ pub struct AllocProbes {
     /// The uprobe links attached now and the process each is for, for
     /// [`AllocProbes::detach_all`] (duty-cycled mode) and [`AllocProbes::detach_pid`].
     links: Links,
+    /// What was drained out of the kernel's maps so far ([`AllocProbes::drain_if_due`]).
+    drained: Drained,
 }
 
 /// The handle's uprobes go with it: the target stops trapping there (the object and the
@@ -77,6 +83,7 @@ impl AllocProbes {
         Self {
             bpf: bpf.clone(),
             links: Links::default(),
+            drained: Drained::default(),
         }
     }
 
@@ -214,20 +221,25 @@ impl AllocProbes {
         let _ = self.unconfigure(tgid);
         self.bpf
             .remove_keys::<u32, u64>(RATES_MAP, |pid| *pid == tgid)?;
-        self.bpf
-            .remove_keys::<AllocKey, AllocStats>(ALLOCS_MAP, |k| k.tgid == tgid)?;
+        for buffer in BUFFERS {
+            self.bpf
+                .remove_keys::<AllocKey, AllocStats>(buffer, |k| k.tgid == tgid)?;
+        }
         self.bpf
             .remove_keys::<AllocKey, AllocStats>(FREES_MAP, |k| k.tgid == tgid)?;
         self.bpf
             .remove_keys::<GoroutineKey, GoroutineInfo>(GOROUTINES_MAP, |k| k.tgid == tgid)?;
         self.bpf
             .remove_keys::<LiveKey, LiveObject>(LIVE_MAP, |k| k.tgid == tgid)?;
-        let referenced: std::collections::HashSet<u64> = [ALLOCS_MAP, FREES_MAP]
-            .into_iter()
-            .filter_map(|name| self.bpf.entries::<AllocKey, AllocStats>(name).ok())
-            .flatten()
-            .map(|(k, _)| k.stack)
-            .collect();
+        let mut referenced: std::collections::HashSet<u64> =
+            [ALLOCS_MAP, ALLOCS_ALT_MAP, FREES_MAP]
+                .into_iter()
+                .filter_map(|name| self.bpf.entries::<AllocKey, AllocStats>(name).ok())
+                .flatten()
+                .map(|(k, _)| k.stack)
+                .collect();
+        self.drained.forget_pid(tgid, &referenced);
+        referenced.extend(self.drained.allocs.keys().map(|k| k.stack));
         self.bpf
             .remove_keys::<u64, UserStack>(STACKS_MAP, |k| !referenced.contains(k))?;
         Ok(())
@@ -245,6 +257,10 @@ impl AllocProbes {
             (
                 ALLOCS_MAP,
                 self.bpf.count_keys::<AllocKey, AllocStats>(ALLOCS_MAP),
+            ),
+            (
+                ALLOCS_ALT_MAP,
+                self.bpf.count_keys::<AllocKey, AllocStats>(ALLOCS_ALT_MAP),
             ),
             (
                 FREES_MAP,
@@ -266,13 +282,30 @@ impl AllocProbes {
         ]
     }
 
-    /// The allocation map alone (cheaper than [`AllocProbes::snapshot`]).
+    /// Moves the kernel's allocation keys, stacks and goroutines into user space when
+    /// it is time (see `alloc_drain`): call it at every tick of a trace.
+    pub fn drain_if_due(&mut self) -> anyhow::Result<()> {
+        let events = self.counters()?.get(Counter::Events);
+        self.drained.drain_if_due(&self.bpf, events)
+    }
+
+    /// Every key's totals so far, drained and still in the kernel (cheaper than
+    /// [`AllocProbes::snapshot`]).
     pub fn allocs(&self) -> anyhow::Result<Vec<(AllocKey, AllocStats)>> {
-        self.bpf.with(|ebpf| {
-            let allocs: BpfHashMap<&MapData, AllocKey, AllocStats> =
-                BpfHashMap::try_from(ebpf.map(ALLOCS_MAP).context("ALLOCS map")?)?;
-            Ok(allocs.iter().collect::<Result<_, _>>()?)
-        })
+        let mut all = self.drained.allocs.clone();
+        for buffer in BUFFERS {
+            self.bpf.with(|ebpf| -> anyhow::Result<()> {
+                let map: BpfHashMap<&MapData, AllocKey, AllocStats> = BpfHashMap::try_from(
+                    ebpf.map(buffer).with_context(|| format!("{buffer} map"))?,
+                )?;
+                for entry in map.iter() {
+                    let (key, stats) = entry?;
+                    alloc_drain::add(&mut all, key, stats);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(all.into_iter().collect())
     }
 
     /// Runtime-sampled mode: frees of sampled objects per key.
@@ -314,8 +347,11 @@ impl AllocProbes {
         })
     }
 
-    /// The PCs of stack `key`, if stored.
+    /// The PCs of stack `key`, if stored (drained or in the kernel).
     pub fn stack(&self, key: u64) -> Option<Vec<u64>> {
+        if let Some(pcs) = self.drained.stacks.get(&key) {
+            return Some(pcs.clone());
+        }
         self.bpf
             .get::<u64, UserStack>(STACKS_MAP, &key)
             .map(|s| s.pcs().to_vec())
@@ -330,15 +366,26 @@ impl AllocProbes {
 
     pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
         let allocs = self.allocs()?;
-        let stacks = self
-            .bpf
-            .stacks::<UserStack>(STACKS_MAP, allocs.iter().map(|(k, _)| k.stack))?;
-        let goroutine_start_pcs = self
-            .bpf
-            .entries::<GoroutineKey, GoroutineInfo>(GOROUTINES_MAP)?
-            .into_iter()
-            .map(|(k, v)| ((k.tgid, k.goid), v.start_pc))
-            .collect();
+        let interned = &self.drained.stacks;
+        let mut stacks = self.bpf.stacks::<UserStack>(
+            STACKS_MAP,
+            allocs
+                .iter()
+                .map(|(k, _)| k.stack)
+                .filter(|s| !interned.contains_key(s)),
+        )?;
+        for (key, _) in &allocs {
+            if let Some(pcs) = interned.get(&key.stack) {
+                stacks.insert(key.stack, pcs.clone());
+            }
+        }
+        let mut goroutine_start_pcs = self.drained.goroutines.clone();
+        goroutine_start_pcs.extend(
+            self.bpf
+                .entries::<GoroutineKey, GoroutineInfo>(GOROUTINES_MAP)?
+                .into_iter()
+                .map(|(k, v)| ((k.tgid, k.goid), v.start_pc)),
+        );
         Ok(Snapshot {
             allocs,
             stacks,

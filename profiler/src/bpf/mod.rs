@@ -5,6 +5,7 @@
 //! writes its per-process settings, reads its maps and drains its ring buffer.
 
 mod alloc;
+mod alloc_drain;
 mod gc;
 mod numa;
 mod procevents;
@@ -23,7 +24,7 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         UProbe,
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
@@ -231,6 +232,32 @@ impl Bpf {
                 let _ = map.remove(&key);
             }
             Ok(())
+        })
+    }
+
+    /// Deletes these keys of hash map `name` (keys already gone are fine).
+    fn remove_these<'k, K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &str,
+        keys: impl Iterator<Item = &'k K>,
+    ) -> anyhow::Result<()> {
+        self.with(|ebpf| {
+            let mut map: BpfHashMap<&mut MapData, K, V> =
+                BpfHashMap::try_from(ebpf.map_mut(name).with_context(|| format!("{name} map"))?)?;
+            for key in keys {
+                let _ = map.remove(key);
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes `value` at `index` of array map `name`.
+    fn set_u32(&self, name: &str, index: u32, value: u32) -> anyhow::Result<()> {
+        self.with(|ebpf| {
+            let mut map: Array<&mut MapData, u32> =
+                Array::try_from(ebpf.map_mut(name).with_context(|| format!("{name} map"))?)?;
+            map.set(index, &value, 0)
+                .with_context(|| format!("write the {name} map"))
         })
     }
 

@@ -144,6 +144,9 @@ impl Tracker {
     /// (about once a second; less often where one takes long: it walks a map of up to
     /// [`gomemtrace_common::MAX_LIVE_OBJECTS`] entries).
     pub fn tick(&mut self, at_ns: u64) {
+        // A drain that fails leaves the keys in the kernel's maps (where an overflow is
+        // counted): nothing is lost by it.
+        let _ = self.probes.drain_if_due();
         if Instant::now() >= self.next {
             self.classify(at_ns);
         }
