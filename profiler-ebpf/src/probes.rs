@@ -172,8 +172,7 @@ fn add(key: &AllocKey, size: u64) -> Result<Added, Counter> {
         bytes: size,
         objects: 1,
     };
-    // SAFETY: read-only lookup of a plain value.
-    let allocs = if unsafe { ALLOC_BUFFER.get(0) } == Some(&1) {
+    let allocs = if ALLOC_BUFFER.get(0) == Some(&1) {
         &ALLOCS_ALT
     } else {
         &ALLOCS
