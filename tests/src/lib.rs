@@ -23,6 +23,8 @@
 //! Cold (no fixture or Go build cache) the whole suite takes about 4 minutes on 2 cores,
 //! warm under a minute.
 
+pub mod hugo;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -39,14 +39,15 @@
 //! every value by more than 0.01%.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use gomemtrace_tests::{
-    TempDir, go_tool, gomemtrace_command, is_runtime, latest_go, pprof_top_rows, require_root, run,
+    TempDir, go_tool, gomemtrace_command,
+    hugo::{hugo, write_site},
+    is_runtime, latest_go, pprof_top_rows, require_root, run,
 };
 
 /// Pages of the generated site (issue 16 asks for at least 300). About 130 MB allocated,
@@ -180,71 +181,6 @@ fn record_depth(go_version: &str) -> usize {
     if minor >= 23 { 128 } else { 32 }
 }
 
-/// The `hugo` on PATH, if any.
-fn hugo() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("hugo"))
-            .find(|p| p.is_file())
-    })
-}
-
-/// A site of `PAGES` pages: front matter, headings, lists, links, emphasis, code and
-/// varying text, so hugo's parsers, markdown renderer and templates do the work.
-fn write_site(dir: &Path) -> Result<()> {
-    let layouts = dir.join("layouts/_default");
-    let posts = dir.join("content/posts");
-    std::fs::create_dir_all(&layouts)?;
-    std::fs::create_dir_all(&posts)?;
-    std::fs::write(
-        dir.join("config.toml"),
-        "baseURL = \"http://example.org/\"\ntitle = \"gomemtrace\"\ndisableKinds = [\"RSS\", \"sitemap\"]\n",
-    )?;
-    std::fs::write(
-        layouts.join("single.html"),
-        "<html><body><h1>{{ .Title }}</h1>{{ .Content }}<p>{{ .WordCount }} words</p>\
-         {{ range .Params.tags }}<span>{{ . }}</span>{{ end }}</body></html>\n",
-    )?;
-    std::fs::write(
-        layouts.join("list.html"),
-        "<html><body><h1>{{ .Title }}</h1><ul>{{ range .Pages }}\
-         <li><a href=\"{{ .RelPermalink }}\">{{ .Title }}</a> {{ .Summary }}</li>{{ end }}</ul></body></html>\n",
-    )?;
-    const WORDS: [&str; 12] = [
-        "lorem",
-        "ipsum",
-        "dolor",
-        "sit",
-        "amet",
-        "heap",
-        "profile",
-        "sample",
-        "goroutine",
-        "stack",
-        "frame",
-        "runtime",
-    ];
-    for i in 0..PAGES {
-        let mut page = format!(
-            "---\ntitle: \"Post {i}\"\ndate: 2023-01-{:02}\ntags: [\"t{}\", \"all\"]\n---\n\n",
-            i % 28 + 1,
-            i % 20
-        );
-        for p in 0..8 {
-            let _ = write!(
-                page,
-                "## Section {p}\n\nSome *text* with **markdown**, `code` and a [link](http://example.org/{i}/{p})."
-            );
-            for w in 0..(40 + (i * 7 + p) % 40) {
-                let _ = write!(page, " {}", WORDS[(i + w * p + w) % WORDS.len()]);
-            }
-            page.push_str(".\n\n- one\n- two\n\n");
-        }
-        std::fs::write(posts.join(format!("p{i}.md")), page)?;
-    }
-    Ok(())
-}
-
 #[test]
 fn hugo_top_matches_its_own_heap_profile() -> Result<()> {
     if !require_root() {
@@ -268,7 +204,7 @@ fn hugo_top_matches_its_own_heap_profile() -> Result<()> {
 
     let tmp = TempDir::new("thirdparty-hugo")?;
     let site = tmp.join("site");
-    write_site(&site)?;
+    write_site(&site, PAGES)?;
     let (ours, own) = (tmp.join("ours.pb.gz"), tmp.join("own.pb.gz"));
     let mut cmd = gomemtrace_command()?;
     // The probes' own totals, unbiased as hugo's profile is (not scaled to the runtime's
