@@ -31,8 +31,10 @@ install_apt() {
     # it and checks with promtool; qemu-system-x86: the two-node NUMA guest of
     # `cargo xtask vm`; hugo (0.111.3, Go 1.19): the third-party program of
     # tests/tests/thirdparty_heap.rs; bpftool: the kernel's own list of the agent's BPF maps
-    # (tests/tests/agent.rs checks the eBPF object is loaded once).
-    for pkg in golang-1.19-go gcc pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus qemu-system-x86 hugo bpftool; do
+    # (tests/tests/agent.rs checks the eBPF object is loaded once); etcd-server (3.4.23,
+    # Go 1.19): the third-party server of tests/tests/thirdparty_etcd.rs (not started as a
+    # service: the test runs its own on loopback).
+    for pkg in golang-1.19-go gcc pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus qemu-system-x86 hugo bpftool etcd-server; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then

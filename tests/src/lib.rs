@@ -678,14 +678,38 @@ pub fn assert_one_error_line(what: &str, out: &Finished) {
 
 /// A GET over a fresh loopback connection (the agent tests' client): (status, body).
 pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> {
+    http_request(addr, "GET", path, b"", timeout)
+}
+
+/// A POST of `body` (JSON) over a fresh loopback connection: (status, body).
+pub fn http_post(addr: &str, path: &str, body: &[u8], timeout: Duration) -> Result<(u16, Vec<u8>)> {
+    http_request(addr, "POST", path, body, timeout)
+}
+
+fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     // HTTP/1.0: the server closes the connection after the body, no chunking.
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n")?;
+    if !body.is_empty() {
+        write!(
+            stream,
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )?;
+    }
+    write!(stream, "\r\n")?;
+    stream.write_all(body)?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .with_context(|| format!("read GET {path}"))?;
+        .with_context(|| format!("read {method} {path}"))?;
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

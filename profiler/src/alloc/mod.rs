@@ -206,6 +206,10 @@ pub fn run(settings: &Config) -> anyhow::Result<ExitCode> {
             None,
         )
     };
+    // The probes stop counting here (hits from now on are ignored), so that the event
+    // count, the samples and the runtime's counters all end at this point: a running
+    // target keeps allocating while the maps are read.
+    probes.unconfigure(target.pid)?;
     let duration_ns = started.elapsed().as_nanos() as u64;
     let alive = target.is_alive();
     let events = probes.counters()?.get(Counter::Events);
