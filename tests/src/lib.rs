@@ -23,6 +23,7 @@
 //! Cold (no fixture or Go build cache) the whole suite takes about 4 minutes on 2 cores,
 //! warm under a minute.
 
+pub mod exact_report;
 pub mod hugo;
 
 use std::collections::{BTreeMap, HashMap};

@@ -18,12 +18,12 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use base64::Engine as _;
 use gomemtrace_tests::{
-    Proc, Report, TempDir, gomemtrace_command, http_get, http_post, poll, require_root,
+    Proc, TempDir, exact_report::check_exact_report, gomemtrace_command, http_get, http_post, poll,
+    require_root,
 };
-use serde::Deserialize;
 
 const CLIENTS: usize = 4;
 /// Puts per second, all clients together (the rate the issue measured drops at). Each put
@@ -31,18 +31,6 @@ const CLIENTS: usize = 4;
 /// json report grow with the count (~11 KB of json per put).
 const PUTS_PER_SECOND: u64 = 1500;
 const TRACE: &str = "2s";
-
-#[derive(Deserialize, Debug)]
-struct Counted {
-    runtime_counters: Option<RuntimeCounters>,
-    runtime_counters_error: Option<String>,
-}
-
-#[derive(Deserialize, Debug)]
-struct RuntimeCounters {
-    allocated_objects: u64,
-    read_at_end: bool,
-}
 
 /// The `etcd` on PATH, if any.
 fn etcd() -> Option<PathBuf> {
@@ -157,7 +145,8 @@ fn etcd_under_puts_exact_by_pid_keeps_every_event() -> Result<()> {
         out.stderr
     );
     let json = std::fs::read_to_string(&report_path)?;
-    let report = Report::parse(&json)?;
+    let figures = check_exact_report(&json, "go.etcd.io/etcd/")?;
+    let report = &figures.report;
     println!(
         "report of {} bytes parsed at {:?}",
         json.len(),
@@ -176,37 +165,10 @@ fn etcd_under_puts_exact_by_pid_keeps_every_event() -> Result<()> {
         "only {} keys: the trace did not need the drain",
         report.samples.len()
     );
-    ensure!(
-        report.drops.values().all(|&n| n == 0),
-        "drops: {:?}",
-        report.drops
-    );
-    let in_samples: u64 = report.samples.iter().map(|s| s.objects).sum();
-    ensure!(
-        in_samples == report.events,
-        "{in_samples} objects in samples, {} events",
-        report.events
-    );
-    ensure!(
-        report.samples.iter().all(|s| !s.stack.is_empty()),
-        "samples without a stack"
-    );
     // The stacks reach etcd's own code.
-    let total: u64 = report.samples.iter().map(|s| s.bytes).sum();
-    let under_etcd: u64 = report
-        .samples
-        .iter()
-        .filter(|s| {
-            s.stack
-                .iter()
-                .flat_map(|l| &l.frames)
-                .any(|f| f.function.starts_with("go.etcd.io/etcd/"))
-        })
-        .map(|s| s.bytes)
-        .sum();
-    let share = under_etcd as f64 / total as f64;
+    let share = figures.own_share;
     println!(
-        "{under_etcd} of {total} bytes ({:.1}%) under a frame of etcd's packages",
+        "{:.1}% of the bytes under a frame of etcd's packages",
         100.0 * share
     );
     ensure!(
@@ -214,21 +176,11 @@ fn etcd_under_puts_exact_by_pid_keeps_every_event() -> Result<()> {
         "only {:.1}% of the bytes under a frame of etcd's packages",
         100.0 * share
     );
-    let counted: Counted = serde_json::from_str(&json)?;
-    let c = counted.runtime_counters.with_context(|| {
-        format!(
-            "no runtime counters: {}",
-            counted.runtime_counters_error.as_deref().unwrap_or("?")
-        )
-    })?;
-    println!("runtime counters over the trace: {c:?}");
-    ensure!(c.read_at_end, "etcd was running: {c:?}");
-    let diff = (report.events as f64 - c.allocated_objects as f64).abs();
-    ensure!(
-        diff <= 0.02 * c.allocated_objects as f64,
-        "{} events, the runtime counted {} objects",
-        report.events,
-        c.allocated_objects
+    println!(
+        "runtime counters over the trace: {} objects (read at the end: {})",
+        figures.counted_objects, figures.counted_at_end
     );
+    ensure!(figures.counted_at_end, "etcd was running at the end");
+    figures.events_match_the_runtime(0.02)?;
     Ok(())
 }

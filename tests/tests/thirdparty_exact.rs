@@ -9,30 +9,16 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use gomemtrace_tests::{
-    Report, TempDir, gomemtrace_command,
+    TempDir,
+    exact_report::check_exact_report,
+    gomemtrace_command,
     hugo::{hugo, write_site},
     require_root, run,
 };
-use serde::Deserialize;
 
 const PAGES: usize = 1000;
-
-/// The report's `runtime_counters`: the runtime's own totals, read from the process.
-#[derive(Deserialize, Debug)]
-struct Counted {
-    runtime_counters: Option<RuntimeCounters>,
-    runtime_counters_error: Option<String>,
-}
-
-#[derive(Deserialize, Debug)]
-struct RuntimeCounters {
-    allocated_objects: u64,
-    /// Read at the end, or (a launched target that exits) at the latest read before.
-    #[allow(dead_code)] // shown in the failure message
-    read_at_end: bool,
-}
 
 #[test]
 fn hugo_exact_keeps_every_event_with_its_stack() -> Result<()> {
@@ -67,22 +53,8 @@ fn hugo_exact_keeps_every_event_with_its_stack() -> Result<()> {
     let pages = std::fs::read_dir(tmp.join("public/posts"))?.count();
     ensure!(pages >= PAGES, "hugo rendered {pages} pages of {PAGES}");
     let json = std::fs::read_to_string(&report_path)?;
-    let report = Report::parse(&json)?;
-    ensure!(
-        report.drops.values().all(|&n| n == 0),
-        "drops: {:?}",
-        report.drops
-    );
-    let in_samples: u64 = report.samples.iter().map(|s| s.objects).sum();
-    ensure!(
-        in_samples == report.events,
-        "{in_samples} objects in samples, {} events",
-        report.events
-    );
-    ensure!(
-        report.samples.iter().all(|s| !s.stack.is_empty()),
-        "samples without a stack"
-    );
+    let figures = check_exact_report(&json, "github.com/gohugoio/hugo/")?;
+    let report = &figures.report;
     // Sites by bytes: the top ten are hugo's or its libraries' code, not the runtime's
     // ("?" is a stack of runtime frames only).
     let mut by_site = std::collections::BTreeMap::<&str, u64>::new();
@@ -103,21 +75,9 @@ fn hugo_exact_keeps_every_event_with_its_stack() -> Result<()> {
     // The stacks reach hugo's own code: most bytes were allocated under a frame of
     // package github.com/gohugoio/hugo/..., whatever library or standard package the site
     // is in.
-    let total: u64 = report.samples.iter().map(|s| s.bytes).sum();
-    let under_hugo: u64 = report
-        .samples
-        .iter()
-        .filter(|s| {
-            s.stack
-                .iter()
-                .flat_map(|l| &l.frames)
-                .any(|f| f.function.starts_with("github.com/gohugoio/hugo/"))
-        })
-        .map(|s| s.bytes)
-        .sum();
-    let share = under_hugo as f64 / total as f64;
+    let share = figures.own_share;
     println!(
-        "{under_hugo} of {total} bytes ({:.1}%) under a frame of hugo's packages",
+        "{:.1}% of the bytes under a frame of hugo's packages",
         100.0 * share
     );
     // Measured: 96.2% (the rest: start-up, the runtime's own work, library init).
@@ -130,20 +90,10 @@ fn hugo_exact_keeps_every_event_with_its_stack() -> Result<()> {
     // call is one object there, and gomemtrace saw every call from hugo's first
     // instruction on. Measured: 1,246,061 events, 1,244,658 counted (read shortly before
     // hugo's exit).
-    let counted: Counted = serde_json::from_str(&json)?;
-    let c = counted.runtime_counters.with_context(|| {
-        format!(
-            "no runtime counters: {}",
-            counted.runtime_counters_error.as_deref().unwrap_or("?")
-        )
-    })?;
-    println!("runtime counters: {c:?}");
-    let diff = (report.events as f64 - c.allocated_objects as f64).abs();
-    ensure!(
-        diff <= 0.01 * c.allocated_objects as f64,
-        "{} events, the runtime counted {} objects ({c:?})",
-        report.events,
-        c.allocated_objects
+    println!(
+        "runtime counters: {} objects (read at the end: {})",
+        figures.counted_objects, figures.counted_at_end
     );
+    figures.events_match_the_runtime(0.01)?;
     Ok(())
 }
