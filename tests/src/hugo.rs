@@ -8,11 +8,7 @@ use anyhow::Result;
 
 /// The `hugo` on PATH, if any.
 pub fn hugo() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("hugo"))
-            .find(|p| p.is_file())
-    })
+    crate::find_on_path("hugo")
 }
 
 /// A site of `pages` pages: front matter, headings, lists, links, emphasis, code and

@@ -677,6 +677,16 @@ pub fn assert_one_error_line(what: &str, out: &Finished) {
 // ---------------------------------------------------------------------------------------
 // HTTP, for the agent tests
 
+/// The executable `name` in a directory of PATH, if any (the third-party programs the
+/// setup installs).
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
 /// A GET over a fresh loopback connection (the agent tests' client): (status, body).
 pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> {
     http_request(addr, "GET", path, b"", timeout)

@@ -9,7 +9,6 @@
 //! at attach and at the end: every allocation call is one object there too).
 
 use std::{
-    path::PathBuf,
     process::Command,
     sync::{
         Arc,
@@ -21,8 +20,8 @@ use std::{
 use anyhow::{Result, ensure};
 use base64::Engine as _;
 use gomemtrace_tests::{
-    Proc, TempDir, exact_report::check_exact_report, gomemtrace_command, http_get, http_post, poll,
-    require_root,
+    Proc, TempDir, exact_report::check_exact_report, find_on_path, gomemtrace_command, http_get,
+    http_post, poll, require_root,
 };
 
 const CLIENTS: usize = 4;
@@ -31,15 +30,6 @@ const CLIENTS: usize = 4;
 /// json report grow with the count (~11 KB of json per put).
 const PUTS_PER_SECOND: u64 = 1500;
 const TRACE: &str = "2s";
-
-/// The `etcd` on PATH, if any.
-fn etcd() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("etcd"))
-            .find(|p| p.is_file())
-    })
-}
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -52,7 +42,7 @@ fn etcd_under_puts_exact_by_pid_keeps_every_event() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let Some(etcd) = etcd() else {
+    let Some(etcd) = find_on_path("etcd") else {
         println!("SKIP: etcd is not installed (scripts/setup.sh installs Debian's etcd-server)");
         return Ok(());
     };
