@@ -19,6 +19,20 @@ pub enum UserError {
          dumpable process that holds no capability this one lacks"
     )]
     NoPtraceAccess { pid: u32, error: String },
+    /// Root with CAP_BPF and CAP_PERFMON whom the kernel still refuses: a seccomp filter,
+    /// a Linux security module or the container's profile stands between.
+    #[error(
+        "{what}: the kernel refused it ({error}) although this process has CAP_BPF and \
+         CAP_PERFMON: a seccomp filter, a Linux security module (lockdown, SELinux, AppArmor) \
+         or the container's security profile forbids it"
+    )]
+    KernelForbids { what: String, error: String },
+    /// BPF maps and programs are charged to the memory cgroup of the process creating them.
+    #[error(
+        "{what}: the kernel had no memory for it ({error}): BPF maps and programs are charged \
+         to gomemtrace's memory cgroup; raise its memory limit"
+    )]
+    KernelOutOfMemory { what: String, error: String },
     #[error("kernel lacks {what}: {why}")]
     KernelUnsupported { what: String, why: String },
     #[error("cannot launch {command}: {reason}")]
@@ -37,7 +51,10 @@ impl UserError {
         ExitCode::from(match self {
             UserError::NoSuchProcess { .. } => 3,
             UserError::NotSupported { .. } => 4,
-            UserError::NotPermitted { .. } | UserError::NoPtraceAccess { .. } => 5,
+            UserError::NotPermitted { .. }
+            | UserError::NoPtraceAccess { .. }
+            | UserError::KernelForbids { .. } => 5,
+            UserError::KernelOutOfMemory { .. } => 9,
             UserError::KernelUnsupported { .. } => 6,
             UserError::Launch { .. } => 1,
             // As clap's own usage errors.

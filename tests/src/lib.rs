@@ -25,6 +25,8 @@
 
 pub mod exact_report;
 pub mod hugo;
+pub mod probe_points;
+pub mod seccomp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};

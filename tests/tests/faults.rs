@@ -7,59 +7,16 @@
 //! /proc/PID/mem against the executable.
 
 use std::{
-    io::{Read as _, Seek as _, SeekFrom},
     process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
 use gomemtrace_tests::{
-    Proc, Variant, fixture, gomemtrace_command, latest_go, process_alive, require_root, run,
-    send_signal,
+    Proc, Variant, fixture, gomemtrace_command, latest_go,
+    probe_points::{all_probe_points, code_bytes},
+    process_alive, require_root, send_signal,
 };
-
-/// The probe points gomemtrace attaches to `exe` in `mode` (`auto` or `exact`), as
-/// `gomemtrace inspect` lists them: (vaddr, file offset).
-fn probe_points(exe: &std::path::Path, mode: &str) -> Result<Vec<(u64, u64)>> {
-    let mut cmd = gomemtrace_command()?;
-    cmd.args(["inspect", "--format", "json"]).arg(exe);
-    let out = run(cmd, Duration::from_secs(30))?;
-    ensure!(out.code() == 0, "inspect: {}", out.stderr);
-    let json: serde_json::Value = serde_json::from_str(&out.stdout)?;
-    let probes = json["allocation"][mode]["probes"]
-        .as_array()
-        .with_context(|| format!("no allocation.{mode}.probes in {}", out.stdout))?;
-    probes
-        .iter()
-        .map(|p| {
-            Ok((
-                p["vaddr"].as_u64().context("vaddr")?,
-                p["file_offset"].as_u64().context("file_offset")?,
-            ))
-        })
-        .collect()
-}
-
-/// The byte at each probe point, in the running process (non-PIE: the vaddr is the
-/// address) and in the file.
-fn code_bytes(
-    pid: u32,
-    exe: &std::path::Path,
-    points: &[(u64, u64)],
-) -> Result<(Vec<u8>, Vec<u8>)> {
-    let file = std::fs::read(exe)?;
-    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
-    let (mut live, mut on_disk) = (Vec::new(), Vec::new());
-    for &(vaddr, offset) in points {
-        let mut byte = [0u8];
-        mem.seek(SeekFrom::Start(vaddr))?;
-        mem.read_exact(&mut byte)
-            .with_context(|| format!("read /proc/{pid}/mem at {vaddr:#x}"))?;
-        live.push(byte[0]);
-        on_disk.push(file[offset as usize]);
-    }
-    Ok((live, on_disk))
-}
 
 /// A small deterministic generator for the kill delays (xorshift).
 struct Delays(u64);
@@ -81,11 +38,7 @@ fn sigkill_at_any_moment_leaves_the_target_running_and_unmodified() -> Result<()
     // The steady fixture never references the heap sampler: `auto` is duty-cycled, whose
     // windows attach and detach all the time.
     let exe = fixture("steady", &latest_go(), Variant::Normal)?;
-    let mut points = probe_points(&exe, "auto")?;
-    points.extend(probe_points(&exe, "exact")?);
-    points.sort_unstable();
-    points.dedup();
-    ensure!(!points.is_empty(), "no probe points listed");
+    let points = all_probe_points(&exe)?;
 
     let mut target_cmd = Command::new(&exe);
     target_cmd.args(["-duration", "25s", "-spin", "20000"]);

@@ -23,6 +23,10 @@ use crate::{
 /// The CPU budget of the probes, as a fraction of the process's own CPU time.
 const BUDGET: f64 = 0.01;
 
+/// How long after a window the kernel refused the next try waits (a refusal tends to last:
+/// a seccomp profile, a full memory cgroup).
+const REFUSED_WINDOW_RETRY: Duration = Duration::from_secs(5);
+
 /// A window in progress: when it opened, its length, the pid's (objects, bytes) then, and
 /// its CPU then.
 type OpenWindow = (Instant, Duration, (u64, u64), Option<u64>);
@@ -44,6 +48,8 @@ struct State {
     /// Estimated trap cost so far, ns of the process's CPU.
     spent_ns: f64,
     estimate: Totals,
+    /// After a window the kernel refused: no new try before this.
+    retry_after: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -73,6 +79,7 @@ impl DutyCycler {
                 events_per_cpu_ns: 0.0,
                 spent_ns: 0.0,
                 estimate: Totals::default(),
+                retry_after: None,
             },
         );
     }
@@ -86,22 +93,30 @@ impl DutyCycler {
         self.states.get(&pid).map(|s| s.estimate)
     }
 
-    /// Opens and closes the windows that are due.
-    pub fn tick(&mut self, probes: &mut AllocProbes) {
+    /// Opens and closes the windows that are due; returns the windows that could not open
+    /// (the kernel refused the probes), by pid.
+    pub fn tick(&mut self, probes: &mut AllocProbes) -> Vec<(u32, anyhow::Error)> {
+        let mut refused = Vec::new();
         let costs = self.costs.unwrap_or_default();
         let now = Instant::now();
         for (&pid, state) in &mut self.states {
             match state.open {
                 None => {
+                    if state.retry_after.is_some_and(|at| now < at) {
+                        continue;
+                    }
                     let Some(length) = state.window_length(now, costs.event_ns) else {
                         continue;
                     };
                     let before = observed(probes, pid);
                     let cpu = state.clock.read();
-                    if duty::attach(probes, &state.points, &state.exe_link, pid).is_ok() {
-                        state.open = Some((Instant::now(), length, before, cpu));
-                    } else {
-                        let _ = probes.detach_pid(pid);
+                    match duty::attach(probes, &state.points, &state.exe_link, pid) {
+                        Ok(()) => state.open = Some((Instant::now(), length, before, cpu)),
+                        Err(e) => {
+                            let _ = probes.detach_pid(pid);
+                            state.retry_after = Some(now + REFUSED_WINDOW_RETRY);
+                            refused.push((pid, e));
+                        }
                     }
                 }
                 Some((opened, length, before, cpu_opened)) if now >= opened + length => {
@@ -136,6 +151,7 @@ impl DutyCycler {
                 _ => {}
             }
         }
+        refused
     }
 }
 

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub attached: IntGauge,
     pub skipped: IntCounterVec,
     pub probe_events: IntCounter,
+    pub refused_windows: IntCounter,
     pub drops: IntCounterVec,
     pub process_events: IntCounterVec,
     pub pyroscope_pushes: IntCounterVec,
@@ -221,6 +222,12 @@ impl Metrics {
             "gomemtrace_agent_probe_events_total",
             "Allocation probe hits of traced processes",
         )?;
+        let refused_windows = IntCounter::new(
+            "gomemtrace_agent_refused_duty_windows_total",
+            "Duty windows that did not open because the kernel refused the allocation probes \
+             (the process's duty estimate stands still meanwhile; the agent logs the first \
+             refusal of each process)",
+        )?;
         let drops = IntCounterVec::new(
             opts(
                 "gomemtrace_agent_drops_total",
@@ -303,6 +310,7 @@ impl Metrics {
             Box::new(attached.clone()),
             Box::new(skipped.clone()),
             Box::new(probe_events.clone()),
+            Box::new(refused_windows.clone()),
             Box::new(drops.clone()),
             Box::new(process_events.clone()),
             Box::new(pyroscope_pushes.clone()),
@@ -341,6 +349,7 @@ impl Metrics {
             attached,
             skipped,
             probe_events,
+            refused_windows,
             drops,
             process_events,
             pyroscope_pushes,

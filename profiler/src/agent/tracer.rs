@@ -66,6 +66,8 @@ pub struct Tracer {
     /// Processes not traced whose reason was counted and logged: once per process, not
     /// at every rescan.
     not_traced: HashSet<u32>,
+    /// Processes whose duty window the kernel refused (logged once each).
+    refused_windows: HashSet<u32>,
 }
 
 /// The probe sets beside the allocation probes: GC cycles always; stack copies unless
@@ -117,6 +119,7 @@ impl Tracer {
             pending: HashMap::new(),
             events_lost_seen: 0,
             not_traced: HashSet::new(),
+            refused_windows: HashSet::new(),
         }
     }
 
@@ -155,7 +158,14 @@ impl Tracer {
                     Lifecycle::Exec(_) => {}
                 }
             }
-            self.duty.tick(&mut self.attachments.probes);
+            for (pid, refusal) in self.duty.tick(&mut self.attachments.probes) {
+                self.metrics().refused_windows.inc();
+                if self.refused_windows.insert(pid) {
+                    eprintln!(
+                        "gomemtrace: agent: pid {pid}: a duty window did not open: {refusal:#}"
+                    );
+                }
+            }
             if let Err(e) = self.attachments.probes.drain_if_due() {
                 eprintln!("gomemtrace: agent: draining the allocation maps: {e:#}");
             }
@@ -290,6 +300,7 @@ impl Tracer {
     fn forget(&mut self, pid: u32) {
         self.pending.remove(&pid);
         self.not_traced.remove(&pid);
+        self.refused_windows.remove(&pid);
         let Some(process) = self.attachments.detach(pid) else {
             return;
         };

@@ -58,15 +58,29 @@ impl Bpf {
     /// Loads gomemtrace's eBPF object: creates its maps (programs are verified when each is
     /// first used). A refusal for lack of privileges becomes [`UserError::NotPermitted`].
     pub fn load() -> anyhow::Result<Self> {
+        // aya probes the kernel's features by loading small programs first, and reads a
+        // refusal there as a missing feature (and then fails on something else, far from
+        // the cause): a program of the kind gomemtrace loads is tried here first.
+        match aya::sys::is_program_supported(aya::programs::ProgramType::KProbe) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(UserError::KernelUnsupported {
+                    what: "uprobe BPF programs".into(),
+                    why: "the kernel does not know the program type".into(),
+                }
+                .into());
+            }
+            Err(e) => return Err(kernel_refusal("load a BPF program", e.into())),
+        }
         let bytecode = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gomemtrace-probes"));
         let ebpf = Ebpf::load(bytecode).map_err(|e| {
-            if is_permission_error(&e) {
-                anyhow::Error::new(UserError::NotPermitted {
-                    what: "loading eBPF programs".into(),
-                })
-            } else {
-                anyhow::Error::new(e).context("load eBPF probes")
-            }
+            let what = match &e {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, .. }) => {
+                    format!("create BPF map `{name}`")
+                }
+                _ => "load eBPF probes".into(),
+            };
+            kernel_refusal(what, e.into())
         })?;
         OBJECT_LOADS.fetch_add(1, Ordering::Relaxed);
         Ok(Self(Arc::new(Mutex::new(Object {
@@ -106,7 +120,7 @@ impl Bpf {
         }
         uprobe(&mut object.ebpf, name)?
             .load()
-            .with_context(|| format!("verify the {name} probe"))?;
+            .map_err(|e| kernel_refusal(format!("verify the {name} probe"), e.into()))?;
         object.loaded.insert(name.to_string());
         Ok(())
     }
@@ -132,10 +146,13 @@ impl Bpf {
                     binary,
                     UProbeScope::OneProcess(scope),
                 )
-                .with_context(|| {
-                    format!(
-                        "attach {program} uprobe at {}+{offset:#x}",
-                        binary.display()
+                .map_err(|e| {
+                    kernel_refusal(
+                        format!(
+                            "attach {program} uprobe at {}+{offset:#x}",
+                            binary.display()
+                        ),
+                        e.into(),
                     )
                 })?;
             links.0.push(Link {
@@ -369,9 +386,19 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> 
         .try_into()?)
 }
 
-fn is_permission_error(e: &aya::EbpfError) -> bool {
-    let text = format!("{e:?}");
-    text.contains("EPERM")
-        || text.contains("Operation not permitted")
-        || text.contains("PermissionDenied")
+/// `err` as the user's error where the kernel refused `what` for want of permission or
+/// memory (the OS error under aya's), else `err` with `what` as its context.
+fn kernel_refusal(what: impl Into<String>, err: anyhow::Error) -> anyhow::Error {
+    let what = what.into();
+    let os_error = err
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .and_then(|io| Some((io.raw_os_error()?, io.to_string())));
+    match os_error {
+        Some((libc::EPERM | libc::EACCES, error)) => {
+            UserError::KernelForbids { what, error }.into()
+        }
+        Some((libc::ENOMEM, error)) => UserError::KernelOutOfMemory { what, error }.into(),
+        _ => err.context(what),
+    }
 }
