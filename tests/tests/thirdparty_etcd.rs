@@ -1,7 +1,9 @@
 //! A third-party server traced by pid in exact mode: Debian's etcd 3.4.23 (Go 1.19.8;
 //! `scripts/setup.sh` installs etcd-server) on loopback takes puts through its HTTP
-//! gateway from four client threads (1,500 puts/s) while `gomemtrace --exact -p PID -d 2s`
-//! traces it.
+//! gateway from four client threads (1,500 puts/s) while `gomemtrace --exact -p PID`
+//! traces it until etcd has answered 3,000 puts (2 s at that rate; longer on a loaded
+//! machine, where etcd, slowed by the probes, answers fewer), or for at most 10 s, then
+//! gets Ctrl-C.
 //! Before gomemtrace drained its maps while tracing, such a run lost 63% of its events
 //! (`alloc_map_full`). Now: no event lost or kept without its stack, every event in a
 //! sample, most bytes under etcd's own frames, and the count within 2% of what etcd's
@@ -29,7 +31,12 @@ const CLIENTS: usize = 4;
 /// is a new connection, so a new goroutine in etcd: its keys (goroutine × stack) and the
 /// json report grow with the count (~11 KB of json per put).
 const PUTS_PER_SECOND: u64 = 1500;
-const TRACE: &str = "2s";
+/// Puts answered while traced: ~39 keys each (a goroutine per connection), so well over the
+/// 65,536 keys one allocation buffer holds.
+const TRACED_PUTS: u64 = 3000;
+/// The longest trace: the report grows with the time traced too (etcd's own background
+/// work), and a debug build writes a report of a million keys slowly.
+const LONGEST_TRACE: Duration = Duration::from_secs(10);
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -111,14 +118,28 @@ fn etcd_under_puts_exact_by_pid_keeps_every_event() -> Result<()> {
 
     let report_path = tmp.join("r.json");
     let mut cmd = gomemtrace_command()?;
-    cmd.args([
-        "--exact", "--totals", "probes", "--format", "json", "-d", TRACE, "-o",
-    ])
-    .arg(&report_path)
-    .arg("-p")
-    .arg(server.pid().to_string());
+    cmd.args(["--exact", "--totals", "probes", "--format", "json", "-o"])
+        .arg(&report_path)
+        .arg("-p")
+        .arg(server.pid().to_string());
     let started = std::time::Instant::now();
-    let out = gomemtrace_tests::run(cmd, Duration::from_secs(120));
+    let traced = (|| -> Result<_> {
+        let mut tracer = Proc::spawn(cmd)?;
+        tracer.wait_stderr("attached", Duration::from_secs(30))?;
+        let (at_attach, attached) = (puts.load(Ordering::Relaxed), std::time::Instant::now());
+        while puts.load(Ordering::Relaxed) - at_attach < TRACED_PUTS
+            && attached.elapsed() < LONGEST_TRACE
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!(
+            "{} puts traced in {:?}",
+            puts.load(Ordering::Relaxed) - at_attach,
+            attached.elapsed()
+        );
+        tracer.signal(libc::SIGINT)?;
+        tracer.wait(Duration::from_secs(300))
+    })();
     println!("gomemtrace ran {:?}", started.elapsed());
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -127,7 +148,7 @@ fn etcd_under_puts_exact_by_pid_keeps_every_event() -> Result<()> {
     }
     let _ = server.signal(libc::SIGTERM);
     let _ = server.wait(Duration::from_secs(20));
-    let out = out?;
+    let out = traced?;
     ensure!(
         out.code() == 0,
         "gomemtrace exited {}:\n{}",
