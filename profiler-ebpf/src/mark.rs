@@ -192,7 +192,7 @@ fn try_mark_assist_ret(ctx: &ProbeContext) -> Result<(), MarkCounter> {
 
 /// Starts a span of mark work on the system stack (`g0` = R14).
 #[inline(always)]
-fn begin_span(tgid: u32, g0: u64, kind: u32, gp: u64) -> Result<(), MarkCounter> {
+fn begin_span(tgid: u32, g0: u64, kind: u32, gp: u64, start_ns: u64) -> Result<(), MarkCounter> {
     let key = MarkGKey {
         tgid,
         _pad: 0,
@@ -203,7 +203,7 @@ fn begin_span(tgid: u32, g0: u64, kind: u32, gp: u64) -> Result<(), MarkCounter>
         count(MarkCounter::StaleSpan);
     }
     let span = G0Span {
-        start_ns: ktime(),
+        start_ns,
         kind,
         _pad: 0,
         gp,
@@ -216,8 +216,7 @@ fn begin_span(tgid: u32, g0: u64, kind: u32, gp: u64) -> Result<(), MarkCounter>
 
 /// Ends the span on `g0`, if one was seen to start.
 #[inline(always)]
-fn end_span(tgid: u32, g0: u64) -> Result<(G0Span, u64), MarkCounter> {
-    let now = ktime();
+fn end_span(tgid: u32, g0: u64, now: u64) -> Result<(G0Span, u64), MarkCounter> {
     let key = MarkGKey {
         tgid,
         _pad: 0,
@@ -237,11 +236,27 @@ fn end_span(tgid: u32, g0: u64) -> Result<(G0Span, u64), MarkCounter> {
 /// runtime switched stacks with `systemstack`, which leaves `curg` alone.
 #[uprobe]
 pub fn mark_assist_work_entry(ctx: ProbeContext) -> u32 {
-    finish(try_mark_assist_work_entry(&ctx))
+    finish(try_mark_assist_work_entry(&ctx, ktime()))
+}
+
+/// `gcAssistAlloc1` just after its `startTime := nanotime()` call returned from the
+/// assembly `nanotime1` (ABI0: the result is the word at RSP): the span starts at the
+/// runtime's own reading, so that a thread descheduled between the probe and the clock
+/// read counts on both sides or on neither.
+#[uprobe]
+pub fn mark_assist_clock_start(ctx: ProbeContext) -> u32 {
+    finish(try_mark_assist_work_entry(&ctx, runtime_clock(&ctx)))
+}
+
+/// The runtime's clock reading that `nanotime1` (ABI0) just returned at RSP; ours where it
+/// cannot be read (the span is then timed on our clock, as at the CALL).
+#[inline(always)]
+fn runtime_clock(ctx: &ProbeContext) -> u64 {
+    read_u64(reg!(ctx, rsp)).unwrap_or_else(ktime)
 }
 
 #[inline(always)]
-fn try_mark_assist_work_entry(ctx: &ProbeContext) -> Result<(), MarkCounter> {
+fn try_mark_assist_work_entry(ctx: &ProbeContext, start_ns: u64) -> Result<(), MarkCounter> {
     let tgid = tgid();
     let cfg = mark_config(tgid)?;
     let g0 = reg!(ctx, r14);
@@ -252,21 +267,28 @@ fn try_mark_assist_work_entry(ctx: &ProbeContext) -> Result<(), MarkCounter> {
             count(MarkCounter::CurgUnreadable);
             0
         });
-    begin_span(tgid, g0, MARK_SPAN_ASSIST, gp)
+    begin_span(tgid, g0, MARK_SPAN_ASSIST, gp, start_ns)
 }
 
 /// `gcAssistAlloc1`'s `now := nanotime()` call (or each RET, where that call is not
 /// found), on g0.
 #[uprobe]
 pub fn mark_assist_work_ret(ctx: ProbeContext) -> u32 {
-    finish(try_mark_assist_work_ret(&ctx))
+    finish(try_mark_assist_work_ret(&ctx, ktime()))
+}
+
+/// `gcAssistAlloc1` just after its `now := nanotime()` call returned (ABI0: the reading at
+/// RSP): the span ends at the runtime's own reading, the interval is the runtime's own.
+#[uprobe]
+pub fn mark_assist_clock_end(ctx: ProbeContext) -> u32 {
+    finish(try_mark_assist_work_ret(&ctx, runtime_clock(&ctx)))
 }
 
 #[inline(always)]
-fn try_mark_assist_work_ret(ctx: &ProbeContext) -> Result<(), MarkCounter> {
+fn try_mark_assist_work_ret(ctx: &ProbeContext, now: u64) -> Result<(), MarkCounter> {
     let tgid = tgid();
     mark_config(tgid)?;
-    let (span, ns) = end_span(tgid, reg!(ctx, r14))?;
+    let (span, ns) = end_span(tgid, reg!(ctx, r14), now)?;
     if span.kind != MARK_SPAN_ASSIST {
         return Ok(());
     }
@@ -337,7 +359,7 @@ fn try_mark_drain_entry(ctx: &ProbeContext) -> Result<(), MarkCounter> {
     } else {
         MARK_SPAN_OTHER
     };
-    begin_span(tgid, r14, kind, 0)
+    begin_span(tgid, r14, kind, 0, ktime())
 }
 
 /// A RET of `gcDrain`, on g0.
@@ -350,7 +372,7 @@ pub fn mark_drain_ret(ctx: ProbeContext) -> u32 {
 fn try_mark_drain_ret(ctx: &ProbeContext) -> Result<(), MarkCounter> {
     let tgid = tgid();
     mark_config(tgid)?;
-    let (span, ns) = end_span(tgid, reg!(ctx, r14))?;
+    let (span, ns) = end_span(tgid, reg!(ctx, r14), ktime())?;
     let index = match span.kind {
         MARK_SPAN_DEDICATED => 0,
         MARK_SPAN_FRACTIONAL => 1,

@@ -5,18 +5,21 @@
 //! entry and RET-offset uprobes.
 //!
 //! Agreement bound, per cycle and per field: |ours − runtime| ≤ 20% of the runtime's value
-//! plus 1 ms plus the runtime's print precision; over the run, per field, ≤ 5% + 2 ms. Why:
-//! both sides are wall-clock intervals on the same clock (the runtime's "cpu" for these
-//! fields is `nanotime()` deltas around the same calls). For assists ours open and close at
-//! probes on the very `CALL`s of `nanotime` that `gcAssistAlloc1` times itself with, so
-//! both intervals hold the same code and the same traps (probing the entry and RETs
-//! instead put the CPU-limiter bookkeeping and half a single-stepped RET trap in ours
-//! only: +13–18% over the run on every release, ~12 µs per call). What remains: the
-//! runtime drops each P's unflushed assist time (< 5 µs per P, `gcAssistTimeSlack`), the
-//! background and idle workers' spans open and close a few instructions away from the
-//! runtime's clock reads, a thread descheduled between a probe and the clock read adds a
-//! time slice to one side only, and the printed value is truncated to 2–3 significant
-//! digits. The 1 ms absorbs cycles with almost no mark work.
+//! plus 1 ms plus the runtime's print precision; over the run ≤ 2.5% + 2 ms for assists,
+//! 5% + 2 ms for the workers. Why: both sides are wall-clock intervals on the same clock
+//! (the runtime's "cpu" for these fields is `nanotime()` deltas around the same calls).
+//! For assists ours are the runtime's very readings: the probes sit just after the two
+//! calls of `nanotime1` that `gcAssistAlloc1` times itself with and take the value each
+//! returned. Probing the entry and RETs instead put the CPU-limiter bookkeeping and half a
+//! single-stepped RET trap in ours only (+13–18% over the run on every release); probing
+//! the two `CALL`s with our own clock was within ±2% on an idle machine, but a thread
+//! descheduled between a probe and the runtime's clock read (the return from a trap is a
+//! rescheduling point) put a time slice on one side only: CI under heavy load read ours
+//! 6.6% below the runtime's total (Go 1.26). What remains: the runtime drops each P's
+//! unflushed assist time (< 5 µs per P, `gcAssistTimeSlack`), the background and idle
+//! workers' spans open and close a few instructions away from the runtime's clock reads
+//! (the descheduling above still applies to them), and the printed value is truncated to
+//! 2–3 significant digits. The 1 ms absorbs cycles with almost no mark work.
 //! Needs root.
 
 use std::collections::BTreeMap;
@@ -80,8 +83,9 @@ fn runtime_lines(stderr: &str) -> Result<BTreeMap<u64, RuntimeCpu>> {
 /// a uprobe trap is a rescheduling point) adds a whole time slice to one side only.
 const MAX_OUTLIERS: usize = 1;
 
-/// Agreement of the run's totals, per field, beyond 2 ms (module doc).
-const TOTAL_SHARE: f64 = 0.05;
+/// Agreement of the run's totals beyond 2 ms, per field (assist, background, idle): the
+/// assist intervals are the runtime's own readings (module doc).
+const TOTAL_SHARE: [f64; 3] = [0.025, 0.05, 0.05];
 
 fn agrees(ours: f64, (theirs, ulp): (f64, f64)) -> bool {
     // The printed value is truncated: the runtime's exact value is in [theirs, theirs+ulp).
@@ -240,9 +244,8 @@ fn check(version: &str) -> Result<String> {
             problems.extend(list.iter().cloned());
         }
         let (ours, theirs, ulp) = totals[i];
-        if !(theirs - 2e6 - TOTAL_SHARE * theirs..=theirs + ulp + 2e6 + TOTAL_SHARE * theirs)
-            .contains(&ours)
-        {
+        let share = TOTAL_SHARE[i] * theirs;
+        if !(theirs - 2e6 - share..=theirs + ulp + 2e6 + share).contains(&ours) {
             problems.push(format!(
                 "{} total: ours {:.3} ms, runtime {:.3} ms",
                 ["assist", "background", "idle"][i],

@@ -221,15 +221,19 @@ pub const MARK_ASSIST_ENTRY_PROGRAM: &str = "mark_assist_entry";
 pub const MARK_ASSIST_RET_PROGRAM: &str = "mark_assist_ret";
 pub const MARK_ASSIST_WORK_ENTRY_PROGRAM: &str = "mark_assist_work_entry";
 pub const MARK_ASSIST_WORK_RET_PROGRAM: &str = "mark_assist_work_ret";
+pub const MARK_ASSIST_CLOCK_START_PROGRAM: &str = "mark_assist_clock_start";
+pub const MARK_ASSIST_CLOCK_END_PROGRAM: &str = "mark_assist_clock_end";
 pub const MARK_DRAIN_N_RET_PROGRAM: &str = "mark_drain_n_ret";
 pub const MARK_DRAIN_ENTRY_PROGRAM: &str = "mark_drain_entry";
 pub const MARK_DRAIN_RET_PROGRAM: &str = "mark_drain_ret";
 pub const MARK_CYCLE_END_PROGRAM: &str = "mark_cycle_end";
-pub const MARK_PROGRAMS: [&str; 8] = [
+pub const MARK_PROGRAMS: [&str; 10] = [
     MARK_ASSIST_ENTRY_PROGRAM,
     MARK_ASSIST_RET_PROGRAM,
     MARK_ASSIST_WORK_ENTRY_PROGRAM,
     MARK_ASSIST_WORK_RET_PROGRAM,
+    MARK_ASSIST_CLOCK_START_PROGRAM,
+    MARK_ASSIST_CLOCK_END_PROGRAM,
     MARK_DRAIN_N_RET_PROGRAM,
     MARK_DRAIN_ENTRY_PROGRAM,
     MARK_DRAIN_RET_PROGRAM,

@@ -14,7 +14,8 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use gomemtrace_common::{
-    GcEvent, MARK_ASSIST_ENTRY_PROGRAM, MARK_ASSIST_RET_PROGRAM, MARK_ASSIST_WORK_ENTRY_PROGRAM,
+    GcEvent, MARK_ASSIST_CLOCK_END_PROGRAM, MARK_ASSIST_CLOCK_START_PROGRAM,
+    MARK_ASSIST_ENTRY_PROGRAM, MARK_ASSIST_RET_PROGRAM, MARK_ASSIST_WORK_ENTRY_PROGRAM,
     MARK_ASSIST_WORK_RET_PROGRAM, MARK_CYCLE_END_PROGRAM, MARK_DRAIN_ENTRY_PROGRAM,
     MARK_DRAIN_N_RET_PROGRAM, MARK_DRAIN_RET_PROGRAM, MarkConfig, MarkCounter, MarkCycleEvent,
     MarkTotals, NO_STACK,
@@ -69,32 +70,63 @@ const FUNCTIONS: [(&str, Option<&str>, Option<&str>); 5] = [
 /// the assembly `nanotime1`; a build with inlining off calls `nanotime`).
 const CLOCK_FUNCTIONS: [&str; 2] = ["runtime.nanotime1", "runtime.nanotime"];
 
-/// The two clock reads of `gcAssistAlloc1`: `startTime := nanotime()` and
-/// `now := nanotime()`, whose difference the runtime adds to its assist time (gctrace's `b`).
-/// None unless the function calls the clock exactly twice.
+/// Where the probes bracket the interval `gcAssistAlloc1` times itself
+/// (`startTime := nanotime()` … `now := nanotime()`, whose difference the runtime adds to
+/// its assist time, gctrace's `b`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AssistClock {
+    /// Just after each call returned from the assembly `nanotime1` (ABI0, its result the
+    /// word at RSP): the probes take the runtime's own two readings, so the interval is
+    /// the runtime's, whatever the scheduler does between a probe and a clock read.
+    AfterCalls { start: u64, end: u64 },
+    /// On the two `CALL`s (an ABIInternal clock function, as a build with inlining off
+    /// calls): our clock, read just before the runtime reads its own.
+    OnCalls { start: u64, end: u64 },
+}
+
+/// The two clock reads of `gcAssistAlloc1`; None unless the function calls the clock
+/// exactly twice.
 ///
-/// Why probe there rather than at the entry and the RETs: the interval between the entry and
+/// Why there rather than at the entry and the RETs: the interval between the entry and
 /// a RET also holds the early return when the GC has just finished, the CPU-limiter
 /// bookkeeping after `now` (`limiterEvent.stop`, `gcCPULimiter.update`), and half of the
 /// RET probe's own trap (a RET is single-stepped out of line, ~10 µs on the development VM).
 /// On the assists fixture that made ours 13–18% above the runtime's own total on every
-/// release, ~12 µs per call. A probe on each `CALL` reads our clock just before the
-/// runtime reads its own, so both intervals hold the same code and the same traps (the
-/// kernel emulates a direct `CALL`: such a probe costs what an entry probe does).
-fn assist_clock_calls(go: &GoTarget, code: &[u8], entry: u64) -> Option<(u64, u64)> {
-    let is_clock = |target: u64| {
-        go.binary.function_at(target).is_some_and(|f| {
-            f.entry == target
-                && CLOCK_FUNCTIONS.contains(&f.name.strip_suffix(".abi0").unwrap_or(&f.name))
+/// release, ~12 µs per call. Probes on the `CALL`s (emulated by the kernel, as cheap as an
+/// entry probe) cut that to ±2% on an idle machine, but a thread descheduled between a probe
+/// and the clock read after it (a loaded machine: the return from the trap is where a
+/// pending preemption happens) put a time slice on one side only: CI once read ours 6.6%
+/// below the runtime's over a run at a load average of 10. After the calls the probes read
+/// the runtime's own readings; the instruction there is single-stepped (~2 of those per
+/// assist, each assist being tens of µs of marking).
+fn assist_clock(go: &GoTarget, code: &[u8], entry: u64) -> Option<AssistClock> {
+    // Go code calls the assembly `nanotime1` directly with its own ABI0 (the result on the
+    // stack; pclntab names it without the `.abi0` the symbol table adds); `nanotime`, a Go
+    // function, returns in RAX.
+    let clock_call = |target: u64| {
+        go.binary.function_at(target).and_then(|f| {
+            let name = f.name.strip_suffix(".abi0").unwrap_or(&f.name);
+            (f.entry == target && CLOCK_FUNCTIONS.contains(&name))
+                .then_some(name == "runtime.nanotime1")
         })
     };
-    let reads: Vec<u64> = gomemtrace_gobin::disasm::direct_calls(code, entry)
+    let reads: Vec<(u64, bool)> = gomemtrace_gobin::disasm::direct_calls(code, entry)
         .into_iter()
-        .filter(|&(_, target)| is_clock(target))
-        .map(|(at, _)| at)
+        .filter_map(|(at, target)| clock_call(target).map(|abi0| (at, abi0)))
         .collect();
     match reads[..] {
-        [start, end] => Some((start, end)),
+        // A `CALL rel32` (E8 and four bytes, no prefix in Go's code) is five bytes long.
+        [(start, true), (end, true)]
+            if [start, end]
+                .iter()
+                .all(|&at| code.get((at - entry) as usize) == Some(&0xe8)) =>
+        {
+            Some(AssistClock::AfterCalls {
+                start: start + 5,
+                end: end + 5,
+            })
+        }
+        [(start, _), (end, _)] => Some(AssistClock::OnCalls { start, end }),
         _ => None,
     }
 }
@@ -124,10 +156,24 @@ pub fn plan(go: &GoTarget) -> anyhow::Result<Plan> {
             .function_code(f)
             .ok_or_else(|| go.refuse(format!("no code for {name}")))?;
         if name == ASSIST_WORK_FUNCTION
-            && let Some((start, end)) = assist_clock_calls(go, code, f.entry)
+            && let Some(clock) = assist_clock(go, code, f.entry)
         {
-            attach.push(at(MARK_ASSIST_WORK_ENTRY_PROGRAM, start, name)?);
-            attach.push(at(MARK_ASSIST_WORK_RET_PROGRAM, end, name)?);
+            let (start_program, end_program, start, end) = match clock {
+                AssistClock::AfterCalls { start, end } => (
+                    MARK_ASSIST_CLOCK_START_PROGRAM,
+                    MARK_ASSIST_CLOCK_END_PROGRAM,
+                    start,
+                    end,
+                ),
+                AssistClock::OnCalls { start, end } => (
+                    MARK_ASSIST_WORK_ENTRY_PROGRAM,
+                    MARK_ASSIST_WORK_RET_PROGRAM,
+                    start,
+                    end,
+                ),
+            };
+            attach.push(at(start_program, start, name)?);
+            attach.push(at(end_program, end, name)?);
             continue;
         }
         if let Some(program) = entry {
