@@ -77,7 +77,7 @@ pub struct Trackers {
 }
 
 /// The drop counters of the probes, by the `reason` label.
-const DROPS: [(&str, Counter); 9] = [
+const DROPS: [(&str, Counter); 11] = [
     ("alloc_map_full", Counter::DropAllocMapFull),
     ("stack_map_full", Counter::StackMapFull),
     ("stack_unreadable", Counter::StackUnreadable),
@@ -87,6 +87,8 @@ const DROPS: [(&str, Counter); 9] = [
     ("free_map_full", Counter::DropFreeMapFull),
     ("special_unreadable", Counter::DropSpecialUnreadable),
     ("rate_unrecorded", Counter::RateUnrecorded),
+    ("stack_cycle", Counter::StackCycle),
+    ("stack_off_stack", Counter::StackOffStack),
 ];
 
 impl Tracer {
