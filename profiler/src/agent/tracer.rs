@@ -416,13 +416,16 @@ impl Tracer {
             stacks.harvest(&metrics);
         }
         if self.goroutines.due() {
-            let unreadable = self
+            let unread = self
                 .goroutines
                 .harvest(self.attachments.processes.values(), &metrics);
-            metrics
-                .drops
-                .with_label_values(&["goroutines_unreadable"])
-                .inc_by(unreadable);
+            for (reason, n) in [
+                ("goroutines_unreadable", unread.processes),
+                ("goroutines_allgs_invalid", unread.bad_allgs),
+                ("goroutine_status_invalid", unread.records),
+            ] {
+                metrics.drops.with_label_values(&[reason]).inc_by(n);
+            }
         }
         metrics.links.set(
             (self.attachments.probes.links()
