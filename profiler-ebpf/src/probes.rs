@@ -2,7 +2,7 @@ use crate::{
     helpers::{
         Entry, atomic_add, config, count, count_n, counter_array, entry, finish, read_u64, tgid,
     },
-    stacks::user_stack_key,
+    stacks::{StackBounds, StackCounters, checked_user_stack_key},
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -62,6 +62,35 @@ fn current_goid(g: u64, cfg: &ProcessConfig) -> Option<(u64, u64)> {
         return Some((g, 0));
     }
     Some((curg, read_u64(curg + cfg.g_goid as u64)?))
+}
+
+/// Where the frame-pointer walk of an allocation's stack may go ([`StackBounds`]), from
+/// the goroutine running, `g` (R14); `None` where its fields cannot be read.
+#[inline(always)]
+fn stack_bounds(g: u64, cfg: &ProcessConfig) -> Option<StackBounds> {
+    if g == 0 {
+        return None;
+    }
+    let mut bounds = StackBounds {
+        lo: read_u64(g + cfg.g_stack_lo as u64)?,
+        hi: read_u64(g + cfg.g_stack_hi as u64)?,
+        next_lo: 0,
+        next_hi: 0,
+        open_end: false,
+    };
+    if read_u64(g + cfg.g_goid as u64)? == 0 {
+        // The system stack (g0): through `systemstack` the frames continue on the user
+        // goroutine's stack, if the thread runs one.
+        let m = read_u64(g + cfg.g_m as u64)?;
+        let curg = read_u64(m + cfg.m_curg as u64)?;
+        if curg == 0 {
+            bounds.open_end = true;
+        } else if curg != g {
+            bounds.next_lo = read_u64(curg + cfg.g_stack_lo as u64)?;
+            bounds.next_hi = read_u64(curg + cfg.g_stack_hi as u64)?;
+        }
+    }
+    Some(bounds)
 }
 
 #[uprobe]
@@ -128,11 +157,16 @@ pub(crate) fn record_allocation(
     let key = AllocKey {
         tgid,
         sample_size,
-        stack: user_stack_key(
+        stack: checked_user_stack_key(
             ctx,
+            stack_bounds(regs.r14, cfg).as_ref(),
             &STACKS,
-            Counter::StackUnreadable,
-            Counter::StackMapFull,
+            StackCounters {
+                unreadable: Counter::StackUnreadable,
+                map_full: Counter::StackMapFull,
+                cycle: Counter::StackCycle,
+                off_stack: Counter::StackOffStack,
+            },
         ),
         goid,
         typ,

@@ -71,33 +71,44 @@ fn rt_config(tgid: u32) -> Result<RtConfig, RtCounter> {
 }
 
 /// Appends the return addresses of the frame-pointer chain from `bp` to `stack`, while
-/// the frames stay inside the goroutine's stack `[lo, hi)` and go up.
+/// the frames stay inside the goroutine's stack `[lo, hi)` and go up; false where a bad
+/// link (outside the stack, unaligned, unreadable, or not above the previous frame) cut
+/// the walk short.
 #[inline(always)]
-fn walk_frames(stack: &mut RtStack, mut bp: u64, lo: u64, hi: u64) {
+fn walk_frames(stack: &mut RtStack, mut bp: u64, lo: u64, hi: u64) -> bool {
     for _ in 0..RT_STACK_DEPTH {
-        if bp < lo || bp.saturating_add(16) > hi || bp & 7 != 0 {
-            break;
+        if bp == 0 {
+            // The outermost frame: a goroutine starts with no frame pointer.
+            return true;
         }
-        let Some(pc) = read_u64(bp + 8) else { break };
+        if bp < lo || bp.saturating_add(16) > hi || bp & 7 != 0 {
+            return false;
+        }
+        let Some(pc) = read_u64(bp + 8) else {
+            return false;
+        };
         if pc == 0 {
-            break;
+            return true;
         }
         // A volatile load of the length each time: otherwise LLVM turns the index into a
         // running pointer whose bounds the verifier cannot see.
         // SAFETY: a plain field of a live value.
         let n = unsafe { core::ptr::read_volatile(&raw const stack.len) } as usize;
         if n >= RT_STACK_DEPTH {
-            break;
+            return true;
         }
         stack.pcs[n] = pc;
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile(&raw mut stack.len, n as u32 + 1) };
-        let Some(next) = read_u64(bp) else { break };
-        if next <= bp {
-            break;
+        let Some(next) = read_u64(bp) else {
+            return false;
+        };
+        if next != 0 && next <= bp {
+            return false;
         }
         bp = next;
     }
+    true
 }
 
 /// `runtime.copystack(gp *g, newsize uintptr)` entry, on g0.
@@ -151,7 +162,8 @@ fn try_copystack_entry(ctx: &ProbeContext) -> Result<(), RtCounter> {
                 ev.stack.len = 2;
             }
         }
-        walk_frames(&mut ev.stack, bp, lo, hi);
+        // A cut walk keeps its frames; this view has no counter for it.
+        let _ = walk_frames(&mut ev.stack, bp, lo, hi);
     }
     let key = RtGKey {
         tgid,
@@ -258,12 +270,14 @@ fn creation_stack(cfg: &RtConfig, g: u64) -> u64 {
     stack.len = 0;
     stack._pad = 0;
     let field = |off: u32| read_u64(curg + off as u64).unwrap_or(0);
-    walk_frames(
+    if !walk_frames(
         stack,
         field(cfg.g_sched_bp),
         field(cfg.g_stack_lo),
         field(cfg.g_stack_hi),
-    );
+    ) {
+        count(RtCounter::CreationStackTruncated);
+    }
     let len = stack.len as usize;
     if len == 0 {
         count(RtCounter::CreationStackMissing);

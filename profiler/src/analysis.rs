@@ -224,13 +224,16 @@ impl GoTarget {
         Ok((vaddr, file_offset))
     }
 
-    /// The allocation probes' settings common to every mode: the goroutine offsets.
+    /// The allocation probes' settings common to every mode: the goroutine offsets (its id,
+    /// start function and stack bounds).
     pub fn process_config(&self) -> gomemtrace_common::ProcessConfig {
         gomemtrace_common::ProcessConfig {
             g_goid: self.offsets.g_goid,
             g_m: self.offsets.g_m,
             m_curg: self.offsets.m_curg,
             g_startpc: self.offsets.g_startpc,
+            g_stack_lo: self.offsets.g_stack_lo,
+            g_stack_hi: self.offsets.g_stack_hi,
             ..Default::default()
         }
     }

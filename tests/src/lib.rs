@@ -216,13 +216,34 @@ pub fn fixture(name: &str, version: &str, variant: Variant) -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// A fixture's Go assembly files (`*.s`, e.g. reading registers), by name: built with its
+/// `main.go`.
+fn assembly_files(name: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(fixture_source(name))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "s") {
+            let file = path.file_name().context("file name")?;
+            files.push((file.to_string_lossy().into_owned(), fs::read(&path)?));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 fn build_fixture(name: &str, version: &str, variant: Variant) -> Result<PathBuf> {
     let main_go = fixture_source(name).join("main.go");
     let source = fs::read(&main_go).with_context(|| format!("read {}", main_go.display()))?;
+    let assembly = assembly_files(name)?;
+    let mut hashed = source.clone();
+    for (file, text) in &assembly {
+        hashed.extend_from_slice(file.as_bytes());
+        hashed.extend_from_slice(text);
+    }
     let key = format!(
         "{name}-{version}-{}-{:016x}",
         variant.name(),
-        fnv1a(&source)
+        fnv1a(&hashed)
     );
     let out_dir = cache_dir().join("fixtures").join(&key);
     let binary = out_dir.join(name);
@@ -240,6 +261,9 @@ fn build_fixture(name: &str, version: &str, variant: Variant) -> Result<PathBuf>
     fs::create_dir_all(&work)?;
     fs::write(work.join("go.mod"), format!("module {name}\n\ngo 1.19\n"))?;
     fs::write(work.join("main.go"), &source)?;
+    for (file, text) in &assembly {
+        fs::write(work.join(file), text)?;
+    }
     let tmp = out_dir.join(format!("{name}.tmp"));
     let output = go_command(version)?
         .current_dir(&work)

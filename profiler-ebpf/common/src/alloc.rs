@@ -15,6 +15,10 @@ pub struct ProcessConfig {
     pub m_curg: u32,
     /// Offset of `g.startpc` (uintptr): the goroutine's start function.
     pub g_startpc: u32,
+    /// Offsets of `g.stack.lo` and `g.stack.hi`: the bounds the frame-pointer walk of an
+    /// allocation's stack must stay within.
+    pub g_stack_lo: u32,
+    pub g_stack_hi: u32,
     /// Runtime-sampled mode: offset of `bucket.size` in `runtime.bucket`.
     pub bucket_size_offset: u32,
     /// Runtime-sampled mode: offset of `special.kind` (u8) in `runtime.special`.
@@ -146,10 +150,16 @@ pub enum Counter {
     /// Runtime-sampled mode: a freed special whose kind could not be read: if it was a
     /// heap-profile record, its object's free is lost (it stays counted as in use).
     DropSpecialUnreadable = 15,
+    /// The stack's frame-pointer chain went back down its stack (a cycle, or a link to a
+    /// lower frame): the stack is kept up to the last frame before the bad link.
+    StackCycle = 16,
+    /// The stack's frame-pointer chain left the goroutine's stack (a wild or unaligned
+    /// pointer, or one that could not be read): kept up to the last frame before it.
+    StackOffStack = 17,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 18;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Events,
         Counter::NoConfig,
@@ -167,6 +177,8 @@ impl Counter {
         Counter::RateUnrecorded,
         Counter::DropFreeMapFull,
         Counter::DropSpecialUnreadable,
+        Counter::StackCycle,
+        Counter::StackOffStack,
     ];
 }
 
@@ -240,7 +252,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<ProcessConfig>(), 40);
+        assert_eq!(core::mem::size_of::<ProcessConfig>(), 48);
         assert_eq!(core::mem::size_of::<LiveObject>(), 48);
         assert_eq!(core::mem::size_of::<LiveKey>(), 16);
         assert_eq!(core::mem::size_of::<AllocKey>(), 40);

@@ -175,10 +175,13 @@ pub enum RtCounter {
     NoStackTotals = 13,
     /// The creation stack map was full: the site has no stack.
     CreationStackMapFull = 14,
+    /// The creating goroutine's frame-pointer chain had a bad link (back down the stack,
+    /// outside it, unaligned or unreadable): the site's stack holds the frames before it.
+    CreationStackTruncated = 15,
 }
 
 impl RtCounter {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
     pub const ALL: [RtCounter; Self::COUNT as usize] = [
         RtCounter::NoConfig,
         RtCounter::StackCopies,
@@ -195,6 +198,7 @@ impl RtCounter {
         RtCounter::PendingNotRemembered,
         RtCounter::NoStackTotals,
         RtCounter::CreationStackMapFull,
+        RtCounter::CreationStackTruncated,
     ];
 
     /// Name in reports.
@@ -215,6 +219,7 @@ impl RtCounter {
             RtCounter::PendingNotRemembered => "stack_pending_not_remembered",
             RtCounter::NoStackTotals => "no_stack_totals",
             RtCounter::CreationStackMapFull => "creation_stack_map_full",
+            RtCounter::CreationStackTruncated => "creation_stack_truncated",
         }
     }
 }

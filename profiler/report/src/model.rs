@@ -152,6 +152,14 @@ pub struct Drops {
     /// (the rate reported may be stale or missing).
     #[serde(default)]
     pub rate_unrecorded: u64,
+    /// Events whose stack was cut where its frame-pointer chain went back down the stack
+    /// (a cycle, or a link to a lower frame): kept with the frames before the bad link.
+    #[serde(default)]
+    pub stack_cycle: u64,
+    /// Events whose stack was cut where its frame-pointer chain left the goroutine's stack
+    /// (a wild, unaligned or unreadable pointer): kept with the frames before it.
+    #[serde(default)]
+    pub stack_off_stack: u64,
 }
 
 impl Drops {
@@ -166,6 +174,8 @@ impl Drops {
             + self.free_map_full
             + self.special_unreadable
             + self.rate_unrecorded
+            + self.stack_cycle
+            + self.stack_off_stack
     }
 }
 

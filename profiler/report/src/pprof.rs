@@ -386,7 +386,7 @@ pub fn to_pprof(p: &AllocProfile, frames: Frames) -> Vec<u8> {
         },
         format!("events: {} ({} bytes)", p.events, p.event_bytes),
         format!(
-            "drops: alloc_map_full={} stack_unreadable={} stack_map_full={} goid_unreadable={} goroutine_map_full={} live_map_full={} sample_unreadable={} free_map_full={} special_unreadable={} rate_unrecorded={}",
+            "drops: alloc_map_full={} stack_unreadable={} stack_map_full={} goid_unreadable={} goroutine_map_full={} live_map_full={} sample_unreadable={} free_map_full={} special_unreadable={} rate_unrecorded={} stack_cycle={} stack_off_stack={}",
             d.alloc_map_full,
             d.stack_unreadable,
             d.stack_map_full,
@@ -396,7 +396,9 @@ pub fn to_pprof(p: &AllocProfile, frames: Frames) -> Vec<u8> {
             d.sample_unreadable,
             d.free_map_full,
             d.special_unreadable,
-            d.rate_unrecorded
+            d.rate_unrecorded,
+            d.stack_cycle,
+            d.stack_off_stack
         ),
     ]
     .to_vec();

@@ -552,6 +552,16 @@ fn drops_section(out: &mut String, p: &AllocProfile) {
             d.rate_unrecorded,
             "samples where MemProfileRate could not be read or kept",
         ),
+        (
+            "stack_cycle",
+            d.stack_cycle,
+            "stacks cut short: the frame-pointer chain went back down the stack",
+        ),
+        (
+            "stack_off_stack",
+            d.stack_off_stack,
+            "stacks cut short: the frame-pointer chain left the goroutine's stack",
+        ),
     ]
     .iter()
     .map(|(name, n, why)| vec![(*name).to_owned(), n.to_string(), (*why).to_owned()])

@@ -179,6 +179,8 @@ fn fixture() -> AllocProfile {
             free_map_full: 0,
             special_unreadable: 0,
             rate_unrecorded: 0,
+            stack_cycle: 0,
+            stack_off_stack: 0,
         },
         duty: None,
         runtime_counters: None,
@@ -365,7 +367,15 @@ fn text_drops_are_never_hidden() {
         words(drops[9]).starts_with(&["rate_unrecorded", "0"]),
         "{text}"
     );
-    assert_eq!(drops[10], "  total: 2");
+    assert!(
+        words(drops[10]).starts_with(&["stack_cycle", "0"]),
+        "{text}"
+    );
+    assert!(
+        words(drops[11]).starts_with(&["stack_off_stack", "0"]),
+        "{text}"
+    );
+    assert_eq!(drops[12], "  total: 2");
     assert!(!text.contains("none:"));
 
     p.drops = Drops::default();
@@ -373,14 +383,14 @@ fn text_drops_are_never_hidden() {
     let drops = section(&text, "Drops");
     assert_eq!(
         drops.len(),
-        11,
-        "all ten counters and the none line:\n{text}"
+        13,
+        "all twelve counters and the none line:\n{text}"
     );
     assert!(
         words(drops[0]).starts_with(&["alloc_map_full", "0"]),
         "{text}"
     );
-    assert_eq!(drops[10], "  none: every event was aggregated in full");
+    assert_eq!(drops[12], "  none: every event was aggregated in full");
 }
 
 #[test]
@@ -560,7 +570,7 @@ fn pprof_decodes_to_the_same_profile() {
     assert_eq!(pb.duration_nanos, 2_500_000_000);
     assert!(pb.comment.iter().any(|&c| s(c).contains("exact")));
     assert!(pb.comment.iter().any(|&c| s(c)
-        == "drops: alloc_map_full=1 stack_unreadable=1 stack_map_full=0 goid_unreadable=0 goroutine_map_full=0 live_map_full=0 sample_unreadable=0 free_map_full=0 special_unreadable=0 rate_unrecorded=0"));
+        == "drops: alloc_map_full=1 stack_unreadable=1 stack_map_full=0 goid_unreadable=0 goroutine_map_full=0 live_map_full=0 sample_unreadable=0 free_map_full=0 special_unreadable=0 rate_unrecorded=0 stack_cycle=0 stack_off_stack=0"));
 
     // Mapping.
     assert_eq!(pb.mapping.len(), 1);

@@ -4,7 +4,19 @@
 
 use std::collections::HashMap;
 
-use super::goroutines::{StartClassifier, count, ids_handed_out};
+use super::goroutines::{CountError, StartClassifier, count, ids_handed_out};
+
+/// What one [`GoroutineTracker::harvest`] could not read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unread {
+    /// Processes whose memory could not be read: not counted this time.
+    pub processes: u64,
+    /// Processes whose `runtime.allgs` header is impossible (length beyond its capacity
+    /// or the goroutine ids handed out): not counted this time, nothing read through it.
+    pub bad_allgs: u64,
+    /// `g`s in `allgs` with no valid status word: counted neither user nor runtime.
+    pub records: u64,
+}
 
 /// Goroutine metrics of every traced process, read every [`GoroutineTracker::EVERY`].
 #[derive(Default)]
@@ -25,25 +37,33 @@ impl GoroutineTracker {
         self.last.is_none_or(|t| t.elapsed() >= Self::EVERY)
     }
 
-    /// Reads every process's goroutines and sets the metrics; returns the processes
-    /// whose memory could not be read.
+    /// Reads every process's goroutines and sets the metrics; returns what could not be
+    /// read.
     pub fn harvest<'a>(
         &mut self,
         processes: impl Iterator<Item = &'a std::sync::Arc<crate::agent::attachments::Process>>,
         metrics: &crate::agent::metrics::Metrics,
-    ) -> u64 {
+    ) -> Unread {
         self.last = Some(std::time::Instant::now());
         let mut sums: HashMap<crate::agent::metadata::Labels, (u64, u64)> = HashMap::new();
-        let mut unreadable = 0;
+        let mut unread = Unread::default();
         for process in processes {
             let (Some(layout), Some(bias)) = (process.runtime.goroutines, process.bias) else {
                 continue;
             };
             let classifier = self.classifiers.entry(process.exe.id).or_default();
-            let Ok(count) = count(process.pid, &layout, bias, process.binary(), classifier) else {
-                unreadable += 1;
-                continue;
+            let count = match count(process.pid, &layout, bias, process.binary(), classifier) {
+                Ok(count) => count,
+                Err(CountError::Read(_)) => {
+                    unread.processes += 1;
+                    continue;
+                }
+                Err(CountError::BadLength { .. }) => {
+                    unread.bad_allgs += 1;
+                    continue;
+                }
             };
+            unread.records += count.invalid;
             let sum = sums.entry(process.labels.clone()).or_default();
             sum.0 += count.user;
             sum.1 += count.runtime;
@@ -77,7 +97,7 @@ impl GoroutineTracker {
             }
         }
         self.published = sums.into_keys().collect();
-        unreadable
+        unread
     }
 
     /// A process attached: its ids handed out so far are the baseline of its count.

@@ -53,6 +53,21 @@ pub struct GoroutineCount {
     /// Goroutine ids handed out since the process started: the goroutines created, plus
     /// up to 16 ids per P that a P holds in reserve.
     pub ids_handed_out: Option<u64>,
+    /// Entries of `allgs` counted in neither: their status word could not be read or is
+    /// no status (a `g` reused between the reads, or overwritten by the program).
+    pub invalid: u64,
+}
+
+/// Why a process's goroutines could not be counted.
+#[derive(Debug, thiserror::Error)]
+pub enum CountError {
+    #[error("reading the process's memory: {0}")]
+    Read(#[from] std::io::Error),
+    /// The `allgs` slice header is not one the runtime could have written: its length
+    /// exceeds its capacity, the goroutine ids handed out (every `g` in `allgs` took one),
+    /// or what a harvest reads. Nothing is read through it.
+    #[error("runtime.allgs has length {len} (capacity {cap}, at most {limit} possible)")]
+    BadLength { len: u64, cap: u64, limit: u64 },
 }
 
 /// Per executable: which start functions are the runtime's (`isSystemGoroutine`).
@@ -83,9 +98,16 @@ pub fn count(
     bias: u64,
     binary: &GoBinary,
     classifier: &mut StartClassifier,
-) -> std::io::Result<GoroutineCount> {
-    let (array, len) = remote_memory::slice_header(pid, layout.allgs.wrapping_add(bias))?;
-    let gs: Vec<u64> = remote_memory::read_u64s(pid, array, len.min(MAX_GS) as usize)?
+) -> Result<GoroutineCount, CountError> {
+    let header = remote_memory::read_u64s(pid, layout.allgs.wrapping_add(bias), 3)?;
+    let (array, len, cap) = (header[0], header[1], header[2]);
+    let ids_handed_out = ids_handed_out(pid, layout, bias);
+    // Every g in allgs took a goroutine id when it was created.
+    let limit = MAX_GS.min(ids_handed_out.map_or(u64::MAX, |ids| ids.saturating_add(1)));
+    if len > cap || len > limit {
+        return Err(CountError::BadLength { len, cap, limit });
+    }
+    let gs: Vec<u64> = remote_memory::read_u64s(pid, array, len as usize)?
         .into_iter()
         .filter(|&g| g != 0)
         .collect();
@@ -94,19 +116,23 @@ pub fn count(
         .map(|g| g + u64::from(layout.offsets.g_atomicstatus))
         .collect();
     let statuses = remote_memory::read_words(pid, &status_addrs, 4)?;
+    let mut out = GoroutineCount::default();
     let alive: Vec<u64> = gs
         .iter()
         .zip(statuses)
         .filter_map(|(&g, status)| {
-            let s = status? & !G_SCAN;
-            (s != G_IDLE && s != G_DEAD && s <= G_STATUS_MAX).then_some(g)
+            let s = status.map(|s| s & !G_SCAN).filter(|&s| s <= G_STATUS_MAX);
+            if s.is_none() {
+                out.invalid += 1;
+            }
+            let s = s?;
+            (s != G_IDLE && s != G_DEAD).then_some(g)
         })
         .collect();
     let start_addrs: Vec<u64> = alive
         .iter()
         .map(|g| g + u64::from(layout.g_startpc))
         .collect();
-    let mut out = GoroutineCount::default();
     for start in remote_memory::read_words(pid, &start_addrs, 8)?
         .into_iter()
         .flatten()
@@ -117,7 +143,7 @@ pub fn count(
             out.user += 1;
         }
     }
-    out.ids_handed_out = ids_handed_out(pid, layout, bias);
+    out.ids_handed_out = ids_handed_out;
     Ok(out)
 }
 

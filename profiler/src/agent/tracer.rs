@@ -79,7 +79,7 @@ pub struct Trackers {
 }
 
 /// The drop counters of the probes, by the `reason` label.
-const DROPS: [(&str, Counter); 9] = [
+const DROPS: [(&str, Counter); 11] = [
     ("alloc_map_full", Counter::DropAllocMapFull),
     ("stack_map_full", Counter::StackMapFull),
     ("stack_unreadable", Counter::StackUnreadable),
@@ -89,6 +89,8 @@ const DROPS: [(&str, Counter); 9] = [
     ("free_map_full", Counter::DropFreeMapFull),
     ("special_unreadable", Counter::DropSpecialUnreadable),
     ("rate_unrecorded", Counter::RateUnrecorded),
+    ("stack_cycle", Counter::StackCycle),
+    ("stack_off_stack", Counter::StackOffStack),
 ];
 
 impl Tracer {
@@ -425,13 +427,16 @@ impl Tracer {
             stacks.harvest(&metrics);
         }
         if self.goroutines.due() {
-            let unreadable = self
+            let unread = self
                 .goroutines
                 .harvest(self.attachments.processes.values(), &metrics);
-            metrics
-                .drops
-                .with_label_values(&["goroutines_unreadable"])
-                .inc_by(unreadable);
+            for (reason, n) in [
+                ("goroutines_unreadable", unread.processes),
+                ("goroutines_allgs_invalid", unread.bad_allgs),
+                ("goroutine_status_invalid", unread.records),
+            ] {
+                metrics.drops.with_label_values(&[reason]).inc_by(n);
+            }
         }
         metrics.links.set(
             (self.attachments.probes.links()

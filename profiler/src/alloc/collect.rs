@@ -153,6 +153,8 @@ pub fn drops(counters: &Counters) -> Drops {
         stack_unreadable: counters.get(Counter::StackUnreadable),
         stack_map_full: counters.get(Counter::StackMapFull),
         goid_unreadable: counters.get(Counter::GoidUnreadable),
+        stack_cycle: counters.get(Counter::StackCycle),
+        stack_off_stack: counters.get(Counter::StackOffStack),
         goroutine_map_full: counters.get(Counter::DropGoroutineMapFull),
         live_map_full: counters.get(Counter::DropLiveMapFull),
         sample_unreadable: counters.get(Counter::DropSampleUnreadable),

@@ -312,6 +312,8 @@ impl Finished {
             ("rate_unrecorded", c.get(Counter::RateUnrecorded)),
             ("stack_unreadable", c.get(Counter::StackUnreadable)),
             ("stack_map_full", c.get(Counter::StackMapFull)),
+            ("stack_cycle", c.get(Counter::StackCycle)),
+            ("stack_off_stack", c.get(Counter::StackOffStack)),
             ("goid_unreadable", c.get(Counter::GoidUnreadable)),
             ("goroutine_map_full", c.get(Counter::DropGoroutineMapFull)),
             ("freed_while_read", last.vanished),
