@@ -23,6 +23,7 @@
 //! Cold (no fixture or Go build cache) the whole suite takes about 4 minutes on 2 cores,
 //! warm under a minute.
 
+pub mod agent;
 pub mod exact_report;
 pub mod hugo;
 pub mod probe_points;
@@ -597,6 +598,11 @@ impl Proc {
             .unwrap_or_else(|e| e.into_inner())
             .0
             .join("\n")
+    }
+
+    /// Whether the process has exited (it is reaped then; [`Proc::wait`] still reports it).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     pub fn stderr_text(&self) -> String {

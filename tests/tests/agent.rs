@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use gomemtrace_tests::{
-    Proc, TempDir, Variant, copy_executable, fixture, get_text, go_tool, go_versions,
+    Proc, TempDir, Variant, agent::Agent, copy_executable, fixture, get_text, go_tool, go_versions,
     gomemtrace_command, http_get, latest_go, poll, require_root, samples, write_executable,
 };
 
@@ -33,74 +33,6 @@ const GROWTHS_EACH: u64 = 5;
 const DUTY_WINDOW_S: u64 = 35;
 /// Go's default `MemProfileRate`.
 const RATE: f64 = 512.0 * 1024.0;
-
-struct Agent {
-    proc: Proc,
-    addr: String,
-}
-
-impl Agent {
-    fn start(include_exe: &str) -> Result<Agent> {
-        Self::start_with(include_exe, &[])
-    }
-
-    fn start_with(include_exe: &str, extra: &[&str]) -> Result<Agent> {
-        let mut cmd = gomemtrace_command()?;
-        cmd.args([
-            "agent",
-            "--listen",
-            "127.0.0.1:0",
-            "--include-exe",
-            include_exe,
-        ]);
-        cmd.args(extra);
-        let proc = Proc::spawn(cmd)?;
-        let line = proc.wait_stderr("listening on", Duration::from_secs(20))?;
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .context("listen address")?
-            .to_string();
-        let agent = Agent { proc, addr };
-        poll("/readyz", Duration::from_secs(20), || {
-            Ok((http_get(&agent.addr, "/readyz", Duration::from_secs(5))?.0 == 200).then_some(()))
-        })?;
-        Ok(agent)
-    }
-
-    fn metrics(&self) -> Result<String> {
-        get_text(&self.addr, "/metrics")
-    }
-
-    /// The agent's BPF link and perf-event fds (one per uprobe or tracepoint attachment),
-    /// from the kernel's fd table: an oracle independent of the agent's own gauges.
-    fn link_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.proc.pid()))
-            .map(|dir| {
-                dir.filter_map(Result::ok)
-                    .filter(|e| {
-                        std::fs::read_link(e.path()).is_ok_and(|t| {
-                            let t = t.to_string_lossy();
-                            t.contains("bpf_link") || t.contains("perf_event")
-                        })
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-
-    /// (uprobe links, entries of every per-process map) as the agent reports them.
-    fn holdings(&self) -> Result<(f64, f64)> {
-        let text = self.metrics()?;
-        let links = samples(&text, "gomemtrace_agent_uprobe_links", &[]);
-        let entries: f64 = samples(&text, "gomemtrace_agent_map_entries", &[])
-            .iter()
-            .sum();
-        ensure!(links.len() == 1, "no uprobe link gauge in\n{text}");
-        Ok((links[0], entries))
-    }
-}
 
 struct Prometheus {
     _proc: Proc,

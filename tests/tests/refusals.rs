@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use gomemtrace_tests::{
-    Proc, Variant, assert_one_error_line, fixture, get_text, gomemtrace_command, latest_go, poll,
+    Proc, Variant,
+    agent::Agent,
+    assert_one_error_line, fixture, get_text, gomemtrace_command, latest_go, poll,
     probe_points::{all_probe_points, code_bytes},
     process_alive, require_root, run, samples,
     seccomp::{BPF_LINK_CREATE, BPF_MAP_CREATE, BPF_PROG_LOAD, Refusal, refuse},
@@ -119,18 +121,10 @@ fn refused_maps_programs_and_probes_get_one_line_and_leave_the_target_whole() ->
 
     // The agent, refused every uprobe: the process is still listed and its allocation
     // counter (the runtime's own, no probe needed) moves; each refused duty window counted.
-    let mut cmd = gomemtrace_command()?;
-    cmd.args(["agent", "--listen", "127.0.0.1:0", "--include-exe"])
-        .arg(&exe);
+    let mut cmd = Agent::command(&exe.to_string_lossy())?;
     refuse(&mut cmd, &no_uprobes());
-    let agent = Proc::spawn(cmd)?;
-    let line = agent.wait_stderr("listening on", Duration::from_secs(20))?;
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .context("no address in the agent's line")?
-        .to_string();
+    let agent = Agent::spawn(cmd)?;
+    let addr = agent.addr.clone();
     let allocated = |text: &str| {
         samples(text, "gomemtrace_allocated_bytes_total", &[])
             .first()
@@ -155,6 +149,7 @@ fn refused_maps_programs_and_probes_get_one_line_and_leave_the_target_whole() ->
     )?;
     println!("agent: allocated {first} -> {later} bytes while every duty window was refused");
     agent
+        .proc
         .wait_stderr("a duty window did not open", Duration::from_secs(5))
         .context("the agent did not log the refusal")?;
     drop(agent);

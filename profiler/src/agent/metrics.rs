@@ -50,6 +50,9 @@ pub struct Metrics {
     pub map_entries: IntGaugeVec,
     /// Processes per label set: a set's series go when its last process exits.
     label_users: HashMap<Labels, usize>,
+    /// Processes per label set and allocation-counter source: a source's series go with
+    /// the last process counted from it, though others of the label set remain.
+    source_users: HashMap<(Labels, String), usize>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -359,6 +362,7 @@ impl Metrics {
             links,
             map_entries,
             label_users: HashMap::new(),
+            source_users: HashMap::new(),
         })
     }
 
@@ -366,6 +370,10 @@ impl Metrics {
     /// `source`: where its allocation counters come from ("runtime" or "probes").
     pub fn add_process(&mut self, labels: &Labels, mode: &str, source: &str) {
         *self.label_users.entry(labels.clone()).or_default() += 1;
+        *self
+            .source_users
+            .entry((labels.clone(), source.to_string()))
+            .or_default() += 1;
         let values = labels.values();
         self.allocated_bytes
             .with_label_values(&with(&values, source));
@@ -379,9 +387,29 @@ impl Metrics {
         self.processes.with_label_values(&with(&values, mode)).inc();
     }
 
-    /// A process with `labels` is gone: the label set's series go with its last process.
-    pub fn remove_process(&mut self, labels: &Labels, mode: &str) {
+    /// A process with `labels`, counted from `source`, is gone: the label set's series go
+    /// with its last process, a source's allocation series with the last one of that source.
+    pub fn remove_process(&mut self, labels: &Labels, mode: &str, source: &str) {
         let values = labels.values();
+        let key = (labels.clone(), source.to_string());
+        if let Some(users) = self.source_users.get_mut(&key) {
+            *users -= 1;
+            if *users == 0 {
+                self.source_users.remove(&key);
+                let _ = self
+                    .allocated_bytes
+                    .remove_label_values(&with(&values, source));
+                let _ = self
+                    .allocated_objects
+                    .remove_label_values(&with(&values, source));
+                if source == "runtime" {
+                    let _ = self.freed_bytes.remove_label_values(&values);
+                    let _ = self.freed_objects.remove_label_values(&values);
+                    let _ = self.heap_objects.remove_label_values(&values);
+                    let _ = self.heap_objects_bytes.remove_label_values(&values);
+                }
+            }
+        }
         let mode_values = with(&values, mode);
         if let Ok(g) = self.processes.get_metric_with_label_values(&mode_values) {
             g.dec();
@@ -484,9 +512,13 @@ mod tests {
         m.allocated_bytes
             .with_label_values(&with(&a.values(), "runtime"))
             .inc_by(10.0);
-        m.remove_process(&a, "runtime");
-        assert!(m.render().contains("exe=\"/srv/a\""), "{}", m.render());
-        m.remove_process(&a, "runtime");
+        m.remove_process(&a, "runtime", "probes");
+        let text = m.render();
+        assert!(text.contains("exe=\"/srv/a\""), "{text}");
+        // The process counted by the probes took its source's series with it.
+        assert!(!text.contains("source=\"probes\""), "{text}");
+        assert!(text.contains("source=\"runtime\""), "{text}");
+        m.remove_process(&a, "runtime", "runtime");
         assert!(!m.render().contains("exe=\"/srv/a\""), "{}", m.render());
     }
 

@@ -326,8 +326,9 @@ impl Tracer {
             numa.detach(pid, &metrics);
         }
         self.goroutines.forget(pid);
+        let source = self.alloc_stats.source(pid);
         self.alloc_stats.forget(pid);
-        metrics.remove_process(&process.labels, mode_name(&process));
+        metrics.remove_process(&process.labels, mode_name(&process), source.name());
         metrics
             .attached
             .set(self.attachments.processes.len() as i64);
