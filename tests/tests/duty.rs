@@ -3,7 +3,11 @@
 //! rate at two sites for a few seconds; gomemtrace's scaled per-site estimates must lie
 //! within 3 of their reported standard errors of the fixture's own counts, the probes must
 //! have been attached for only part of the run, and the overhead estimate must respect the
-//! budget — checked also against the fixture's own CPU time (getrusage).
+//! budget — checked also against the fixture's own CPU time (getrusage). The 3-sigma bound
+//! is judged on runs of at least 8 windows (their spread is the error's estimate); a
+//! loaded machine, whose budget opens fewer, gets a run three times as long (CI, a fuzzing
+//! campaign beside it: Go 1.27's allocSmall read 15% of the truth with a standard error
+//! larger than the estimate).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -143,7 +147,16 @@ fn by_site(r: &JsonReport) -> Result<BTreeMap<&str, SiteTotals>> {
     Ok(out)
 }
 
-fn check(version: &str) -> Result<String> {
+/// Windows a per-site error can be judged from: with fewer, the spread between windows
+/// (the error's estimate) is itself too uncertain for a 3-sigma bound.
+const MIN_WINDOWS: u64 = 8;
+/// How long the fixture runs; a loaded machine (fewer windows within the budget) gets a
+/// longer run.
+const DURATIONS: [&str; 2] = ["4s", "12s"];
+
+/// The estimator's check on one release, or None where the run had fewer than
+/// [`MIN_WINDOWS`] windows.
+fn check(version: &str, duration: &str) -> Result<Option<String>> {
     let bin = fixture("steady", version, Variant::Normal)?;
     let tmp = TempDir::new("duty")?;
     let (report, oracle) = (tmp.join("r.json"), tmp.join("o.json"));
@@ -162,7 +175,7 @@ fn check(version: &str) -> Result<String> {
         // ~0.4 ms of work per iteration: ~3000 allocations/s, so that at the ~8 µs a probe
         // hit costs on the development VM a 1% budget leaves windows for about a third of
         // the run.
-        .args(["-duration", "4s", "-spin", "200000", "-oracle"])
+        .args(["-duration", duration, "-spin", "200000", "-oracle"])
         .arg(&oracle);
     let out = run(cmd, Duration::from_secs(60))?;
     ensure!(out.code() == 0, "gomemtrace failed: {}", out.stderr);
@@ -174,6 +187,13 @@ fn check(version: &str) -> Result<String> {
     ensure!(d.overhead_budget_percent == BUDGET_PERCENT, "{d:?}");
     // Several windows, attached for part of the run only.
     ensure!(d.windows >= 3, "only {} windows: {d:?}", d.windows);
+    if d.windows < MIN_WINDOWS {
+        println!(
+            "Go {version}, {duration}: only {} windows, too few to judge",
+            d.windows
+        );
+        return Ok(None);
+    }
     let fraction = d.window_ns as f64 / r.duration_ns as f64;
     ensure!(
         d.duty_fraction > 0.02
@@ -245,7 +265,7 @@ fn check(version: &str) -> Result<String> {
             ));
         }
     }
-    Ok(lines.join("\n"))
+    Ok(Some(lines.join("\n")))
 }
 
 #[test]
@@ -255,9 +275,20 @@ fn duty_estimates_cover_the_truth_within_budget_latest_and_old_go() {
     }
     let mut failures = Vec::new();
     for version in [gomemtrace_tests::latest_go(), "1.19".to_string()] {
-        match check(&version) {
-            Ok(summary) => println!("Go {version}: ok\n{summary}"),
-            Err(e) => failures.push(format!("Go {version}: {e:#}")),
+        let mut judged = false;
+        for duration in DURATIONS {
+            match check(&version, duration) {
+                Ok(Some(summary)) => println!("Go {version}, {duration}: ok\n{summary}"),
+                Ok(None) => continue,
+                Err(e) => failures.push(format!("Go {version}, {duration}: {e:#}")),
+            }
+            judged = true;
+            break;
+        }
+        if !judged {
+            failures.push(format!(
+                "Go {version}: fewer than {MIN_WINDOWS} windows in every run"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
