@@ -64,8 +64,8 @@ pub(crate) fn parse(
 fn read_length_prefixed(data: &[u8]) -> Option<(Vec<u8>, &[u8])> {
     let (len, n) = read_uvarint(data)?;
     let len = usize::try_from(len).ok()?;
-    let bytes = data.get(n..n + len)?;
-    Some((bytes.to_vec(), &data[n + len..]))
+    let end = n.checked_add(len)?;
+    Some((data.get(n..end)?.to_vec(), &data[end..]))
 }
 
 /// The linker wraps modinfo in two 16-byte binary sentinels; the last one follows a newline.
@@ -160,6 +160,15 @@ mod tests {
             split_setting(r#"-gcflags="a\"b""#),
             Some(("-gcflags".into(), "a\"b".into()))
         );
+    }
+
+    #[test]
+    fn a_length_past_the_address_space_is_refused() {
+        // A uvarint length of 2^64 - 1 overflowed the end of the string.
+        let mut data = vec![0xff; 9];
+        data.push(0x01);
+        data.extend_from_slice(b"go1.22");
+        assert!(read_length_prefixed(&data).is_none());
     }
 
     #[test]

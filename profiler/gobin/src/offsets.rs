@@ -62,6 +62,8 @@ pub enum OffsetsError {
     },
     #[error("offset of {0} does not fit in 32 bits")]
     TooLarge(&'static str),
+    #[error("DWARF offsets of {0} are inconsistent (overflow, or members out of order)")]
+    Inconsistent(&'static str),
 }
 
 /// The structs whose members we need. `runtime.stack` gives `lo`/`hi` inside `g.stack`.
@@ -109,8 +111,14 @@ pub fn from_dwarf(elf_bytes: &[u8]) -> Result<Option<RuntimeOffsets>, OffsetsErr
         m_curg: narrow("m.curg", field("runtime.m", "curg")?)?,
         g_startpc: narrow("g.startpc", field("runtime.g", "startpc")?)?,
         g_gopc: narrow("g.gopc", field("runtime.g", "gopc")?)?,
-        g_stack_lo: narrow("g.stack.lo", g_stack + field("runtime.stack", "lo")?)?,
-        g_stack_hi: narrow("g.stack.hi", g_stack + field("runtime.stack", "hi")?)?,
+        g_stack_lo: narrow(
+            "g.stack.lo",
+            g_stack.saturating_add(field("runtime.stack", "lo")?),
+        )?,
+        g_stack_hi: narrow(
+            "g.stack.hi",
+            g_stack.saturating_add(field("runtime.stack", "hi")?),
+        )?,
     }))
 }
 
@@ -353,7 +361,7 @@ pub fn gobuf_from_dwarf(elf_bytes: &[u8]) -> Option<GobufOffsets> {
     let structs = struct_offsets_from_dwarf(elf_bytes, &["runtime.g", "runtime.gobuf"]).ok()??;
     let sched = *structs.get("runtime.g")?.get("sched")?;
     let gobuf = structs.get("runtime.gobuf")?;
-    let field = |name: &str| u32::try_from(sched + *gobuf.get(name)?).ok();
+    let field = |name: &str| u32::try_from(sched.checked_add(*gobuf.get(name)?)?).ok();
     Some(GobufOffsets {
         sp: field("sp")?,
         pc: field("pc")?,
