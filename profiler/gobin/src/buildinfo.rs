@@ -26,8 +26,11 @@ pub(crate) fn parse(
     if blob.get(..14)? != MAGIC {
         return None;
     }
-    let ptr_size = usize::from(blob[14]);
-    let flags = blob[15];
+    // The magic may end the blob (a 14-byte section, or the magic at the end of a file).
+    let &[ptr_size, flags] = blob.get(14..16)? else {
+        return None;
+    };
+    let ptr_size = usize::from(ptr_size);
     let (version, modinfo) = if flags & FLAG_INLINE_STRINGS != 0 {
         let rest = blob.get(32..)?;
         let (version, rest) = read_length_prefixed(rest)?;
@@ -160,6 +163,13 @@ mod tests {
             split_setting(r#"-gcflags="a\"b""#),
             Some(("-gcflags".into(), "a\"b".into()))
         );
+    }
+
+    #[test]
+    fn the_magic_alone_is_no_buildinfo() {
+        // Fuzz crash (buildinfo): a blob of the 14 magic bytes alone was indexed past its end.
+        assert!(parse(MAGIC, |_, _| None).is_none());
+        assert!(parse(&[MAGIC.as_slice(), &[8]].concat(), |_, _| None).is_none());
     }
 
     #[test]
