@@ -309,8 +309,10 @@ fn run_target(bin_dir: &Path, target: &str, seconds: u64) -> anyhow::Result<RunS
     cmd.arg(&corpus)
         .arg(seeds_dir().join(target))
         .arg(format!("-max_total_time={seconds}"))
-        // One input slower than this is a hang: every parser is bounded by its input.
-        .arg("-timeout=20")
+        // One input slower than this is a hang: every parser is bounded by its input (the
+        // slowest unit seen takes well under a second; a loaded CI machine once stalled a
+        // fuzzer 31 s on an input that takes 0 ms, hence the margin).
+        .arg("-timeout=60")
         .arg("-rss_limit_mb=2048")
         .arg("-print_final_stats=1")
         .arg(format!("-artifact_prefix={}/", artifacts.display()));

@@ -613,3 +613,21 @@ fn find_pclntab(data: &[u8], elf: &ElfImage) -> Option<Pclntab> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::FuncSymbol;
+
+    #[test]
+    fn a_symbol_reaching_past_the_address_space_ends_at_its_top() {
+        // `.symtab` is the file's: entry + size overflowed.
+        let symbols = [FuncSymbol {
+            name: "main.f".into(),
+            addr: u64::MAX - 1,
+            size: 16,
+        }];
+        let functions = functions_from_symtab(&symbols);
+        assert_eq!(functions[0].end, u64::MAX);
+    }
+}
