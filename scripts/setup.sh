@@ -7,6 +7,10 @@ set -euo pipefail
 
 RUST_TOOLCHAIN=1.98.0          # >= 1.98 for aya, LLVM 22 for bpf-linker 0.10.x
 BPF_LINKER_VERSION=0.10.4
+# cargo xtask fuzz (run by cargo xtask test): builds fuzz/ with libFuzzer, on the pinned
+# stable toolchain (no sanitizer, so no nightly). Installed under the cache, where xtask
+# looks for it (xtask/src/fuzz.rs).
+CARGO_FUZZ_VERSION=0.13.2
 GO_PYPI_VERSIONS=(1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3)
 CACHE="${GOMEMTRACE_CACHE:-$HOME/.cache/gomemtrace}"
 GO_ROOTS="$CACHE/go"
@@ -33,8 +37,9 @@ install_apt() {
     # tests/tests/thirdparty_heap.rs; bpftool: the kernel's own list of the agent's BPF maps
     # (tests/tests/agent.rs checks the eBPF object is loaded once); etcd-server (3.4.23,
     # Go 1.19): the third-party server of tests/tests/thirdparty_etcd.rs (not started as a
-    # service: the test runs its own on loopback).
-    for pkg in golang-1.19-go gcc pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus qemu-system-x86 hugo bpftool etcd-server; do
+    # service: the test runs its own on loopback); g++: libfuzzer-sys compiles libFuzzer
+    # (cargo xtask fuzz).
+    for pkg in golang-1.19-go gcc g++ pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus qemu-system-x86 hugo bpftool etcd-server; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
@@ -55,6 +60,14 @@ install_rust() {
     if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
         log "cargo install bpf-linker@$BPF_LINKER_VERSION"
         cargo "+$RUST_TOOLCHAIN" install "bpf-linker@$BPF_LINKER_VERSION" --locked
+    fi
+}
+
+install_cargo_fuzz() {
+    local root="$CACHE/tools/cargo-fuzz-$CARGO_FUZZ_VERSION"
+    if [ ! -x "$root/bin/cargo-fuzz" ]; then
+        log "cargo install cargo-fuzz@$CARGO_FUZZ_VERSION (into $root)"
+        cargo "+$RUST_TOOLCHAIN" install "cargo-fuzz@$CARGO_FUZZ_VERSION" --locked --root "$root"
     fi
 }
 
@@ -111,7 +124,8 @@ install_helm() {
 
 install_apt
 install_rust
+install_cargo_fuzz
 install_go
 install_deploy_tools
 install_helm
-log "ready: Rust $RUST_TOOLCHAIN, bpf-linker $BPF_LINKER_VERSION, Go toolchains in $GO_ROOTS, helm $HELM_VERSION"
+log "ready: Rust $RUST_TOOLCHAIN, bpf-linker $BPF_LINKER_VERSION, cargo-fuzz $CARGO_FUZZ_VERSION, Go toolchains in $GO_ROOTS, helm $HELM_VERSION"

@@ -4,6 +4,22 @@
 
 use std::io;
 
+use gomemtrace_gobin::memory::MemorySource;
+
+/// The memory of process `.0`, for gobin's readers of the runtime's structures.
+#[derive(Clone, Copy, Debug)]
+pub struct Process(pub u32);
+
+impl MemorySource for Process {
+    fn read_bytes(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+        read_bytes(self.0, addr, len)
+    }
+
+    fn read_words(&self, addrs: &[u64], width: usize) -> io::Result<Vec<Option<u64>>> {
+        read_words(self.0, addrs, width)
+    }
+}
+
 /// Remote reads per system call (the kernel's IOV_MAX is 1024).
 const BATCH: usize = 512;
 

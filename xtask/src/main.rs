@@ -2,7 +2,9 @@
 //!
 //! `cargo xtask demo` builds gomemtrace and a bundled Go workload, traces it, and prints
 //! the report. `cargo xtask test` runs formatting and lint checks and every test (the
-//! end-to-end ones need root and BPF, which CI has; the NUMA one boots `cargo xtask vm`).
+//! end-to-end ones need root and BPF, which CI has; the NUMA one boots `cargo xtask vm`),
+//! then every fuzz target for a few seconds. `cargo xtask fuzz` runs the fuzz targets
+//! (`fuzz/`) for as long as asked.
 //! `cargo xtask vm run` boots a two-node QEMU guest that runs `gomemtrace numa`.
 
 use std::{
@@ -16,6 +18,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_agent;
 mod deploy;
+mod fuzz;
 mod static_build;
 mod vm;
 
@@ -74,6 +77,22 @@ enum Task {
     DeployCheck,
     /// A two-node NUMA guest (QEMU) that runs `gomemtrace numa` on a fixture.
     Vm(vm::VmArgs),
+    /// Build the libFuzzer targets of fuzz/ and run each for a bounded time on its seeds
+    /// and kept corpus; fails on a crash.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        #[arg(long, value_delimiter = ',')]
+        target: Vec<String>,
+        /// Regenerate the seeds first (else they are made once).
+        #[arg(long)]
+        new_seeds: bool,
+    },
+    /// Write the fuzz targets' seeds: parts of builds of fuzz/seedprog by every installed
+    /// Go release (normal, stripped, stripped PIE) and synthetic runtime images.
+    FuzzSeeds,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +133,22 @@ fn main() -> anyhow::Result<()> {
         ),
         Task::DeployCheck => deploy::deploy_check(),
         Task::Vm(args) => vm::main(args),
+        Task::Fuzz {
+            seconds,
+            target,
+            new_seeds,
+        } => {
+            if new_seeds {
+                fuzz::seeds()?;
+            }
+            let targets = if target.is_empty() {
+                fuzz::TARGETS.map(String::from).to_vec()
+            } else {
+                target
+            };
+            fuzz::fuzz(&targets, seconds)
+        }
+        Task::FuzzSeeds => fuzz::seeds().map(|_| ()),
     }
 }
 
@@ -270,5 +305,13 @@ fn test() -> anyhow::Result<()> {
     deploy::deploy_check()?;
     // The end-to-end tests run gomemtrace as a separate program: build it first.
     run(cargo().args(["build", "-p", "gomemtrace"]))?;
-    run(cargo().args(["test", "--workspace", "--no-fail-fast"]))
+    let tests = run(cargo().args(["test", "--workspace", "--no-fail-fast"]));
+    // Every fuzz target, briefly: a parser change that panics on its seeds' neighbours
+    // fails here. Seeds are remade each time, after the tests warmed the Go build cache.
+    fuzz::seeds()?;
+    fuzz::fuzz(&fuzz::TARGETS.map(String::from), FUZZ_SECONDS_IN_TEST)?;
+    tests
 }
+
+/// How long `cargo xtask test` runs each fuzz target.
+const FUZZ_SECONDS_IN_TEST: u64 = 20;

@@ -26,8 +26,11 @@ pub(crate) fn parse(
     if blob.get(..14)? != MAGIC {
         return None;
     }
-    let ptr_size = usize::from(blob[14]);
-    let flags = blob[15];
+    // The magic may end the blob (a 14-byte section, or the magic at the end of a file).
+    let &[ptr_size, flags] = blob.get(14..16)? else {
+        return None;
+    };
+    let ptr_size = usize::from(ptr_size);
     let (version, modinfo) = if flags & FLAG_INLINE_STRINGS != 0 {
         let rest = blob.get(32..)?;
         let (version, rest) = read_length_prefixed(rest)?;
@@ -64,8 +67,8 @@ pub(crate) fn parse(
 fn read_length_prefixed(data: &[u8]) -> Option<(Vec<u8>, &[u8])> {
     let (len, n) = read_uvarint(data)?;
     let len = usize::try_from(len).ok()?;
-    let bytes = data.get(n..n + len)?;
-    Some((bytes.to_vec(), &data[n + len..]))
+    let end = n.checked_add(len)?;
+    Some((data.get(n..end)?.to_vec(), &data[end..]))
 }
 
 /// The linker wraps modinfo in two 16-byte binary sentinels; the last one follows a newline.
@@ -160,6 +163,22 @@ mod tests {
             split_setting(r#"-gcflags="a\"b""#),
             Some(("-gcflags".into(), "a\"b".into()))
         );
+    }
+
+    #[test]
+    fn the_magic_alone_is_no_buildinfo() {
+        // Fuzz crash (buildinfo): a blob of the 14 magic bytes alone was indexed past its end.
+        assert!(parse(MAGIC, |_, _| None).is_none());
+        assert!(parse(&[MAGIC.as_slice(), &[8]].concat(), |_, _| None).is_none());
+    }
+
+    #[test]
+    fn a_length_past_the_address_space_is_refused() {
+        // A uvarint length of 2^64 - 1 overflowed the end of the string.
+        let mut data = vec![0xff; 9];
+        data.push(0x01);
+        data.extend_from_slice(b"go1.22");
+        assert!(read_length_prefixed(&data).is_none());
     }
 
     #[test]

@@ -205,7 +205,8 @@ pub fn ret_offsets(code: &[u8], entry: u64) -> Vec<u64> {
             decoder
                 .set_position(next)
                 .expect("position is inside the code");
-            decoder.set_ip(entry + next as u64);
+            // Addresses wrap as the decoder's own do: `entry` is read from the file.
+            decoder.set_ip(entry.wrapping_add(next as u64));
             continue;
         }
         if is_near_ret(&insn) {
@@ -287,6 +288,14 @@ mod tests {
         assert_eq!(ret_offsets(&code, ENTRY), vec![ENTRY + 2, ENTRY + 3]);
         assert!(ret_offsets(&[], ENTRY).is_empty());
         assert_eq!(attach_offset(&[], ENTRY), ENTRY);
+    }
+
+    #[test]
+    fn resynchronising_at_the_top_of_the_address_space_wraps() {
+        // Fuzz crash (disasm): an undecodable byte at entry u64::MAX - 1 overflowed the
+        // next instruction's address.
+        assert!(ret_offsets(&[0x09, 0x80, 0x91], u64::MAX - 1).is_empty());
+        assert_eq!(ret_offsets(&[0x06, 0xc3], u64::MAX), vec![0]);
     }
 }
 

@@ -154,7 +154,8 @@ impl ElfImage {
         self.segments
             .iter()
             .find(|seg| vaddr >= seg.vaddr && vaddr - seg.vaddr < seg.file_size)
-            .map(|seg| vaddr - seg.vaddr + seg.offset)
+            // p_offset is the file's word: an offset past 2^64 is no offset.
+            .and_then(|seg| (vaddr - seg.vaddr).checked_add(seg.offset))
     }
 
     /// How many file-backed bytes follow `vaddr` in its segment.
@@ -249,6 +250,38 @@ fn check_headers(head: &[u8], size: u64, object: String) -> Result<(), Error> {
 #[cfg(test)]
 mod complete_tests {
     use super::*;
+
+    /// An ELF64 header and one `PT_LOAD` program header: `vaddr`, `offset`, `file_size`.
+    fn one_segment(vaddr: u64, offset: u64, file_size: u64) -> Vec<u8> {
+        let mut elf = vec![0u8; 64 + 56];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2; // ELFCLASS64
+        elf[5] = 1; // little endian
+        elf[6] = 1; // EV_CURRENT
+        elf[16] = 2; // ET_EXEC
+        elf[18] = 0x3e; // EM_X86_64
+        elf[20] = 1; // e_version
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        elf[52] = 64; // e_ehsize
+        elf[54] = 56; // e_phentsize
+        elf[56] = 1; // e_phnum
+        let ph = &mut elf[64..];
+        ph[0] = 1; // PT_LOAD
+        ph[8..16].copy_from_slice(&offset.to_le_bytes());
+        ph[16..24].copy_from_slice(&vaddr.to_le_bytes());
+        ph[32..40].copy_from_slice(&file_size.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn a_segment_offset_past_2_to_the_64_maps_nothing() {
+        // Fuzz crash (elf): p_offset near u64::MAX overflowed the file offset of a vaddr.
+        let elf = one_segment(0x40_0000, u64::MAX - 8, 0x1000);
+        let image = ElfImage::parse(&elf, "test").unwrap();
+        assert_eq!(image.vaddr_to_file_offset(0x40_0000 + 0x10), None);
+        let sane = ElfImage::parse(&one_segment(0x40_0000, 0, 0x1000), "test").unwrap();
+        assert_eq!(sane.vaddr_to_file_offset(0x40_0010), Some(0x10));
+    }
 
     #[test]
     fn a_truncated_executable_is_named_as_such() {

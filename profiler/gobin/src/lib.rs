@@ -12,6 +12,10 @@ pub mod disasm;
 mod elf;
 mod error;
 mod file_bytes;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod goroutines;
+pub mod memory;
 mod moduledata;
 pub mod offsets;
 mod pclntab;

@@ -49,7 +49,7 @@ pub(crate) fn find_by_pc_header(
     read_word: impl Fn(u64) -> Option<u64>,
 ) -> Option<u64> {
     candidates.filter(|slot| slot % 8 == 0).find(|&slot| {
-        read_word(slot) == Some(pc_header) && read_word(slot + 8) == Some(funcnametab)
+        read_word(slot) == Some(pc_header) && read_word(slot.wrapping_add(8)) == Some(funcnametab)
     })
 }
 

@@ -62,6 +62,39 @@ pub enum OffsetsError {
     },
     #[error("offset of {0} does not fit in 32 bits")]
     TooLarge(&'static str),
+    #[error("DWARF offsets of {0} are inconsistent (overflow, or members out of order)")]
+    Inconsistent(&'static str),
+    #[error(
+        "compressed section {section} claims {claimed} bytes, more than {MAX_COMPRESSION_RATIO} times its {compressed} compressed bytes"
+    )]
+    ImplausibleSize {
+        section: String,
+        claimed: u64,
+        compressed: u64,
+    },
+}
+
+/// zlib's largest compression ratio is 1032:1. A compressed section that claims more is
+/// corrupt, and its claim must not become an allocation (object allocates it up front).
+const MAX_COMPRESSION_RATIO: u64 = 1032;
+
+/// A section's bytes, decompressed (`SHF_COMPRESSED` or `.zdebug_*`) when its claimed size
+/// is one its compressed bytes can hold.
+fn section_data<'data>(
+    section: &object::Section<'data, '_>,
+) -> Result<Cow<'data, [u8]>, OffsetsError> {
+    let compressed = section.compressed_data()?;
+    if compressed.format != object::CompressionFormat::None {
+        let limit = (compressed.data.len() as u64).saturating_mul(MAX_COMPRESSION_RATIO);
+        if compressed.uncompressed_size > limit {
+            return Err(OffsetsError::ImplausibleSize {
+                section: section.name().unwrap_or("?").to_string(),
+                claimed: compressed.uncompressed_size,
+                compressed: compressed.data.len() as u64,
+            });
+        }
+    }
+    Ok(compressed.decompress()?)
 }
 
 /// The structs whose members we need. `runtime.stack` gives `lo`/`hi` inside `g.stack`.
@@ -84,7 +117,7 @@ pub fn from_dwarf(elf_bytes: &[u8]) -> Result<Option<RuntimeOffsets>, OffsetsErr
     }
     let sections = gimli::DwarfSections::load(|id| -> Result<Cow<'_, [u8]>, OffsetsError> {
         match file.section_by_name(id.name()) {
-            Some(section) => Ok(section.uncompressed_data()?),
+            Some(section) => section_data(&section),
             None => Ok(Cow::Borrowed(&[])),
         }
     })?;
@@ -109,8 +142,14 @@ pub fn from_dwarf(elf_bytes: &[u8]) -> Result<Option<RuntimeOffsets>, OffsetsErr
         m_curg: narrow("m.curg", field("runtime.m", "curg")?)?,
         g_startpc: narrow("g.startpc", field("runtime.g", "startpc")?)?,
         g_gopc: narrow("g.gopc", field("runtime.g", "gopc")?)?,
-        g_stack_lo: narrow("g.stack.lo", g_stack + field("runtime.stack", "lo")?)?,
-        g_stack_hi: narrow("g.stack.hi", g_stack + field("runtime.stack", "hi")?)?,
+        g_stack_lo: narrow(
+            "g.stack.lo",
+            g_stack.saturating_add(field("runtime.stack", "lo")?),
+        )?,
+        g_stack_hi: narrow(
+            "g.stack.hi",
+            g_stack.saturating_add(field("runtime.stack", "hi")?),
+        )?,
     }))
 }
 
@@ -209,7 +248,7 @@ pub fn struct_offsets_from_dwarf(
     }
     let sections = gimli::DwarfSections::load(|id| -> Result<Cow<'_, [u8]>, OffsetsError> {
         match file.section_by_name(id.name()) {
-            Some(section) => Ok(section.uncompressed_data()?),
+            Some(section) => section_data(&section),
             None => Ok(Cow::Borrowed(&[])),
         }
     })?;
@@ -353,7 +392,7 @@ pub fn gobuf_from_dwarf(elf_bytes: &[u8]) -> Option<GobufOffsets> {
     let structs = struct_offsets_from_dwarf(elf_bytes, &["runtime.g", "runtime.gobuf"]).ok()??;
     let sched = *structs.get("runtime.g")?.get("sched")?;
     let gobuf = structs.get("runtime.gobuf")?;
-    let field = |name: &str| u32::try_from(sched + *gobuf.get(name)?).ok();
+    let field = |name: &str| u32::try_from(sched.checked_add(*gobuf.get(name)?)?).ok();
     Some(GobufOffsets {
         sp: field("sp")?,
         pc: field("pc")?,
@@ -391,6 +430,16 @@ mod tests {
         assert_eq!(goid(22), Some(0x98));
         assert_eq!(goid(23), Some(0xa0));
         assert_eq!(goid(25), Some(0x98));
+    }
+
+    #[test]
+    fn a_compressed_section_claiming_gigabytes_is_refused_before_any_allocation() {
+        // Fuzz OOM (dwarf_offsets): 2.7 KB whose .debug_info header claims 4.3 GB.
+        let elf = include_bytes!(
+            "../tests/fuzz-regressions/dwarf_offsets/oom-6621efa0a369a6abd31ae4266a29e9fe93a39fa2"
+        );
+        let err = from_dwarf(elf).unwrap_err();
+        assert!(matches!(err, OffsetsError::ImplausibleSize { .. }), "{err}");
     }
 
     #[test]

@@ -212,7 +212,8 @@ impl Pclntab {
             } as i32;
             let (pcdelta, n) = read_uvarint(p)?;
             p = p.get(n..)?;
-            pc += pcdelta * u64::from(self.min_lc);
+            // The deltas are the file's: a PC past 2^64 ends the table (no function is there).
+            pc = pc.checked_add(pcdelta.checked_mul(u64::from(self.min_lc))?)?;
             value = value.wrapping_add(vdelta);
             if pc_off < pc {
                 return Some(value);
@@ -275,5 +276,38 @@ impl InlinedCall {
                 parent_pc: i32_le(record, 8)?,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(min_lc: u8) -> Pclntab {
+        Pclntab {
+            addr: 0,
+            file_offset: 0,
+            len: 0,
+            magic: MAGIC_GO120,
+            min_lc,
+            nfunc: 0,
+            text_start_raw: 0,
+            text_start_slot: 0,
+            funcname_offset: 0,
+            cu_offset: 0,
+            filetab_offset: 0,
+            pctab_offset: 0,
+            pcln_offset: 0,
+        }
+    }
+
+    #[test]
+    fn pc_deltas_past_2_to_the_64_end_the_table() {
+        // value +1 over 2^63 PCs: times the quantum 4, past 2^64.
+        let mut pctab = vec![0x02];
+        pctab.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]);
+        assert_eq!(table(4).pcvalue(&pctab, 0, u64::MAX), None);
+        // The same over 16 PCs: value 0 below PC 64.
+        assert_eq!(table(4).pcvalue(&[0x02, 0x10], 0, 63), Some(0));
     }
 }

@@ -23,7 +23,7 @@ impl GoBinary {
         let physical_name = tab.func_name(pcln, entry)?;
         let inline_tree = tab
             .funcdata_offset(pcln, entry, FUNCDATA_INL_TREE)
-            .and_then(|off| Some(self.gofunc()? + u64::from(off)));
+            .and_then(|off| Some(self.gofunc()?.wrapping_add(u64::from(off))));
 
         let mut frames = Vec::new();
         let mut offset_in_func = pc_off - u64::from(entry.entry_off);
@@ -56,7 +56,7 @@ impl GoBinary {
 
     fn inlined_call(&self, tree: u64, index: u32) -> Option<InlinedCall> {
         let size = InlinedCall::size(self.pclntab.magic);
-        let record = self.read_vaddr(tree + u64::from(index) * size as u64, size)?;
+        let record = self.read_vaddr(tree.wrapping_add(u64::from(index) * size as u64), size)?;
         InlinedCall::parse(record, self.pclntab.magic)
     }
 }
