@@ -5,7 +5,9 @@
 //! execs into the churn binary of another Go release. Every 10 s the agent's resident
 //! memory, descriptors, threads, uprobe links, per-process BPF map entries and metric
 //! series are read. Oracles: after the churn, with only the 20 long-lived processes left,
-//! every one of those is back at its value before the churn; the agent's resident memory
+//! every one of those is back at its value before the churn (the links at their level
+//! without a duty window open) and no series of a short-lived executable is left (the
+//! short-lived processes run executables of their own); the agent's resident memory
 //! never goes above its budget; the agent saw every short-lived process (its exec count);
 //! and every process, short or long, did its own work (`done N` with N > 0 where it ran).
 //! Needs root.
@@ -47,8 +49,8 @@ struct Holdings {
     /// Not compared for equality: duty windows of the long-lived processes come and go.
     links: f64,
     per_process_entries: f64,
-    /// Series labelled with a traced executable.
-    process_series: usize,
+    /// Series labelled with a short-lived process's executable (none without one alive).
+    short_series: usize,
 }
 
 impl Holdings {
@@ -58,12 +60,12 @@ impl Holdings {
             self.fds,
             self.threads,
             self.per_process_entries,
-            self.process_series,
+            self.short_series,
         ) == (
             other.fds,
             other.threads,
             other.per_process_entries,
-            other.process_series,
+            other.short_series,
         )
     }
 }
@@ -90,9 +92,9 @@ fn holdings(agent: &Agent) -> Result<Holdings> {
         threads: status_field(pid, "Threads:")?,
         links: *links.first().context("no link gauge")?,
         per_process_entries,
-        process_series: text
+        short_series: text
             .lines()
-            .filter(|l| !l.starts_with('#') && l.contains("exe=\""))
+            .filter(|l| !l.starts_with('#') && l.contains("/churn-short-"))
             .count(),
     })
 }
@@ -104,8 +106,11 @@ fn processes(agent: &Agent) -> Result<usize> {
     Ok(*attached.first().context("no attached-processes gauge")? as usize)
 }
 
-/// The churn binary of each release, copied where the agent's filter matches it.
-fn binaries(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The churn binary of each release, copied where the agent's filter matches it, under a
+/// name of its role: the long-lived and the short-lived processes run executables of their
+/// own, so that the short-lived ones' series can be seen to go (a label set's series live
+/// as long as a process of it does, and appear lazily: a first stack growth).
+fn binaries(dir: &Path, role: &str) -> Result<Vec<PathBuf>> {
     let mut versions = vec![latest_go()];
     let all = go_versions();
     for v in [all.first(), all.get(all.len() / 2)].into_iter().flatten() {
@@ -116,7 +121,7 @@ fn binaries(dir: &Path) -> Result<Vec<PathBuf>> {
     versions
         .iter()
         .map(|v| {
-            let copy = dir.join(format!("churn-go{v}"));
+            let copy = dir.join(format!("churn-{role}-go{v}"));
             copy_executable(&fixture("churn", v, Variant::Normal)?, &copy)?;
             Ok(copy)
         })
@@ -141,13 +146,14 @@ fn the_agent_through_sustained_churn_keeps_nothing_and_stays_small() -> Result<(
         return Ok(());
     }
     let tmp = TempDir::new("soak")?;
-    let exes = binaries(tmp.path())?;
+    let long_exes = binaries(tmp.path(), "long")?;
+    let exes = binaries(tmp.path(), "short")?;
     let agent = Agent::start(&format!("{}/churn-*", tmp.path().display()))?;
     let rss = |agent: &Agent| status_field(agent.proc.pid(), "VmRSS:").map(|kib| kib << 10);
 
     let mut long_lived = Vec::new();
     for i in 0..LONG_LIVED {
-        let mut cmd = Command::new(&exes[i % exes.len()]);
+        let mut cmd = Command::new(&long_exes[i % long_exes.len()]);
         cmd.arg("-live");
         long_lived.push(Proc::spawn(cmd)?);
     }
@@ -171,6 +177,10 @@ fn the_agent_through_sustained_churn_keeps_nothing_and_stays_small() -> Result<(
         },
     )?;
     let baseline_series = process_series(&agent)?;
+    ensure!(
+        baseline.short_series == 0,
+        "short-lived series before any ran: {baseline:?}"
+    );
     // The links without a duty window open: the fewest of a few readings (each window is
     // open tens of ms every few seconds).
     let mut baseline_links = baseline.links;
