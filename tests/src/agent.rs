@@ -42,13 +42,7 @@ impl Agent {
     /// Runs `cmd` (an agent's command line) and waits until it is ready.
     pub fn spawn(cmd: Command) -> Result<Agent> {
         let proc = Proc::spawn(cmd)?;
-        let line = proc.wait_stderr("listening on", Duration::from_secs(20))?;
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .context("listen address")?
-            .to_string();
+        let addr = listen_address(&proc)?;
         let agent = Agent { proc, addr };
         poll("/readyz", Duration::from_secs(20), || {
             Ok((http_get(&agent.addr, "/readyz", Duration::from_secs(5))?.0 == 200).then_some(()))
@@ -89,4 +83,15 @@ impl Agent {
         ensure!(links.len() == 1, "no uprobe link gauge in\n{text}");
         Ok((links[0], entries))
     }
+}
+
+/// The address an agent (`proc`) says it listens on, once it says so.
+pub fn listen_address(proc: &Proc) -> Result<String> {
+    let line = proc.wait_stderr("listening on", Duration::from_secs(20))?;
+    Ok(line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .context("listen address")?
+        .to_string())
 }

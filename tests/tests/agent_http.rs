@@ -15,8 +15,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use base64::Engine as _;
 use gomemtrace_tests::{
-    Proc, TempDir, Variant, assert_one_error_line, copy_executable, fixture, get_text,
-    gomemtrace_command, http_get, latest_go, poll, require_root, run, samples,
+    Proc, TempDir, Variant, agent::listen_address, assert_one_error_line, copy_executable, fixture,
+    get_text, gomemtrace_command, http_get, latest_go, poll, require_root, run, samples,
 };
 
 /// The agent's default `--max-profile-requests`.
@@ -44,13 +44,7 @@ impl Agent {
         ]);
         cmd.args(extra);
         let proc = Proc::spawn(cmd)?;
-        let line = proc.wait_stderr("listening on", Duration::from_secs(20))?;
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .context("listen address")?
-            .to_string();
+        let addr = listen_address(&proc)?;
         Ok(Agent { proc, addr })
     }
 

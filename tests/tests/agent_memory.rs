@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use gomemtrace_tests::{Proc, TempDir, gomemtrace_command, require_root};
+use gomemtrace_tests::{Proc, TempDir, agent::listen_address, gomemtrace_command, require_root};
 
 /// What the two programs may add to the agent's anonymous memory: their analyses (function
 /// tables, plans), not their bytes.
@@ -73,13 +73,7 @@ fn large_executables_are_mapped_not_read_into_the_agent() -> Result<()> {
         .args(["--include-exe", "/usr/bin/prometheus"])
         .args(["--include-exe", "/usr/bin/hugo"]);
     let agent = Proc::spawn(cmd)?;
-    let line = agent.wait_stderr("listening on", Duration::from_secs(20))?;
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .context("listen address")?
-        .to_string();
+    let addr = listen_address(&agent)?;
     // Ready (probes loaded, first /proc scan done) and settled before the programs start.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !get(&addr, "/readyz")?.starts_with("HTTP/1.1 200")

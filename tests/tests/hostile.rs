@@ -25,8 +25,9 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use gomemtrace_tests::{
-    Finished, Proc, Report, Sample, TempDir, Variant, copy_executable, fixture, get_text,
-    gomemtrace_command, http_get, is_runtime, latest_go, poll, require_root, samples,
+    Finished, Proc, Report, Sample, TempDir, Variant, agent::listen_address, copy_executable,
+    fixture, get_text, gomemtrace_command, http_get, is_runtime, latest_go, poll, require_root,
+    samples,
 };
 
 /// Objects per allocation site (the fixture's `-n`).
@@ -301,13 +302,7 @@ impl Agent {
         cmd.args(["agent", "--listen", "127.0.0.1:0", "--include-exe"])
             .arg(include_exe);
         let proc = Proc::spawn(cmd)?;
-        let line = proc.wait_stderr("listening on", Duration::from_secs(20))?;
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .context("listen address")?
-            .to_string();
+        let addr = listen_address(&proc)?;
         Ok(Agent { proc, addr })
     }
 
