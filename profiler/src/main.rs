@@ -20,6 +20,14 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // Every trace catches Ctrl-C before it attaches or writes anything (the agent and
+    // inspect handle their own ends).
+    if !matches!(
+        cli.view,
+        Some(cli::View::Agent(_)) | Some(cli::View::Inspect(_))
+    ) {
+        engine::interrupt::install();
+    }
     // The command line becomes each view's typed settings here: no clap type below.
     let result = match &cli.view {
         Some(cli::View::Gctrace(args)) => gc::run(&args.config()),

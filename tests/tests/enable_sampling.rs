@@ -335,3 +335,52 @@ fn a_rate_left_by_a_killed_run_is_reported_and_restored_to_zero() -> Result<()> 
     ensure!(rate == 0, "rate {rate} after the run with the flag, not 0");
     Ok(())
 }
+
+/// Ctrl-C the moment the rate is written — before the probes are attached and the poll
+/// loop listens (CI under load once caught that gap: gomemtrace died of the SIGINT with no
+/// report, and the written rate stayed in the target). Five times, since the gap is timing:
+/// each run must exit 0, write its report, and leave the rate at 0.
+#[test]
+fn ctrl_c_right_after_the_write_restores_the_rate_and_writes_the_report() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let version = latest_go();
+    let bin = fixture("nopprof", &version, Variant::Normal)?;
+    let addr = rate_address(&version, &bin)?;
+    let mut cmd = Command::new(&bin);
+    cmd.args(["-wait", "-hold"]);
+    let target = Proc::spawn(cmd)?;
+    target.wait_stdout("ready", Duration::from_secs(30))?;
+    let tmp = TempDir::new("enable-ctrl-c")?;
+    for attempt in 0..5 {
+        let report = tmp.join(&format!("r{attempt}.json"));
+        let mut cmd = gomemtrace_command()?;
+        cmd.args(["-p", &target.pid().to_string(), "--format", "json", "-o"])
+            .arg(&report)
+            .arg("--enable-runtime-sampling");
+        let mut tracer = Proc::spawn(cmd)?;
+        tracer.wait_stderr("wrote runtime.MemProfileRate", Duration::from_secs(60))?;
+        tracer.signal(libc::SIGINT)?;
+        let out = tracer.wait(Duration::from_secs(60))?;
+        ensure!(
+            out.code() == 0,
+            "attempt {attempt}: exit {} after Ctrl-C:\n{}",
+            out.code(),
+            out.stderr
+        );
+        let rate = read_rate(target.pid(), addr)?;
+        ensure!(
+            rate == 0,
+            "attempt {attempt}: rate {rate} left in the target"
+        );
+        let report = Report::read(&report)
+            .with_context(|| format!("attempt {attempt}: no report:\n{}", out.stderr))?;
+        ensure!(
+            report.mode == "runtime",
+            "attempt {attempt}: mode {}",
+            report.mode
+        );
+    }
+    Ok(())
+}

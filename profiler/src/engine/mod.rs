@@ -4,6 +4,7 @@
 //! the status line, the report's destination and the probes' clock.
 
 pub mod cpu_clock;
+pub mod interrupt;
 mod mappings;
 pub mod preflight;
 pub mod procmaps;

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Target, status_line};
+use super::{Target, interrupt, status_line};
 
 /// Why collection stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,7 +17,7 @@ pub enum End {
 }
 
 /// Calls `tick` about every `every` until `duration` (counted from `started`) ends,
-/// Ctrl-C, or the target exits. `tick` may ask to be called sooner by returning the
+/// Ctrl-C (also one that came before the loop: [`interrupt`]), or the target exits. `tick` may ask to be called sooner by returning the
 /// instant it wants the next call at (a duty cycle's window end). The last `tick` runs
 /// before the end is seen, so what it drains is not lost.
 pub fn run_until_end(
@@ -35,6 +35,9 @@ pub fn run_until_end(
         tokio::pin!(ctrl_c);
         loop {
             let wanted = tick(target)?;
+            if interrupt::requested() {
+                return Ok(End::Interrupted);
+            }
             if duration.is_some_and(|d| started.elapsed() >= d) {
                 return Ok(End::Duration);
             }
