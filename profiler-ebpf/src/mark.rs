@@ -11,8 +11,14 @@
 //!   (`gcController.assistTime`, gctrace's `b`).
 //!   Keyed by g0: a system-stack call neither parks nor changes M.
 //! - `gcDrainN` RETs (g0): RAX = the scan work an assist did.
-//! - `gcDrain(gcw, flags)` entry (g0; RBX = flags) and RETs: a background mark worker's
-//!   run, whose mode the flags give (idle 4, fractional 8, else dedicated).
+//! - `gcBgMarkWorker`, on the worker's goroutine (R14), just after its two calls of the
+//!   assembly `nanotime1` (`startTime` … `now`): the interval the runtime itself counts as
+//!   the worker's time (gctrace's `c` and `d`), its own two readings. Keyed by the worker's
+//!   `g`: it may be preempted and resume on another M between them.
+//! - `gcDrain(gcw, flags)` entry (g0; RBX = flags): the worker run's mode (idle 4,
+//!   fractional 8, else dedicated), set on the span of `g0.m.curg`, the worker. Where
+//!   `gcBgMarkWorker`'s clock calls are not found, the run is timed from this entry to
+//!   `gcDrain`'s RETs on our clock instead.
 //! - `gcMarkTermination` entry: the world is stopped and every worker and assist of the
 //!   cycle has finished: the per-process totals go to userspace, which takes differences.
 
@@ -348,8 +354,8 @@ pub fn mark_drain_entry(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn try_mark_drain_entry(ctx: &ProbeContext) -> Result<(), MarkCounter> {
     let tgid = tgid();
-    mark_config(tgid)?;
-    let (flags, r14) = (reg!(ctx, rbx), reg!(ctx, r14));
+    let cfg = mark_config(tgid)?;
+    let (flags, g0) = (reg!(ctx, rbx), reg!(ctx, r14));
     let kind = if flags & GC_DRAIN_IDLE != 0 {
         MARK_SPAN_IDLE
     } else if flags & GC_DRAIN_FRACTIONAL != 0 {
@@ -359,7 +365,53 @@ fn try_mark_drain_entry(ctx: &ProbeContext) -> Result<(), MarkCounter> {
     } else {
         MARK_SPAN_OTHER
     };
-    begin_span(tgid, r14, kind, 0, ktime())
+    if cfg.worker_clock == 0 {
+        return begin_span(tgid, g0, kind, 0, ktime());
+    }
+    // The worker's span, opened at its `startTime` reading: name its mode. None when the
+    // reading came before the attach; the end then counts it as a RET without an entry.
+    let worker = read_u64(g0 + cfg.g_m as u64)
+        .and_then(|m| read_u64(m + cfg.m_curg as u64))
+        .ok_or(MarkCounter::CurgUnreadable)?;
+    let key = MarkGKey {
+        tgid,
+        _pad: 0,
+        g: worker,
+    };
+    if let Some(span) = MARK_SPANS.get_ptr_mut(&key) {
+        // SAFETY: a live map value of this worker, which is running this call.
+        unsafe { (*span).kind = kind };
+    }
+    Ok(())
+}
+
+/// `gcBgMarkWorker` just after its `startTime := nanotime()` call returned (ABI0: the
+/// reading at RSP), on the worker's goroutine: a run starts; its mode comes at `gcDrain`.
+#[uprobe]
+pub fn mark_worker_clock_start(ctx: ProbeContext) -> u32 {
+    finish(try_mark_worker_clock_start(&ctx))
+}
+
+#[inline(always)]
+fn try_mark_worker_clock_start(ctx: &ProbeContext) -> Result<(), MarkCounter> {
+    let tgid = tgid();
+    mark_config(tgid)?;
+    begin_span(tgid, reg!(ctx, r14), MARK_SPAN_OTHER, 0, runtime_clock(ctx))
+}
+
+/// `gcBgMarkWorker` just after its `now := nanotime()` call returned: the run ends at the
+/// runtime's own reading.
+#[uprobe]
+pub fn mark_worker_clock_end(ctx: ProbeContext) -> u32 {
+    finish(try_mark_worker_clock_end(&ctx))
+}
+
+#[inline(always)]
+fn try_mark_worker_clock_end(ctx: &ProbeContext) -> Result<(), MarkCounter> {
+    let tgid = tgid();
+    mark_config(tgid)?;
+    let (span, ns) = end_span(tgid, reg!(ctx, r14), runtime_clock(ctx))?;
+    add_worker_run(tgid, span.kind, ns)
 }
 
 /// A RET of `gcDrain`, on g0.
@@ -373,7 +425,13 @@ fn try_mark_drain_ret(ctx: &ProbeContext) -> Result<(), MarkCounter> {
     let tgid = tgid();
     mark_config(tgid)?;
     let (span, ns) = end_span(tgid, reg!(ctx, r14), ktime())?;
-    let index = match span.kind {
+    add_worker_run(tgid, span.kind, ns)
+}
+
+/// Adds a background worker's run of `ns` to its mode's totals.
+#[inline(always)]
+fn add_worker_run(tgid: u32, kind: u32, ns: u64) -> Result<(), MarkCounter> {
+    let index = match kind {
         MARK_SPAN_DEDICATED => 0,
         MARK_SPAN_FRACTIONAL => 1,
         MARK_SPAN_IDLE => 2,

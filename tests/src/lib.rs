@@ -27,7 +27,9 @@ pub mod agent;
 pub mod exact_report;
 pub mod hugo;
 pub mod probe_points;
+pub mod proc_status;
 pub mod seccomp;
+pub mod steady;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use gomemtrace_tests::{
     Proc, Variant, fixture, gomemtrace_command, latest_go,
     probe_points::{all_probe_points, code_bytes},
@@ -127,24 +127,8 @@ fn sigkill_at_any_moment_leaves_the_target_running_and_unmodified() -> Result<()
         done.code(),
         done.stderr
     );
-    // Its own accounting still adds up: a buffer every 4th iteration.
-    let json: serde_json::Value = serde_json::from_str(
-        done.stdout
-            .lines()
-            .last()
-            .context("the target printed nothing")?,
-    )?;
-    let small = json["sites"]["main.allocSmall"]["objects"]
-        .as_i64()
-        .context("small")?;
-    let buffers = json["sites"]["main.allocBuffers"]["objects"]
-        .as_i64()
-        .context("buffers")?;
-    ensure!(
-        small > 0 && buffers == (small + 3) / 4,
-        "the target's counts do not add up: {small} small, {buffers} buffers"
-    );
-    Ok(())
+    // Its own accounting still adds up.
+    gomemtrace_tests::steady::check_own_counts(&done)
 }
 
 /// Pids of the gomemtrace processes alive now (a tracer still holding probes?).

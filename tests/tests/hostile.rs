@@ -26,8 +26,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use gomemtrace_tests::{
     Finished, Proc, Report, Sample, TempDir, Variant, agent::listen_address, copy_executable,
-    fixture, get_text, gomemtrace_command, http_get, is_runtime, latest_go, poll, require_root,
-    samples,
+    fixture, get_text, gomemtrace_command, http_get, is_runtime, latest_go, poll,
+    proc_status::status_field, require_root, samples,
 };
 
 /// Objects per allocation site (the fixture's `-n`).
@@ -71,15 +71,7 @@ fn fixture_ok(stdout: &str) -> Result<()> {
 
 /// `VmHWM` (peak resident set, KiB) of a live process.
 fn peak_rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+    status_field(pid, "VmHWM:").ok()
 }
 
 /// Runs gomemtrace to completion; its exit, wall time and peak RSS (read while it runs).

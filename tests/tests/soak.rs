@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use gomemtrace_tests::{
     Proc, TempDir, Variant, agent::Agent, copy_executable, fixture, go_versions, latest_go, poll,
-    process_alive, require_root, samples,
+    proc_status::status_field, process_alive, require_root, samples,
 };
 
 const LONG_LIVED: usize = 20;
@@ -68,15 +68,6 @@ impl Holdings {
             other.short_series,
         )
     }
-}
-
-fn status_field(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 fn holdings(agent: &Agent) -> Result<Holdings> {

@@ -13,6 +13,11 @@ pub struct MarkConfig {
     pub g_m: u32,
     /// Offset of `m.curg`.
     pub m_curg: u32,
+    /// Nonzero where the background workers are timed at `gcBgMarkWorker`'s own clock
+    /// readings ([`MARK_WORKER_CLOCK_START_PROGRAM`] and [`MARK_WORKER_CLOCK_END_PROGRAM`],
+    /// `gcDrain`'s entry only naming the mode); zero: at `gcDrain`'s entry and RETs.
+    pub worker_clock: u32,
+    pub _pad: u32,
 }
 
 /// A goroutine (`g` pointer, or `g0` for work on an M's system stack) of a process: the
@@ -226,8 +231,10 @@ pub const MARK_ASSIST_CLOCK_END_PROGRAM: &str = "mark_assist_clock_end";
 pub const MARK_DRAIN_N_RET_PROGRAM: &str = "mark_drain_n_ret";
 pub const MARK_DRAIN_ENTRY_PROGRAM: &str = "mark_drain_entry";
 pub const MARK_DRAIN_RET_PROGRAM: &str = "mark_drain_ret";
+pub const MARK_WORKER_CLOCK_START_PROGRAM: &str = "mark_worker_clock_start";
+pub const MARK_WORKER_CLOCK_END_PROGRAM: &str = "mark_worker_clock_end";
 pub const MARK_CYCLE_END_PROGRAM: &str = "mark_cycle_end";
-pub const MARK_PROGRAMS: [&str; 10] = [
+pub const MARK_PROGRAMS: [&str; 12] = [
     MARK_ASSIST_ENTRY_PROGRAM,
     MARK_ASSIST_RET_PROGRAM,
     MARK_ASSIST_WORK_ENTRY_PROGRAM,
@@ -237,6 +244,8 @@ pub const MARK_PROGRAMS: [&str; 10] = [
     MARK_DRAIN_N_RET_PROGRAM,
     MARK_DRAIN_ENTRY_PROGRAM,
     MARK_DRAIN_RET_PROGRAM,
+    MARK_WORKER_CLOCK_START_PROGRAM,
+    MARK_WORKER_CLOCK_END_PROGRAM,
     MARK_CYCLE_END_PROGRAM,
 ];
 

@@ -129,11 +129,7 @@ async fn require_auth(State(guard): State<Guard>, request: Request, next: Next) 
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let text = shared
-        .metrics
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .render();
+    let text = super::metrics::render(&shared.registry);
     (
         [(
             header::CONTENT_TYPE,

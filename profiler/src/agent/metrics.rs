@@ -465,12 +465,20 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        // Encoding into memory fails only on an invalid metric, which register() refused.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+    /// The registry, shared (a clone is a handle on the same metrics): /metrics renders
+    /// from it without taking the lock around [`Metrics`], which the tracer holds while it
+    /// harvests.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
     }
+}
+
+/// The Prometheus text of every metric in `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    // Encoding into memory fails only on an invalid metric, which register() refused.
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A label set's values and one more label's value.
@@ -513,13 +521,17 @@ mod tests {
             .with_label_values(&with(&a.values(), "runtime"))
             .inc_by(10.0);
         m.remove_process(&a, "runtime", "probes");
-        let text = m.render();
+        let text = render(&m.registry);
         assert!(text.contains("exe=\"/srv/a\""), "{text}");
         // The process counted by the probes took its source's series with it.
         assert!(!text.contains("source=\"probes\""), "{text}");
         assert!(text.contains("source=\"runtime\""), "{text}");
         m.remove_process(&a, "runtime", "runtime");
-        assert!(!m.render().contains("exe=\"/srv/a\""), "{}", m.render());
+        assert!(
+            !render(&m.registry).contains("exe=\"/srv/a\""),
+            "{}",
+            render(&m.registry)
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `gomemtrace gctrace --assists`: mark assists (who pays the GC tax — per goroutine and
 //! per stack where it was drafted) and background mark workers (dedicated, fractional and
 //! idle mark time per cycle), from the probes in profiler-ebpf/src/mark.rs: entries plus
-//! uprobes at every RET of `gcAssistAlloc`, `gcAssistAlloc1`, `gcDrainN` and `gcDrain`.
+//! uprobes at every RET of `gcAssistAlloc`, `gcDrainN` and `gcDrain`, and just after the
+//! clock reads of `gcAssistAlloc1` and `gcBgMarkWorker`.
 //!
 //! Per cycle, the totals sent at `gcMarkTermination` entry are differenced and added to the
 //! cycle's json (`"mark"`) or printed as an indented line under its text line. At the end, a
@@ -17,8 +18,8 @@ use gomemtrace_common::{
     GcEvent, MARK_ASSIST_CLOCK_END_PROGRAM, MARK_ASSIST_CLOCK_START_PROGRAM,
     MARK_ASSIST_ENTRY_PROGRAM, MARK_ASSIST_RET_PROGRAM, MARK_ASSIST_WORK_ENTRY_PROGRAM,
     MARK_ASSIST_WORK_RET_PROGRAM, MARK_CYCLE_END_PROGRAM, MARK_DRAIN_ENTRY_PROGRAM,
-    MARK_DRAIN_N_RET_PROGRAM, MARK_DRAIN_RET_PROGRAM, MarkConfig, MarkCounter, MarkCycleEvent,
-    MarkTotals, NO_STACK,
+    MARK_DRAIN_N_RET_PROGRAM, MARK_DRAIN_RET_PROGRAM, MARK_WORKER_CLOCK_END_PROGRAM,
+    MARK_WORKER_CLOCK_START_PROGRAM, MarkConfig, MarkCounter, MarkCycleEvent, MarkTotals, NO_STACK,
 };
 use gomemtrace_gobin::GoBinary;
 use gomemtrace_report::{WeightedProfile, WeightedSample, model::Location, to_weighted_pprof};
@@ -41,6 +42,13 @@ pub struct Plan {
 /// Where the runtime times an assist's work (gctrace's `b`).
 const ASSIST_WORK_FUNCTION: &str = "runtime.gcAssistAlloc1";
 
+/// Where the runtime times a background worker's run (gctrace's `c` and `d`):
+/// `startTime := nanotime()` … `now := nanotime()` around the `gcDrain` call.
+const WORKER_FUNCTION: &str = "runtime.gcBgMarkWorker";
+
+/// A worker's mark work; its entry names the run's mode.
+const DRAIN_FUNCTION: &str = "runtime.gcDrain";
+
 /// The probed functions: (name, entry program, RET program).
 const FUNCTIONS: [(&str, Option<&str>, Option<&str>); 5] = [
     (
@@ -55,7 +63,7 @@ const FUNCTIONS: [(&str, Option<&str>, Option<&str>); 5] = [
     ),
     ("runtime.gcDrainN", None, Some(MARK_DRAIN_N_RET_PROGRAM)),
     (
-        "runtime.gcDrain",
+        DRAIN_FUNCTION,
         Some(MARK_DRAIN_ENTRY_PROGRAM),
         Some(MARK_DRAIN_RET_PROGRAM),
     ),
@@ -66,15 +74,16 @@ const FUNCTIONS: [(&str, Option<&str>, Option<&str>); 5] = [
     ),
 ];
 
-/// The runtime's clock read, as `gcAssistAlloc1` calls it (`nanotime` inlines to a call of
+/// The runtime's clock read, as `gcAssistAlloc1` and `gcBgMarkWorker` call it (`nanotime` inlines to a call of
 /// the assembly `nanotime1`; a build with inlining off calls `nanotime`).
 const CLOCK_FUNCTIONS: [&str; 2] = ["runtime.nanotime1", "runtime.nanotime"];
 
-/// Where the probes bracket the interval `gcAssistAlloc1` times itself
+/// Where the probes bracket the interval a function times itself
 /// (`startTime := nanotime()` … `now := nanotime()`, whose difference the runtime adds to
-/// its assist time, gctrace's `b`).
+/// its assist time, gctrace's `b`, in `gcAssistAlloc1`, and to its worker time, `c` and
+/// `d`, in `gcBgMarkWorker`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AssistClock {
+enum ClockReads {
     /// Just after each call returned from the assembly `nanotime1` (ABI0, its result the
     /// word at RSP): the probes take the runtime's own two readings, so the interval is
     /// the runtime's, whatever the scheduler does between a probe and a clock read.
@@ -84,8 +93,8 @@ enum AssistClock {
     OnCalls { start: u64, end: u64 },
 }
 
-/// The two clock reads of `gcAssistAlloc1`; None unless the function calls the clock
-/// exactly twice.
+/// The two clock reads of `gcAssistAlloc1` or `gcBgMarkWorker`; None unless the function
+/// calls the clock exactly twice.
 ///
 /// Why there rather than at the entry and the RETs: the interval between the entry and
 /// a RET also holds the early return when the GC has just finished, the CPU-limiter
@@ -98,8 +107,10 @@ enum AssistClock {
 /// pending preemption happens) put a time slice on one side only: CI once read ours 6.6%
 /// below the runtime's over a run at a load average of 10. After the calls the probes read
 /// the runtime's own readings; the instruction there is single-stepped (~2 of those per
-/// assist, each assist being tens of µs of marking).
-fn assist_clock(go: &GoTarget, code: &[u8], entry: u64) -> Option<AssistClock> {
+/// assist, each assist being tens of µs of marking). The same holds for the workers timed
+/// from `gcDrain`'s entry to its RETs on our clock: idle time read 4.9% below the
+/// runtime's over a run under load.
+fn clock_reads(go: &GoTarget, code: &[u8], entry: u64) -> Option<ClockReads> {
     // Go code calls the assembly `nanotime1` directly with its own ABI0 (the result on the
     // stack; pclntab names it without the `.abi0` the symbol table adds); `nanotime`, a Go
     // function, returns in RAX.
@@ -121,12 +132,12 @@ fn assist_clock(go: &GoTarget, code: &[u8], entry: u64) -> Option<AssistClock> {
                 .iter()
                 .all(|&at| code.get((at - entry) as usize) == Some(&0xe8)) =>
         {
-            Some(AssistClock::AfterCalls {
+            Some(ClockReads::AfterCalls {
                 start: start + 5,
                 end: end + 5,
             })
         }
-        [(start, _), (end, _)] => Some(AssistClock::OnCalls { start, end }),
+        [(start, _), (end, _)] => Some(ClockReads::OnCalls { start, end }),
         _ => None,
     }
 }
@@ -146,7 +157,7 @@ pub fn plan(go: &GoTarget) -> anyhow::Result<Plan> {
             function: name.to_string(),
         })
     };
-    for (name, entry, ret) in FUNCTIONS {
+    let code_of = |name: &str| {
         let f = go
             .binary
             .function(name)
@@ -155,17 +166,32 @@ pub fn plan(go: &GoTarget) -> anyhow::Result<Plan> {
             .binary
             .function_code(f)
             .ok_or_else(|| go.refuse(format!("no code for {name}")))?;
+        Ok::<_, crate::error::UserError>((f, code))
+    };
+    // The workers' runs at the runtime's own two readings where both are found (every
+    // release 1.19–1.27 calls the assembly clock twice there); else gcDrain entry to RETs.
+    let (worker, worker_code) = code_of(WORKER_FUNCTION)?;
+    let worker_clock = match clock_reads(go, worker_code, worker.entry) {
+        Some(ClockReads::AfterCalls { start, end }) => {
+            attach.push(at(MARK_WORKER_CLOCK_START_PROGRAM, start, WORKER_FUNCTION)?);
+            attach.push(at(MARK_WORKER_CLOCK_END_PROGRAM, end, WORKER_FUNCTION)?);
+            true
+        }
+        _ => false,
+    };
+    for (name, entry, ret) in FUNCTIONS {
+        let (f, code) = code_of(name)?;
         if name == ASSIST_WORK_FUNCTION
-            && let Some(clock) = assist_clock(go, code, f.entry)
+            && let Some(clock) = clock_reads(go, code, f.entry)
         {
             let (start_program, end_program, start, end) = match clock {
-                AssistClock::AfterCalls { start, end } => (
+                ClockReads::AfterCalls { start, end } => (
                     MARK_ASSIST_CLOCK_START_PROGRAM,
                     MARK_ASSIST_CLOCK_END_PROGRAM,
                     start,
                     end,
                 ),
-                AssistClock::OnCalls { start, end } => (
+                ClockReads::OnCalls { start, end } => (
                     MARK_ASSIST_WORK_ENTRY_PROGRAM,
                     MARK_ASSIST_WORK_RET_PROGRAM,
                     start,
@@ -179,7 +205,9 @@ pub fn plan(go: &GoTarget) -> anyhow::Result<Plan> {
         if let Some(program) = entry {
             attach.push(go.entry_point(program, f)?);
         }
-        if let Some(program) = ret {
+        if let Some(program) = ret
+            && !(worker_clock && name == DRAIN_FUNCTION)
+        {
             let rets = gomemtrace_gobin::disasm::ret_offsets(code, f.entry);
             anyhow::ensure!(!rets.is_empty(), "no RET instruction found in {name}");
             for vaddr in rets {
@@ -193,6 +221,8 @@ pub fn plan(go: &GoTarget) -> anyhow::Result<Plan> {
             g_startpc: go.offsets.g_startpc,
             g_m: go.offsets.g_m,
             m_curg: go.offsets.m_curg,
+            worker_clock: worker_clock.into(),
+            _pad: 0,
         },
         attach,
     })
