@@ -24,6 +24,11 @@ HELM_VERSION=v4.1.4
 HELM_SHA256=210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
 HELM_BIN="$CACHE/helm/$HELM_VERSION/helm"
 MUSL_TARGET=x86_64-unknown-linux-musl
+# A third-party program built by a current Go release, from a registry: esbuild ships its Go
+# executable (Go 1.26, stripped, no buildinfo) as the npm package @esbuild/linux-x64.
+ESBUILD_VERSION=0.28.2
+ESBUILD_SHA256=e1698a3d5c6c0798fee4fd3b5cc816651f460c63d390a7a26ea4beb0b1884100
+ESBUILD_BIN="$CACHE/esbuild/$ESBUILD_VERSION/esbuild"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -122,10 +127,32 @@ install_helm() {
     rm -rf "$work"
 }
 
+install_esbuild() {
+    if [ -x "$ESBUILD_BIN" ] && echo "$ESBUILD_SHA256  $ESBUILD_BIN" | sha256sum -c --status; then
+        return
+    fi
+    if ! command -v npm >/dev/null; then
+        log "apt-get install npm"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm >/dev/null
+    fi
+    log "installing esbuild $ESBUILD_VERSION (npm @esbuild/linux-x64)"
+    local work
+    work=$(mktemp -d)
+    # npm pack checks the tarball against the registry's integrity hash.
+    (cd "$work" && npm pack --silent "@esbuild/linux-x64@$ESBUILD_VERSION" >/dev/null)
+    tar -xzf "$work"/*.tgz -C "$work" package/bin/esbuild
+    echo "$ESBUILD_SHA256  $work/package/bin/esbuild" | sha256sum -c --status \
+        || { log "esbuild from npm does not match the pinned sha256"; exit 1; }
+    mkdir -p "$(dirname "$ESBUILD_BIN")"
+    install -m 0755 "$work/package/bin/esbuild" "$ESBUILD_BIN"
+    rm -rf "$work"
+}
+
 install_apt
 install_rust
 install_cargo_fuzz
 install_go
 install_deploy_tools
 install_helm
-log "ready: Rust $RUST_TOOLCHAIN, bpf-linker $BPF_LINKER_VERSION, cargo-fuzz $CARGO_FUZZ_VERSION, Go toolchains in $GO_ROOTS, helm $HELM_VERSION"
+install_esbuild
+log "ready: Rust $RUST_TOOLCHAIN, bpf-linker $BPF_LINKER_VERSION, cargo-fuzz $CARGO_FUZZ_VERSION, Go toolchains in $GO_ROOTS, helm $HELM_VERSION, esbuild $ESBUILD_VERSION"

@@ -293,7 +293,7 @@ mod mark_tests {
 
     #[test]
     fn mark_layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<MarkConfig>(), 16);
+        assert_eq!(core::mem::size_of::<MarkConfig>(), 24);
         assert_eq!(core::mem::size_of::<MarkGKey>(), 16);
         assert_eq!(core::mem::size_of::<AssistInflight>(), 56);
         assert_eq!(core::mem::size_of::<G0Span>(), 32);

@@ -361,8 +361,11 @@ pub fn run(
         if let Some(w) = watch.as_deref_mut() {
             w.tick(cycle.probes.counters()?.get(Counter::Events));
         }
-        cycle.probes.drain_if_due()?;
-        cycle.tick(target)
+        let next_drain = cycle.probes.drain_if_due()?;
+        Ok(match cycle.tick(target)? {
+            Some(wanted) => Some(wanted.min(next_drain)),
+            None => Some(next_drain),
+        })
     })?;
     match cycle.gap {
         None => cycle.close_window()?,

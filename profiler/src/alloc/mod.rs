@@ -285,7 +285,7 @@ fn wait_for_end(
             if let Some(w) = watch.as_deref_mut() {
                 w.tick(probes.counters()?.get(Counter::Events));
             }
-            probes.drain_if_due()?;
+            let next_drain = probes.drain_if_due()?;
             if last_status.elapsed() >= status_every {
                 last_status = Instant::now();
                 // Libraries may be loaded late (cgo, plugins): keep the map fresh.
@@ -294,7 +294,7 @@ fn wait_for_end(
                     live_status(&probes.counters()?, interactive);
                 }
             }
-            Ok(None)
+            Ok(Some(next_drain))
         },
     )
 }

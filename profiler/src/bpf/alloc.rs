@@ -283,8 +283,9 @@ impl AllocProbes {
     }
 
     /// Moves the kernel's allocation keys, stacks and goroutines into user space when
-    /// it is time (see `alloc_drain`): call it at every tick of a trace.
-    pub fn drain_if_due(&mut self) -> anyhow::Result<()> {
+    /// it is time (see `alloc_drain`): call it at every tick of a trace, and the next tick
+    /// no later than the instant returned (sooner the faster events arrive).
+    pub fn drain_if_due(&mut self) -> anyhow::Result<std::time::Instant> {
         let events = self.counters()?.get(Counter::Events);
         self.drained.drain_if_due(&self.bpf, events)
     }

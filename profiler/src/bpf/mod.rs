@@ -6,6 +6,7 @@
 
 mod alloc;
 mod alloc_drain;
+mod batch;
 mod gc;
 mod numa;
 mod procevents;
@@ -218,6 +219,27 @@ impl Bpf {
             let map: BpfHashMap<&MapData, K, V> = BpfHashMap::try_from(ebpf.map(name)?).ok()?;
             map.get(key, 0).ok()
         })
+    }
+
+    /// Moves every entry of hash map `name` out of the kernel: in batches where the kernel
+    /// has them ([`batch::take_all`]), the rest (an older kernel, an error midway) key by
+    /// key. Entries the programs add meanwhile may stay for the next take.
+    fn take_all<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> anyhow::Result<Vec<(K, V)>> {
+        let taken = self.with(|ebpf| {
+            let map = ebpf.map(name).with_context(|| format!("{name} map"))?;
+            let (aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data)) = map else {
+                anyhow::bail!("{name} is not a hash map");
+            };
+            let fd = data.info()?.fd()?;
+            Ok(batch::take_all::<K, V>(std::os::fd::AsFd::as_fd(&fd)))
+        })?;
+        let mut entries = taken.entries;
+        if taken.stopped.is_some() {
+            let rest: Vec<(K, V)> = self.entries(name)?;
+            self.remove_these::<K, V>(name, rest.iter().map(|(k, _)| k))?;
+            entries.extend(rest);
+        }
+        Ok(entries)
     }
 
     /// Every entry of hash map `name` (entries that vanish during the walk are skipped).
