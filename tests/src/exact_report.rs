@@ -19,6 +19,8 @@ pub struct ExactFigures {
     pub counted_objects: u64,
     /// The counters were read at the end (else at the last read before the target exited).
     pub counted_at_end: bool,
+    /// Events the probes saw after the reading used (the target exited first).
+    pub events_after_reading: u64,
 }
 
 #[derive(Deserialize)]
@@ -31,6 +33,8 @@ struct Counted {
 struct RuntimeCounters {
     allocated_objects: u64,
     read_at_end: bool,
+    #[serde(default)]
+    events_after_reading: u64,
 }
 
 /// Checks `json` (an exact-mode report) and returns its figures; `own_prefix` names the
@@ -76,6 +80,7 @@ pub fn check_exact_report(json: &str, own_prefix: &str) -> Result<ExactFigures> 
         own_share: own as f64 / total.max(1) as f64,
         counted_objects: c.allocated_objects,
         counted_at_end: c.read_at_end,
+        events_after_reading: c.events_after_reading,
     })
 }
 

@@ -811,9 +811,35 @@ pub fn samples(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
 }
 
 // ---------------------------------------------------------------------------------------
-// gomemtrace's json report (schema gomemtrace.alloc/v1)
+// gomemtrace's json report (schema gomemtrace.alloc/v2)
 
+/// A json report with each sample's stack written out (the locations its indexes name),
+/// for tests that read a report's fields with their own structs.
+pub fn read_report_inline(path: &Path) -> Result<serde_json::Value> {
+    let json = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut v: serde_json::Value = serde_json::from_str(&json)?;
+    let locations = v["locations"].take();
+    let locations = locations.as_array().context("no location table")?;
+    for sample in v["samples"].as_array_mut().context("no samples")? {
+        let stack = sample["stack"]
+            .as_array()
+            .context("a sample without its stack")?
+            .iter()
+            .map(|i| {
+                i.as_u64()
+                    .and_then(|i| locations.get(i as usize))
+                    .cloned()
+                    .with_context(|| format!("location {i} of {}", locations.len()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sample["stack"] = serde_json::Value::Array(stack);
+    }
+    Ok(v)
+}
+
+/// Samples' stacks resolved from the report's location table.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawReport")]
 pub struct Report {
     pub schema: String,
     pub target: Target,
@@ -823,6 +849,69 @@ pub struct Report {
     pub samples: Vec<Sample>,
     pub goroutines: Vec<Goroutine>,
     pub drops: Drops,
+}
+
+/// The json as written: stacks are indexes into `locations`.
+#[derive(Deserialize)]
+struct RawReport {
+    schema: String,
+    target: Target,
+    mode: String,
+    events: u64,
+    event_bytes: u64,
+    #[serde(default)]
+    locations: Vec<Location>,
+    samples: Vec<RawSample>,
+    goroutines: Vec<Goroutine>,
+    drops: Drops,
+}
+
+#[derive(Deserialize)]
+struct RawSample {
+    stack: Vec<usize>,
+    goid: u64,
+    type_name: Option<String>,
+    bytes: u64,
+    objects: u64,
+}
+
+impl TryFrom<RawReport> for Report {
+    type Error = String;
+
+    fn try_from(raw: RawReport) -> Result<Self, String> {
+        let samples = raw
+            .samples
+            .into_iter()
+            .map(|s| {
+                let stack = s
+                    .stack
+                    .iter()
+                    .map(|&i| {
+                        raw.locations.get(i).cloned().ok_or_else(|| {
+                            format!("location {i} of {} in a stack", raw.locations.len())
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Sample {
+                    stack,
+                    goid: s.goid,
+                    type_name: s.type_name,
+                    bytes: s.bytes,
+                    objects: s.objects,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Report {
+            schema: raw.schema,
+            target: raw.target,
+            mode: raw.mode,
+            events: raw.events,
+            event_bytes: raw.event_bytes,
+            samples,
+            goroutines: raw.goroutines,
+            drops: raw.drops,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -944,7 +1033,7 @@ impl Report {
     pub fn parse(json: &str) -> Result<Report> {
         let report: Report = serde_json::from_str(json).context("parse gomemtrace json report")?;
         ensure!(
-            report.schema == "gomemtrace.alloc/v1",
+            report.schema == "gomemtrace.alloc/v2",
             "unexpected schema {:?}",
             report.schema
         );

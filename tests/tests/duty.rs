@@ -179,7 +179,7 @@ fn check(version: &str, duration: &str) -> Result<Option<String>> {
         .arg(&oracle);
     let out = run(cmd, Duration::from_secs(60))?;
     ensure!(out.code() == 0, "gomemtrace failed: {}", out.stderr);
-    let r: JsonReport = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+    let r: JsonReport = serde_json::from_value(gomemtrace_tests::read_report_inline(&report)?)?;
     let o: Oracle = serde_json::from_str(&std::fs::read_to_string(&oracle)?)?;
     ensure!(r.mode == "duty", "mode {}", r.mode);
     ensure!(r.drops.values().all(|&n| n == 0), "drops {:?}", r.drops);
@@ -354,7 +354,7 @@ fn check_totals(version: &str, variant: Variant) -> Result<String> {
             .map_err(Into::into)
     };
     let (total_alloc, mallocs) = (field("total_alloc")?, field("mallocs")?);
-    let r: JsonReport = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+    let r: JsonReport = serde_json::from_value(gomemtrace_tests::read_report_inline(&report)?)?;
     ensure!(r.mode == "duty", "mode {}", r.mode);
     let c = r.counted()?;
     ensure!(

@@ -129,7 +129,7 @@ fn check(version: &str, variant: Variant) -> Result<()> {
         .args(["-linger", "400ms"]);
     let out = run(cmd, Duration::from_secs(120))?;
     ensure!(out.code() == 0, "gomemtrace failed: {}", out.stderr);
-    let r: JsonReport = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+    let r: JsonReport = serde_json::from_value(gomemtrace_tests::read_report_inline(&report)?)?;
     let o: SampledOracle = serde_json::from_str(&std::fs::read_to_string(&oracle)?)?;
     ensure!(r.mode == "runtime", "mode {}", r.mode);
     ensure!(
@@ -257,6 +257,7 @@ fn auto_mode_says_why_it_picks_duty() {
         "{}",
         out.stderr
     );
-    let r: JsonReport = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r: JsonReport =
+        serde_json::from_value(gomemtrace_tests::read_report_inline(&report).unwrap()).unwrap();
     assert_eq!(r.mode, "duty");
 }

@@ -3,8 +3,9 @@
 //! installs it) bundling a generated project of `MODULES` JavaScript modules.
 //!
 //! - Exact mode, launched: no event lost or kept without its stack, no top allocation site
-//!   in the runtime, most bytes under esbuild's own frames, and the count bounded by what
-//!   esbuild's runtime itself counted (its allocation counters, read from the process).
+//!   in the runtime, most bytes under esbuild's own frames, and the count up to the
+//!   runtime's last reading equal to what esbuild's runtime itself counted then (its
+//!   allocation counters, read from the process) within 0.5%.
 //! - The default mode (`auto`: the binary links the heap sampler, so runtime-sampled):
 //!   esbuild's sites on top, its runtime counters located through the code (stripped, no
 //!   buildinfo), and the totals scaled to them only where a reading covers every event.
@@ -159,16 +160,21 @@ fn esbuild_exact_keeps_every_event_with_its_stack() -> Result<()> {
         "only {:.1}% of the bytes under a frame of esbuild's packages",
         100.0 * figures.own_share
     );
-    // A launched target that exits is read last at the poll before its exit: the runtime's
-    // count is below ours by what esbuild allocated since (hugo: 0.1–1.1%).
+    // A launched target that exits is read last at the poll before its exit; the report
+    // counts the events seen after that reading, so the events up to it are the runtime's
+    // count of the same allocations (measured: within 0.07%, 700–9,700 events after the
+    // reading).
     let (events, counted) = (report.events, figures.counted_objects);
+    let until_reading = events - figures.events_after_reading;
     println!(
-        "runtime counters: {counted} objects (read at the end: {})",
+        "runtime counters: {counted} objects (read at the end: {}); events up to that reading: \
+         {until_reading} of {events}",
         figures.counted_at_end
     );
     ensure!(
-        counted <= events && events as f64 <= 1.03 * counted as f64,
-        "{events} events, the runtime counted {counted} objects"
+        (until_reading as f64 - counted as f64).abs() <= 0.005 * counted as f64,
+        "{until_reading} events up to the runtime's last reading ({events} in all), the runtime \
+         counted {counted} objects"
     );
     Ok(())
 }

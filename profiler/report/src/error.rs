@@ -15,6 +15,9 @@ pub enum Error {
     /// The json is not a gomemtrace profile.
     #[error("invalid gomemtrace json profile")]
     Json(#[from] serde_json::Error),
+    /// A sample's stack names a location the table does not have.
+    #[error("a stack refers to location {index}, the table has {locations}")]
+    LocationIndex { index: u32, locations: usize },
     /// The json carries another schema than the one this version reads.
     #[error("unsupported json schema {found:?} (expected {expected:?})")]
     Schema {

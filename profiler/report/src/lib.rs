@@ -10,7 +10,7 @@
 //! - [`to_svg`]: a flame graph drawn with inferno.
 //! - [`Frames`]: which frames of a stack pprof, folded and svg show; by default those the Go
 //!   runtime's own heap profile shows.
-//! - [`to_json`]: the model's serde form, schema `gomemtrace.alloc/v1` (docs/JSON.md).
+//! - [`to_json`]: the model's serde form, schema `gomemtrace.alloc/v2` (docs/JSON.md).
 
 mod error;
 mod folded;

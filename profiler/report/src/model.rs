@@ -42,7 +42,9 @@ pub struct Mapping {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AllocSample {
     /// Leaf first: `stack[0]` is the allocator entry point (e.g. `runtime.mallocgc`), then
-    /// its callers. Empty when the stack could not be read (counted in drops).
+    /// its callers. Empty when the stack could not be read (counted in drops). The json
+    /// form writes indexes into a shared location table instead (crate::json).
+    #[serde(skip)]
     pub stack: Vec<Location>,
     /// Goroutine id (0: none could be read).
     pub goid: u64,
@@ -224,6 +226,8 @@ pub struct AllocProfile {
     pub events: u64,
     /// Bytes of all events seen.
     pub event_bytes: u64,
+    /// Written by crate::json after the location table its stacks index.
+    #[serde(skip)]
     pub samples: Vec<AllocSample>,
     /// By bytes, largest first.
     pub goroutines: Vec<GoroutineSummary>,

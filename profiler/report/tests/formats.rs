@@ -1001,28 +1001,41 @@ fn json_has_schema_and_round_trips() {
     let p = fixture();
     let json = to_json(&p);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["schema"], "gomemtrace.alloc/v1");
+    assert_eq!(v["schema"], "gomemtrace.alloc/v2");
     assert!(
-        json.starts_with("{\n  \"schema\": \"gomemtrace.alloc/v1\","),
+        json.starts_with("{\"schema\":\"gomemtrace.alloc/v2\","),
         "schema first"
     );
     assert_eq!(v["mode"], "exact");
     assert_eq!(v["samples"][1]["type_name"], serde_json::Value::Null);
-    assert_eq!(
-        v["samples"][0]["stack"][0]["frames"][0]["function"], "runtime.mallocgc",
-        "leaf first"
-    );
-    assert_eq!(
-        v["samples"][0]["stack"][2]["frames"][0]["function"], "main.newNode",
-        "innermost first"
-    );
+    // Stacks index the location table.
+    let function = |sample: usize, depth: usize| {
+        let i = v["samples"][sample]["stack"][depth].as_u64().unwrap() as usize;
+        v["locations"][i]["frames"][0]["function"].clone()
+    };
+    assert_eq!(function(0, 0), "runtime.mallocgc", "leaf first");
+    assert_eq!(function(0, 2), "main.newNode", "innermost first");
     assert_eq!(v["samples"][0]["bytes"], 4800);
+    // Each location once: as many as distinct (address, mapping) pairs.
+    let distinct: std::collections::HashSet<(u64, Option<usize>)> = p
+        .samples
+        .iter()
+        .flat_map(|s| &s.stack)
+        .map(|l| (l.address, l.mapping))
+        .collect();
+    assert_eq!(v["locations"].as_array().unwrap().len(), distinct.len());
+    assert!(distinct.len() < p.samples.iter().map(|s| s.stack.len()).sum::<usize>());
     assert_eq!(gomemtrace_report::from_json(&json).unwrap(), p);
 
-    let wrong = json.replace("gomemtrace.alloc/v1", "gomemtrace.alloc/v0");
+    let wrong = json.replace("gomemtrace.alloc/v2", "gomemtrace.alloc/v1");
     assert!(matches!(
         gomemtrace_report::from_json(&wrong),
         Err(gomemtrace_report::Error::Schema { .. })
+    ));
+    let dangling = json.replace("\"stack\":[0,", "\"stack\":[999,");
+    assert!(matches!(
+        gomemtrace_report::from_json(&dangling),
+        Err(gomemtrace_report::Error::LocationIndex { index: 999, .. })
     ));
 }
 
