@@ -43,8 +43,9 @@ install_apt() {
     # (tests/tests/agent.rs checks the eBPF object is loaded once); etcd-server (3.4.23,
     # Go 1.19): the third-party server of tests/tests/thirdparty_etcd.rs (not started as a
     # service: the test runs its own on loopback); g++: libfuzzer-sys compiles libFuzzer
-    # (cargo xtask fuzz).
-    for pkg in golang-1.19-go gcc g++ pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus qemu-system-x86 hugo bpftool etcd-server; do
+    # (cargo xtask fuzz); caddy (2.6.2, Go 1.19): the web server of
+    # tests/tests/thirdparty_caddy.rs (its own instance on loopback).
+    for pkg in golang-1.19-go gcc g++ pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus qemu-system-x86 hugo bpftool etcd-server caddy; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
