@@ -7,6 +7,11 @@ use std::process::ExitCode;
 pub enum UserError {
     #[error("no such process: {pid}")]
     NoSuchProcess { pid: u32 },
+    #[error(
+        "pid {pid} exited while gomemtrace was analysing it or attaching to it: nothing was \
+         traced ({error})"
+    )]
+    TargetVanished { pid: u32, error: String },
     #[error("{path}: {reason}")]
     NotSupported { path: String, reason: String },
     #[error("{what} needs root, or the capabilities CAP_BPF and CAP_PERFMON (run with sudo)")]
@@ -49,7 +54,7 @@ pub enum UserError {
 impl UserError {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
-            UserError::NoSuchProcess { .. } => 3,
+            UserError::NoSuchProcess { .. } | UserError::TargetVanished { .. } => 3,
             UserError::NotSupported { .. } => 4,
             UserError::NotPermitted { .. }
             | UserError::NoPtraceAccess { .. }

@@ -40,6 +40,17 @@ fn main() -> ExitCode {
         Some(cli::View::Inspect(args)) => inspect::run(&args.config()),
         None => alloc::run(&cli.config()),
     };
+    // A `-p` target that exits before the trace starts makes whatever step was running fail
+    // (reading /proc/PID/maps, perf_event_open, ...): say what happened instead.
+    let result = result.map_err(|err| match cli.traced_pid() {
+        Some(pid) if !engine::target::process_alive(pid) && !is_no_such_process(&err) => {
+            anyhow::Error::new(error::UserError::TargetVanished {
+                pid,
+                error: format!("{err:#}"),
+            })
+        }
+        _ => err,
+    });
     match result {
         Ok(code) => code,
         Err(err) => {
@@ -47,6 +58,14 @@ fn main() -> ExitCode {
             exit_code(&err)
         }
     }
+}
+
+/// Whether `err` already says the process is not there.
+fn is_no_such_process(err: &anyhow::Error) -> bool {
+    matches!(
+        err.downcast_ref::<error::UserError>(),
+        Some(error::UserError::NoSuchProcess { .. })
+    )
 }
 
 /// The exit code of an error that ends the program: a [`error::UserError`]'s own (a refused

@@ -144,3 +144,81 @@ fn gomemtrace_processes() -> Vec<u32> {
         })
         .collect()
 }
+
+/// The target killed (SIGKILL) at any moment of a `-p` trace's start: while gomemtrace
+/// reads its executable and maps, loads and attaches its probes, or once tracing. Each run
+/// ends either with exit 3 and a last line saying the process exited before the trace began,
+/// or with exit 0 and a report of what was collected (`target exited`); never another
+/// code, a raw system error, or a panic. Before, an exit in the middle of the start came
+/// out as "No such file or directory (os error 2)" or "perf_event_open failed: No such
+/// process", exit 1.
+#[test]
+fn the_target_killed_while_gomemtrace_attaches_gets_one_line() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let exe = fixture("steady", &latest_go(), Variant::Normal)?;
+    let mut delays = Delays(0x2545_f491_4f6c_dd1d);
+    let views: [&[&str]; 4] = [&["--mode", "exact"], &[], &["--mode", "duty"], &["gctrace"]];
+    let (mut before, mut after) = (0, 0);
+    for round in 0..12 {
+        let mut target_cmd = Command::new(&exe);
+        target_cmd.args(["-duration", "30s", "-spin", "20000"]);
+        let mut target = Proc::spawn(target_cmd)?;
+        let pid = target.pid();
+        let view = views[round % views.len()];
+        let mut cmd = gomemtrace_command()?;
+        // A subcommand first, then its options.
+        cmd.args(view.iter().filter(|a| **a == "gctrace"))
+            .args(["-p", &pid.to_string(), "-d", "20s"])
+            .args(view.iter().filter(|a| **a != "gctrace"))
+            .args(["-o", "/dev/null"]);
+        let mut tracer = Proc::spawn(cmd)?;
+        if round < 9 {
+            // From 0 (reading the executable) to 1.2 s (probes attached, tracing).
+            std::thread::sleep(Duration::from_millis(delays.next_ms(1200)));
+        } else {
+            // Surely after: once tracing.
+            let started = match view.contains(&"gctrace") {
+                true => "tracing GC of pid",
+                false => "attached",
+            };
+            tracer.wait_stderr(started, Duration::from_secs(60))?;
+        }
+        send_signal(pid, libc::SIGKILL)?;
+        let _ = target.wait(Duration::from_secs(10));
+        let out = tracer.wait(Duration::from_secs(60))?;
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        match out.code() {
+            3 => {
+                before += 1;
+                // The last line says it (a mode line may come before).
+                ensure!(
+                    lines.last().is_some_and(|l| l.contains(&format!(
+                        "pid {pid} exited while gomemtrace was analysing it or attaching"
+                    ))) && !out.stderr.contains("panic"),
+                    "round {round} {view:?}: exit 3 without the line:\n{}",
+                    out.stderr
+                );
+            }
+            0 => {
+                after += 1;
+                ensure!(
+                    !out.stderr.contains("panic"),
+                    "round {round} {view:?}: {}",
+                    out.stderr
+                );
+            }
+            code => anyhow::bail!(
+                "round {round} {view:?}: exit {code} after the target was killed:\n{}",
+                out.stderr
+            ),
+        }
+    }
+    println!("{before} runs ended before the trace began, {after} after");
+    ensure!(
+        before > 0 && after > 0,
+        "the kills did not fall on both sides of the attach: {before} before, {after} after"
+    );
+    Ok(())
+}

@@ -192,6 +192,21 @@ pub struct TargetArgs {
     pub command: Vec<String>,
 }
 
+impl Cli {
+    /// The running process a trace view was pointed at with `-p` (none for a launch, the
+    /// agent or inspect).
+    pub fn traced_pid(&self) -> Option<u32> {
+        match &self.view {
+            None => self.run.pid,
+            Some(View::Gctrace(args)) => args.run.pid,
+            Some(View::Stackgrowth(args)) => args.common.run.pid,
+            Some(View::Goroutines(args)) => args.common.run.pid,
+            Some(View::Numa(args)) => args.common.run.pid,
+            Some(View::Agent(_)) | Some(View::Inspect(_)) => None,
+        }
+    }
+}
+
 impl TargetArgs {
     /// The typed configuration the engine runs on.
     pub fn config(&self) -> TargetConfig {

@@ -195,15 +195,7 @@ impl Target {
     pub fn is_alive(&mut self) -> bool {
         match &mut self.child {
             Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => {
-                // A zombie still has /proc/PID; its state letter says it is gone.
-                let stat =
-                    std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-                let state = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().next());
-                !matches!(state, None | Some("Z") | Some("X"))
-            }
+            None => process_alive(self.pid),
         }
     }
 }
@@ -218,6 +210,16 @@ impl Drop for Target {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether process `pid` exists and has not exited (a zombie still has /proc/PID; its
+/// state letter says it is gone).
+pub fn process_alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, None | Some("Z") | Some("X"))
 }
 
 /// The file `execvp` would run for `program`: a path as given, else the first executable
