@@ -26,10 +26,12 @@
 pub mod agent;
 pub mod exact_report;
 pub mod hugo;
+pub mod loopback;
 pub mod probe_points;
 pub mod proc_status;
 pub mod seccomp;
 pub mod steady;
+pub mod thirdparty;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};

@@ -6,22 +6,19 @@
 //!   Ctrl-C: no event lost or kept without its stack, most bytes under caddy's own frames,
 //!   and the count within 2% of what caddy's runtime itself counted over the trace (its
 //!   allocation counters, read from the process at attach and at the end);
-//! - the default mode for 3 s: what `auto` picks for this binary, no drop, and the sites
-//!   on top outside the runtime.
+//! - the default mode for 3 s: what `auto` picks for this binary, no drop, the sites on
+//!   top outside the runtime, and the samples scaled to the runtime's count.
 
-use std::{
-    process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Result, ensure};
 use gomemtrace_tests::{
-    Proc, Report, TempDir, exact_report::check_exact_report, find_on_path, gomemtrace_command,
-    http_get, poll, require_root,
+    Proc, TempDir,
+    exact_report::check_exact_report,
+    find_on_path, gomemtrace_command, http_get,
+    loopback::{Load, free_port, trace_until},
+    poll, require_root,
+    thirdparty::check_default_report,
 };
 
 const CLIENTS: usize = 4;
@@ -32,88 +29,50 @@ const TRACED_REQUESTS: u64 = 3000;
 const LONGEST_TRACE: Duration = Duration::from_secs(10);
 const OWN_PACKAGES: &str = "github.com/caddyserver/caddy/";
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// caddy serving `FILES` files of 1–8 KiB, and clients fetching them until dropped.
-struct Served {
-    server: Proc,
-    stop: Arc<AtomicBool>,
-    requests: Arc<AtomicU64>,
-    clients: Vec<std::thread::JoinHandle<Result<()>>>,
-}
-
-impl Served {
-    fn start(caddy: &std::path::Path, tmp: &TempDir) -> Result<Served> {
-        let root = tmp.join("site");
-        std::fs::create_dir_all(&root)?;
-        for i in 0..FILES {
-            let body: String = (0..(1 + i % 8) * 1024)
-                .map(|j| (b'a' + ((i + j) % 26) as u8) as char)
-                .collect();
-            std::fs::write(root.join(format!("f{i}.txt")), body)?;
-        }
-        let addr = format!("127.0.0.1:{}", free_port()?);
-        let mut cmd = Command::new(caddy);
-        cmd.args(["file-server", "--listen", &addr, "--root"])
-            .arg(&root)
-            // No admin endpoint of its own on the default port (another test may hold it).
-            .env("HOME", tmp.join("home"))
-            .env("XDG_DATA_HOME", tmp.join("data"))
-            .env("XDG_CONFIG_HOME", tmp.join("config"));
-        let server = Proc::spawn(cmd)?;
-        poll("caddy serving", Duration::from_secs(30), || {
-            Ok(http_get(&addr, "/f0.txt", Duration::from_secs(2))
-                .ok()
-                .filter(|(status, _)| *status == 200)
-                .map(|_| ()))
-        })?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let requests = Arc::new(AtomicU64::new(0));
-        let clients = (0..CLIENTS)
-            .map(|c| {
-                let (stop, requests, addr) = (stop.clone(), requests.clone(), addr.clone());
-                std::thread::spawn(move || -> Result<()> {
-                    let mut i = c;
-                    while !stop.load(Ordering::Relaxed) {
-                        let file = i % FILES;
-                        let (status, body) =
-                            http_get(&addr, &format!("/f{file}.txt"), Duration::from_secs(10))?;
-                        ensure!(status == 200, "GET /f{file}.txt: {status}");
-                        ensure!(
-                            body.len() == (1 + file % 8) * 1024,
-                            "GET /f{file}.txt: {} bytes",
-                            body.len()
-                        );
-                        requests.fetch_add(1, Ordering::Relaxed);
-                        i += CLIENTS;
-                    }
-                    Ok(())
-                })
-            })
+/// caddy serving `FILES` files of 1–8 KiB, and clients fetching them.
+fn serve(caddy: &Path, tmp: &TempDir) -> Result<(Proc, Load)> {
+    let root = tmp.join("site");
+    std::fs::create_dir_all(&root)?;
+    let size = |i: usize| (1 + i % 8) * 1024;
+    for i in 0..FILES {
+        let body: String = (0..size(i))
+            .map(|j| (b'a' + ((i + j) % 26) as u8) as char)
             .collect();
-        Ok(Served {
-            server,
-            stop,
-            requests,
-            clients,
-        })
+        std::fs::write(root.join(format!("f{i}.txt")), body)?;
     }
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let mut cmd = Command::new(caddy);
+    cmd.args(["file-server", "--listen", &addr, "--root"])
+        .arg(&root)
+        .env("HOME", tmp.join("home"))
+        .env("XDG_DATA_HOME", tmp.join("data"))
+        .env("XDG_CONFIG_HOME", tmp.join("config"));
+    let server = Proc::spawn(cmd)?;
+    poll("caddy serving", Duration::from_secs(30), || {
+        Ok(http_get(&addr, "/f0.txt", Duration::from_secs(2))
+            .ok()
+            .filter(|(status, _)| *status == 200)
+            .map(|_| ()))
+    })?;
+    let load = Load::start(CLIENTS, move |c, i| {
+        let file = (c + CLIENTS * i as usize) % FILES;
+        let (status, body) = http_get(&addr, &format!("/f{file}.txt"), Duration::from_secs(10))?;
+        ensure!(
+            status == 200 && body.len() == size(file),
+            "GET /f{file}.txt: {status}, {} bytes",
+            body.len()
+        );
+        Ok(())
+    });
+    Ok((server, load))
+}
 
-    /// Stops the clients (any failure of theirs is the result) and the server.
-    fn stop(mut self) -> Result<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        for c in self.clients.drain(..) {
-            c.join()
-                .map_err(|_| anyhow::anyhow!("a client panicked"))??;
-        }
-        let _ = self.server.signal(libc::SIGTERM);
-        let _ = self.server.wait(Duration::from_secs(20));
-        Ok(self.requests.load(Ordering::Relaxed))
+fn caddy() -> Option<std::path::PathBuf> {
+    let found = find_on_path("caddy");
+    if found.is_none() {
+        println!("SKIP: caddy is not installed (scripts/setup.sh installs Debian's caddy)");
     }
+    found
 }
 
 #[test]
@@ -121,38 +80,22 @@ fn caddy_serving_files_exact_by_pid_keeps_every_event() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let Some(caddy) = find_on_path("caddy") else {
-        println!("SKIP: caddy is not installed (scripts/setup.sh installs Debian's caddy)");
+    let Some(caddy) = caddy() else {
         return Ok(());
     };
     let tmp = TempDir::new("thirdparty-caddy-exact")?;
-    let served = Served::start(&caddy, &tmp)?;
+    let (mut server, load) = serve(&caddy, &tmp)?;
     std::thread::sleep(Duration::from_secs(1));
     let report_path = tmp.join("r.json");
     let mut cmd = gomemtrace_command()?;
     cmd.args(["--exact", "--totals", "probes", "--format", "json", "-o"])
         .arg(&report_path)
         .arg("-p")
-        .arg(served.server.pid().to_string());
-    let requests = served.requests.clone();
-    let traced = (|| -> Result<_> {
-        let mut tracer = Proc::spawn(cmd)?;
-        tracer.wait_stderr("attached", Duration::from_secs(30))?;
-        let (at_attach, attached) = (requests.load(Ordering::Relaxed), Instant::now());
-        while requests.load(Ordering::Relaxed) - at_attach < TRACED_REQUESTS
-            && attached.elapsed() < LONGEST_TRACE
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        println!(
-            "{} requests traced in {:?}",
-            requests.load(Ordering::Relaxed) - at_attach,
-            attached.elapsed()
-        );
-        tracer.signal(libc::SIGINT)?;
-        tracer.wait(Duration::from_secs(300))
-    })();
-    let done = served.stop()?;
+        .arg(server.pid().to_string());
+    let traced = trace_until(cmd, &load, TRACED_REQUESTS, LONGEST_TRACE);
+    let done = load.stop()?;
+    let _ = server.signal(libc::SIGTERM);
+    let _ = server.wait(Duration::from_secs(20));
     let out = traced?;
     ensure!(
         out.code() == 0,
@@ -191,20 +134,21 @@ fn caddy_serving_files_default_mode_by_pid() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let Some(caddy) = find_on_path("caddy") else {
-        println!("SKIP: caddy is not installed (scripts/setup.sh installs Debian's caddy)");
+    let Some(caddy) = caddy() else {
         return Ok(());
     };
     let tmp = TempDir::new("thirdparty-caddy-default")?;
-    let served = Served::start(&caddy, &tmp)?;
+    let (mut server, load) = serve(&caddy, &tmp)?;
     let report_path = tmp.join("r.json");
     let mut cmd = gomemtrace_command()?;
     cmd.args(["-d", "3s", "--format", "json", "-o"])
         .arg(&report_path)
         .arg("-p")
-        .arg(served.server.pid().to_string());
+        .arg(server.pid().to_string());
     let out = gomemtrace_tests::run(cmd, Duration::from_secs(120));
-    let done = served.stop()?;
+    let done = load.stop()?;
+    let _ = server.signal(libc::SIGTERM);
+    let _ = server.wait(Duration::from_secs(20));
     let out = out?;
     ensure!(
         out.code() == 0,
@@ -212,40 +156,6 @@ fn caddy_serving_files_default_mode_by_pid() -> Result<()> {
         out.code(),
         out.stderr
     );
-    let report = Report::read(&report_path)?;
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path)?)?;
-    ensure!(
-        report.drops.values().all(|&n| n == 0),
-        "drops: {:?}",
-        report.drops
-    );
-    let mut by_site = report
-        .by_site()
-        .into_iter()
-        .map(|(site, t)| (site, t.bytes))
-        .collect::<Vec<_>>();
-    by_site.sort_by_key(|(_, b)| std::cmp::Reverse(*b));
-    by_site.truncate(5);
-    println!(
-        "caddy default mode ({}), {done} requests: top sites {by_site:?}; runtime counters {}",
-        report.mode, v["runtime_counters"]
-    );
-    ensure!(!by_site.is_empty(), "no samples");
-    ensure!(
-        by_site.iter().all(|(site, _)| site != "?"),
-        "a top site is the runtime's own: {by_site:?}"
-    );
-    // Read at the end (caddy runs on): the samples were scaled to the runtime's count.
-    let counters = &v["runtime_counters"];
-    ensure!(
-        counters["read_at_end"] == true && !counters["scaled_from"].is_null(),
-        "the runtime's counters were not read at the end: {counters}"
-    );
-    let bytes: u64 = report.samples.iter().map(|s| s.bytes).sum();
-    ensure!(
-        Some(bytes) == counters["allocated_bytes"].as_u64(),
-        "samples add up to {bytes} B, the runtime counted {}",
-        counters["allocated_bytes"]
-    );
-    Ok(())
+    println!("caddy: {done} requests");
+    check_default_report(&report_path)
 }
