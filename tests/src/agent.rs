@@ -7,6 +7,11 @@ use anyhow::{Context as _, Result, ensure};
 
 use crate::{Proc, get_text, gomemtrace_command, http_get, poll, samples};
 
+/// How long a test waits for the agent to reach a state (ready, attached, let go): the
+/// conditions are polled, so this only bounds a failure. On a loaded 2-core machine
+/// (CI beside other work) the debug agent's round once took over 10 s.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
 /// `gomemtrace agent` running, listening on a free port of loopback.
 pub struct Agent {
     pub proc: Proc,
@@ -44,8 +49,12 @@ impl Agent {
         let proc = Proc::spawn(cmd)?;
         let addr = listen_address(&proc)?;
         let agent = Agent { proc, addr };
-        poll("/readyz", Duration::from_secs(20), || {
-            Ok((http_get(&agent.addr, "/readyz", Duration::from_secs(5))?.0 == 200).then_some(()))
+        // A request that times out is asked again: on a loaded 2-core machine the debug
+        // agent, loading its programs, once left /readyz unanswered for 5 s.
+        poll("/readyz", DEADLINE, || {
+            Ok(http_get(&agent.addr, "/readyz", Duration::from_secs(5))
+                .is_ok_and(|(status, _)| status == 200)
+                .then_some(()))
         })?;
         Ok(agent)
     }

@@ -22,7 +22,9 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
-/// Client threads, each calling `request(client, i)` for i = 0, 1, ... until stopped.
+/// Client threads, each calling `request(client, i)` for i = 0, 1, ... until stopped, all
+/// together at most `per_second` a second (a bounded load: unpaced clients on a 2-core
+/// machine starve everything else, the tracer and the other tests included).
 pub struct Load {
     stop: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
@@ -32,8 +34,10 @@ pub struct Load {
 impl Load {
     pub fn start(
         clients: usize,
+        per_second: u64,
         request: impl Fn(usize, u64) -> Result<()> + Send + Sync + 'static,
     ) -> Load {
+        let every = Duration::from_secs_f64(clients as f64 / per_second.max(1) as f64);
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicU64::new(0));
         let request = Arc::new(request);
@@ -41,8 +45,13 @@ impl Load {
             .map(|c| {
                 let (stop, requests, request) = (stop.clone(), requests.clone(), request.clone());
                 std::thread::spawn(move || -> Result<()> {
-                    let mut i = 0;
+                    let (mut i, start) = (0, Instant::now());
                     while !stop.load(Ordering::Relaxed) {
+                        if let Some(wait) =
+                            (start + every * i as u32).checked_duration_since(Instant::now())
+                        {
+                            std::thread::sleep(wait);
+                        }
                         request(c, i)?;
                         requests.fetch_add(1, Ordering::Relaxed);
                         i += 1;

@@ -17,8 +17,10 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use gomemtrace_tests::{
-    Proc, TempDir, Variant, agent::Agent, copy_executable, fixture, get_text, go_tool, go_versions,
-    gomemtrace_command, http_get, latest_go, poll, require_root, samples, write_executable,
+    Proc, TempDir, Variant,
+    agent::{Agent, DEADLINE},
+    copy_executable, fixture, get_text, go_tool, go_versions, gomemtrace_command, http_get,
+    latest_go, poll, require_root, samples, write_executable,
 };
 
 /// The fixture's allocation: COUNT buffers of SIZE bytes at one site.
@@ -117,24 +119,20 @@ fn spawn_fixture(exe: &Path, count: u64) -> Result<Proc> {
         // stack growths are predictable.
         .env("GODEBUG", "adaptivestackstart=0");
     let proc = Proc::spawn(cmd)?;
-    proc.wait_stdout("ready", Duration::from_secs(10))?;
+    proc.wait_stdout("ready", DEADLINE)?;
     Ok(proc)
 }
 
 /// Waits until the agent exposes series for `exe` (it attached).
 fn wait_attached(agent: &Agent, exe: &Path) -> Result<()> {
     let exe = exe.display().to_string();
-    poll(
-        &format!("the agent to attach to {exe}"),
-        Duration::from_secs(10),
-        || {
-            let text = agent.metrics()?;
-            Ok(
-                (!samples(&text, "gomemtrace_allocated_bytes_total", &[("exe", &exe)]).is_empty())
-                    .then_some(()),
-            )
-        },
-    )
+    poll(&format!("the agent to attach to {exe}"), DEADLINE, || {
+        let text = agent.metrics()?;
+        Ok(
+            (!samples(&text, "gomemtrace_allocated_bytes_total", &[("exe", &exe)]).is_empty())
+                .then_some(()),
+        )
+    })
 }
 
 /// `go tool pprof -raw` of a profile: fails unless pprof parses it. pprof's own
@@ -455,7 +453,7 @@ fn allocations_reach_prometheus_series_go_stale_and_pprof_reads_the_endpoints() 
         f.signal(libc::SIGUSR1)?;
     }
     for f in &mut fixtures {
-        f.wait(Duration::from_secs(10))?;
+        f.wait(DEADLINE)?;
     }
     for exe in &exes {
         let exe = exe.display().to_string();
@@ -473,7 +471,7 @@ fn allocations_reach_prometheus_series_go_stale_and_pprof_reads_the_endpoints() 
         )?;
     }
     step("series stale");
-    poll("the agent to let go", Duration::from_secs(10), || {
+    poll("the agent to let go", DEADLINE, || {
         Ok((agent.holdings()? == (0.0, 0.0) && agent.link_fds() == baseline_fds).then_some(()))
     })?;
     Ok(())
@@ -494,7 +492,7 @@ fn nothing_is_left_behind_after_processes_come_and_go() -> Result<()> {
     for round in 0..ROUNDS {
         // Two at a time: attachments of different processes of one executable coexist.
         let mut procs = vec![spawn_fixture(&exe, 2000)?, spawn_fixture(&exe, 2000)?];
-        poll("both attached", Duration::from_secs(10), || {
+        poll("both attached", DEADLINE, || {
             let text = agent.metrics()?;
             let n = samples(&text, "gomemtrace_agent_attached_processes", &[]);
             Ok((n.first() == Some(&2.0)).then_some(()))
@@ -509,11 +507,11 @@ fn nothing_is_left_behind_after_processes_come_and_go() -> Result<()> {
             p.signal(libc::SIGUSR1)?;
         }
         for p in &procs {
-            p.wait_stdout("done", Duration::from_secs(10))?;
+            p.wait_stdout("done", DEADLINE)?;
             p.signal(libc::SIGUSR1)?;
         }
         for p in &mut procs {
-            p.wait(Duration::from_secs(10))?;
+            p.wait(DEADLINE)?;
         }
     }
     // While attached, each round held links and fds beyond the baseline.
@@ -525,7 +523,7 @@ fn nothing_is_left_behind_after_processes_come_and_go() -> Result<()> {
     }
     poll(
         "links, fds and map entries back to the baseline",
-        Duration::from_secs(10),
+        DEADLINE,
         || Ok((agent.holdings()? == baseline && agent.link_fds() == baseline_fds).then_some(())),
     )
     .with_context(|| {
@@ -561,21 +559,17 @@ fn duty_cycled_estimates_where_the_sampler_is_compiled_out() -> Result<()> {
         &DUTY_SIZE.to_string(),
     ]);
     let mut proc = Proc::spawn(cmd)?;
-    proc.wait_stdout("ready", Duration::from_secs(10))?;
+    proc.wait_stdout("ready", DEADLINE)?;
     let exe_label = exe.display().to_string();
-    poll(
-        "the agent to attach in duty mode",
-        Duration::from_secs(10),
-        || {
-            let text = agent.metrics()?;
-            Ok((samples(
-                &text,
-                "gomemtrace_processes",
-                &[("exe", &exe_label), ("mode", "duty")],
-            ) == [1.0])
-            .then_some(()))
-        },
-    )?;
+    poll("the agent to attach in duty mode", DEADLINE, || {
+        let text = agent.metrics()?;
+        Ok((samples(
+            &text,
+            "gomemtrace_processes",
+            &[("exe", &exe_label), ("mode", "duty")],
+        ) == [1.0])
+        .then_some(()))
+    })?;
     // A pprof window over the whole allocation and the estimate's catch-up.
     let window = {
         let addr = agent.addr.clone();
@@ -600,7 +594,7 @@ fn duty_cycled_estimates_where_the_sampler_is_compiled_out() -> Result<()> {
     let expected_bytes = expected * DUTY_SIZE as f64;
     let (objects, bytes) = poll(
         "the counters to reach the fixture's allocations",
-        Duration::from_secs(10),
+        DEADLINE,
         || {
             let text = agent.metrics()?;
             let objects = samples(&text, "gomemtrace_allocated_objects_total", &exact);
@@ -653,8 +647,8 @@ fn duty_cycled_estimates_where_the_sampler_is_compiled_out() -> Result<()> {
         println!("duty pprof not checked: the allocation took {allocated_in:?}");
     }
     proc.signal(libc::SIGUSR1)?;
-    proc.wait(Duration::from_secs(10))?;
-    poll("the agent to let go", Duration::from_secs(10), || {
+    proc.wait(DEADLINE)?;
+    poll("the agent to let go", DEADLINE, || {
         Ok((agent.holdings()? == (0.0, 0.0)).then_some(()))
     })?;
     Ok(())
@@ -674,7 +668,7 @@ fn max_processes_caps_and_counts() -> Result<()> {
     let first = spawn_fixture(&exe, 10)?;
     wait_attached(&agent, &exe)?;
     let second = spawn_fixture(&exe, 10)?;
-    let skipped = poll("the cap to be counted", Duration::from_secs(10), || {
+    let skipped = poll("the cap to be counted", DEADLINE, || {
         let text = agent.metrics()?;
         let n = samples(
             &text,
@@ -719,7 +713,7 @@ fn a_go_program_not_traced_is_counted_under_its_reason() -> Result<()> {
     let agent = Agent::start(&format!("{}/agentload-*", tmp.path().display()))?;
     let fixture = spawn_fixture(&exe, 10)?;
     let skipped = "gomemtrace_agent_skipped_processes_total";
-    let text = poll("the refusal to be counted", Duration::from_secs(10), || {
+    let text = poll("the refusal to be counted", DEADLINE, || {
         let text = agent.metrics()?;
         Ok(
             (samples(&text, skipped, &[("reason", "unsupported_go_version")]) == [1.0])
@@ -738,7 +732,7 @@ fn a_go_program_not_traced_is_counted_under_its_reason() -> Result<()> {
         fixture.pid(),
         exe.display()
     );
-    let line = agent.proc.wait_stderr(&logged, Duration::from_secs(10))?;
+    let line = agent.proc.wait_stderr(&logged, DEADLINE)?;
     ensure!(
         line.contains("not traced: unsupported Go version go1.16."),
         "{line}"
@@ -792,7 +786,7 @@ fn each_interval_of_allocations_is_pushed_to_pyroscope() -> Result<()> {
     stub_cmd.arg("-dir").arg(tmp.path());
     let stub = Proc::spawn(stub_cmd)?;
     let addr = stub
-        .wait_stdout("listening ", Duration::from_secs(10))?
+        .wait_stdout("listening ", DEADLINE)?
         .trim_start_matches("listening ")
         .trim()
         .to_string();
@@ -916,7 +910,7 @@ fn allocation_counters_are_the_runtimes_own_where_the_sampler_is_compiled_out() 
         let mut cmd = Command::new(&exe);
         cmd.args(["-wait", "-mb", "100", "-goroutines", "4"]);
         let proc = Proc::spawn(cmd)?;
-        let ready = proc.wait_stdout("ready", Duration::from_secs(10))?;
+        let ready = proc.wait_stdout("ready", DEADLINE)?;
         fixtures.push((version, variant, exe.display().to_string(), proc, ready));
     }
     for (_, _, exe, _, _) in &fixtures {
@@ -975,7 +969,7 @@ fn allocation_counters_are_the_runtimes_own_where_the_sampler_is_compiled_out() 
         // The harvest reads the counters once a second.
         let seen = poll(
             &format!("{exe}: the agent's counters at the fixture's MemStats"),
-            Duration::from_secs(10),
+            DEADLINE,
             || {
                 let text = agent.metrics()?;
                 let seen: Vec<Option<f64>> = expected
@@ -1010,7 +1004,7 @@ fn allocation_counters_are_the_runtimes_own_where_the_sampler_is_compiled_out() 
     println!("{}", report.join("\n"));
     for (.., proc, _) in &mut fixtures {
         proc.signal(libc::SIGUSR1)?;
-        proc.wait(Duration::from_secs(10))?;
+        proc.wait(DEADLINE)?;
     }
     Ok(())
 }
@@ -1125,11 +1119,9 @@ fn the_agent_and_a_cli_run_trace_one_process_both_right() -> Result<()> {
         .first()
         .copied()
     };
-    let before = poll(
-        "the agent's runtime counter",
-        Duration::from_secs(10),
-        || Ok(runtime_bytes(&agent.metrics()?)),
-    )?;
+    let before = poll("the agent's runtime counter", DEADLINE, || {
+        Ok(runtime_bytes(&agent.metrics()?))
+    })?;
 
     let report = tmp.join("cli.json");
     let mut cmd = gomemtrace_command()?;
@@ -1162,7 +1154,7 @@ fn the_agent_and_a_cli_run_trace_one_process_both_right() -> Result<()> {
     ensure!(r.drops.values().all(|&n| n == 0), "CLI drops {:?}", r.drops);
     let after = poll(
         "the agent's counter to move by the fixture's allocation",
-        Duration::from_secs(10),
+        DEADLINE,
         || {
             let now = runtime_bytes(&agent.metrics()?);
             Ok(now.filter(|&b| b >= before + (TWO_COUNT * SIZE) as f64))
@@ -1178,6 +1170,6 @@ fn the_agent_and_a_cli_run_trace_one_process_both_right() -> Result<()> {
         after - before
     );
     target.signal(libc::SIGUSR1)?;
-    target.wait(Duration::from_secs(10))?;
+    target.wait(DEADLINE)?;
     Ok(())
 }

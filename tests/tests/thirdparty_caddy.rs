@@ -22,6 +22,8 @@ use gomemtrace_tests::{
 };
 
 const CLIENTS: usize = 4;
+/// All clients together: a bounded load (traced in exact mode the server answers fewer).
+const REQUESTS_PER_SECOND: u64 = 1000;
 const FILES: usize = 200;
 /// Requests answered while traced in exact mode: a goroutine per connection, so tens of
 /// thousands of keys (goroutine × stack × type).
@@ -54,7 +56,7 @@ fn serve(caddy: &Path, tmp: &TempDir) -> Result<(Proc, Load)> {
             .filter(|(status, _)| *status == 200)
             .map(|_| ()))
     })?;
-    let load = Load::start(CLIENTS, move |c, i| {
+    let load = Load::start(CLIENTS, REQUESTS_PER_SECOND, move |c, i| {
         let file = (c + CLIENTS * i as usize) % FILES;
         let (status, body) = http_get(&addr, &format!("/f{file}.txt"), Duration::from_secs(10))?;
         ensure!(

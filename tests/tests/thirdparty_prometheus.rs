@@ -21,6 +21,8 @@ use gomemtrace_tests::{
 };
 
 const CLIENTS: usize = 4;
+/// All clients together: a bounded load (traced in exact mode the server answers fewer).
+const REQUESTS_PER_SECOND: u64 = 300;
 const TRACED_REQUESTS: u64 = 2000;
 const LONGEST_TRACE: Duration = Duration::from_secs(10);
 const OWN_PACKAGES: &str = "github.com/prometheus/";
@@ -58,7 +60,7 @@ fn serve(prometheus: &Path, tmp: &TempDir) -> Result<(Proc, Load)> {
             .filter(|(status, _)| *status == 200)
             .map(|_| ()))
     })?;
-    let load = Load::start(CLIENTS, move |c, i| {
+    let load = Load::start(CLIENTS, REQUESTS_PER_SECOND, move |c, i| {
         let path = PATHS[(c + i as usize) % PATHS.len()];
         let (status, body) = http_get(&addr, path, Duration::from_secs(10))?;
         ensure!(
