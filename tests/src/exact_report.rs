@@ -85,6 +85,25 @@ pub fn check_exact_report(json: &str, own_prefix: &str) -> Result<ExactFigures> 
 }
 
 impl ExactFigures {
+    /// A launched target that exits is read last at the poll before its exit; the report
+    /// counts the events seen after that reading, so the events up to it are the runtime's
+    /// count of the same allocations. Fails unless they are within `fraction` of it.
+    pub fn events_until_reading_match_the_runtime(&self, fraction: f64) -> Result<()> {
+        let (events, counted) = (self.report.events, self.counted_objects);
+        let until_reading = events - self.events_after_reading;
+        println!(
+            "runtime counters: {counted} objects (read at the end: {}); events up to that \
+             reading: {until_reading} of {events}",
+            self.counted_at_end
+        );
+        ensure!(
+            (until_reading as f64 - counted as f64).abs() <= fraction * counted as f64,
+            "{until_reading} events up to the runtime's last reading ({events} in all), the \
+             runtime counted {counted} objects"
+        );
+        Ok(())
+    }
+
     /// Fails unless the events are within `fraction` of the runtime's count.
     pub fn events_match_the_runtime(&self, fraction: f64) -> Result<()> {
         let events = self.report.events;

@@ -1058,6 +1058,18 @@ impl Report {
         out
     }
 
+    /// The `n` sites with the most bytes, most first.
+    pub fn top_sites(&self, n: usize) -> Vec<(String, u64)> {
+        let mut top: Vec<(String, u64)> = self
+            .by_site()
+            .into_iter()
+            .map(|(site, t)| (site, t.bytes))
+            .collect();
+        top.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+        top.truncate(n);
+        top
+    }
+
     /// Totals per type name (`None`: nil type).
     pub fn by_type(&self) -> BTreeMap<Option<String>, Totals> {
         let mut out = BTreeMap::<Option<String>, Totals>::new();

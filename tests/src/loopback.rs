@@ -15,6 +15,10 @@ use anyhow::Result;
 
 use crate::{Finished, Proc};
 
+/// How long a client waits for one answer: a server traced in exact mode on a loaded
+/// machine answers slowly (Prometheus's /metrics once took over 10 s at a load of 30).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
 /// A free TCP port on loopback (free when asked; the server binds it right after).
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

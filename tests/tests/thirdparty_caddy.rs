@@ -13,12 +13,10 @@ use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Result, ensure};
 use gomemtrace_tests::{
-    Proc, TempDir,
-    exact_report::check_exact_report,
-    find_on_path, gomemtrace_command, http_get,
-    loopback::{Load, free_port, trace_until},
+    Proc, TempDir, find_on_path, http_get,
+    loopback::{ANSWER_WITHIN, Load, free_port},
     poll, require_root,
-    thirdparty::check_default_report,
+    thirdparty::{Served, default_by_pid, exact_by_pid},
 };
 
 const CLIENTS: usize = 4;
@@ -32,7 +30,7 @@ const LONGEST_TRACE: Duration = Duration::from_secs(10);
 const OWN_PACKAGES: &str = "github.com/caddyserver/caddy/";
 
 /// caddy serving `FILES` files of 1–8 KiB, and clients fetching them.
-fn serve(caddy: &Path, tmp: &TempDir) -> Result<(Proc, Load)> {
+fn serve<'a>(caddy: &Path, tmp: &TempDir) -> Result<Served<'a>> {
     let root = tmp.join("site");
     std::fs::create_dir_all(&root)?;
     let size = |i: usize| (1 + i % 8) * 1024;
@@ -58,7 +56,7 @@ fn serve(caddy: &Path, tmp: &TempDir) -> Result<(Proc, Load)> {
     })?;
     let load = Load::start(CLIENTS, REQUESTS_PER_SECOND, move |c, i| {
         let file = (c + CLIENTS * i as usize) % FILES;
-        let (status, body) = http_get(&addr, &format!("/f{file}.txt"), Duration::from_secs(10))?;
+        let (status, body) = http_get(&addr, &format!("/f{file}.txt"), ANSWER_WITHIN)?;
         ensure!(
             status == 200 && body.len() == size(file),
             "GET /f{file}.txt: {status}, {} bytes",
@@ -66,7 +64,12 @@ fn serve(caddy: &Path, tmp: &TempDir) -> Result<(Proc, Load)> {
         );
         Ok(())
     });
-    Ok((server, load))
+    Ok(Served {
+        name: "caddy",
+        own_packages: OWN_PACKAGES,
+        server,
+        load,
+    })
 }
 
 fn caddy() -> Option<std::path::PathBuf> {
@@ -86,49 +89,7 @@ fn caddy_serving_files_exact_by_pid_keeps_every_event() -> Result<()> {
         return Ok(());
     };
     let tmp = TempDir::new("thirdparty-caddy-exact")?;
-    let (mut server, load) = serve(&caddy, &tmp)?;
-    std::thread::sleep(Duration::from_secs(1));
-    let report_path = tmp.join("r.json");
-    let mut cmd = gomemtrace_command()?;
-    cmd.args(["--exact", "--totals", "probes", "--format", "json", "-o"])
-        .arg(&report_path)
-        .arg("-p")
-        .arg(server.pid().to_string());
-    let traced = trace_until(cmd, &load, TRACED_REQUESTS, LONGEST_TRACE);
-    let done = load.stop()?;
-    let _ = server.signal(libc::SIGTERM);
-    let _ = server.wait(Duration::from_secs(20));
-    let out = traced?;
-    ensure!(
-        out.code() == 0,
-        "gomemtrace exited {}:\n{}",
-        out.code(),
-        out.stderr
-    );
-    let json = std::fs::read_to_string(&report_path)?;
-    let figures = check_exact_report(&json, OWN_PACKAGES)?;
-    let report = &figures.report;
-    println!(
-        "caddy: {done} requests in all, {} allocation events traced, {} samples, {} bytes of json",
-        report.events,
-        report.samples.len(),
-        json.len()
-    );
-    println!(
-        "{:.1}% of the bytes under a frame of caddy's packages",
-        100.0 * figures.own_share
-    );
-    ensure!(
-        figures.own_share >= 0.5,
-        "only {:.1}% of the bytes under a frame of caddy's packages",
-        100.0 * figures.own_share
-    );
-    println!(
-        "runtime counters over the trace: {} objects (read at the end: {})",
-        figures.counted_objects, figures.counted_at_end
-    );
-    ensure!(figures.counted_at_end, "caddy was running at the end");
-    figures.events_match_the_runtime(0.02)
+    exact_by_pid(serve(&caddy, &tmp)?, &tmp, TRACED_REQUESTS, LONGEST_TRACE)
 }
 
 #[test]
@@ -140,24 +101,5 @@ fn caddy_serving_files_default_mode_by_pid() -> Result<()> {
         return Ok(());
     };
     let tmp = TempDir::new("thirdparty-caddy-default")?;
-    let (mut server, load) = serve(&caddy, &tmp)?;
-    let report_path = tmp.join("r.json");
-    let mut cmd = gomemtrace_command()?;
-    cmd.args(["-d", "3s", "--format", "json", "-o"])
-        .arg(&report_path)
-        .arg("-p")
-        .arg(server.pid().to_string());
-    let out = gomemtrace_tests::run(cmd, Duration::from_secs(120));
-    let done = load.stop()?;
-    let _ = server.signal(libc::SIGTERM);
-    let _ = server.wait(Duration::from_secs(20));
-    let out = out?;
-    ensure!(
-        out.code() == 0,
-        "gomemtrace exited {}:\n{}",
-        out.code(),
-        out.stderr
-    );
-    println!("caddy: {done} requests");
-    check_default_report(&report_path)
+    default_by_pid(serve(&caddy, &tmp)?, &tmp)
 }

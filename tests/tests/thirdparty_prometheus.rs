@@ -12,12 +12,10 @@ use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Result, ensure};
 use gomemtrace_tests::{
-    Proc, TempDir,
-    exact_report::check_exact_report,
-    find_on_path, gomemtrace_command, http_get,
-    loopback::{Load, free_port, trace_until},
+    Proc, TempDir, find_on_path, http_get,
+    loopback::{ANSWER_WITHIN, Load, free_port},
     poll, require_root,
-    thirdparty::check_default_report,
+    thirdparty::{Served, default_by_pid, exact_by_pid},
 };
 
 const CLIENTS: usize = 4;
@@ -33,7 +31,7 @@ const PATHS: [&str; 3] = [
     "/metrics",
 ];
 
-fn serve(prometheus: &Path, tmp: &TempDir) -> Result<(Proc, Load)> {
+fn serve<'a>(prometheus: &Path, tmp: &TempDir) -> Result<Served<'a>> {
     let addr = format!("127.0.0.1:{}", free_port()?);
     std::fs::write(
         tmp.join("prometheus.yml"),
@@ -62,7 +60,7 @@ fn serve(prometheus: &Path, tmp: &TempDir) -> Result<(Proc, Load)> {
     })?;
     let load = Load::start(CLIENTS, REQUESTS_PER_SECOND, move |c, i| {
         let path = PATHS[(c + i as usize) % PATHS.len()];
-        let (status, body) = http_get(&addr, path, Duration::from_secs(10))?;
+        let (status, body) = http_get(&addr, path, ANSWER_WITHIN)?;
         ensure!(
             status == 200 && !body.is_empty(),
             "GET {path}: {status}, {} bytes",
@@ -70,7 +68,12 @@ fn serve(prometheus: &Path, tmp: &TempDir) -> Result<(Proc, Load)> {
         );
         Ok(())
     });
-    Ok((server, load))
+    Ok(Served {
+        name: "prometheus",
+        own_packages: OWN_PACKAGES,
+        server,
+        load,
+    })
 }
 
 fn prometheus() -> Option<std::path::PathBuf> {
@@ -90,50 +93,12 @@ fn prometheus_exact_by_pid_keeps_every_event() -> Result<()> {
         return Ok(());
     };
     let tmp = TempDir::new("thirdparty-prometheus-exact")?;
-    let (mut server, load) = serve(&prometheus, &tmp)?;
-    std::thread::sleep(Duration::from_secs(1));
-    let report_path = tmp.join("r.json");
-    let mut cmd = gomemtrace_command()?;
-    cmd.args(["--exact", "--totals", "probes", "--format", "json", "-o"])
-        .arg(&report_path)
-        .arg("-p")
-        .arg(server.pid().to_string());
-    let traced = trace_until(cmd, &load, TRACED_REQUESTS, LONGEST_TRACE);
-    let done = load.stop()?;
-    let _ = server.signal(libc::SIGTERM);
-    let _ = server.wait(Duration::from_secs(20));
-    let out = traced?;
-    ensure!(
-        out.code() == 0,
-        "gomemtrace exited {}:\n{}",
-        out.code(),
-        out.stderr
-    );
-    let json = std::fs::read_to_string(&report_path)?;
-    let figures = check_exact_report(&json, OWN_PACKAGES)?;
-    let report = &figures.report;
-    println!(
-        "prometheus: {done} requests in all, {} allocation events traced, {} samples, {} \
-         bytes of json",
-        report.events,
-        report.samples.len(),
-        json.len()
-    );
-    println!(
-        "{:.1}% of the bytes under a frame of the prometheus packages",
-        100.0 * figures.own_share
-    );
-    ensure!(
-        figures.own_share >= 0.5,
-        "only {:.1}% of the bytes under a frame of the prometheus packages",
-        100.0 * figures.own_share
-    );
-    println!(
-        "runtime counters over the trace: {} objects (read at the end: {})",
-        figures.counted_objects, figures.counted_at_end
-    );
-    ensure!(figures.counted_at_end, "prometheus was running at the end");
-    figures.events_match_the_runtime(0.02)
+    exact_by_pid(
+        serve(&prometheus, &tmp)?,
+        &tmp,
+        TRACED_REQUESTS,
+        LONGEST_TRACE,
+    )
 }
 
 #[test]
@@ -145,24 +110,5 @@ fn prometheus_default_mode_by_pid() -> Result<()> {
         return Ok(());
     };
     let tmp = TempDir::new("thirdparty-prometheus-default")?;
-    let (mut server, load) = serve(&prometheus, &tmp)?;
-    let report_path = tmp.join("r.json");
-    let mut cmd = gomemtrace_command()?;
-    cmd.args(["-d", "3s", "--format", "json", "-o"])
-        .arg(&report_path)
-        .arg("-p")
-        .arg(server.pid().to_string());
-    let out = gomemtrace_tests::run(cmd, Duration::from_secs(120));
-    let done = load.stop()?;
-    let _ = server.signal(libc::SIGTERM);
-    let _ = server.wait(Duration::from_secs(20));
-    let out = out?;
-    ensure!(
-        out.code() == 0,
-        "gomemtrace exited {}:\n{}",
-        out.code(),
-        out.stderr
-    );
-    println!("prometheus: {done} requests");
-    check_default_report(&report_path)
+    default_by_pid(serve(&prometheus, &tmp)?, &tmp)
 }
