@@ -298,12 +298,15 @@ impl Agent {
         Ok(Agent { proc, addr })
     }
 
-    /// /metrics, answered within a second.
+    /// /metrics, answered within Prometheus's default scrape timeout. (A 1-s bound failed
+    /// twice in CI under load: 2.4 s while /metrics waited on the lock the tracer holds
+    /// while it harvests, fixed since; 1.9 s at a load average of ~25 on 2 cores.)
     fn metrics(&self) -> Result<String> {
+        const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
         let start = Instant::now();
         let text = get_text(&self.addr, "/metrics")?;
         ensure!(
-            start.elapsed() < Duration::from_secs(1),
+            start.elapsed() < SCRAPE_TIMEOUT,
             "/metrics took {:?}",
             start.elapsed()
         );
@@ -426,7 +429,7 @@ fn check_agent(version: &str) -> Result<String> {
     Ok(format!(
         "Go {version} agent: {all} goroutines, {during} with one's status overwritten \
          ({invalid} invalid records counted), {allgs} impossible allgs readings counted and \
-         none published; {profiles} profiles and every /metrics within 1 s; peak RSS \
+         none published; {profiles} profiles and every /metrics within 10 s; peak RSS \
          {rss_before} → {rss} KiB"
     ))
 }
