@@ -334,9 +334,10 @@ impl Agent {
     }
 }
 
-/// How long the fixture holds each runtime corruption for the agent: more than one
-/// goroutine reading (every 5 s).
-const AGENT_HOLD_S: u64 = 8;
+/// How long the fixture holds each runtime corruption for the agent: three goroutine
+/// readings (every 5 s). With 8 s, a loaded machine (load average ~18 on 2 cores, the
+/// agent's loop slowed) once saw no reading inside the phase.
+const AGENT_HOLD_S: u64 = 16;
 
 /// The agent: counts the invalid goroutine record and the impossible allgs, keeps the
 /// right count around them, keeps serving.
