@@ -38,8 +38,9 @@ install_apt() {
     # (tests/tests/agent.rs checks the eBPF object is loaded once); etcd-server (3.4.23,
     # Go 1.19): the third-party server of tests/tests/thirdparty_etcd.rs (not started as a
     # service: the test runs its own on loopback); g++: libfuzzer-sys compiles libFuzzer
-    # (cargo xtask fuzz).
-    for pkg in golang-1.19-go gcc g++ pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus qemu-system-x86 hugo bpftool etcd-server; do
+    # (cargo xtask fuzz); rclone (54 MB) and packer (107 MB), Go: with hugo and prometheus,
+    # the large programs `cargo xtask bench-agent` runs under the agent.
+    for pkg in golang-1.19-go gcc g++ pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus qemu-system-x86 hugo bpftool etcd-server rclone packer; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
