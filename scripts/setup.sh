@@ -45,8 +45,10 @@ install_apt() {
     # service: the test runs its own on loopback); g++: libfuzzer-sys compiles libFuzzer
     # (cargo xtask fuzz); caddy (2.6.2, Go 1.19): the web server of
     # tests/tests/thirdparty_caddy.rs (its own instance on loopback); restic (0.14, Go 1.19):
-    # the backup program of tests/tests/thirdparty_restic.rs.
-    for pkg in golang-1.19-go gcc g++ pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus qemu-system-x86 hugo bpftool etcd-server caddy restic; do
+    # the backup program of tests/tests/thirdparty_restic.rs; rclone (54 MB) and packer
+    # (107 MB), Go: with hugo and prometheus, the large programs `cargo xtask bench-agent`
+    # runs under the agent.
+    for pkg in golang-1.19-go gcc g++ pkg-config python3-venv bpftrace musl-tools buildah unzip file prometheus qemu-system-x86 hugo bpftool etcd-server caddy restic rclone packer; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then

@@ -36,10 +36,14 @@ enum Task {
         #[arg(long, default_value = "1.25")]
         go: String,
     },
-    /// The agent's own CPU and RSS while it covers many busy Go processes.
+    /// The agent's own CPU and memory while it covers many Go processes (by default four
+    /// large programs of Debian's with loopback workloads among them), after many
+    /// short-lived ones came and went.
     BenchAgent {
         #[arg(long, default_value = "1.25")]
         go: String,
+        /// Go processes traced while measuring, the large programs' included (hugo,
+        /// rclone, prometheus: one each; packer: two).
         #[arg(long, default_value_t = 20)]
         processes: usize,
         /// Length of the measurement window.
@@ -47,6 +51,17 @@ enum Task {
         seconds: f64,
         #[arg(long, default_value_t = 19470)]
         port: u16,
+        /// Busy benchmark workloads only: no hugo, rclone, packer or prometheus.
+        #[arg(long)]
+        no_large: bool,
+        /// Short-lived Go processes (benchload, from distinct executables) that come and
+        /// go before the others start.
+        #[arg(long, default_value_t = 100)]
+        churn: usize,
+        /// How long each short-lived process runs (default: until the agent's series
+        /// show it attached, then it is killed; at most 10 s).
+        #[arg(long)]
+        churn_seconds: Option<f64>,
     },
     /// Formatting, clippy (host and eBPF crates), and every test.
     Test,
@@ -104,12 +119,18 @@ fn main() -> anyhow::Result<()> {
             processes,
             seconds,
             port,
+            no_large,
+            churn,
+            churn_seconds,
         } => bench_agent::bench_agent(
             &bench_agent::AgentBenchArgs {
                 go,
                 processes,
                 seconds,
                 port,
+                large: !no_large,
+                churn,
+                churn_seconds,
             },
             &release_binary()?,
         ),
