@@ -85,6 +85,17 @@ pub fn check_exact_report(json: &str, own_prefix: &str) -> Result<ExactFigures> 
 }
 
 impl ExactFigures {
+    /// Prints the share of bytes under a frame of `own_prefix` and fails below `min`.
+    pub fn own_share_at_least(&self, min: f64, own_prefix: &str) -> Result<()> {
+        let share = 100.0 * self.own_share;
+        println!("{share:.1}% of the bytes under a frame of {own_prefix}");
+        ensure!(
+            self.own_share >= min,
+            "only {share:.1}% of the bytes under a frame of {own_prefix}"
+        );
+        Ok(())
+    }
+
     /// A launched target that exits is read last at the poll before its exit; the report
     /// counts the events seen after that reading, so the events up to it are the runtime's
     /// count of the same allocations. Fails unless they are within `fraction` of it.

@@ -59,17 +59,12 @@ pub fn exact_by_pid(served: Served, tmp: &TempDir, requests: u64, longest: Durat
     let report = &figures.report;
     println!(
         "{name}: {done} requests in all, {} allocation events traced, {} samples, {} bytes of \
-         json; {:.1}% of the bytes under a frame of {own_packages}",
+         json",
         report.events,
         report.samples.len(),
-        json.len(),
-        100.0 * figures.own_share
+        json.len()
     );
-    ensure!(
-        figures.own_share >= 0.5,
-        "only {:.1}% of the bytes under a frame of {own_packages}",
-        100.0 * figures.own_share
-    );
+    figures.own_share_at_least(0.5, &own_packages)?;
     println!(
         "runtime counters over the trace: {} objects (read at the end: {})",
         figures.counted_objects, figures.counted_at_end

@@ -139,10 +139,7 @@ fn esbuild_exact_keeps_every_event_with_its_stack() -> Result<()> {
         top.iter().all(|(site, _)| site != "?"),
         "a top site is the runtime's own: {top:?}"
     );
-    println!(
-        "{:.1}% of the bytes under a frame of esbuild's packages",
-        100.0 * figures.own_share
-    );
+    figures.own_share_at_least(0.9, OWN_PACKAGES)?;
     ensure!(
         figures.own_share >= 0.9,
         "only {:.1}% of the bytes under a frame of esbuild's packages",

@@ -177,16 +177,7 @@ fn etcd_under_puts_exact_by_pid_keeps_every_event() -> Result<()> {
         report.samples.len()
     );
     // The stacks reach etcd's own code.
-    let share = figures.own_share;
-    println!(
-        "{:.1}% of the bytes under a frame of etcd's packages",
-        100.0 * share
-    );
-    ensure!(
-        share >= 0.5,
-        "only {:.1}% of the bytes under a frame of etcd's packages",
-        100.0 * share
-    );
+    figures.own_share_at_least(0.5, "go.etcd.io/etcd/")?;
     println!(
         "runtime counters over the trace: {} objects (read at the end: {})",
         figures.counted_objects, figures.counted_at_end
